@@ -1,0 +1,132 @@
+//! Every timer and limit of the core, with documented defaults.
+
+use serde::{Deserialize, Serialize};
+
+/// What the core does when an invite arrives while our own invite to the same peer in the same
+/// room is already out (glare).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GlareBehaviour {
+    /// Spec behaviour (MSC2746): the call with the lower `call_id` survives and is answered
+    /// automatically with the media the user already chose for the call it replaces.
+    AutoAnswer,
+    /// famedly's behaviour: the surviving incoming call rings and the user must answer it.
+    LetItRing,
+}
+
+/// How a busy device refuses a new call (see [`Config::busy_signal`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BusySignal {
+    /// Send `m.call.hangup` with reason `user_busy` (the reason is visible to the caller).
+    HangupUserBusy,
+    /// Send `m.call.reject` (stops every device of the callee; js-sdk callers stop ringing on
+    /// it whatever their state).
+    Reject,
+}
+
+/// Configuration of a [`crate::Voip`]. Build with [`Config::default`] and the `with_*` setters.
+///
+/// All durations are milliseconds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// `lifetime` written on our `m.call.invite`, and how long an unanswered outgoing call rings
+    /// before it is hung up with `invite_timeout`. Default 90 000 (the spec's recommended minimum).
+    pub invite_lifetime_ms: u64,
+    /// An incoming invite rings only if at least this much of its lifetime is left. Default 3 000
+    /// (matrix-js-sdk's `RING_GRACE_PERIOD`).
+    pub ring_grace_ms: u64,
+    /// Used when a received invite carries no usable `lifetime`. Default 60 000.
+    pub default_remote_lifetime_ms: u64,
+    /// `lifetime` written on our `m.call.negotiate`; an unanswered renegotiation is abandoned after
+    /// it. Default 10 000.
+    pub negotiate_lifetime_ms: u64,
+    /// Local candidates gathered after the invite/answer went out are batched for this long
+    /// before one `m.call.candidates` is sent. Gathering completion flushes at once. Default 100.
+    pub candidate_batch_ms: u64,
+    /// After ICE reports `disconnected`, wait this long before restarting ICE. Default 2 000.
+    pub ice_restart_delay_ms: u64,
+    /// How many ICE restarts a call may make (counter reset when ICE connects) before it is hung
+    /// up with `ice_failed`. Default 3.
+    pub max_ice_restarts: u32,
+    /// A call that stays disconnected (or never connects after the answer) this long is hung up
+    /// with `ice_failed`. Default 30 000.
+    pub ice_failed_timeout_ms: u64,
+    /// A failed or rate-limited send is retried this many times (backoff `500 * 2^n` ms, or the
+    /// server's `retry_after`) before the core gives up. Default 5.
+    pub max_send_retries: u32,
+    /// Glare resolution. Default [`GlareBehaviour::AutoAnswer`].
+    pub glare: GlareBehaviour,
+    /// Refuse new incoming calls while another call is connecting or connected. Default true.
+    pub busy_when_in_call: bool,
+    /// How a busy device refuses. Default [`BusySignal::HangupUserBusy`].
+    pub busy_signal: BusySignal,
+    /// Advertise `m.call.transferee` in `capabilities`. Default false.
+    pub transferee: bool,
+    /// Remote candidates for a `call_id` we have not seen an invite for are kept this long, in
+    /// case the invite arrives late (to-device messages are not ordered). Default 60 000.
+    pub orphan_candidates_ms: u64,
+    /// Ended calls are remembered this long so late or replayed events for them are ignored.
+    /// Default 600 000.
+    pub ended_call_memory_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            invite_lifetime_ms: 90_000,
+            ring_grace_ms: 3_000,
+            default_remote_lifetime_ms: 60_000,
+            negotiate_lifetime_ms: 10_000,
+            candidate_batch_ms: 100,
+            ice_restart_delay_ms: 2_000,
+            max_ice_restarts: 3,
+            ice_failed_timeout_ms: 30_000,
+            max_send_retries: 5,
+            glare: GlareBehaviour::AutoAnswer,
+            busy_when_in_call: true,
+            busy_signal: BusySignal::HangupUserBusy,
+            transferee: false,
+            orphan_candidates_ms: 60_000,
+            ended_call_memory_ms: 600_000,
+        }
+    }
+}
+
+impl Config {
+    /// Sets [`Config::invite_lifetime_ms`].
+    #[must_use]
+    pub fn with_invite_lifetime_ms(mut self, ms: u64) -> Self {
+        self.invite_lifetime_ms = ms;
+        self
+    }
+
+    /// Sets [`Config::candidate_batch_ms`].
+    #[must_use]
+    pub fn with_candidate_batch_ms(mut self, ms: u64) -> Self {
+        self.candidate_batch_ms = ms;
+        self
+    }
+
+    /// Sets [`Config::glare`].
+    #[must_use]
+    pub fn with_glare(mut self, glare: GlareBehaviour) -> Self {
+        self.glare = glare;
+        self
+    }
+
+    /// Sets [`Config::busy_signal`].
+    #[must_use]
+    pub fn with_busy_signal(mut self, signal: BusySignal) -> Self {
+        self.busy_signal = signal;
+        self
+    }
+
+    /// Sets [`Config::negotiate_lifetime_ms`].
+    #[must_use]
+    pub fn with_negotiate_lifetime_ms(mut self, ms: u64) -> Self {
+        self.negotiate_lifetime_ms = ms;
+        self
+    }
+}

@@ -1,0 +1,126 @@
+//! Identifiers minted by the core or carried through it.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Milliseconds since the Unix epoch, the unit of every Matrix timestamp.
+///
+/// The core never reads a clock: every `now` is handed in by the driver.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Timestamp(pub u64);
+
+impl Timestamp {
+    /// `self + ms`, saturating.
+    #[must_use]
+    pub fn plus(self, ms: u64) -> Timestamp {
+        Timestamp(self.0.saturating_add(ms))
+    }
+
+    /// `self - other` in milliseconds, zero when `other` is later.
+    #[must_use]
+    pub fn since(self, other: Timestamp) -> u64 {
+        self.0.saturating_sub(other.0)
+    }
+}
+
+macro_rules! string_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub String);
+
+        impl $name {
+            /// The identifier as a string slice.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(s: &str) -> Self {
+                Self(s.to_owned())
+            }
+        }
+
+        impl From<String> for $name {
+            fn from(s: String) -> Self {
+                Self(s)
+            }
+        }
+    };
+}
+
+string_id!(
+    /// `call_id` of a 1:1 call (Matrix opaque identifier).
+    CallId
+);
+string_id!(
+    /// `party_id`: one side's identity within a call (MSC2746).
+    PartyId
+);
+string_id!(
+    /// A Matrix user id such as `@alice:example.org`.
+    UserId
+);
+string_id!(
+    /// A Matrix device id.
+    DeviceId
+);
+string_id!(
+    /// A Matrix room id such as `!room:example.org`.
+    RoomId
+);
+string_id!(
+    /// A media stream id (the `msid` stream identifier in SDP), key of `sdp_stream_metadata`.
+    StreamId
+);
+
+/// Correlates one [`crate::Output::Send`] with the [`crate::Input::SendResult`] that answers it.
+///
+/// Minted by the core; the adapter only carries it back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RequestId(pub(crate) u64);
+
+impl RequestId {
+    /// The numeric value, for logs and transaction ids.
+    pub fn value(self) -> u64 {
+        self.0
+    }
+
+    /// Rebuilds an id from its value: for fixtures and simulators that replay transcripts.
+    #[cfg(feature = "testing")]
+    pub fn from_value(v: u64) -> Self {
+        RequestId(v)
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "req{}", self.0)
+    }
+}
+
+/// This device: who the core speaks for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalDevice {
+    /// Our Matrix user id.
+    pub user_id: UserId,
+    /// Our device id.
+    pub device_id: DeviceId,
+}
+
+impl LocalDevice {
+    /// Builds a local device from anything string-like.
+    pub fn new(user_id: impl Into<String>, device_id: impl Into<String>) -> Self {
+        Self { user_id: UserId(user_id.into()), device_id: DeviceId(device_id.into()) }
+    }
+}

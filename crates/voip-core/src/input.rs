@@ -1,0 +1,256 @@
+//! Everything that goes into the core: [`Input`].
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::ids::{CallId, DeviceId, RequestId, RoomId, Timestamp, UserId};
+use crate::media::{CallType, MediaEvent};
+use crate::output::EndReason;
+use crate::wire::call::{AssertedIdentity, CallReplaces};
+
+/// One input to [`crate::Voip::handle`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "input", rename_all = "snake_case")]
+pub enum Input {
+    /// A request from the app.
+    Command(Command),
+    /// A timeline event from a room (decrypted when the room is encrypted).
+    RoomEvent(RoomEvent),
+    /// A to-device event (decrypted when it was Olm-encrypted).
+    ToDevice(ToDeviceEvent),
+    /// A whole sync response's call events. Invites whose call is already answered, rejected or
+    /// hung up in the same batch are dropped before they can ring (spec, "Invite lifetime").
+    SyncBatch {
+        /// Room timeline events, in timeline order.
+        #[serde(default)]
+        room_events: Vec<RoomEvent>,
+        /// To-device events, in arrival order.
+        #[serde(default)]
+        to_device: Vec<ToDeviceEvent>,
+    },
+    /// A user's room membership (`m.room.member`), from initial state or a change.
+    RoomMember(RoomMember),
+    /// The outcome of an earlier [`crate::Output::Send`].
+    SendResult {
+        /// The request this answers.
+        id: RequestId,
+        /// What happened.
+        result: SendOutcome,
+    },
+    /// A media-engine report about one call.
+    Media {
+        /// The call.
+        call_id: CallId,
+        /// The report.
+        event: MediaEvent,
+    },
+    /// Time passed; fire due timers. Equivalent to any other input with the same `now`.
+    Tick,
+}
+
+/// How signalling for a 1:1 call travels.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Signalling {
+    /// `m.call.*` room events (the spec's 1:1 calls).
+    #[default]
+    Room,
+    /// `m.call.*` to-device messages to one device, each carrying `room_id` (as mesh group calls
+    /// do). Needs the invitee's device.
+    ToDevice,
+}
+
+/// A request from the app.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Command {
+    /// Call `invitee` in `room_id`. The new call id is minted by the core and returned by
+    /// [`crate::Voip::place_call`].
+    PlaceCall {
+        /// The room the call belongs to.
+        room_id: RoomId,
+        /// Who to call. May be our own user (with `invitee_device`) to call another own device.
+        invitee: UserId,
+        /// Ring only this device (`invitee_device_id`).
+        #[serde(default)]
+        invitee_device: Option<DeviceId>,
+        /// Voice or video.
+        call_type: CallType,
+        /// Room events or to-device messages.
+        #[serde(default)]
+        signalling: Signalling,
+    },
+    /// Answer a ringing call, optionally with less media than offered (`Voice` for a video call).
+    Answer {
+        /// The call.
+        call_id: CallId,
+        /// Media to answer with; `None` answers with what was offered.
+        #[serde(default)]
+        call_type: Option<CallType>,
+    },
+    /// Decline a ringing call. With `emit` the caller and our other devices are told
+    /// (`m.call.reject`, or `m.call.hangup` for a version-0 caller); without it the call ends
+    /// here only and the others keep ringing.
+    Reject {
+        /// The call.
+        call_id: CallId,
+        /// Tell the others.
+        #[serde(default = "yes")]
+        emit: bool,
+    },
+    /// End a call (any state). The reason defaults to `user_hangup`.
+    Hangup {
+        /// The call.
+        call_id: CallId,
+        /// Reason sent in `m.call.hangup`.
+        #[serde(default)]
+        reason: Option<EndReason>,
+    },
+    /// Put the remote on hold or resume it (renegotiates).
+    SetHold {
+        /// The call.
+        call_id: CallId,
+        /// Hold or resume.
+        on_hold: bool,
+    },
+    /// Mute or unmute our microphone and/or camera (tracks disabled + stream metadata update).
+    SetMuted {
+        /// The call.
+        call_id: CallId,
+        /// New microphone mute state, if changing.
+        #[serde(default)]
+        audio: Option<bool>,
+        /// New camera mute state, if changing.
+        #[serde(default)]
+        video: Option<bool>,
+    },
+    /// Start or stop sharing the screen as a second `m.screenshare` stream (renegotiates).
+    SetScreenshare {
+        /// The call.
+        call_id: CallId,
+        /// On or off.
+        enabled: bool,
+    },
+    /// Restart ICE now (renegotiates with new credentials).
+    RestartIce {
+        /// The call.
+        call_id: CallId,
+    },
+    /// Tell the peer who they are really talking to (MSC3086), e.g. after a PBX transfer.
+    SendAssertedIdentity {
+        /// The call.
+        call_id: CallId,
+        /// The identity, or `None` to revert to the room member's.
+        identity: Option<AssertedIdentity>,
+    },
+    /// Ask the peer to transfer (MSC2747 `m.call.replaces`).
+    SendReplaces {
+        /// The call.
+        call_id: CallId,
+        /// The transfer request.
+        replaces: CallReplaces,
+    },
+    /// Override the busy policy: `Some(false)` refuses every new call, `Some(true)` accepts every
+    /// new call, `None` returns to [`crate::Config::busy_when_in_call`].
+    SetCanHandleNewCall {
+        /// The override.
+        value: Option<bool>,
+    },
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A room timeline event, as the adapter received it (decrypted where needed).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RoomEvent {
+    /// The room.
+    pub room_id: RoomId,
+    /// The event id, when known.
+    #[serde(default)]
+    pub event_id: Option<String>,
+    /// The sender (authenticated by the homeserver).
+    pub sender: UserId,
+    /// The event type, e.g. `m.call.invite`.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// The content, unparsed: the core validates it.
+    pub content: Value,
+    /// `origin_server_ts`.
+    pub origin_server_ts: Timestamp,
+    /// `unsigned.age` at the time the event was received, if the server sent it.
+    #[serde(default)]
+    pub age_ms: Option<u64>,
+}
+
+/// A to-device event.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ToDeviceEvent {
+    /// The sender (authenticated by the homeserver).
+    pub sender: UserId,
+    /// The sending device as authenticated by Olm, when the event was encrypted. Preferred over
+    /// the self-asserted `device_id` in the content.
+    #[serde(default)]
+    pub sender_device: Option<DeviceId>,
+    /// The event type.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// The content, unparsed.
+    pub content: Value,
+    /// Whether it arrived Olm-encrypted.
+    #[serde(default)]
+    pub encrypted: bool,
+}
+
+/// `m.room.member` membership of one user.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomMember {
+    /// The room.
+    pub room_id: RoomId,
+    /// The user.
+    pub user_id: UserId,
+    /// The membership.
+    pub membership: Membership,
+}
+
+/// A room membership state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Membership {
+    /// Joined.
+    Join,
+    /// Invited.
+    Invite,
+    /// Left or was kicked.
+    Leave,
+    /// Banned.
+    Ban,
+    /// Knocking.
+    Knock,
+}
+
+/// Outcome of a send, reported by the adapter.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum SendOutcome {
+    /// Sent; the event id when it was a room event.
+    Sent {
+        /// Event id of the sent room event.
+        #[serde(default)]
+        event_id: Option<String>,
+    },
+    /// The homeserver answered 429 (after the adapter's own retries, if any).
+    RateLimited {
+        /// The server's `retry_after_ms`, if given.
+        #[serde(default)]
+        retry_after_ms: Option<u64>,
+    },
+    /// Failed. `retryable` for network errors and 5xx, not for 4xx.
+    Failed {
+        /// Whether a retry may succeed.
+        retryable: bool,
+        /// Detail for logs.
+        error: String,
+    },
+}
