@@ -2,22 +2,31 @@
 #![deny(missing_docs)]
 #![warn(unreachable_pub, missing_debug_implementations)]
 
+mod call;
 mod config;
+mod ctx;
 mod error;
 mod ids;
 mod input;
+mod machine;
 pub mod media;
 mod output;
 mod rng;
+mod sends;
+mod timers;
 pub mod wire;
 
+pub use call::CallInfo;
 pub use config::{BusySignal, Config, GlareBehaviour};
 pub use error::{ApiMisuse, Error};
 pub use ids::{CallId, DeviceId, LocalDevice, PartyId, RequestId, RoomId, StreamId, Timestamp, UserId};
 pub use input::{Command, Input, Membership, RoomEvent, RoomMember, SendOutcome, Signalling, ToDeviceEvent};
+pub use machine::{Counters, Voip};
 pub use media::{CallType, MediaCommand, MediaEvent};
 pub use output::{
     CallDirection, CallState, EndReason, Event, Initiator, LocalStream, Output, RemoteStream, SendKind,
     SendRequest, ToDeviceEncryption, ToDeviceMessage,
 };
 pub use rng::seed_from_u64;
+pub use timers::{Deadline, TimerKind};
+pub use wire::call::{AssertedIdentity, CallReplaces, TargetUser};

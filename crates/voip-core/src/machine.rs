@@ -1,0 +1,785 @@
+//! [`Voip`]: the one machine per local device. It routes inputs to the call sub-machines and
+//! collects their outputs; protocol decisions live in `call/`.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::call::remote::{Disposition, Ignored, Sender};
+use crate::call::{glare, Call, CallInfo, Incoming, Outgoing};
+use crate::config::{BusySignal, Config, GlareBehaviour};
+use crate::ctx::Ctx;
+use crate::error::{ApiMisuse, Error};
+use crate::ids::{CallId, DeviceId, LocalDevice, PartyId, RoomId, Timestamp, UserId};
+use crate::input::{
+    Command, Input, Membership, RoomEvent, RoomMember, SendOutcome, Signalling, ToDeviceEvent,
+};
+use crate::media::{CallType, Candidate, MediaEvent};
+use crate::output::{CallDirection, CallState, EndReason, Event, Initiator, Output};
+use crate::rng::Rng;
+use crate::sends::{SendTable, SendVerdict};
+use crate::timers::{Deadline, TimerKind};
+use crate::wire::call::{self as wire, types, CallEvent, CallVersion, Common};
+use crate::wire::{WireError, WireErrorKind};
+
+/// Most ended call ids remembered, and most unknown calls with buffered candidates.
+const MAX_ENDED: usize = 4096;
+const MAX_ORPHANS: usize = 64;
+
+/// How many received events were applied or refused, by cause. For logs, metrics and tests.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Events that changed something.
+    pub applied: u64,
+    /// Malformed contents (typed [`Error::Remote`]).
+    pub malformed: u64,
+    /// Our own events coming back.
+    pub echoes: u64,
+    /// Events from someone who is not the call's peer (spoofed or misdirected).
+    pub not_from_peer: u64,
+    /// Invites addressed to another user or device, or from a non-member.
+    pub not_for_us: u64,
+    /// Invites and negotiations past their lifetime.
+    pub expired: u64,
+    /// Duplicates, replays and late events for ended calls.
+    pub duplicates: u64,
+    /// Events not valid in the call's state.
+    pub wrong_state: u64,
+    /// Invites refused because we were busy.
+    pub busy: u64,
+}
+
+impl Counters {
+    fn count(&mut self, d: Disposition) {
+        match d {
+            Disposition::Applied => self.applied += 1,
+            Disposition::Ignored(Ignored::Echo) => self.echoes += 1,
+            Disposition::Ignored(Ignored::NotFromPeer) => self.not_from_peer += 1,
+            Disposition::Ignored(Ignored::Duplicate) => self.duplicates += 1,
+            Disposition::Ignored(Ignored::WrongState) => self.wrong_state += 1,
+            Disposition::Ignored(Ignored::Expired) => self.expired += 1,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Ended {
+    forget_at: Timestamp,
+    /// The user the call was with (or who hung up an unknown call).
+    peer: UserId,
+}
+
+#[derive(Debug)]
+struct Orphan {
+    expires_at: Timestamp,
+    room_id: RoomId,
+    sender: UserId,
+    by_party: Vec<(Option<String>, Vec<Candidate>)>,
+}
+
+/// Where a received call event came from.
+struct Source<'a> {
+    room_id: RoomId,
+    sender: &'a UserId,
+    device: Option<&'a DeviceId>,
+    age_ms: Option<u64>,
+    signalling: Signalling,
+}
+
+/// The sans-IO VoIP machine of one device.
+///
+/// Drive it with one loop, the same for apps, fixtures and the simulator:
+///
+/// ```
+/// use voip_core::{Config, Input, LocalDevice, Output, Timestamp, Voip};
+///
+/// let mut voip = Voip::new(Config::default(), LocalDevice::new("@alice:example.org", "ALICE"), [7; 32]);
+/// let now = Timestamp(1_700_000_000_000);
+/// voip.handle(now, Input::Tick).unwrap();
+/// // After every `handle`, drain every output before handling the next input.
+/// while let Some(output) = voip.poll() {
+///     match output {
+///         Output::Send(request) => { /* send it, then feed Input::SendResult */ let _ = request; }
+///         Output::Media { call_id, command } => { /* media engine */ let _ = (call_id, command); }
+///         Output::Event(event) => { /* tell the app */ let _ = event; }
+///     }
+/// }
+/// // Then sleep until `next_deadline()` or the next input, whichever comes first.
+/// assert!(voip.next_deadline().is_none());
+/// ```
+#[derive(Debug)]
+pub struct Voip {
+    config: Config,
+    local: LocalDevice,
+    rng: Rng,
+    now: Timestamp,
+    calls: BTreeMap<CallId, Call>,
+    ended: BTreeMap<CallId, Ended>,
+    orphans: BTreeMap<CallId, Orphan>,
+    members: BTreeMap<RoomId, BTreeMap<UserId, Membership>>,
+    out: VecDeque<Output>,
+    sends: SendTable,
+    can_handle_override: Option<bool>,
+    counters: Counters,
+}
+
+macro_rules! ctx {
+    ($self:ident) => {
+        Ctx {
+            now: $self.now,
+            config: &$self.config,
+            local: &$self.local,
+            rng: &mut $self.rng,
+            out: &mut $self.out,
+            sends: &mut $self.sends,
+        }
+    };
+}
+
+impl Voip {
+    /// A machine for `local`, with all randomness drawn from `seed` (use OS entropy in
+    /// production, a fixed value in tests: see [`crate::seed_from_u64`]).
+    pub fn new(config: Config, local: LocalDevice, seed: [u8; 32]) -> Voip {
+        Voip {
+            config,
+            local,
+            rng: Rng::from_seed(seed),
+            now: Timestamp(0),
+            calls: BTreeMap::new(),
+            ended: BTreeMap::new(),
+            orphans: BTreeMap::new(),
+            members: BTreeMap::new(),
+            out: VecDeque::new(),
+            sends: SendTable::default(),
+            can_handle_override: None,
+            counters: Counters::default(),
+        }
+    }
+
+    // ===== getters =====
+
+    /// This device.
+    pub fn local_device(&self) -> &LocalDevice {
+        &self.local
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// A snapshot of a live call.
+    pub fn call(&self, call_id: &CallId) -> Option<CallInfo> {
+        self.calls.get(call_id).map(Call::info)
+    }
+
+    /// Snapshots of every live call.
+    pub fn calls(&self) -> Vec<CallInfo> {
+        self.calls.values().map(Call::info).collect()
+    }
+
+    /// Whether a new incoming call would ring (`can_handle_new_call`): false while another call
+    /// is being answered, connecting or connected, unless overridden.
+    pub fn can_handle_new_call(&self) -> bool {
+        self.can_handle_override
+            .unwrap_or_else(|| !(self.config.busy_when_in_call && self.calls.values().any(Call::is_engaged)))
+    }
+
+    /// Received-event statistics.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Number of sends still waiting for their [`Input::SendResult`].
+    pub fn pending_sends(&self) -> usize {
+        self.sends.len()
+    }
+
+    // ===== the driving surface =====
+
+    /// Feeds one input. `now` never goes backwards: an earlier `now` is treated as the last one.
+    /// Due timers fire first. Drain [`Voip::poll`] afterwards.
+    pub fn handle(&mut self, now: Timestamp, input: Input) -> Result<(), Error> {
+        self.now = self.now.max(now);
+        self.fire_timers();
+        let result = match input {
+            Input::Command(c) => self.handle_command(c).map(|_| ()),
+            Input::RoomEvent(e) => self.handle_room_event(e, &BTreeSet::new()),
+            Input::ToDevice(e) => self.handle_to_device(e, &BTreeSet::new()),
+            Input::SyncBatch { room_events, to_device } => {
+                self.handle_batch(room_events, to_device);
+                Ok(())
+            }
+            Input::RoomMember(m) => {
+                self.handle_member(m);
+                Ok(())
+            }
+            Input::SendResult { id, result } => {
+                let verdict = match result {
+                    SendOutcome::Sent { .. } => {
+                        self.sends.sent(id);
+                        SendVerdict::Nothing
+                    }
+                    SendOutcome::RateLimited { retry_after_ms } => {
+                        self.sends.failed(id, self.now, true, retry_after_ms, self.config.max_send_retries)
+                    }
+                    SendOutcome::Failed { retryable, error } => {
+                        tracing::warn!(%id, %error, retryable, "send failed");
+                        self.sends.failed(id, self.now, retryable, None, self.config.max_send_retries)
+                    }
+                };
+                if let SendVerdict::GaveUp { call_id: Some(call_id), purpose } = verdict {
+                    tracing::warn!(%id, %call_id, ?purpose, "giving up on a send");
+                    if let Some(call) = self.calls.get_mut(&call_id) {
+                        call.send_gave_up(&mut ctx!(self), purpose);
+                    }
+                }
+                Ok(())
+            }
+            Input::Media { call_id, event } => self.handle_media(call_id, event),
+            Input::Tick => Ok(()),
+        };
+        self.collect_ended();
+        result
+    }
+
+    /// The next output, or `None` when drained.
+    #[must_use]
+    pub fn poll(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// When the machine next needs [`Input::Tick`] (or any input), and why.
+    #[must_use]
+    pub fn next_deadline(&self) -> Option<Deadline> {
+        let mut best: Option<Deadline> = None;
+        let mut offer = |d: Deadline| {
+            if best.as_ref().is_none_or(|b| d.at < b.at) {
+                best = Some(d);
+            }
+        };
+        for call in self.calls.values() {
+            if let Some((at, reason)) = call.next_timer() {
+                offer(Deadline {
+                    at: at.max(self.now),
+                    reason,
+                    call_id: Some(call.id.clone()),
+                    request_id: None,
+                });
+            }
+        }
+        if let Some((at, id)) = self.sends.next_retry() {
+            offer(Deadline {
+                at: at.max(self.now),
+                reason: TimerKind::SendRetry,
+                call_id: None,
+                request_id: Some(id),
+            });
+        }
+        let housekeeping =
+            self.ended.values().map(|e| e.forget_at).chain(self.orphans.values().map(|o| o.expires_at)).min();
+        if let Some(at) = housekeeping {
+            offer(Deadline {
+                at: at.max(self.now),
+                reason: TimerKind::Housekeeping,
+                call_id: None,
+                request_id: None,
+            });
+        }
+        best
+    }
+
+    // ===== thin command wrappers =====
+
+    /// Places a call and returns its id (see [`Command::PlaceCall`]).
+    pub fn place_call(
+        &mut self,
+        now: Timestamp,
+        room_id: RoomId,
+        invitee: UserId,
+        invitee_device: Option<DeviceId>,
+        call_type: CallType,
+        signalling: Signalling,
+    ) -> Result<CallId, Error> {
+        self.now = self.now.max(now);
+        self.fire_timers();
+        let cmd = Command::PlaceCall { room_id, invitee, invitee_device, call_type, signalling };
+        let result = self.handle_command(cmd).map(|id| id.expect("PlaceCall returns the new call id"));
+        self.collect_ended();
+        result
+    }
+
+    /// Answers a ringing call (see [`Command::Answer`]).
+    pub fn answer(
+        &mut self,
+        now: Timestamp,
+        call_id: CallId,
+        call_type: Option<CallType>,
+    ) -> Result<(), Error> {
+        self.handle(now, Input::Command(Command::Answer { call_id, call_type }))
+    }
+
+    /// Hangs up (see [`Command::Hangup`]).
+    pub fn hangup(&mut self, now: Timestamp, call_id: CallId) -> Result<(), Error> {
+        self.handle(now, Input::Command(Command::Hangup { call_id, reason: None }))
+    }
+
+    // ===== internals =====
+
+    fn call_mut(&mut self, call_id: &CallId) -> Result<&mut Call, ApiMisuse> {
+        self.calls.get_mut(call_id).ok_or_else(|| ApiMisuse::UnknownCall { call_id: call_id.clone() })
+    }
+
+    fn handle_command(&mut self, command: Command) -> Result<Option<CallId>, Error> {
+        match command {
+            Command::PlaceCall { room_id, invitee, invitee_device, call_type, signalling } => {
+                if invitee == self.local.user_id
+                    && invitee_device.as_ref().is_none_or(|d| *d == self.local.device_id)
+                {
+                    return Err(ApiMisuse::CallingSelf.into());
+                }
+                if signalling == Signalling::ToDevice && invitee_device.is_none() {
+                    return Err(ApiMisuse::MissingDevice.into());
+                }
+                let id = CallId(format!("{}{}", self.now.0, self.rng.alnum(16)));
+                let call = Call::outgoing(
+                    &mut ctx!(self),
+                    Outgoing { id: id.clone(), room_id, invitee, invitee_device, call_type, signalling },
+                );
+                self.calls.insert(id.clone(), call);
+                Ok(Some(id))
+            }
+            Command::SetCanHandleNewCall { value } => {
+                self.can_handle_override = value;
+                Ok(None)
+            }
+            Command::Answer { call_id, call_type } => {
+                let mut ctx = ctx!(self);
+                let call = self.calls.get_mut(&call_id).ok_or(ApiMisuse::UnknownCall { call_id })?;
+                call.cmd_answer(&mut ctx, call_type)?;
+                Ok(None)
+            }
+            Command::Reject { call_id, emit } => {
+                let mut ctx = ctx!(self);
+                let call = self.calls.get_mut(&call_id).ok_or(ApiMisuse::UnknownCall { call_id })?;
+                call.cmd_reject(&mut ctx, emit)?;
+                Ok(None)
+            }
+            Command::Hangup { call_id, reason } => {
+                self.call_mut(&call_id)?;
+                let mut ctx = ctx!(self);
+                if let Some(call) = self.calls.get_mut(&call_id) {
+                    call.hangup(&mut ctx, reason.unwrap_or(EndReason::UserHangup), Initiator::LocalUser);
+                }
+                Ok(None)
+            }
+            Command::SetHold { call_id, on_hold } => {
+                self.with_call(call_id, |c, ctx| c.cmd_hold(ctx, on_hold))
+            }
+            Command::SetMuted { call_id, audio, video } => {
+                self.with_call(call_id, |c, ctx| c.cmd_mute(ctx, audio, video))
+            }
+            Command::SetScreenshare { call_id, enabled } => {
+                self.with_call(call_id, |c, ctx| c.cmd_screenshare(ctx, enabled))
+            }
+            Command::RestartIce { call_id } => self.with_call(call_id, |c, ctx| c.cmd_restart_ice(ctx)),
+            Command::SendAssertedIdentity { call_id, identity } => self.with_call(call_id, |c, ctx| {
+                c.cmd_send(ctx, CallEvent::AssertedIdentity { identity }, "send_asserted_identity")
+            }),
+            Command::SendReplaces { call_id, replaces } => self.with_call(call_id, |c, ctx| {
+                c.cmd_send(ctx, CallEvent::Replaces { replaces }, "send_replaces")
+            }),
+        }
+    }
+
+    fn with_call(
+        &mut self,
+        call_id: CallId,
+        f: impl FnOnce(&mut Call, &mut Ctx<'_>) -> Result<(), ApiMisuse>,
+    ) -> Result<Option<CallId>, Error> {
+        let mut ctx = ctx!(self);
+        let call = self.calls.get_mut(&call_id).ok_or(ApiMisuse::UnknownCall { call_id })?;
+        f(call, &mut ctx)?;
+        Ok(None)
+    }
+
+    fn handle_media(&mut self, call_id: CallId, event: MediaEvent) -> Result<(), Error> {
+        let mut ctx = ctx!(self);
+        match self.calls.get_mut(&call_id) {
+            Some(call) => {
+                call.handle_media(&mut ctx, event);
+                Ok(())
+            }
+            // Engines report late (candidates, state changes) after Close: not an error.
+            None if self.ended.contains_key(&call_id) => Ok(()),
+            None => Err(ApiMisuse::UnknownMediaCall { call_id }.into()),
+        }
+    }
+
+    fn handle_batch(&mut self, room_events: Vec<RoomEvent>, to_device: Vec<ToDeviceEvent>) {
+        // Invites whose call is already answered, rejected or hung up in this same batch never
+        // ring (fixes famedly's whole-batch drop: the filter is per call id).
+        let call_id_of = |t: &str, c: &serde_json::Value| {
+            matches!(t, types::ANSWER | types::HANGUP | types::REJECT)
+                .then(|| c.get("call_id").and_then(|v| v.as_str()).map(str::to_owned))
+                .flatten()
+        };
+        let settled: BTreeSet<String> = room_events
+            .iter()
+            .map(|e| (e.event_type.as_str(), &e.content))
+            .chain(to_device.iter().map(|e| (e.event_type.as_str(), &e.content)))
+            .filter_map(|(t, c)| call_id_of(t, c))
+            .collect();
+        for e in room_events {
+            if let Err(err) = self.handle_room_event(e, &settled) {
+                tracing::warn!(%err, "call event in sync batch ignored");
+            }
+        }
+        for e in to_device {
+            if let Err(err) = self.handle_to_device(e, &settled) {
+                tracing::warn!(%err, "to-device call event in sync batch ignored");
+            }
+        }
+    }
+
+    fn handle_room_event(&mut self, e: RoomEvent, settled: &BTreeSet<String>) -> Result<(), Error> {
+        if !wire::is_call_event_type(&e.event_type) {
+            return Ok(());
+        }
+        let age = e.age_ms.unwrap_or_else(|| self.now.since(e.origin_server_ts));
+        let source = Source {
+            room_id: e.room_id,
+            sender: &e.sender,
+            device: None,
+            age_ms: Some(age),
+            signalling: Signalling::Room,
+        };
+        Self::dispatch(self, &e.event_type, &e.content, source, settled)
+    }
+
+    fn handle_to_device(&mut self, e: ToDeviceEvent, settled: &BTreeSet<String>) -> Result<(), Error> {
+        if !wire::is_call_event_type(&e.event_type) {
+            return Ok(());
+        }
+        let room = e.content.get("room_id").and_then(|r| r.as_str()).filter(|r| !r.is_empty());
+        let Some(room) = room else {
+            self.counters.malformed += 1;
+            return Err(WireError {
+                event_type: e.event_type,
+                field: "room_id".into(),
+                kind: WireErrorKind::Missing,
+            }
+            .into());
+        };
+        // The Olm-verified device wins over the self-asserted `device_id` field.
+        let claimed = e.content.get("device_id").and_then(|d| d.as_str()).map(DeviceId::from);
+        let device = e.sender_device.clone().or(claimed);
+        let source = Source {
+            room_id: RoomId::from(room),
+            sender: &e.sender,
+            device: device.as_ref(),
+            age_ms: None,
+            signalling: Signalling::ToDevice,
+        };
+        Self::dispatch(self, &e.event_type, &e.content, source, settled)
+    }
+
+    fn dispatch(
+        &mut self,
+        event_type: &str,
+        content: &serde_json::Value,
+        source: Source<'_>,
+        settled: &BTreeSet<String>,
+    ) -> Result<(), Error> {
+        let (common, event) = match wire::parse(event_type, content) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                self.counters.malformed += 1;
+                tracing::warn!(%e, sender = %source.sender, "malformed call event");
+                return Err(e.into());
+            }
+        };
+        let call_id = CallId(common.call_id.clone());
+        if let Some(call) = self.calls.get_mut(&call_id) {
+            if call.room_id != source.room_id || call.signalling != source.signalling {
+                self.counters.not_from_peer += 1;
+                return Ok(());
+            }
+            let sender = Sender { user: source.sender, device: source.device };
+            let mut ctx = ctx!(self);
+            let d = call.handle_remote(&mut ctx, sender, &common, event, source.age_ms);
+            if let Disposition::Ignored(why) = d {
+                tracing::debug!(%call_id, ?why, event_type, "call event ignored");
+            }
+            self.counters.count(d);
+            return Ok(());
+        }
+        if let Some(ended) = self.ended.get(&call_id) {
+            // Late or replayed events of an ended call; an invite is refused only when it
+            // comes from the same peer (a spoofed hangup must not block someone else's call).
+            if !matches!(event, CallEvent::Invite { .. })
+                || ended.peer == *source.sender
+                || *source.sender == self.local.user_id
+            {
+                self.counters.duplicates += 1;
+                return Ok(());
+            }
+        }
+        match event {
+            CallEvent::Invite { offer, lifetime, invitee, invitee_device_id, metadata, capabilities } => {
+                if settled.contains(&common.call_id) {
+                    self.counters.duplicates += 1;
+                    self.remember_ended(call_id, source.sender.clone());
+                    return Ok(());
+                }
+                let invite =
+                    InviteParts { offer, lifetime, invitee, invitee_device_id, metadata, capabilities };
+                self.handle_invite(source, common, invite);
+            }
+            CallEvent::Candidates { candidates } => {
+                self.stash_orphan(&source, call_id, common.party_id, candidates);
+            }
+            CallEvent::Hangup { .. } | CallEvent::Reject if *source.sender != self.local.user_id => {
+                // A hangup for a call we never saw: remember it, so its invite, if it arrives
+                // late, does not ring (js-sdk does the same).
+                self.counters.duplicates += 1;
+                self.remember_ended(call_id, source.sender.clone());
+            }
+            _ => self.counters.wrong_state += 1,
+        }
+        Ok(())
+    }
+
+    fn remember_ended(&mut self, call_id: CallId, peer: UserId) {
+        self.orphans.remove(&call_id);
+        self.ended
+            .insert(call_id, Ended { forget_at: self.now.plus(self.config.ended_call_memory_ms), peer });
+        while self.ended.len() > MAX_ENDED {
+            let oldest = self.ended.iter().min_by_key(|(_, e)| e.forget_at).map(|(id, _)| id.clone());
+            match oldest {
+                Some(id) => self.ended.remove(&id),
+                None => break,
+            };
+        }
+    }
+
+    fn stash_orphan(
+        &mut self,
+        source: &Source<'_>,
+        call_id: CallId,
+        party: Option<String>,
+        cands: Vec<Candidate>,
+    ) {
+        if !self.orphans.contains_key(&call_id) && self.orphans.len() >= MAX_ORPHANS {
+            let oldest = self.orphans.iter().min_by_key(|(_, o)| o.expires_at).map(|(id, _)| id.clone());
+            if let Some(id) = oldest {
+                self.orphans.remove(&id);
+            }
+        }
+        let orphan = self.orphans.entry(call_id).or_insert_with(|| Orphan {
+            expires_at: self.now.plus(self.config.orphan_candidates_ms),
+            room_id: source.room_id.clone(),
+            sender: source.sender.clone(),
+            by_party: Vec::new(),
+        });
+        if orphan.sender != *source.sender || orphan.room_id != source.room_id || orphan.by_party.len() >= 16
+        {
+            self.counters.not_from_peer += 1;
+            return;
+        }
+        orphan.by_party.push((party, cands));
+        self.counters.applied += 1;
+    }
+
+    fn handle_invite(&mut self, source: Source<'_>, common: Common, invite: InviteParts) {
+        let me = &self.local;
+        let sender = source.sender;
+        // Addressing: to our user (or everyone), to our device (or all devices).
+        let addressed = invite.invitee.as_deref().is_none_or(|i| i == me.user_id.as_str())
+            && invite.invitee_device_id.as_deref().is_none_or(|d| d == me.device_id.as_str());
+        // Our own user may call us only device-to-device, explicitly addressed, from another device.
+        let own_ok = *sender != me.user_id
+            || (invite.invitee.as_deref() == Some(me.user_id.as_str())
+                && invite.invitee_device_id.as_deref() == Some(me.device_id.as_str())
+                && source.device.is_none_or(|d| *d != me.device_id));
+        let member_ok = self
+            .members
+            .get(&source.room_id)
+            .and_then(|m| m.get(sender))
+            .is_none_or(|m| *m == Membership::Join);
+        if !addressed || !own_ok || !member_ok {
+            self.counters.not_for_us += 1;
+            return;
+        }
+        if source.signalling == Signalling::ToDevice && source.device.is_none() {
+            // We could not answer: nobody to address the reply to.
+            self.counters.malformed += 1;
+            return;
+        }
+        let lifetime = invite.lifetime.unwrap_or(self.config.default_remote_lifetime_ms);
+        let remaining = lifetime.saturating_sub(source.age_ms.unwrap_or(0));
+        if remaining <= self.config.ring_grace_ms {
+            self.counters.expired += 1;
+            return;
+        }
+        let call_id = CallId(common.call_id.clone());
+        let glare_with = self
+            .calls
+            .values()
+            .find(|c| {
+                c.direction == CallDirection::Outgoing
+                    && c.room_id == source.room_id
+                    && c.peer_user == *sender
+                    && c.signalling == source.signalling
+                    && matches!(c.state, CallState::CreateOffer | CallState::InviteSent)
+            })
+            .map(|c| (c.id.clone(), c.state == CallState::InviteSent, c.offered_type));
+        let mut ctx = ctx!(self);
+        let mut replaced: Option<(CallId, CallType)> = None;
+        if let Some((ours, invite_sent, our_type)) = glare_with {
+            match glare::resolve(ours.as_str(), call_id.as_str(), invite_sent) {
+                glare::GlareOutcome::OursWins => {
+                    tracing::debug!(%ours, incoming = %call_id, "glare: our call wins");
+                    Call::refuse(
+                        &mut ctx,
+                        &call_id,
+                        &source.room_id,
+                        sender,
+                        source.device,
+                        source.signalling,
+                        CallEvent::Hangup { reason: Some(EndReason::Replaced.wire_reason().to_owned()) },
+                    );
+                    self.counters.applied += 1;
+                    self.remember_ended(call_id, sender.clone());
+                    return;
+                }
+                glare::GlareOutcome::IncomingWins | glare::GlareOutcome::ReplaceOurs => {
+                    tracing::debug!(%ours, incoming = %call_id, "glare: the incoming call replaces ours");
+                    if let Some(c) = self.calls.get_mut(&ours) {
+                        c.hangup(&mut ctx, EndReason::Replaced, Initiator::Library);
+                    }
+                    replaced = Some((ours, our_type));
+                }
+            }
+        } else if !self
+            .can_handle_override
+            .unwrap_or_else(|| !(self.config.busy_when_in_call && self.calls.values().any(Call::is_engaged)))
+        {
+            let refusal = match (self.config.busy_signal, common.version) {
+                (BusySignal::Reject, CallVersion::V1) => CallEvent::Reject,
+                _ => CallEvent::Hangup { reason: Some(EndReason::UserBusy.wire_reason().to_owned()) },
+            };
+            Call::refuse(
+                &mut ctx,
+                &call_id,
+                &source.room_id,
+                sender,
+                source.device,
+                source.signalling,
+                refusal,
+            );
+            ctx.emit(Event::MissedCall {
+                call_id: call_id.clone(),
+                room_id: source.room_id.clone(),
+                caller: sender.clone(),
+                reason: EndReason::UserBusy,
+            });
+            self.counters.busy += 1;
+            self.remember_ended(call_id, sender.clone());
+            return;
+        }
+        let incoming = Incoming {
+            id: call_id.clone(),
+            room_id: source.room_id.clone(),
+            caller: sender.clone(),
+            caller_device: source.device.cloned(),
+            caller_party: common.party_id.map(PartyId),
+            version: common.version,
+            capabilities: invite.capabilities,
+            offer: invite.offer,
+            metadata: invite.metadata,
+            signalling: source.signalling,
+            expires_at: self.now.plus(remaining),
+        };
+        let mut call = Call::incoming(&mut ctx, incoming);
+        if let Some((old, our_type)) = replaced {
+            ctx.emit(Event::CallReplaced { old_call_id: old, new_call_id: call_id.clone() });
+            if self.config.glare == GlareBehaviour::AutoAnswer {
+                call.auto_answer = Some(our_type);
+            }
+        }
+        // Candidates that arrived before the invite.
+        if let Some(orphan) = self.orphans.remove(&call_id) {
+            if orphan.sender == *sender && orphan.room_id == source.room_id {
+                for (party, cands) in orphan.by_party {
+                    call.candidate_input(&mut ctx, party.as_deref(), cands);
+                }
+            }
+        }
+        call.ring_or_auto_answer(&mut ctx);
+        self.counters.applied += 1;
+        self.calls.insert(call_id, call);
+    }
+
+    fn handle_member(&mut self, m: RoomMember) {
+        let left = !matches!(m.membership, Membership::Join | Membership::Invite);
+        self.members.entry(m.room_id.clone()).or_default().insert(m.user_id.clone(), m.membership);
+        if !left {
+            return;
+        }
+        let mut ctx = ctx!(self);
+        for call in self.calls.values_mut().filter(|c| c.room_id == m.room_id) {
+            if m.user_id == self.local.user_id {
+                // We left: nothing can be sent to the room any more.
+                call.end(&mut ctx, EndReason::UserHangup, Initiator::LocalUser, false);
+            } else if call.peer_user == m.user_id {
+                let missed = call.direction == CallDirection::Incoming && call.state == CallState::Ringing;
+                let reason = if call.state == CallState::InviteSent {
+                    EndReason::Rejected
+                } else {
+                    EndReason::PeerLeftRoom
+                };
+                call.end(&mut ctx, reason, Initiator::Remote, missed);
+            }
+        }
+    }
+
+    fn fire_timers(&mut self) {
+        self.sends.fire(self.now, &mut self.out);
+        let due: Vec<CallId> = self
+            .calls
+            .values()
+            .filter(|c| c.next_timer().is_some_and(|(at, _)| at <= self.now))
+            .map(|c| c.id.clone())
+            .collect();
+        for id in due {
+            let mut ctx = ctx!(self);
+            if let Some(call) = self.calls.get_mut(&id) {
+                call.handle_timeout(&mut ctx);
+            }
+        }
+        let now = self.now;
+        self.ended.retain(|_, e| e.forget_at > now);
+        self.orphans.retain(|_, o| o.expires_at > now);
+        self.collect_ended();
+    }
+
+    fn collect_ended(&mut self) {
+        let done: Vec<CallId> = self.calls.values().filter(|c| c.is_ended()).map(|c| c.id.clone()).collect();
+        for id in done {
+            if let Some(call) = self.calls.remove(&id) {
+                self.remember_ended(id, call.peer_user);
+            }
+        }
+    }
+}
+
+/// The invite-specific fields, handed from dispatch to `handle_invite`.
+struct InviteParts {
+    offer: crate::media::SessionDescription,
+    lifetime: Option<u64>,
+    invitee: Option<String>,
+    invitee_device_id: Option<String>,
+    metadata: Option<wire::SdpStreamMetadata>,
+    capabilities: wire::Capabilities,
+}

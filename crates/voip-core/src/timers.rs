@@ -1,0 +1,124 @@
+//! Timers: an enum of kinds and a small table per owner; `next_deadline` is their minimum.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{CallId, RequestId, Timestamp};
+
+/// Why a timer exists. Every timer of the core is one of these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimerKind {
+    /// Outgoing call: nobody answered within the invite lifetime.
+    InviteTimeout,
+    /// Incoming call: the invite's lifetime ran out while ringing.
+    RingTimeout,
+    /// The media engine did not produce a description in time.
+    MediaTimeout,
+    /// Send the batched local candidates.
+    CandidateFlush,
+    /// ICE is disconnected: restart it.
+    IceRestart,
+    /// ICE did not (re)connect in time: give up.
+    IceFailed,
+    /// Our renegotiation offer was not answered within its lifetime.
+    NegotiateTimeout,
+    /// Retry a failed or rate-limited send.
+    SendRetry,
+    /// Forget remembered ended calls and stale orphan candidates.
+    Housekeeping,
+}
+
+impl TimerKind {
+    /// Every call-level timer, in the order they are handled when due at the same time.
+    pub(crate) const CALL_TIMERS: [TimerKind; 7] = [
+        TimerKind::MediaTimeout,
+        TimerKind::InviteTimeout,
+        TimerKind::RingTimeout,
+        TimerKind::IceFailed,
+        TimerKind::IceRestart,
+        TimerKind::NegotiateTimeout,
+        TimerKind::CandidateFlush,
+    ];
+
+    fn slot(self) -> usize {
+        TimerKind::CALL_TIMERS.iter().position(|k| *k == self).unwrap_or(0)
+    }
+}
+
+/// The next time the core needs to be woken, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deadline {
+    /// When: call [`crate::Voip::handle`] with [`crate::Input::Tick`] at or after it.
+    pub at: Timestamp,
+    /// Which timer.
+    pub reason: TimerKind,
+    /// The call it belongs to, if any.
+    pub call_id: Option<CallId>,
+    /// The send it belongs to, if any.
+    pub request_id: Option<RequestId>,
+}
+
+/// Per-call timer table: at most one pending instance of each kind.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct TimerTable([Option<Timestamp>; 7]);
+
+impl TimerTable {
+    pub(crate) fn set(&mut self, kind: TimerKind, at: Timestamp) {
+        self.0[kind.slot()] = Some(at);
+    }
+
+    /// Sets the timer unless it is already pending (batching windows keep their first deadline).
+    pub(crate) fn set_if_unset(&mut self, kind: TimerKind, at: Timestamp) {
+        let slot = &mut self.0[kind.slot()];
+        if slot.is_none() {
+            *slot = Some(at);
+        }
+    }
+
+    pub(crate) fn clear(&mut self, kind: TimerKind) {
+        self.0[kind.slot()] = None;
+    }
+
+    pub(crate) fn clear_all(&mut self) {
+        self.0 = Default::default();
+    }
+
+    pub(crate) fn get(&self, kind: TimerKind) -> Option<Timestamp> {
+        self.0[kind.slot()]
+    }
+
+    /// The earliest pending timer.
+    pub(crate) fn next(&self) -> Option<(Timestamp, TimerKind)> {
+        TimerKind::CALL_TIMERS
+            .iter()
+            .filter_map(|k| self.get(*k).map(|at| (at, *k)))
+            .min_by_key(|(at, _)| *at)
+    }
+
+    /// Removes and returns the first timer due at `now` (in `CALL_TIMERS` order).
+    pub(crate) fn pop_due(&mut self, now: Timestamp) -> Option<TimerKind> {
+        let kind =
+            TimerKind::CALL_TIMERS.iter().copied().find(|k| self.get(*k).is_some_and(|at| at <= now))?;
+        self.clear(kind);
+        Some(kind)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_orders_and_pops() {
+        let mut t = TimerTable::default();
+        assert_eq!(t.next(), None);
+        t.set(TimerKind::CandidateFlush, Timestamp(50));
+        t.set(TimerKind::InviteTimeout, Timestamp(100));
+        t.set_if_unset(TimerKind::CandidateFlush, Timestamp(10));
+        assert_eq!(t.next(), Some((Timestamp(50), TimerKind::CandidateFlush)));
+        assert_eq!(t.pop_due(Timestamp(49)), None);
+        assert_eq!(t.pop_due(Timestamp(100)), Some(TimerKind::InviteTimeout));
+        assert_eq!(t.pop_due(Timestamp(100)), Some(TimerKind::CandidateFlush));
+        assert_eq!(t.pop_due(Timestamp(100)), None);
+    }
+}
