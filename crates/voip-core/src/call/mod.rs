@@ -162,8 +162,7 @@ impl Call {
         direction: CallDirection,
         signalling: Signalling,
         offered_type: CallType,
-        peer_user: UserId,
-        peer_device: Option<DeviceId>,
+        (peer_user, peer_device): (UserId, Option<DeviceId>),
     ) -> Call {
         Call {
             local_party: PartyId(ctx.rng.alnum(10)),
@@ -210,8 +209,7 @@ impl Call {
             CallDirection::Outgoing,
             p.signalling,
             p.call_type,
-            p.invitee,
-            p.invitee_device,
+            (p.invitee, p.invitee_device),
         );
         let _span = tracing::debug_span!("call", call_id = %call.id, party_id = %call.local_party).entered();
         tracing::debug!(peer = %call.peer_user, ?p.call_type, "placing call");
@@ -234,8 +232,7 @@ impl Call {
             CallDirection::Incoming,
             p.signalling,
             call_type,
-            p.caller,
-            p.caller_device,
+            (p.caller, p.caller_device),
         );
         let _span = tracing::debug_span!("call", call_id = %call.id, party_id = %call.local_party).entered();
         call.opponent =
@@ -276,8 +273,7 @@ impl Call {
             CallDirection::Incoming,
             signalling,
             CallType::Voice,
-            peer_user.clone(),
-            peer_device.cloned(),
+            (peer_user.clone(), peer_device.cloned()),
         );
         call.send(ctx, event, SendPurpose::Ending);
     }

@@ -58,7 +58,7 @@ impl Call {
         }
     }
 
-    fn from_peer(&self, sender: Sender<'_>, party: Option<&str>) -> bool {
+    fn is_from_peer(&self, sender: Sender<'_>, party: Option<&str>) -> bool {
         sender.user == &self.peer_user && self.device_matches(sender) && self.party_matches(party)
     }
 
@@ -100,7 +100,7 @@ impl Call {
                 CallDirection::Incoming => Ign(Ignored::NotFromPeer),
             },
             CallEvent::SelectAnswer { selected_party_id } => {
-                if self.direction != CallDirection::Incoming || !self.from_peer(sender, party) {
+                if self.direction != CallDirection::Incoming || !self.is_from_peer(sender, party) {
                     return Ign(Ignored::NotFromPeer);
                 }
                 if selected_party_id == self.local_party.as_str() {
@@ -139,7 +139,7 @@ impl Call {
                             && self.device_matches(sender)
                             && self.party_matches(party)
                     }
-                    CallDirection::Incoming => self.from_peer(sender, party),
+                    CallDirection::Incoming => self.is_from_peer(sender, party),
                 };
                 if !ok {
                     return Ign(Ignored::NotFromPeer);
@@ -159,7 +159,7 @@ impl Call {
                 Applied
             }
             CallEvent::Negotiate { description, lifetime, metadata } => {
-                if !self.from_peer(sender, party) || self.opponent.is_none() {
+                if !self.is_from_peer(sender, party) || self.opponent.is_none() {
                     return Ign(Ignored::NotFromPeer);
                 }
                 if !matches!(self.state, CallState::Connecting | CallState::Connected) || !self.peer_is_v1() {
@@ -173,7 +173,7 @@ impl Call {
                 self.on_negotiate(ctx, description, metadata)
             }
             CallEvent::SdpStreamMetadataChanged { metadata } => {
-                if !self.from_peer(sender, party) {
+                if !self.is_from_peer(sender, party) {
                     return Ign(Ignored::NotFromPeer);
                 }
                 self.remote_metadata = Some(metadata);
@@ -181,14 +181,14 @@ impl Call {
                 Applied
             }
             CallEvent::AssertedIdentity { identity } => {
-                if !self.from_peer(sender, party) {
+                if !self.is_from_peer(sender, party) {
                     return Ign(Ignored::NotFromPeer);
                 }
                 ctx.emit(Event::AssertedIdentityChanged { call_id: self.id.clone(), identity });
                 Applied
             }
             CallEvent::Replaces { replaces } => {
-                if !self.from_peer(sender, party) || self.opponent.is_none() {
+                if !self.is_from_peer(sender, party) || self.opponent.is_none() {
                     return Ign(Ignored::NotFromPeer);
                 }
                 ctx.emit(Event::ReplacesReceived { call_id: self.id.clone(), replaces });

@@ -5,7 +5,7 @@ use crate::media::CallType;
 /// `Video` when the SDP has a video m-line with a non-zero port, else `Voice`.
 pub(crate) fn call_type(sdp: &str) -> CallType {
     let has_video = sdp.lines().any(|l| {
-        let mut parts = l.trim().split_whitespace();
+        let mut parts = l.split_whitespace();
         parts.next() == Some("m=video") && parts.next().is_some_and(|port| port != "0")
     });
     if has_video {
@@ -52,6 +52,11 @@ pub(crate) fn is_hold(sdp: &str) -> bool {
         && sections.iter().all(|d| matches!(d.or(session_dir), Some("sendonly" | "inactive")))
 }
 
+/// The first `a=ice-ufrag:` value, used to notice a remote ICE restart.
+pub(crate) fn ice_ufrag(sdp: &str) -> Option<&str> {
+    sdp.lines().find_map(|l| l.trim().strip_prefix("a=ice-ufrag:")).map(str::trim)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,9 +78,4 @@ mod tests {
         assert!(is_hold(session_level));
         assert!(!is_hold("v=0\r\n"));
     }
-}
-
-/// The first `a=ice-ufrag:` value, used to notice a remote ICE restart.
-pub(crate) fn ice_ufrag(sdp: &str) -> Option<&str> {
-    sdp.lines().find_map(|l| l.trim().strip_prefix("a=ice-ufrag:")).map(str::trim)
 }

@@ -1,0 +1,437 @@
+//! The simulator: N devices (each a `voip_core::Voip` plus a [`FakeMedia`]), an in-memory
+//! homeserver (room timelines with `origin_server_ts`, to-device queues), one virtual clock.
+//!
+//! Every message travels with a latency; the homeserver echoes room events back to every member
+//! device, the sender's own included, as a real server does. `step()` handles the earliest pending
+//! thing (a delivery or a device deadline); `run_until_idle()` steps until nothing is left.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+
+use rand_chacha::ChaCha20Rng;
+use rand_core::{RngCore, SeedableRng};
+use voip_core::media::{ConnectionState, MediaEvent};
+use voip_core::{
+    seed_from_u64, CallId, Command, Config, DeviceId, Event, Input, LocalDevice, Membership, Output,
+    RoomEvent, RoomId, RoomMember, SendKind, SendOutcome, Timestamp, ToDeviceEvent, UserId, Voip,
+};
+
+use crate::media::FakeMedia;
+
+/// Index of a device in the simulation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DeviceIdx(pub usize);
+
+/// Seeded network faults applied to every delivery.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Faults {
+    /// Extra random delay per message, uniformly in `0..=jitter_ms` (reorders messages).
+    pub jitter_ms: u64,
+    /// Probability that a send fails with a retryable error (the core retries it).
+    pub send_failure: f64,
+    /// Probability that a delivered message is delivered twice.
+    pub duplicate: f64,
+}
+
+/// One simulated device.
+#[derive(Debug)]
+pub struct Device {
+    /// The core.
+    pub voip: Voip,
+    /// Its media engine.
+    pub media: FakeMedia,
+    /// Every app event, time-stamped.
+    pub events: Vec<(Timestamp, Event)>,
+    /// Every output, time-stamped, for traces.
+    pub outputs: Vec<(Timestamp, Output)>,
+    /// Errors returned by `handle`.
+    pub errors: Vec<(Timestamp, voip_core::Error)>,
+    /// Whether the device is offline (crashed): deliveries to it are lost.
+    pub offline: bool,
+}
+
+/// The simulation.
+#[derive(Debug)]
+pub struct Sim {
+    now: Timestamp,
+    seq: u64,
+    devices: Vec<Device>,
+    rooms: BTreeMap<RoomId, BTreeSet<UserId>>,
+    /// (deliver at, sequence, target device); the input waits in `inflight`.
+    queue: BinaryHeap<Reverse<(Timestamp, u64, DeviceIdx)>>,
+    inflight: BTreeMap<u64, Input>,
+    /// One-way latency of the homeserver, ms.
+    pub latency_ms: u64,
+    /// Time the media engine takes to answer a command, ms.
+    pub media_delay_ms: u64,
+    /// Network faults.
+    pub faults: Faults,
+    rng: ChaCha20Rng,
+    next_event_id: u64,
+}
+
+impl Sim {
+    /// A simulation starting at a fixed time, all randomness from `seed`.
+    pub fn new(seed: u64) -> Sim {
+        Sim {
+            now: Timestamp(1_700_000_000_000),
+            seq: 0,
+            devices: Vec::new(),
+            rooms: BTreeMap::new(),
+            queue: BinaryHeap::new(),
+            inflight: BTreeMap::new(),
+            latency_ms: 20,
+            media_delay_ms: 1,
+            faults: Faults::default(),
+            rng: ChaCha20Rng::seed_from_u64(seed),
+            next_event_id: 0,
+        }
+    }
+
+    /// The virtual clock.
+    pub fn now(&self) -> Timestamp {
+        self.now
+    }
+
+    /// Adds a device; its core is seeded from the simulation's seed.
+    pub fn add_device(&mut self, user: &str, device: &str, config: Config) -> DeviceIdx {
+        let seed = seed_from_u64(self.rng.next_u64());
+        self.devices.push(Device {
+            voip: Voip::new(config, LocalDevice::new(user, device), seed),
+            media: FakeMedia::new(),
+            events: Vec::new(),
+            outputs: Vec::new(),
+            errors: Vec::new(),
+            offline: false,
+        });
+        DeviceIdx(self.devices.len() - 1)
+    }
+
+    /// Joins users to a room (and tells every device about the memberships).
+    pub fn join(&mut self, room: &str, users: &[&str]) -> RoomId {
+        let room_id = RoomId::from(room);
+        for u in users {
+            self.rooms.entry(room_id.clone()).or_default().insert(UserId::from(*u));
+            for i in 0..self.devices.len() {
+                let m = RoomMember {
+                    room_id: room_id.clone(),
+                    user_id: UserId::from(*u),
+                    membership: Membership::Join,
+                };
+                self.feed(DeviceIdx(i), Input::RoomMember(m));
+            }
+        }
+        room_id
+    }
+
+    /// A user leaves a room; every device learns it after the latency.
+    pub fn leave(&mut self, room: &RoomId, user: &str) {
+        if let Some(members) = self.rooms.get_mut(room) {
+            members.remove(&UserId::from(user));
+        }
+        for i in 0..self.devices.len() {
+            let m = RoomMember {
+                room_id: room.clone(),
+                user_id: UserId::from(user),
+                membership: Membership::Leave,
+            };
+            self.deliver(DeviceIdx(i), Input::RoomMember(m), self.latency_ms);
+        }
+    }
+
+    /// A device.
+    pub fn device(&self, d: DeviceIdx) -> &Device {
+        &self.devices[d.0]
+    }
+
+    /// A device, mutably.
+    pub fn device_mut(&mut self, d: DeviceIdx) -> &mut Device {
+        &mut self.devices[d.0]
+    }
+
+    /// Number of devices.
+    pub fn len(&self) -> usize {
+        self.devices.len()
+    }
+
+    /// Whether there are no devices.
+    pub fn is_empty(&self) -> bool {
+        self.devices.is_empty()
+    }
+
+    /// Places a call from `from`; returns the call id.
+    pub fn place_call(
+        &mut self,
+        from: DeviceIdx,
+        room: &RoomId,
+        invitee: &str,
+        invitee_device: Option<&str>,
+        call_type: voip_core::CallType,
+        signalling: voip_core::Signalling,
+    ) -> CallId {
+        let now = self.now;
+        let id = self.devices[from.0]
+            .voip
+            .place_call(
+                now,
+                room.clone(),
+                UserId::from(invitee),
+                invitee_device.map(DeviceId::from),
+                call_type,
+                signalling,
+            )
+            .expect("place_call");
+        self.drain(from);
+        id
+    }
+
+    /// Feeds a command now; returns the core's result.
+    pub fn command(&mut self, d: DeviceIdx, command: Command) -> Result<(), voip_core::Error> {
+        let r = self.devices[d.0].voip.handle(self.now, Input::Command(command));
+        self.drain(d);
+        r
+    }
+
+    /// Feeds any input now.
+    pub fn feed(&mut self, d: DeviceIdx, input: Input) {
+        let now = self.now;
+        let dev = &mut self.devices[d.0];
+        if let Err(e) = dev.voip.handle(now, input) {
+            dev.errors.push((now, e));
+        }
+        self.drain(d);
+    }
+
+    /// Simulates a media-level connection change on `d`'s call.
+    pub fn force_media_state(&mut self, d: DeviceIdx, call_id: &CallId, state: ConnectionState) {
+        let events = self.devices[d.0].media.force_state(call_id, state);
+        for event in events {
+            self.feed(d, Input::Media { call_id: call_id.clone(), event });
+        }
+    }
+
+    /// Takes a device offline (crash: deliveries to it are lost) or back online.
+    pub fn set_offline(&mut self, d: DeviceIdx, offline: bool) {
+        self.devices[d.0].offline = offline;
+    }
+
+    fn deliver(&mut self, to: DeviceIdx, input: Input, delay: u64) {
+        let jitter =
+            if self.faults.jitter_ms > 0 { self.rng.next_u64() % (self.faults.jitter_ms + 1) } else { 0 };
+        let copies = if self.chance(self.faults.duplicate) { 2 } else { 1 };
+        for _ in 0..copies {
+            self.seq += 1;
+            self.inflight.insert(self.seq, input.clone());
+            self.queue.push(Reverse((self.now.plus(delay + jitter), self.seq, to)));
+        }
+    }
+
+    fn chance(&mut self, p: f64) -> bool {
+        p > 0.0 && (self.rng.next_u64() as f64 / u64::MAX as f64) < p
+    }
+
+    /// Drains a device's outputs: sends go to the homeserver, media commands to its engine.
+    fn drain(&mut self, d: DeviceIdx) {
+        while let Some(out) = self.devices[d.0].voip.poll() {
+            let now = self.now;
+            self.devices[d.0].outputs.push((now, out.clone()));
+            match out {
+                Output::Event(e) => self.devices[d.0].events.push((now, e)),
+                Output::Media { call_id, command } => {
+                    let events = self.devices[d.0].media.execute(&call_id, command);
+                    for event in events {
+                        let input = Input::Media { call_id: call_id.clone(), event };
+                        self.deliver(d, input, self.media_delay_ms);
+                    }
+                }
+                Output::Send(req) => {
+                    let fail = self.chance(self.faults.send_failure);
+                    let result = if fail {
+                        SendOutcome::Failed { retryable: true, error: "simulated 502".into() }
+                    } else {
+                        let event_id = self.route(d, req.kind);
+                        SendOutcome::Sent { event_id }
+                    };
+                    self.deliver(d, Input::SendResult { id: req.id, result }, self.latency_ms);
+                }
+            }
+        }
+    }
+
+    /// The homeserver: room events to every member device (echo included), to-device to one.
+    fn route(&mut self, from: DeviceIdx, kind: SendKind) -> Option<String> {
+        let sender = self.devices[from.0].voip.local_device().clone();
+        match kind {
+            SendKind::RoomEvent { room_id, event_type, content } => {
+                self.next_event_id += 1;
+                let event_id = format!("$ev{}", self.next_event_id);
+                let members = self.rooms.get(&room_id).cloned().unwrap_or_default();
+                if !members.contains(&sender.user_id) {
+                    return None;
+                }
+                let ev = RoomEvent {
+                    room_id,
+                    event_id: Some(event_id.clone()),
+                    sender: sender.user_id.clone(),
+                    event_type,
+                    content,
+                    origin_server_ts: self.now,
+                    age_ms: None,
+                };
+                for i in 0..self.devices.len() {
+                    if members.contains(&self.devices[i].voip.local_device().user_id) {
+                        self.deliver(DeviceIdx(i), Input::RoomEvent(ev.clone()), self.latency_ms);
+                    }
+                }
+                Some(event_id)
+            }
+            SendKind::ToDevice { event_type, messages, .. } => {
+                for m in messages {
+                    let target = (0..self.devices.len()).find(|i| {
+                        let l = self.devices[*i].voip.local_device();
+                        l.user_id == m.user_id && l.device_id == m.device_id
+                    });
+                    if let Some(i) = target {
+                        let ev = ToDeviceEvent {
+                            sender: sender.user_id.clone(),
+                            sender_device: Some(sender.device_id.clone()),
+                            event_type: event_type.clone(),
+                            content: m.content,
+                            encrypted: true,
+                        };
+                        self.deliver(DeviceIdx(i), Input::ToDevice(ev), self.latency_ms);
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    /// The earliest pending thing: a delivery or a device deadline.
+    fn next_time(&self) -> Option<Timestamp> {
+        let q = self.queue.peek().map(|Reverse((at, _, _))| *at);
+        let d = self
+            .devices
+            .iter()
+            .filter(|d| !d.offline)
+            .filter_map(|d| d.voip.next_deadline().map(|x| x.at))
+            .min();
+        match (q, d) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Handles everything due at the earliest pending time. Returns false when idle.
+    pub fn step(&mut self) -> bool {
+        let Some(at) = self.next_time() else { return false };
+        self.now = self.now.max(at);
+        while let Some(Reverse((at, _, _))) = self.queue.peek() {
+            if *at > self.now {
+                break;
+            }
+            let Reverse((_, seq, to)) = self.queue.pop().expect("peeked");
+            let input = self.inflight.remove(&seq).expect("every queued delivery has its input");
+            if !self.devices[to.0].offline {
+                self.feed(to, input);
+            }
+        }
+        for i in 0..self.devices.len() {
+            if self.devices[i].offline {
+                continue;
+            }
+            if self.devices[i].voip.next_deadline().is_some_and(|d| d.at <= self.now) {
+                self.feed(DeviceIdx(i), Input::Tick);
+            }
+        }
+        true
+    }
+
+    /// Steps until idle or `max_steps`; returns the number of steps taken.
+    pub fn run_until_idle(&mut self, max_steps: usize) -> usize {
+        let mut n = 0;
+        while n < max_steps && self.step() {
+            n += 1;
+        }
+        n
+    }
+
+    /// Steps while something is due within `window_ms` of the clock (deliveries, batching and
+    /// short timers), leaving long timers (ringing, invite lifetime) pending. Returns steps taken.
+    pub fn settle_within(&mut self, window_ms: u64, max_steps: usize) -> usize {
+        let mut n = 0;
+        while n < max_steps && self.next_time().is_some_and(|t| t <= self.now.plus(window_ms)) {
+            self.step();
+            n += 1;
+        }
+        n
+    }
+
+    /// [`Sim::settle_within`] a 5 s window: every message exchange in flight completes.
+    pub fn settle(&mut self) -> usize {
+        self.settle_within(5_000, 100_000)
+    }
+
+    /// Steps until the clock reaches `now + ms` (handling everything due before), then sets it.
+    pub fn advance(&mut self, ms: u64) {
+        let until = self.now.plus(ms);
+        while self.next_time().is_some_and(|t| t <= until) {
+            self.step();
+        }
+        self.now = until;
+    }
+
+    /// Steps until `pred` holds or `max_steps` pass; returns whether it holds.
+    pub fn run_until(&mut self, max_steps: usize, mut pred: impl FnMut(&Sim) -> bool) -> bool {
+        for _ in 0..max_steps {
+            if pred(self) {
+                return true;
+            }
+            if !self.step() {
+                break;
+            }
+        }
+        pred(self)
+    }
+
+    /// App events of a device (without timestamps).
+    pub fn events(&self, d: DeviceIdx) -> Vec<Event> {
+        self.devices[d.0].events.iter().map(|(_, e)| e.clone()).collect()
+    }
+
+    /// The `CallEnded` events of a device: (call, reason, initiator).
+    pub fn ended(&self, d: DeviceIdx) -> Vec<(CallId, voip_core::EndReason, voip_core::Initiator)> {
+        self.devices[d.0]
+            .events
+            .iter()
+            .filter_map(|(_, e)| match e {
+                Event::CallEnded { call_id, reason, initiator } => {
+                    Some((call_id.clone(), reason.clone(), *initiator))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The call ids of `IncomingCall` events of a device.
+    pub fn incoming(&self, d: DeviceIdx) -> Vec<CallId> {
+        self.devices[d.0]
+            .events
+            .iter()
+            .filter_map(|(_, e)| match e {
+                Event::IncomingCall { call_id, .. } => Some(call_id.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Whether `d`'s call is in state `Connected`.
+    pub fn is_connected(&self, d: DeviceIdx, call_id: &CallId) -> bool {
+        self.devices[d.0].voip.call(call_id).is_some_and(|c| c.state == voip_core::CallState::Connected)
+    }
+
+    /// Feeds a media event directly (e.g. `NegotiationNeeded`).
+    pub fn media_event(&mut self, d: DeviceIdx, call_id: &CallId, event: MediaEvent) {
+        self.feed(d, Input::Media { call_id: call_id.clone(), event });
+    }
+}
