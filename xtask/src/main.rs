@@ -1,6 +1,36 @@
-//! Project tasks: `cargo xtask <task>`.
+//! Project tasks, run as `cargo xtask <task>`:
+//!
+//! - `conformance [--dir DIR] [--filter PAT]`: run the conformance fixtures.
+//! - `test`: everything CI runs (format, lints, unit/integration tests with a real Synapse,
+//!   fixtures).
 
-fn main() -> anyhow::Result<()> {
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+mod conformance;
+mod test;
+
+fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    anyhow::bail!("unknown task {:?}", args.first())
+    let result = match args.first().map(String::as_str) {
+        Some("conformance") => conformance::run(&args[1..]),
+        Some("test") => test::run(&args[1..]),
+        other => {
+            eprintln!("usage: cargo xtask <conformance|test> …  (got {other:?})");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+pub(crate) fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent").to_path_buf()
 }

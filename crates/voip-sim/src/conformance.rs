@@ -127,7 +127,9 @@ pub fn discover(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 pub fn run(fx: &Fixture) -> Result<(), FixtureError> {
     let fail = |step: usize, message: String| FixtureError::Step { step, message };
     let mut config_json = serde_json::to_value(Config::default()).expect("config serializes");
-    merge(&mut config_json, &fx.config);
+    if !fx.config.is_null() {
+        merge(&mut config_json, &fx.config);
+    }
     let config: Config =
         serde_json::from_value(config_json).map_err(|e| fail(0, format!("bad config: {e}")))?;
     let mut voip = Voip::new(config, fx.device.clone(), seed_from_u64(fx.seed));
@@ -233,7 +235,7 @@ fn merge(base: &mut Value, patch: &Value) {
     }
 }
 
-/// Replaces `{{name}}` in strings: a string that is exactly `{{name}}` becomes the captured JSON
+/// Replaces `{{name}}` in strings and object keys: a string that is exactly `{{name}}` becomes the captured JSON
 /// value (keeping numbers numbers); otherwise the captured value is spliced in as text.
 fn substitute(v: &Value, vars: &BTreeMap<String, Value>) -> Value {
     match v {
@@ -254,7 +256,17 @@ fn substitute(v: &Value, vars: &BTreeMap<String, Value>) -> Value {
             Value::String(out)
         }
         Value::Array(a) => Value::Array(a.iter().map(|x| substitute(x, vars)).collect()),
-        Value::Object(o) => Value::Object(o.iter().map(|(k, x)| (k.clone(), substitute(x, vars))).collect()),
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, x)| {
+                    let key = match substitute(&Value::String(k.clone()), vars) {
+                        Value::String(s) => s,
+                        other => other.to_string(),
+                    };
+                    (key, substitute(x, vars))
+                })
+                .collect(),
+        ),
         other => other.clone(),
     }
 }
