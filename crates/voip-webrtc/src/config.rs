@@ -1,0 +1,226 @@
+//! Adapter configuration: ICE servers, bind addresses and the webrtc-rs settings that make it
+//! interoperate with libwebrtc (see `shared/reference/webrtc-rs-interop.md`).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::media::sink::MediaSink;
+use crate::media::source::{bundled_media, SourceFactory};
+use crate::runtime::NetworkSwitch;
+
+/// One STUN/TURN server for the peer connections (`RTCIceServer`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IceServer {
+    /// `stun:` / `turn:` / `turns:` URIs.
+    pub urls: Vec<String>,
+    /// TURN username.
+    #[serde(default)]
+    pub username: String,
+    /// TURN password.
+    #[serde(default)]
+    pub credential: String,
+}
+
+/// The homeserver's `GET /_matrix/client/v3/voip/turnServer` response.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TurnServerResponse {
+    /// TURN URIs.
+    #[serde(default)]
+    pub uris: Vec<String>,
+    /// Username.
+    #[serde(default)]
+    pub username: String,
+    /// Password.
+    #[serde(default)]
+    pub password: String,
+    /// Validity in seconds; the app refetches before it runs out.
+    #[serde(default)]
+    pub ttl: u64,
+}
+
+impl From<TurnServerResponse> for IceServer {
+    fn from(t: TurnServerResponse) -> Self {
+        IceServer { urls: t.uris, username: t.username, credential: t.password }
+    }
+}
+
+/// How the engine deals with mDNS (`.local`) candidates.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MdnsMode {
+    /// Never touch multicast DNS; remote `.local` candidates are ignored.
+    Disabled,
+    /// Resolve remote `.local` candidates; never publish our own. If the multicast socket
+    /// cannot be opened (no multicast route), the peer connection is built with mDNS disabled
+    /// instead of failing the call.
+    #[default]
+    QueryOnly,
+}
+
+/// Configuration of a [`crate::WebrtcEngine`]. Start from [`WebrtcConfig::default`] (all
+/// interfaces) or [`WebrtcConfig::loopback`] (tests), then use the `with_*` setters.
+#[derive(Clone)]
+pub struct WebrtcConfig {
+    pub(crate) ice_servers: Vec<IceServer>,
+    pub(crate) udp_addrs: Vec<String>,
+    pub(crate) include_loopback: bool,
+    pub(crate) mdns: MdnsMode,
+    pub(crate) ice_check_interval: Duration,
+    pub(crate) prflx_wait: Duration,
+    pub(crate) ice_disconnected_timeout: Option<Duration>,
+    pub(crate) ice_failed_timeout: Option<Duration>,
+    pub(crate) ice_keepalive_interval: Option<Duration>,
+    pub(crate) sources: Arc<dyn SourceFactory>,
+    pub(crate) sink: Option<Arc<dyn MediaSink>>,
+    pub(crate) network: NetworkSwitch,
+}
+
+impl fmt::Debug for WebrtcConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebrtcConfig")
+            .field("ice_servers", &self.ice_servers.len())
+            .field("udp_addrs", &self.udp_addrs)
+            .field("include_loopback", &self.include_loopback)
+            .field("mdns", &self.mdns)
+            .field("ice_check_interval", &self.ice_check_interval)
+            .field("prflx_wait", &self.prflx_wait)
+            .field("ice_disconnected_timeout", &self.ice_disconnected_timeout)
+            .field("ice_failed_timeout", &self.ice_failed_timeout)
+            .field("app_sink", &self.sink.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for WebrtcConfig {
+    /// Production defaults: bind every interface (`0.0.0.0:0`, loopback skipped), mDNS
+    /// query-only and non-fatal, ICE checks every 50 ms, no peer-reflexive nomination wait,
+    /// webrtc-rs's ICE timeouts, bundled test media as the source.
+    fn default() -> Self {
+        WebrtcConfig {
+            ice_servers: Vec::new(),
+            udp_addrs: vec!["0.0.0.0:0".to_owned()],
+            include_loopback: false,
+            mdns: MdnsMode::QueryOnly,
+            ice_check_interval: Duration::from_millis(50),
+            prflx_wait: Duration::ZERO,
+            ice_disconnected_timeout: None,
+            ice_failed_timeout: None,
+            ice_keepalive_interval: None,
+            sources: bundled_media(),
+            sink: None,
+            network: NetworkSwitch::new(),
+        }
+    }
+}
+
+impl WebrtcConfig {
+    /// Loopback only: bind `127.0.0.1:0`, gather the 127.0.0.1 host candidate, mDNS off.
+    /// For tests and same-machine demos (RFC 8445 forbids loopback candidates on real networks).
+    pub fn loopback() -> Self {
+        WebrtcConfig {
+            udp_addrs: vec!["127.0.0.1:0".to_owned()],
+            include_loopback: true,
+            mdns: MdnsMode::Disabled,
+            ..WebrtcConfig::default()
+        }
+    }
+
+    /// STUN/TURN servers for new peer connections (usually the homeserver's TURN config).
+    #[must_use]
+    pub fn with_ice_servers(mut self, servers: Vec<IceServer>) -> Self {
+        self.ice_servers = servers;
+        self
+    }
+
+    /// Local UDP addresses to bind (`ip:port`; a wildcard means every non-loopback interface).
+    #[must_use]
+    pub fn with_udp_addrs(mut self, addrs: Vec<String>) -> Self {
+        self.udp_addrs = addrs;
+        self
+    }
+
+    /// mDNS handling.
+    #[must_use]
+    pub fn with_mdns(mut self, mode: MdnsMode) -> Self {
+        self.mdns = mode;
+        self
+    }
+
+    /// Interval between ICE connectivity checks (webrtc-rs default 200 ms; ours 50 ms).
+    #[must_use]
+    pub fn with_ice_check_interval(mut self, interval: Duration) -> Self {
+        self.ice_check_interval = interval;
+        self
+    }
+
+    /// How long the controlling side waits before nominating a peer-reflexive pair
+    /// (webrtc-rs default 1 s; ours 0, since Matrix candidates arrive late through the server).
+    #[must_use]
+    pub fn with_prflx_wait(mut self, wait: Duration) -> Self {
+        self.prflx_wait = wait;
+        self
+    }
+
+    /// ICE timeouts: no traffic for `disconnected` → disconnected; `failed` more → failed;
+    /// keepalives every `keepalive`. `None` keeps webrtc-rs's defaults (5 s, 25 s, 2 s).
+    #[must_use]
+    pub fn with_ice_timeouts(
+        mut self,
+        disconnected: Option<Duration>,
+        failed: Option<Duration>,
+        keepalive: Option<Duration>,
+    ) -> Self {
+        self.ice_disconnected_timeout = disconnected;
+        self.ice_failed_timeout = failed;
+        self.ice_keepalive_interval = keepalive;
+        self
+    }
+
+    /// Where local tracks get their frames (default: the bundled clips).
+    #[must_use]
+    pub fn with_sources(mut self, sources: Arc<dyn SourceFactory>) -> Self {
+        self.sources = sources;
+        self
+    }
+
+    /// An app sink that sees every packet of every remote track (in addition to the engine's
+    /// own counting sinks).
+    #[must_use]
+    pub fn with_sink(mut self, sink: Arc<dyn MediaSink>) -> Self {
+        self.sink = Some(sink);
+        self
+    }
+
+    /// Share a [`NetworkSwitch`] to black-hole this engine's traffic on demand.
+    #[must_use]
+    pub fn with_network_switch(mut self, switch: NetworkSwitch) -> Self {
+        self.network = switch;
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn turn_server_response_becomes_ice_server() {
+        let json = r#"{"uris":["turn:turn.example.org?transport=udp"],"username":"1443779631:@user:example.org",
+            "password":"JlKfBy1QwLrO20385QyAtEyIv0=","ttl":86400}"#;
+        let t: TurnServerResponse = serde_json::from_str(json).unwrap();
+        let s = IceServer::from(t);
+        assert_eq!(s.urls, vec!["turn:turn.example.org?transport=udp".to_owned()]);
+        assert_eq!(s.username, "1443779631:@user:example.org");
+        assert_eq!(s.credential, "JlKfBy1QwLrO20385QyAtEyIv0=");
+    }
+
+    #[test]
+    fn loopback_binds_127_0_0_1_without_mdns() {
+        let c = WebrtcConfig::loopback();
+        assert_eq!(c.udp_addrs, vec!["127.0.0.1:0".to_owned()]);
+        assert_eq!(c.mdns, MdnsMode::Disabled);
+        assert_eq!(WebrtcConfig::default().prflx_wait, Duration::ZERO);
+    }
+}

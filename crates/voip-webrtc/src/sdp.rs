@@ -1,0 +1,98 @@
+//! The little SDP reading the adapter needs: mids for local candidates and the stream ids of
+//! remote tracks. Lenient: lines it does not understand are skipped.
+
+use std::collections::BTreeSet;
+
+use voip_core::media::MediaKind;
+use voip_core::StreamId;
+
+/// One `m=` section, as far as the adapter cares.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct MediaSection {
+    /// `audio`, `video`, `application`, …
+    pub(crate) media: String,
+    /// `a=mid:` value.
+    pub(crate) mid: Option<String>,
+    /// Stream ids from `a=msid:` (or `a=ssrc:… msid:`) lines.
+    pub(crate) stream_ids: BTreeSet<String>,
+    /// Port 0: the section is rejected / stopped.
+    pub(crate) rejected: bool,
+}
+
+impl MediaSection {
+    pub(crate) fn kind(&self) -> Option<MediaKind> {
+        match self.media.as_str() {
+            "audio" => Some(MediaKind::Audio),
+            "video" => Some(MediaKind::Video),
+            _ => None,
+        }
+    }
+}
+
+pub(crate) fn media_sections(sdp: &str) -> Vec<MediaSection> {
+    let mut out: Vec<MediaSection> = Vec::new();
+    for line in sdp.lines().map(str::trim_end) {
+        if let Some(m) = line.strip_prefix("m=") {
+            let mut parts = m.split_whitespace();
+            let media = parts.next().unwrap_or_default().to_owned();
+            let rejected = parts.next() == Some("0");
+            out.push(MediaSection { media, rejected, ..Default::default() });
+            continue;
+        }
+        let Some(section) = out.last_mut() else { continue };
+        let Some(attr) = line.strip_prefix("a=") else { continue };
+        if let Some(mid) = attr.strip_prefix("mid:") {
+            section.mid = Some(mid.to_owned());
+        } else if let Some(msid) = attr.strip_prefix("msid:") {
+            if let Some(stream) = msid.split_whitespace().next().filter(|s| *s != "-") {
+                section.stream_ids.insert(stream.to_owned());
+            }
+        } else if let Some(msid) =
+            attr.strip_prefix("ssrc:").and_then(|v| v.split_once(" msid:")).map(|(_, v)| v)
+        {
+            if let Some(stream) = msid.split_whitespace().next().filter(|s| *s != "-") {
+                section.stream_ids.insert(stream.to_owned());
+            }
+        }
+    }
+    out
+}
+
+/// The mid and index of the first m-section (the BUNDLE transport every candidate belongs to).
+pub(crate) fn first_mid(sdp: &str) -> Option<(String, u32)> {
+    media_sections(sdp).into_iter().next().and_then(|s| s.mid).map(|mid| (mid, 0))
+}
+
+/// The `(stream id, kind)` of every track that has an msid in the SDP, whatever its direction.
+pub(crate) fn announced_tracks(sdp: &str) -> BTreeSet<(StreamId, MediaKind)> {
+    media_sections(sdp)
+        .into_iter()
+        .filter(|s| !s.rejected)
+        .filter_map(|s| s.kind().map(|k| (s, k)))
+        .flat_map(|(s, k)| s.stream_ids.into_iter().map(move |id| (StreamId(id), k)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OFFER: &str = "v=0\r\no=- 1 2 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1 2\r\n\
+m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=msid:user1 a1\r\na=sendrecv\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\na=ssrc:5 msid:user1 v1\r\na=sendonly\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:2\r\na=msid:screen1 v2\r\na=recvonly\r\n\
+m=video 0 UDP/TLS/RTP/SAVPF 96\r\na=mid:3\r\na=msid:gone v3\r\n";
+
+    #[test]
+    fn reads_sections_mids_and_streams() {
+        let s = media_sections(OFFER);
+        assert_eq!(s.len(), 4);
+        assert_eq!(first_mid(OFFER), Some(("0".to_owned(), 0)));
+        assert!(s[3].rejected);
+        let announced = announced_tracks(OFFER);
+        assert!(announced.contains(&(StreamId::from("user1"), MediaKind::Audio)));
+        assert!(announced.contains(&(StreamId::from("user1"), MediaKind::Video)));
+        assert!(announced.contains(&(StreamId::from("screen1"), MediaKind::Video)));
+        assert_eq!(announced.len(), 3, "the rejected section announces nothing");
+    }
+}

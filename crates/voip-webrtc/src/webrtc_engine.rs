@@ -1,0 +1,316 @@
+//! [`WebrtcEngine`]: the [`MediaEngine`] on webrtc-rs, plus the media API for apps.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+use tracing::{info_span, warn, Instrument};
+use voip_core::media::{ConnectionState, MediaCommand, MediaKind, StreamPurpose};
+use voip_core::{CallId, Event, StreamId};
+use webrtc::peer_connection::StatsSelector;
+
+use crate::call::{spawn_counted, CallInput, CallTask, Shared, SharedRef};
+use crate::config::{IceServer, WebrtcConfig};
+use crate::engine::{media_event_channel, MediaEngine, MediaEventReceiver, MediaEventSender};
+use crate::error::{Error, Result};
+use crate::media::sink::SinkStats;
+use crate::runtime::{Counters, EngineRuntime, NetworkSwitch, Resources};
+use crate::stats::CallStats;
+
+/// A local track of a call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalTrackInfo {
+    /// Stream id (msid in our SDP).
+    pub stream_id: StreamId,
+    /// Usermedia or screenshare.
+    pub purpose: StreamPurpose,
+    /// Audio or video.
+    pub kind: MediaKind,
+    /// Not muted and not on hold.
+    pub enabled: bool,
+    /// The negotiated direction lets this track send.
+    pub sending: bool,
+    /// Frames handed to webrtc-rs so far.
+    pub frames_sent: u64,
+}
+
+/// A remote track of a call and what arrived on it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteTrackInfo {
+    /// Stream id (msid in the remote SDP).
+    pub stream_id: StreamId,
+    /// The stream's purpose, once known from the core's stream metadata
+    /// ([`MediaEngine::observe`] or [`WebrtcEngine::set_remote_purpose`]).
+    pub purpose: Option<StreamPurpose>,
+    /// Audio or video.
+    pub kind: MediaKind,
+    /// Track id (msid in the remote SDP).
+    pub track_id: String,
+    /// The track ended (removed by the remote, or the call closed).
+    pub ended: bool,
+    /// Packets received and their validation.
+    pub stats: SinkStats,
+}
+
+struct CallHandle {
+    tx: mpsc::UnboundedSender<CallInput>,
+    shared: SharedRef,
+}
+
+struct Inner {
+    config: Arc<WebrtcConfig>,
+    ice_servers: Mutex<Vec<IceServer>>,
+    events: MediaEventSender,
+    calls: Mutex<HashMap<CallId, CallHandle>>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    counters: Arc<Counters>,
+    runtime: Arc<EngineRuntime>,
+}
+
+/// The webrtc-rs media engine. A cheap `Clone` handle; all clones drive the same calls.
+///
+/// Executes [`MediaCommand`]s (see [`MediaEngine`] for the contract) with one task per call,
+/// and offers the app media API: local and remote tracks, stats, ICE servers. Must be used
+/// inside a tokio runtime.
+#[derive(Clone)]
+pub struct WebrtcEngine {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for WebrtcEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebrtcEngine")
+            .field("config", &self.inner.config)
+            .field("calls", &self.calls())
+            .field("resources", &self.resources())
+            .finish()
+    }
+}
+
+impl WebrtcEngine {
+    /// An engine reporting to `events`.
+    pub fn new(config: WebrtcConfig, events: MediaEventSender) -> Self {
+        let counters = Arc::new(Counters::default());
+        let runtime = Arc::new(EngineRuntime::new(counters.clone(), config.network.clone()));
+        WebrtcEngine {
+            inner: Arc::new(Inner {
+                ice_servers: Mutex::new(config.ice_servers.clone()),
+                config: Arc::new(config),
+                events,
+                calls: Mutex::new(HashMap::new()),
+                tasks: Mutex::new(Vec::new()),
+                counters,
+                runtime,
+            }),
+        }
+    }
+
+    /// An engine and the receiver of its events.
+    pub fn with_channel(config: WebrtcConfig) -> (Self, MediaEventReceiver) {
+        let (tx, rx) = media_event_channel();
+        (Self::new(config, tx), rx)
+    }
+
+    /// Replaces the ICE servers used by peer connections created from now on (e.g. after
+    /// refreshing the homeserver's TURN credentials).
+    pub fn set_ice_servers(&self, servers: Vec<IceServer>) {
+        if let Ok(mut s) = self.inner.ice_servers.lock() {
+            *s = servers;
+        }
+    }
+
+    /// The switch that black-holes this engine's UDP traffic.
+    pub fn network(&self) -> NetworkSwitch {
+        self.inner.config.network.clone()
+    }
+
+    /// Live tasks and sockets of this engine (all calls).
+    pub fn resources(&self) -> Resources {
+        self.inner.counters.snapshot()
+    }
+
+    /// Calls with a running task.
+    pub fn calls(&self) -> Vec<CallId> {
+        self.inner.calls.lock().map(|c| c.keys().cloned().collect()).unwrap_or_default()
+    }
+
+    fn shared(&self, call_id: &CallId) -> Result<SharedRef> {
+        self.inner
+            .calls
+            .lock()
+            .ok()
+            .and_then(|c| c.get(call_id).map(|h| h.shared.clone()))
+            .ok_or_else(|| Error::NoSuchCall(call_id.clone()))
+    }
+
+    /// The call's local tracks.
+    pub fn local_tracks(&self, call_id: &CallId) -> Result<Vec<LocalTrackInfo>> {
+        let shared = self.shared(call_id)?;
+        let s = shared.lock().map_err(|_| Error::CallClosed(call_id.clone()))?;
+        Ok(s.local
+            .iter()
+            .map(|l| LocalTrackInfo {
+                stream_id: l.stream_id.clone(),
+                purpose: l.purpose,
+                kind: l.kind,
+                enabled: l.gate.enabled(),
+                sending: l.gate.may_send.load(Ordering::SeqCst),
+                frames_sent: l.gate.frames_sent.load(Ordering::Relaxed),
+            })
+            .collect())
+    }
+
+    /// The call's remote tracks (including ended ones), with what arrived on each.
+    pub fn remote_tracks(&self, call_id: &CallId) -> Result<Vec<RemoteTrackInfo>> {
+        let shared = self.shared(call_id)?;
+        let s = shared.lock().map_err(|_| Error::CallClosed(call_id.clone()))?;
+        Ok(s.remote
+            .iter()
+            .map(|r| RemoteTrackInfo {
+                stream_id: r.stream_id.clone(),
+                purpose: s.remote_purposes.get(&r.stream_id).copied(),
+                kind: r.kind,
+                track_id: r.track_id.clone(),
+                ended: r.ended,
+                stats: r.sink.stats(),
+            })
+            .collect())
+    }
+
+    /// Records the purpose of a remote stream (from `sdp_stream_metadata`).
+    pub fn set_remote_purpose(
+        &self,
+        call_id: &CallId,
+        stream_id: StreamId,
+        purpose: StreamPurpose,
+    ) -> Result<()> {
+        let shared = self.shared(call_id)?;
+        let mut s = shared.lock().map_err(|_| Error::CallClosed(call_id.clone()))?;
+        s.remote_purposes.insert(stream_id, purpose);
+        Ok(())
+    }
+
+    /// The last connection state the call reported.
+    pub fn connection_state(&self, call_id: &CallId) -> Option<ConnectionState> {
+        self.shared(call_id).ok()?.lock().ok()?.connection_state
+    }
+
+    /// Whether the call holds the remote.
+    pub fn is_on_hold(&self, call_id: &CallId) -> Result<bool> {
+        let shared = self.shared(call_id)?;
+        let s = shared.lock().map_err(|_| Error::CallClosed(call_id.clone()))?;
+        Ok(s.on_hold)
+    }
+
+    /// A statistics summary of the call: packets and bytes each way, loss, jitter, RTT and the
+    /// selected candidate pair.
+    pub async fn stats(&self, call_id: &CallId) -> Result<CallStats> {
+        let pc = {
+            let shared = self.shared(call_id)?;
+            let s = shared.lock().map_err(|_| Error::CallClosed(call_id.clone()))?;
+            s.pc.clone().ok_or_else(|| Error::NoPeerConnection(call_id.clone()))?
+        };
+        let report = pc.get_stats(Instant::now(), StatsSelector::None).await;
+        Ok(CallStats::from_report(&report))
+    }
+
+    /// Adds a local stream on the app's initiative (not through the core) and reports
+    /// [`voip_core::media::MediaEvent::NegotiationNeeded`] once the tracks are attached.
+    pub fn add_local_stream(
+        &self,
+        call_id: &CallId,
+        stream_id: StreamId,
+        purpose: StreamPurpose,
+        audio: bool,
+        video: bool,
+    ) -> Result<()> {
+        self.send_app(call_id, CallInput::AppAddStream { stream_id, purpose, audio, video })
+    }
+
+    /// Removes a local stream on the app's initiative and reports `NegotiationNeeded`.
+    pub fn remove_local_stream(&self, call_id: &CallId, stream_id: StreamId) -> Result<()> {
+        self.send_app(call_id, CallInput::AppRemoveStream { stream_id })
+    }
+
+    fn send_app(&self, call_id: &CallId, input: CallInput) -> Result<()> {
+        let calls = self.inner.calls.lock().map_err(|_| Error::NoSuchCall(call_id.clone()))?;
+        let handle = calls.get(call_id).ok_or_else(|| Error::NoSuchCall(call_id.clone()))?;
+        handle.tx.send(input).map_err(|_| Error::CallClosed(call_id.clone()))
+    }
+
+    /// Waits until every call task that has been closed has finished (its peer connection is
+    /// closed and its tasks aborted). Running calls are not affected.
+    pub async fn wait_closed(&self) {
+        loop {
+            let finished: Vec<_> = match self.inner.tasks.lock() {
+                Ok(mut t) => {
+                    let (done, running): (Vec<_>, Vec<_>) = t.drain(..).partition(|h| h.is_finished());
+                    *t = running;
+                    if t.is_empty() {
+                        return;
+                    }
+                    done
+                }
+                Err(_) => return,
+            };
+            drop(finished);
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Closes every call (as if `Close` was executed for each) and waits for them.
+    pub async fn shutdown(&self) {
+        let calls: Vec<CallId> = self.calls();
+        for c in calls {
+            self.execute(c, MediaCommand::Close);
+        }
+        self.wait_closed().await;
+    }
+}
+
+impl MediaEngine for WebrtcEngine {
+    fn execute(&self, call_id: CallId, command: MediaCommand) {
+        let Ok(mut calls) = self.inner.calls.lock() else { return };
+        let is_close = matches!(command, MediaCommand::Close);
+        if is_close {
+            if let Some(handle) = calls.remove(&call_id) {
+                let _ = handle.tx.send(CallInput::Media(command));
+            }
+            return;
+        }
+        let handle = calls.entry(call_id.clone()).or_insert_with(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let shared: SharedRef = Arc::new(Mutex::new(Shared::default()));
+            let ice_servers = self.inner.ice_servers.lock().map(|s| s.clone()).unwrap_or_default();
+            let task = CallTask::new(
+                call_id.clone(),
+                self.inner.config.clone(),
+                ice_servers,
+                self.inner.events.clone(),
+                shared.clone(),
+                self.inner.counters.clone(),
+                self.inner.runtime.clone(),
+            );
+            let span = info_span!("call", call_id = %call_id);
+            let join = spawn_counted(&self.inner.counters, task.run(rx).instrument(span));
+            if let Ok(mut tasks) = self.inner.tasks.lock() {
+                tasks.retain(|t| !t.is_finished());
+                tasks.push(join);
+            }
+            CallHandle { tx, shared }
+        });
+        if handle.tx.send(CallInput::Media(command)).is_err() {
+            warn!(%call_id, "call task is gone; command dropped");
+        }
+    }
+
+    fn observe(&self, event: &Event) {
+        if let Event::StreamsChanged { call_id, remote, .. } = event {
+            for r in remote {
+                let _ = self.set_remote_purpose(call_id, r.stream_id.clone(), r.purpose);
+            }
+        }
+    }
+}
