@@ -186,6 +186,8 @@ pub(crate) struct CallTask {
     local_mid: Option<(String, u32)>,
     local_ufrag: Option<String>,
     remote_description_set: bool,
+    /// The last remote offer, to compute the answer's directions.
+    remote_offer: Option<String>,
     pending_remote_candidates: Vec<Candidate>,
     reported_remote: BTreeSet<(StreamId, MediaKind)>,
     sink_tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -223,6 +225,7 @@ impl CallTask {
             local_mid: None,
             local_ufrag: None,
             remote_description_set: false,
+            remote_offer: None,
             pending_remote_candidates: Vec::new(),
             reported_remote: BTreeSet::new(),
             sink_tasks: Vec::new(),
@@ -508,6 +511,7 @@ impl CallTask {
 
     async fn create_answer(&mut self) {
         let Some(pc) = self.pc_or_fail(MediaOperation::CreateAnswer) else { return };
+        self.set_answer_directions(&pc).await;
         let answer = match pc.create_answer(None).await {
             Ok(a) => a,
             Err(e) => return self.fail(MediaOperation::CreateAnswer, e),
@@ -534,6 +538,9 @@ impl CallTask {
     async fn set_remote(&mut self, description: SessionDescription) {
         let Some(pc) = self.pc_or_fail(MediaOperation::SetRemoteDescription) else { return };
         let announced = sdp::announced_tracks(&description.sdp);
+        if description.sdp_type == SdpType::Offer {
+            self.remote_offer = Some(description.sdp.clone());
+        }
         let parsed = match description.sdp_type {
             SdpType::Offer => RTCSessionDescription::offer(description.sdp),
             SdpType::Answer => RTCSessionDescription::answer(description.sdp),
@@ -609,6 +616,46 @@ impl CallTask {
             }
         }
         info!(on_hold, "hold changed");
+    }
+
+    /// webrtc-rs 0.21.1 answers a `sendonly` offer with `sendrecv` (it copies the transceiver's
+    /// direction instead of intersecting it with the offer, RFC 9429 §5.3.1). Before answering,
+    /// set every transceiver to what JSEP would answer: what we want (send if we have a track and
+    /// do not hold; always receive) intersected with the reverse of the offered direction.
+    async fn set_answer_directions(&self, pc: &Arc<dyn PeerConnection>) {
+        let Some(offer) = self.remote_offer.as_deref() else { return };
+        let offered: HashMap<String, String> = sdp::media_sections(offer)
+            .into_iter()
+            .filter_map(|s| Some((s.mid?, s.direction.unwrap_or_else(|| "sendrecv".to_owned()))))
+            .collect();
+        for tr in pc.get_transceivers().await {
+            let Ok(Some(mid)) = tr.mid().await else { continue };
+            let Some(remote) = offered.get(&mid) else { continue };
+            let has_track = match tr.sender().await {
+                Ok(Some(s)) => self.local_tracks.iter().any(|t| t.sender.id() == s.id()),
+                _ => false,
+            };
+            let (remote_sends, remote_receives) = match remote.as_str() {
+                "sendonly" => (true, false),
+                "recvonly" => (false, true),
+                "inactive" => (false, false),
+                _ => (true, true),
+            };
+            let send = has_track && remote_receives;
+            let direction = match (send, remote_sends) {
+                (true, true) if self.held => RTCRtpTransceiverDirection::Sendonly,
+                (true, true) => RTCRtpTransceiverDirection::Sendrecv,
+                (true, false) => RTCRtpTransceiverDirection::Sendonly,
+                (false, true) => RTCRtpTransceiverDirection::Recvonly,
+                (false, false) => RTCRtpTransceiverDirection::Inactive,
+            };
+            if tr.direction().await.ok() != Some(direction) {
+                debug!(%mid, ?direction, offered = %remote, "answer direction");
+                if let Err(e) = tr.set_direction(direction).await {
+                    warn!(error = %e, %mid, "set_direction before answer failed");
+                }
+            }
+        }
     }
 
     /// After a negotiation completes: which local tracks may send, with which payload type.

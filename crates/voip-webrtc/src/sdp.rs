@@ -13,6 +13,8 @@ pub(crate) struct MediaSection {
     pub(crate) media: String,
     /// `a=mid:` value.
     pub(crate) mid: Option<String>,
+    /// `sendrecv` / `sendonly` / `recvonly` / `inactive` as written (default `sendrecv`).
+    pub(crate) direction: Option<String>,
     /// Stream ids from `a=msid:` (or `a=ssrc:… msid:`) lines.
     pub(crate) stream_ids: BTreeSet<String>,
     /// Port 0: the section is rejected / stopped.
@@ -41,7 +43,9 @@ pub(crate) fn media_sections(sdp: &str) -> Vec<MediaSection> {
         }
         let Some(section) = out.last_mut() else { continue };
         let Some(attr) = line.strip_prefix("a=") else { continue };
-        if let Some(mid) = attr.strip_prefix("mid:") {
+        if matches!(attr, "sendrecv" | "sendonly" | "recvonly" | "inactive") {
+            section.direction = Some(attr.to_owned());
+        } else if let Some(mid) = attr.strip_prefix("mid:") {
             section.mid = Some(mid.to_owned());
         } else if let Some(msid) = attr.strip_prefix("msid:") {
             if let Some(stream) = msid.split_whitespace().next().filter(|s| *s != "-") {
@@ -89,6 +93,8 @@ m=video 0 UDP/TLS/RTP/SAVPF 96\r\na=mid:3\r\na=msid:gone v3\r\n";
         assert_eq!(s.len(), 4);
         assert_eq!(first_mid(OFFER), Some(("0".to_owned(), 0)));
         assert!(s[3].rejected);
+        assert_eq!(s[1].direction.as_deref(), Some("sendonly"));
+        assert_eq!(s[3].direction, None);
         let announced = announced_tracks(OFFER);
         assert!(announced.contains(&(StreamId::from("user1"), MediaKind::Audio)));
         assert!(announced.contains(&(StreamId::from("user1"), MediaKind::Video)));

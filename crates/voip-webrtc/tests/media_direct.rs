@@ -109,3 +109,186 @@ async fn offer_carries_the_stream_id_as_msid_and_remote_candidates_may_come_firs
     assert!(flowing, "a {:?} b {:?}", p.a.states(), p.b.states());
     p.hang_up_and_check_no_leaks().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn video_call_carries_vp8_and_opus_both_ways() {
+    let mut p = Pair::loopback();
+    p.connect(CallType::Video).await;
+    let call = p.call.clone();
+    let flowing = p
+        .pump_until(Duration::from_secs(10), |p| {
+            [(&p.a, "b-user"), (&p.b, "a-user")].iter().all(|(side, stream)| {
+                side.remote(&call, stream, MediaKind::Video).is_some_and(|t| t.stats.frames >= 15)
+                    && side.remote_packets(&call, stream, MediaKind::Audio) >= 25
+            })
+        })
+        .await;
+    assert!(flowing, "video did not flow both ways");
+    for (side, stream) in [(&p.a, "b-user"), (&p.b, "a-user")] {
+        let v = side.remote(&call, stream, MediaKind::Video).expect("remote video");
+        assert!(v.stats.keyframes >= 1, "{}: no keyframe", side.name);
+        assert_eq!(v.stats.malformed_vp8, 0);
+        let a = side.remote(&call, stream, MediaKind::Audio).expect("remote audio");
+        assert_eq!(a.stats.invalid_opus, 0);
+        let stats = side.engine.stats(&call).await.expect("stats");
+        let kinds: Vec<_> = stats.streams.iter().map(|s| (s.outbound, s.kind)).collect();
+        for k in [
+            (false, MediaKind::Audio),
+            (false, MediaKind::Video),
+            (true, MediaKind::Audio),
+            (true, MediaKind::Video),
+        ] {
+            assert!(kinds.contains(&k), "{}: missing stream {k:?} in {kinds:?}", side.name);
+        }
+    }
+    p.hang_up_and_check_no_leaks().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hold_stops_media_in_the_held_direction_and_unhold_resumes_it() {
+    let mut p = Pair::loopback();
+    p.connect(CallType::Voice).await;
+    let call = p.call.clone();
+    assert!(
+        p.pump_until(Duration::from_secs(10), |p| p.a.remote_packets(&call, "b-user", MediaKind::Audio)
+            >= 10)
+            .await
+    );
+
+    // A puts B on hold: A's transceivers go sendonly with A's tracks disabled; B answers recvonly.
+    p.a.exec(&call, MediaCommand::SetHold { on_hold: true });
+    p.negotiate(false).await;
+    let held = p
+        .pump_until(Duration::from_secs(5), |p| {
+            p.b.engine.local_tracks(&call).is_ok_and(|t| t.iter().all(|t| !t.sending))
+        })
+        .await;
+    assert!(held, "B still sends while held: {:?}", p.b.engine.local_tracks(&call));
+    assert!(p.a.engine.is_on_hold(&call).unwrap());
+    let a_local = p.a.engine.local_tracks(&call).unwrap();
+    assert!(a_local.iter().all(|t| !t.enabled), "holder's tracks are disabled: {a_local:?}");
+    // B's media no longer reaches A (allow packets in flight), A only sends silence to B.
+    let before_b_to_a = p.a.remote_packets(&call, "b-user", MediaKind::Audio);
+    let silence_before = p.b.remote(&call, "a-user", MediaKind::Audio).unwrap().stats.opus_silence;
+    let b_got_silence = p
+        .pump_until(Duration::from_secs(5), |p| {
+            p.b.remote(&call, "a-user", MediaKind::Audio).unwrap().stats.opus_silence >= silence_before + 25
+        })
+        .await;
+    assert!(b_got_silence, "held side receives silence frames from the holder");
+    let after_b_to_a = p.a.remote_packets(&call, "b-user", MediaKind::Audio);
+    assert!(
+        after_b_to_a <= before_b_to_a + 3,
+        "B→A kept flowing during hold: {before_b_to_a} → {after_b_to_a}"
+    );
+    let tone_during_hold = p.b.remote(&call, "a-user", MediaKind::Audio).unwrap().stats.bundled_tone;
+
+    // Resume.
+    p.a.exec(&call, MediaCommand::SetHold { on_hold: false });
+    p.negotiate(false).await;
+    let resumed = p
+        .pump_until(Duration::from_secs(5), |p| {
+            p.a.remote_packets(&call, "b-user", MediaKind::Audio) >= after_b_to_a + 25
+                && p.b.remote(&call, "a-user", MediaKind::Audio).unwrap().stats.bundled_tone
+                    >= tone_during_hold + 25
+        })
+        .await;
+    assert!(resumed, "media did not resume both ways after unhold");
+    assert!(p.a.failures().is_empty() && p.b.failures().is_empty());
+    p.hang_up_and_check_no_leaks().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn screenshare_arrives_as_a_second_video_stream_and_ends_when_removed() {
+    let mut p = Pair::loopback();
+    p.connect(CallType::Voice).await;
+    let call = p.call.clone();
+    p.a.exec(
+        &call,
+        MediaCommand::AddLocalStream {
+            stream_id: "a-screen".into(),
+            purpose: voip_core::media::StreamPurpose::Screenshare,
+            audio: false,
+            video: true,
+        },
+    );
+    p.negotiate(false).await;
+    let arrived = p
+        .pump_until(Duration::from_secs(10), |p| {
+            p.b.remote(&call, "a-screen", MediaKind::Video)
+                .is_some_and(|t| t.stats.frames >= 10 && t.stats.keyframes >= 1)
+        })
+        .await;
+    assert!(arrived, "screenshare video did not arrive: {:?}", p.b.engine.remote_tracks(&call));
+    assert!(p
+        .b
+        .events
+        .contains(&MediaEvent::RemoteTrack { stream_id: "a-screen".into(), kind: MediaKind::Video }));
+    let local = p.a.engine.local_tracks(&call).unwrap();
+    assert!(local.iter().any(|t| t.stream_id.as_str() == "a-screen"
+        && t.purpose == voip_core::media::StreamPurpose::Screenshare
+        && t.sending));
+    // Usermedia audio keeps flowing next to it.
+    let audio = p.b.remote_packets(&call, "a-user", MediaKind::Audio);
+    assert!(
+        p.pump_until(Duration::from_secs(5), |p| p.b.remote_packets(&call, "a-user", MediaKind::Audio)
+            > audio + 10)
+            .await
+    );
+
+    p.a.exec(&call, MediaCommand::RemoveLocalStream { stream_id: "a-screen".into() });
+    p.negotiate(false).await;
+    let ended = p
+        .pump_until(Duration::from_secs(5), |p| {
+            p.b.events.contains(&MediaEvent::RemoteTrackEnded {
+                stream_id: "a-screen".into(),
+                kind: MediaKind::Video,
+            })
+        })
+        .await;
+    assert!(ended, "screenshare end not reported: {:?}", p.b.events);
+    p.hang_up_and_check_no_leaks().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forced_ice_failure_recovers_with_an_ice_restart() {
+    use voip_core::media::ConnectionState;
+    use voip_webrtc::WebrtcConfig;
+    let fast = || {
+        WebrtcConfig::loopback().with_ice_timeouts(
+            Some(Duration::from_millis(800)),
+            Some(Duration::from_millis(800)),
+            Some(Duration::from_millis(200)),
+        )
+    };
+    let mut p = Pair::new(fast(), fast());
+    p.connect(CallType::Voice).await;
+    let call = p.call.clone();
+    assert!(
+        p.pump_until(Duration::from_secs(5), |p| p.a.remote_packets(&call, "b-user", MediaKind::Audio) >= 10)
+            .await
+    );
+
+    // The network of A goes away: both sides lose consent and fail.
+    p.a.engine.network().set_blocked(true);
+    let failed = p
+        .pump_until(Duration::from_secs(10), |p| {
+            p.a.states().contains(&ConnectionState::Failed) && p.b.states().contains(&ConnectionState::Failed)
+        })
+        .await;
+    assert!(failed, "ICE did not fail: a {:?} b {:?}", p.a.states(), p.b.states());
+
+    // Network back, then an ICE restart (what the core does on failure).
+    p.a.engine.network().set_blocked(false);
+    let a_states = p.a.states().len();
+    let before = p.a.remote_packets(&call, "b-user", MediaKind::Audio);
+    p.negotiate(true).await;
+    let recovered = p
+        .pump_until(Duration::from_secs(10), |p| {
+            p.a.states()[a_states..].contains(&ConnectionState::Connected)
+                && p.a.remote_packets(&call, "b-user", MediaKind::Audio) >= before + 25
+        })
+        .await;
+    assert!(recovered, "no recovery: a {:?} b {:?}", p.a.states(), p.b.states());
+    p.hang_up_and_check_no_leaks().await;
+}

@@ -151,9 +151,15 @@ impl Pair {
     pub async fn negotiate(&mut self, ice_restart: bool) {
         self.a.exec(&self.call, MediaCommand::CreateOffer { ice_restart });
         let offer = self.take_description(true).await;
+        if std::env::var("DUMP_SDP").is_ok() {
+            eprintln!("OFFER\n{}", offer.sdp);
+        }
         self.b.exec(&self.call, MediaCommand::SetRemoteDescription { description: offer });
         self.b.exec(&self.call, MediaCommand::CreateAnswer);
         let answer = self.take_description(false).await;
+        if std::env::var("DUMP_SDP").is_ok() {
+            eprintln!("ANSWER\n{}", answer.sdp);
+        }
         self.a.exec(&self.call, MediaCommand::SetRemoteDescription { description: answer });
     }
 
