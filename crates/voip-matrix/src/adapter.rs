@@ -1,0 +1,502 @@
+//! [`MatrixAdapter`]: event handlers in, sends out.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use matrix_sdk::config::RequestConfig;
+use matrix_sdk::deserialized_responses::EncryptionInfo;
+use matrix_sdk::encryption::identities::Device;
+use matrix_sdk::event_handler::EventHandlerHandle;
+use matrix_sdk::ruma::api::client::to_device::send_event_to_device;
+use matrix_sdk::ruma::events::{
+    AnySyncMessageLikeEvent, AnySyncStateEvent, AnyToDeviceEvent, AnyToDeviceEventContent,
+};
+use matrix_sdk::ruma::serde::Raw;
+use matrix_sdk::ruma::to_device::DeviceIdOrAllDevices;
+use matrix_sdk::ruma::{OwnedDeviceId, OwnedRoomId, OwnedTransactionId, OwnedUserId};
+use matrix_sdk::{Client, Room};
+use matrix_sdk_base::crypto::CollectStrategy;
+use serde_json::Value;
+use tokio::sync::mpsc;
+use voip_core::{Input, SendKind, SendOutcome, SendRequest, ToDeviceEncryption, ToDeviceMessage};
+
+use crate::inbound::{self, CallMemberState};
+use crate::retry::{self, classify, Failure, RetryPolicy};
+use crate::turn::TurnState;
+
+/// Options of a [`MatrixAdapter`].
+#[derive(Clone, Debug)]
+pub struct AdapterOptions {
+    /// Capacity of the input channel. Handlers wait when it is full (back-pressure on the sync
+    /// loop), so no event is dropped.
+    pub channel_capacity: usize,
+    /// Retries of ordinary sends.
+    pub retry: RetryPolicy,
+    /// Retries of sends that must not be lost: `m.call.hangup`, `m.call.reject`, and state or
+    /// delayed sends flagged as a leave.
+    pub critical_retry: RetryPolicy,
+    /// Which devices may receive Olm-encrypted to-device messages.
+    pub collect_strategy: CollectStrategy,
+}
+
+impl Default for AdapterOptions {
+    fn default() -> Self {
+        Self {
+            channel_capacity: 1024,
+            retry: RetryPolicy::DEFAULT,
+            critical_retry: RetryPolicy::CRITICAL,
+            collect_strategy: CollectStrategy::AllDevices,
+        }
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) client: Client,
+    pub(crate) options: AdapterOptions,
+    inputs: mpsc::Sender<Input>,
+    call_members: Mutex<Option<mpsc::Sender<CallMemberState>>>,
+    lanes: Mutex<HashMap<String, mpsc::UnboundedSender<SendRequest>>>,
+    workers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    handlers: Mutex<Vec<EventHandlerHandle>>,
+    pub(crate) turn: tokio::sync::Mutex<TurnState>,
+    pub(crate) delayed_events_supported: tokio::sync::OnceCell<bool>,
+}
+
+/// The matrix-sdk adapter of a [`voip_core::Voip`]: feeds it inputs and executes its sends.
+///
+/// Created from the app's [`Client`]; registers event handlers on it, so the app keeps running
+/// its own sync loop. Cheap to clone.
+#[derive(Clone)]
+pub struct MatrixAdapter {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for MatrixAdapter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MatrixAdapter").field("user_id", &self.inner.client.user_id()).finish_non_exhaustive()
+    }
+}
+
+impl MatrixAdapter {
+    /// An adapter with default options. See [`MatrixAdapter::with_options`].
+    pub fn new(client: Client) -> (Self, mpsc::Receiver<Input>) {
+        Self::with_options(client, AdapterOptions::default())
+    }
+
+    /// Registers the event handlers on `client` and returns the adapter and the stream of core
+    /// inputs: `m.call.*` room events (decrypted in encrypted rooms), forwarded to-device events
+    /// (with the Olm sender device when encrypted), `m.room.member` changes and initial state,
+    /// and the results of [`MatrixAdapter::submit`]. Register before the first sync to see the
+    /// initial state; otherwise use [`MatrixAdapter::room_state_inputs`].
+    pub fn with_options(client: Client, options: AdapterOptions) -> (Self, mpsc::Receiver<Input>) {
+        let (tx, rx) = mpsc::channel(options.channel_capacity.max(1));
+        let inner = Arc::new(Inner {
+            client: client.clone(),
+            options,
+            inputs: tx,
+            call_members: Mutex::new(None),
+            lanes: Mutex::new(HashMap::new()),
+            workers: Mutex::new(Vec::new()),
+            handlers: Mutex::new(Vec::new()),
+            turn: tokio::sync::Mutex::new(TurnState::default()),
+            delayed_events_supported: tokio::sync::OnceCell::new(),
+        });
+        let adapter = Self { inner };
+        adapter.register_handlers();
+        (adapter, rx)
+    }
+
+    fn register_handlers(&self) {
+        let client = &self.inner.client;
+        let weak = Arc::downgrade(&self.inner);
+        let h1 = client.add_event_handler(move |raw: Raw<AnySyncMessageLikeEvent>, room: Room| {
+            let weak = weak.clone();
+            async move {
+                let Some(inner) = weak.upgrade() else { return };
+                let Ok(ev) = raw.deserialize_as_unchecked::<Value>() else { return };
+                if let Some(ev) = inbound::room_event_from_json(room.room_id().as_str(), &ev) {
+                    tracing::debug!(room = %ev.room_id, r#type = %ev.event_type, "room call event");
+                    let _ = inner.inputs.send(Input::RoomEvent(ev)).await;
+                }
+            }
+        });
+        let weak = Arc::downgrade(&self.inner);
+        let h2 = client.add_event_handler(move |raw: Raw<AnyToDeviceEvent>, info: Option<EncryptionInfo>| {
+            let weak = weak.clone();
+            async move {
+                let Some(inner) = weak.upgrade() else { return };
+                let Ok(ev) = raw.deserialize_as_unchecked::<Value>() else { return };
+                let olm_device = info.as_ref().map(|i| i.sender_device.as_deref().map(|d| d.as_str()));
+                if let Some(ev) = inbound::to_device_from_json(&ev, olm_device) {
+                    tracing::debug!(sender = %ev.sender, r#type = %ev.event_type, encrypted = ev.encrypted, "to-device call event");
+                    let _ = inner.inputs.send(Input::ToDevice(ev)).await;
+                }
+            }
+        });
+        let weak = Arc::downgrade(&self.inner);
+        let h3 = client.add_event_handler(move |raw: Raw<AnySyncStateEvent>, room: Room| {
+            let weak = weak.clone();
+            async move {
+                let Some(inner) = weak.upgrade() else { return };
+                let Ok(ev) = raw.deserialize_as_unchecked::<Value>() else { return };
+                inner.dispatch_state(room.room_id().as_str(), &ev).await;
+            }
+        });
+        self.inner.handlers.lock().expect("handlers lock").extend([h1, h2, h3]);
+    }
+
+    /// The client this adapter drives.
+    pub fn client(&self) -> &Client {
+        &self.inner.client
+    }
+
+    /// Subscribes to group-call membership state events (both dialects), from sync and from
+    /// [`MatrixAdapter::room_state_inputs`]. A new subscription replaces the previous one. Events
+    /// that arrive while nobody is subscribed are not kept.
+    pub fn call_member_events(&self) -> mpsc::Receiver<CallMemberState> {
+        let (tx, rx) = mpsc::channel(self.inner.options.channel_capacity.max(1));
+        *self.inner.call_members.lock().expect("call_members lock") = Some(tx);
+        rx
+    }
+
+    /// Replays a room's stored membership (`m.room.member`) and call-membership state into the
+    /// input channel (and the call-member subscription): for rooms the client knew before the
+    /// adapter was created.
+    pub async fn room_state_inputs(&self, room: &Room) -> Result<(), crate::AdapterError> {
+        let mut types: Vec<&str> = vec!["m.room.member"];
+        types.extend_from_slice(inbound::CALL_MEMBER_TYPES);
+        for t in types {
+            for raw in room.get_state_events(t.into()).await? {
+                let json = match raw {
+                    matrix_sdk::deserialized_responses::RawAnySyncOrStrippedState::Sync(r) => {
+                        r.deserialize_as_unchecked::<Value>()
+                    }
+                    matrix_sdk::deserialized_responses::RawAnySyncOrStrippedState::Stripped(r) => {
+                        r.deserialize_as_unchecked::<Value>()
+                    }
+                };
+                if let Ok(ev) = json {
+                    self.inner.dispatch_state(room.room_id().as_str(), &ev).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues `req` for execution in the background and reports its outcome as
+    /// [`Input::SendResult`] on the input channel. Requests for the same room (or all to-device
+    /// requests) run one at a time in submission order, so signalling keeps its order.
+    pub fn submit(&self, req: SendRequest) {
+        let lane = match &req.kind {
+            SendKind::RoomEvent { room_id, .. } => format!("room:{room_id}"),
+            SendKind::ToDevice { .. } => "to-device".to_owned(),
+        };
+        let mut lanes = self.inner.lanes.lock().expect("lanes lock");
+        let tx = lanes.entry(lane).or_insert_with(|| {
+            let (tx, mut rx) = mpsc::unbounded_channel::<SendRequest>();
+            let adapter = self.clone();
+            let handle = tokio::spawn(async move {
+                while let Some(req) = rx.recv().await {
+                    let id = req.id;
+                    let result = adapter.execute(req).await;
+                    if adapter.inner.inputs.send(Input::SendResult { id, result: result.clone() }).await.is_err() {
+                        tracing::error!(%id, ?result, "input channel closed: send result not delivered to the core");
+                    }
+                }
+            });
+            self.inner.workers.lock().expect("workers lock").push(handle);
+            tx
+        });
+        if let Err(mpsc::error::SendError(req)) = tx.send(req) {
+            tracing::error!(id = %req.id, "send lane closed: request dropped");
+        }
+    }
+
+    /// Stops accepting submissions, waits until every submitted request has been executed and
+    /// its result queued on the input channel, and unregisters the event handlers.
+    pub async fn shutdown(&self) {
+        self.inner.lanes.lock().expect("lanes lock").clear();
+        let workers: Vec<_> = std::mem::take(&mut *self.inner.workers.lock().expect("workers lock"));
+        for w in workers {
+            let _ = w.await;
+        }
+        for h in std::mem::take(&mut *self.inner.handlers.lock().expect("handlers lock")) {
+            self.inner.client.remove_event_handler(h);
+        }
+    }
+
+    /// Executes one core send, retrying transient failures and 429s (honouring the server's
+    /// delay) within the adapter's [`RetryPolicy`], and returns the outcome for
+    /// [`Input::SendResult`]. The request's `txn_id` is the Matrix transaction id, so retries are
+    /// idempotent.
+    pub async fn execute(&self, req: SendRequest) -> SendOutcome {
+        let SendRequest { id, txn_id, kind } = req;
+        let outcome = match kind {
+            SendKind::RoomEvent { room_id, event_type, content } => {
+                let policy = if is_critical_room_type(&event_type) {
+                    self.inner.options.critical_retry
+                } else {
+                    self.inner.options.retry
+                };
+                self.send_room_event(policy, room_id.as_str(), &event_type, &txn_id, content).await
+            }
+            SendKind::ToDevice { event_type, room_id, messages, encryption } => {
+                let policy = if is_critical_room_type(&event_type) {
+                    self.inner.options.critical_retry
+                } else {
+                    self.inner.options.retry
+                };
+                self.send_to_device(
+                    policy,
+                    &event_type,
+                    room_id.as_ref().map(|r| r.as_str()),
+                    &txn_id,
+                    messages,
+                    encryption,
+                )
+                .await
+            }
+        };
+        match &outcome {
+            SendOutcome::Sent { .. } => tracing::debug!(%id, "sent"),
+            other => tracing::warn!(%id, ?other, "send failed"),
+        }
+        outcome
+    }
+
+    async fn send_room_event(
+        &self,
+        policy: RetryPolicy,
+        room_id: &str,
+        event_type: &str,
+        txn_id: &str,
+        content: Value,
+    ) -> SendOutcome {
+        let room = match self.joined_room(room_id) {
+            Ok(r) => r,
+            Err(f) => return f.into_outcome(),
+        };
+        let txn: OwnedTransactionId = txn_id.into();
+        let result = retry::retry(policy, event_type, |_| {
+            let room = room.clone();
+            let content = content.clone();
+            let txn = txn.clone();
+            async move {
+                room.send_raw(event_type, content)
+                    .with_transaction_id(&txn)
+                    .with_request_config(RequestConfig::new().disable_retry())
+                    .await
+                    .map_err(|e| classify(&e))
+            }
+        })
+        .await;
+        match result {
+            Ok(r) => SendOutcome::Sent { event_id: Some(r.response.event_id.to_string()) },
+            Err(f) => f.into_outcome(),
+        }
+    }
+
+    pub(crate) fn joined_room(&self, room_id: &str) -> Result<Room, Failure> {
+        let id = OwnedRoomId::try_from(room_id).map_err(|e| Failure::Permanent {
+            retryable: false,
+            error: format!("invalid room id {room_id}: {e}"),
+        })?;
+        self.inner.client.get_room(&id).ok_or_else(|| Failure::Permanent {
+            // The room may not have come down sync yet.
+            retryable: true,
+            error: format!("room {room_id} is not known to the client"),
+        })
+    }
+
+    async fn send_to_device(
+        &self,
+        policy: RetryPolicy,
+        event_type: &str,
+        room_id: Option<&str>,
+        txn_id: &str,
+        messages: Vec<ToDeviceMessage>,
+        encryption: ToDeviceEncryption,
+    ) -> SendOutcome {
+        if messages.is_empty() {
+            return SendOutcome::Sent { event_id: None };
+        }
+        // Media keys are never sent in clear, whatever the request says.
+        let required = encryption == ToDeviceEncryption::Required || inbound::is_media_key_type(event_type);
+        let mut encrypt = required;
+        if !required {
+            if let Some(room) = room_id.and_then(|r| self.joined_room(r).ok()) {
+                encrypt = room.latest_encryption_state().await.map(|s| s.is_encrypted()).unwrap_or(false);
+            }
+        }
+        let mut clear = Vec::new();
+        let mut olm: Vec<(ToDeviceMessage, Device)> = Vec::new();
+        if encrypt {
+            for m in messages {
+                match self.find_device(&m).await {
+                    Ok(Some(dev)) => olm.push((m, dev)),
+                    Ok(None) if required => {
+                        return SendOutcome::Failed {
+                            retryable: true,
+                            error: format!(
+                                "no Olm keys for {} {}: refusing to send {event_type} in clear",
+                                m.user_id, m.device_id
+                            ),
+                        }
+                    }
+                    Ok(None) => clear.push(m),
+                    Err(f) => return f.into_outcome(),
+                }
+            }
+        } else {
+            clear = messages;
+        }
+        if !clear.is_empty() {
+            if let Err(f) = self.send_clear_to_device(policy, event_type, txn_id, &clear).await {
+                return f.into_outcome();
+            }
+        }
+        if !olm.is_empty() {
+            if let Err(f) = self.send_olm_to_device(policy, event_type, olm).await {
+                return f.into_outcome();
+            }
+        }
+        SendOutcome::Sent { event_id: None }
+    }
+
+    async fn find_device(&self, m: &ToDeviceMessage) -> Result<Option<Device>, Failure> {
+        let user = OwnedUserId::try_from(m.user_id.as_str()).map_err(|e| Failure::Permanent {
+            retryable: false,
+            error: format!("invalid user id {}: {e}", m.user_id),
+        })?;
+        let device: OwnedDeviceId = m.device_id.as_str().into();
+        let enc = self.inner.client.encryption();
+        if let Some(d) =
+            enc.get_device(&user, &device).await.map_err(|e| Failure::Transient(e.to_string()))?
+        {
+            return Ok(Some(d));
+        }
+        // Unknown so far: ask the server for the user's keys once.
+        enc.request_user_identity(&user).await.map_err(|e| classify(&e))?;
+        enc.get_device(&user, &device).await.map_err(|e| Failure::Transient(e.to_string()))
+    }
+
+    async fn send_clear_to_device(
+        &self,
+        policy: RetryPolicy,
+        event_type: &str,
+        txn_id: &str,
+        clear: &[ToDeviceMessage],
+    ) -> Result<(), Failure> {
+        type Messages = BTreeMap<OwnedUserId, BTreeMap<DeviceIdOrAllDevices, Raw<AnyToDeviceEventContent>>>;
+        let mut map: Messages = BTreeMap::new();
+        for m in clear {
+            let user = OwnedUserId::try_from(m.user_id.as_str()).map_err(|e| Failure::Permanent {
+                retryable: false,
+                error: format!("invalid user id {}: {e}", m.user_id),
+            })?;
+            let raw = Raw::new(&m.content)
+                .map_err(|e| Failure::Permanent { retryable: false, error: e.to_string() })?
+                .cast_unchecked();
+            let device: OwnedDeviceId = m.device_id.as_str().into();
+            map.entry(user).or_default().insert(DeviceIdOrAllDevices::DeviceId(device), raw);
+        }
+        let client = self.inner.client.clone();
+        retry::retry(policy, event_type, |_| {
+            let request =
+                send_event_to_device::v3::Request::new_raw(event_type.into(), txn_id.into(), map.clone());
+            let client = client.clone();
+            async move {
+                client
+                    .send(request)
+                    .with_request_config(RequestConfig::new().disable_retry())
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| retry::classify_http(&e))
+            }
+        })
+        .await
+    }
+
+    async fn send_olm_to_device(
+        &self,
+        policy: RetryPolicy,
+        event_type: &str,
+        pending: Vec<(ToDeviceMessage, Device)>,
+    ) -> Result<(), Failure> {
+        let enc = self.inner.client.encryption();
+        let strategy = self.inner.options.collect_strategy.clone();
+        // Devices still to reach; a retry only targets the ones that failed.
+        let pending = Arc::new(Mutex::new(pending));
+        retry::retry(policy, event_type, |_| {
+            let pending = pending.clone();
+            let enc = enc.clone();
+            let strategy = strategy.clone();
+            async move {
+                let batch = std::mem::take(&mut *pending.lock().expect("pending lock"));
+                // One call per distinct content (the SDK encrypts one content for many devices).
+                let mut groups: Vec<(String, Vec<&(ToDeviceMessage, Device)>)> = Vec::new();
+                for item in &batch {
+                    let key = item.0.content.to_string();
+                    match groups.iter_mut().find(|(k, _)| *k == key) {
+                        Some((_, v)) => v.push(item),
+                        None => groups.push((key, vec![item])),
+                    }
+                }
+                let mut failed: Vec<(ToDeviceMessage, Device)> = Vec::new();
+                let mut last_err = None;
+                for (_, items) in groups {
+                    let raw: Raw<AnyToDeviceEventContent> = match Raw::new(&items[0].0.content) {
+                        Ok(r) => r.cast_unchecked(),
+                        Err(e) => return Err(Failure::Permanent { retryable: false, error: e.to_string() }),
+                    };
+                    let devices: Vec<&Device> = items.iter().map(|(_, d)| d).collect();
+                    match enc.encrypt_and_send_raw_to_device(devices, event_type, raw, strategy.clone()).await
+                    {
+                        Ok(failures) => {
+                            for (m, d) in items {
+                                if failures.iter().any(|(u, dev)| u == d.user_id() && dev == d.device_id()) {
+                                    failed.push((m.clone(), d.clone()));
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            last_err = Some(classify(&e));
+                            failed.extend(items.into_iter().cloned());
+                        }
+                    }
+                }
+                if failed.is_empty() {
+                    return Ok(());
+                }
+                let names: Vec<String> =
+                    failed.iter().map(|(m, _)| format!("{} {}", m.user_id, m.device_id)).collect();
+                let failure = last_err.unwrap_or_else(|| {
+                    Failure::Transient(format!(
+                        "Olm-encrypted {event_type} not delivered to {}",
+                        names.join(", ")
+                    ))
+                });
+                *pending.lock().expect("pending lock") = failed;
+                Err(failure)
+            }
+        })
+        .await
+    }
+}
+
+fn is_critical_room_type(event_type: &str) -> bool {
+    matches!(event_type, "m.call.hangup" | "m.call.reject")
+}
+
+impl Inner {
+    async fn dispatch_state(&self, room_id: &str, ev: &Value) {
+        if let Some(m) = inbound::member_from_json(room_id, ev) {
+            let _ = self.inputs.send(Input::RoomMember(m)).await;
+        } else if let Some(cm) = inbound::call_member_from_json(room_id, ev) {
+            let tx = self.call_members.lock().expect("call_members lock").clone();
+            if let Some(tx) = tx {
+                let _ = tx.send(cm).await;
+            }
+        }
+    }
+}

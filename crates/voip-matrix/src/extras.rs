@@ -1,0 +1,267 @@
+//! Sends that `voip_core::SendKind` does not have yet (state events with explicit keys,
+//! MSC4140 delayed events), OpenID tokens and `/versions` capabilities.
+
+use std::time::Duration;
+
+use matrix_sdk::config::RequestConfig;
+use matrix_sdk::ruma::api::client::account::request_openid_token;
+use matrix_sdk::ruma::api::client::delayed_events::{
+    delayed_message_event, delayed_state_event, update_delayed_event, DelayParameters,
+};
+use matrix_sdk::ruma::api::client::discovery::get_supported_versions;
+use matrix_sdk::ruma::api::client::state::send_state_event;
+use matrix_sdk::ruma::serde::Raw;
+use matrix_sdk::ruma::{OwnedRoomId, OwnedUserId};
+use serde_json::Value;
+use voip_core::{RoomId, SendOutcome};
+
+use crate::retry::{self, classify_http, Failure, RetryPolicy};
+use crate::{AdapterError, MatrixAdapter};
+
+/// `/versions` unstable feature flag of MSC4140 (delayed events).
+pub const MSC4140_FEATURE: &str = "org.matrix.msc4140";
+
+/// A state event with an explicit state key (e.g. a call membership
+/// `_@alice:hs_DEVICE` / `@alice:hs`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StateEventRequest {
+    /// The room.
+    pub room_id: RoomId,
+    /// Event type, e.g. `org.matrix.msc3401.call.member`.
+    pub event_type: String,
+    /// State key.
+    pub state_key: String,
+    /// Content (`{}` to leave a call).
+    pub content: Value,
+    /// A leave: retried with the critical policy, never given up silently.
+    pub critical: bool,
+}
+
+/// What a delayed event will send when it fires.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DelayedEvent {
+    /// A state event (typically the `{}` call-membership leave).
+    State {
+        /// Event type.
+        event_type: String,
+        /// State key.
+        state_key: String,
+        /// Content.
+        content: Value,
+    },
+    /// A message-like event.
+    Message {
+        /// Event type.
+        event_type: String,
+        /// Content.
+        content: Value,
+        /// Transaction id (idempotent scheduling).
+        txn_id: String,
+    },
+}
+
+/// Schedule an event to be sent by the homeserver after `delay` unless restarted or cancelled
+/// (MSC4140).
+#[derive(Clone, Debug, PartialEq)]
+pub struct DelayedEventRequest {
+    /// The room.
+    pub room_id: RoomId,
+    /// The event.
+    pub event: DelayedEvent,
+    /// Delay before it fires (restarting the timer resets it to this).
+    pub delay: Duration,
+}
+
+/// An action on a scheduled delayed event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DelayedAction {
+    /// Reset the timer (the heartbeat).
+    Restart,
+    /// Send it now.
+    Send,
+    /// Drop it.
+    Cancel,
+}
+
+/// An OpenID token (for a LiveKit JWT service or other third party).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenIdToken {
+    /// The token.
+    pub access_token: String,
+    /// `Bearer`.
+    pub token_type: String,
+    /// Server name the third party validates against.
+    pub matrix_server_name: String,
+    /// Lifetime.
+    pub expires_in: Duration,
+}
+
+fn bad(error: String) -> Failure {
+    Failure::Permanent { retryable: false, error }
+}
+
+fn room_id(r: &RoomId) -> Result<OwnedRoomId, Failure> {
+    OwnedRoomId::try_from(r.as_str()).map_err(|e| bad(format!("invalid room id {r}: {e}")))
+}
+
+fn raw<T>(content: &Value) -> Result<Raw<T>, Failure> {
+    Ok(Raw::new(content).map_err(|e| bad(e.to_string()))?.cast_unchecked())
+}
+
+impl MatrixAdapter {
+    fn policy(&self, critical: bool) -> RetryPolicy {
+        if critical {
+            self.inner.options.critical_retry
+        } else {
+            self.inner.options.retry
+        }
+    }
+
+    /// Sends a state event with an explicit state key, with retries. `Sent` carries the event id.
+    pub async fn send_state(&self, req: StateEventRequest) -> SendOutcome {
+        let result = async {
+            let room = room_id(&req.room_id)?;
+            let body = raw(&req.content)?;
+            let client = self.inner.client.clone();
+            retry::retry(self.policy(req.critical), &req.event_type, |_| {
+                let request = send_state_event::v3::Request::new_raw(
+                    room.clone(),
+                    req.event_type.as_str().into(),
+                    req.state_key.clone(),
+                    body.clone(),
+                );
+                let client = client.clone();
+                async move {
+                    client
+                        .send(request)
+                        .with_request_config(RequestConfig::new().disable_retry())
+                        .await
+                        .map_err(|e| classify_http(&e))
+                }
+            })
+            .await
+        }
+        .await;
+        match result {
+            Ok(r) => SendOutcome::Sent { event_id: Some(r.event_id.to_string()) },
+            Err(f) => {
+                if req.critical {
+                    tracing::error!(room = %req.room_id, r#type = %req.event_type, key = %req.state_key, ?f, "critical state send failed");
+                }
+                f.into_outcome()
+            }
+        }
+    }
+
+    /// Schedules a delayed event (MSC4140); returns its `delay_id`. Errors with
+    /// `M_FORBIDDEN`/`M_UNRECOGNIZED` when the server does not allow delayed events (see
+    /// [`MatrixAdapter::supports_delayed_events`]). Scheduling a leave is critical: it is retried
+    /// with the critical policy.
+    pub async fn schedule_delayed(&self, req: DelayedEventRequest) -> Result<String, Failure> {
+        let room = room_id(&req.room_id)?;
+        let client = self.inner.client.clone();
+        let params = DelayParameters::Timeout { timeout: req.delay };
+        match &req.event {
+            DelayedEvent::State { event_type, state_key, content } => {
+                let body = raw(content)?;
+                retry::retry(self.policy(true), event_type, |_| {
+                    let request = delayed_state_event::unstable::Request::new_raw(
+                        room.clone(),
+                        state_key.clone(),
+                        event_type.as_str().into(),
+                        params.clone(),
+                        body.clone(),
+                    );
+                    let client = client.clone();
+                    async move {
+                        client
+                            .send(request)
+                            .with_request_config(RequestConfig::new().disable_retry())
+                            .await
+                            .map(|r| r.delay_id)
+                            .map_err(|e| classify_http(&e))
+                    }
+                })
+                .await
+            }
+            DelayedEvent::Message { event_type, content, txn_id } => {
+                let body = raw(content)?;
+                retry::retry(self.policy(false), event_type, |_| {
+                    let request = delayed_message_event::unstable::Request::new_raw(
+                        room.clone(),
+                        txn_id.as_str().into(),
+                        event_type.as_str().into(),
+                        params.clone(),
+                        body.clone(),
+                    );
+                    let client = client.clone();
+                    async move {
+                        client
+                            .send(request)
+                            .with_request_config(RequestConfig::new().disable_retry())
+                            .await
+                            .map(|r| r.delay_id)
+                            .map_err(|e| classify_http(&e))
+                    }
+                })
+                .await
+            }
+        }
+    }
+
+    /// Restarts, sends or cancels a delayed event. A `delay_id` that is unknown (already sent or
+    /// cancelled) fails permanently with `M_NOT_FOUND`.
+    pub async fn update_delayed(&self, delay_id: &str, action: DelayedAction) -> Result<(), Failure> {
+        let client = self.inner.client.clone();
+        let action_name = match action {
+            DelayedAction::Restart => "restart",
+            DelayedAction::Send => "send",
+            DelayedAction::Cancel => "cancel",
+        };
+        // Sending a leave now must not be lost; restarts are frequent and cheap to miss once.
+        let critical = action == DelayedAction::Send;
+        retry::retry(self.policy(critical), action_name, |_| {
+            let a = match action {
+                DelayedAction::Restart => update_delayed_event::unstable::UpdateAction::Restart,
+                DelayedAction::Send => update_delayed_event::unstable::UpdateAction::Send,
+                DelayedAction::Cancel => update_delayed_event::unstable::UpdateAction::Cancel,
+            };
+            let request = update_delayed_event::unstable::Request::new(delay_id.to_owned(), a);
+            let client = client.clone();
+            async move {
+                client
+                    .send(request)
+                    .with_request_config(RequestConfig::new().disable_retry())
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| classify_http(&e))
+            }
+        })
+        .await
+    }
+
+    /// Requests an OpenID token for our user.
+    pub async fn openid_token(&self) -> Result<OpenIdToken, AdapterError> {
+        let user: OwnedUserId = self.inner.client.user_id().ok_or(AdapterError::NotLoggedIn)?.to_owned();
+        let r = self.inner.client.send(request_openid_token::v3::Request::new(user)).await?;
+        Ok(OpenIdToken {
+            access_token: r.access_token,
+            token_type: r.token_type.to_string(),
+            matrix_server_name: r.matrix_server_name.to_string(),
+            expires_in: r.expires_in,
+        })
+    }
+
+    /// Whether the homeserver accepts MSC4140 delayed events (`org.matrix.msc4140` in
+    /// `/versions`' `unstable_features`). Asked once, then cached.
+    pub async fn supports_delayed_events(&self) -> Result<bool, AdapterError> {
+        self.inner
+            .delayed_events_supported
+            .get_or_try_init(|| async {
+                let r = self.inner.client.send(get_supported_versions::Request::new()).await?;
+                Ok::<_, AdapterError>(r.unstable_features.get(MSC4140_FEATURE).copied().unwrap_or(false))
+            })
+            .await
+            .copied()
+    }
+}

@@ -1,0 +1,240 @@
+//! Retry with back-off: classification of failures and the bounded retry loop.
+
+use std::future::Future;
+use std::time::Duration;
+
+use matrix_sdk::ruma::api::error::{ErrorKind, RetryAfter};
+use matrix_sdk::HttpError;
+use voip_core::SendOutcome;
+
+/// How one failed attempt should be treated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// 429 `M_LIMIT_EXCEEDED`, with the server's delay when it gave one.
+    RateLimited {
+        /// `Retry-After` / `retry_after_ms`.
+        retry_after: Option<Duration>,
+        /// Detail for logs.
+        error: String,
+    },
+    /// Network error, timeout or 5xx: another attempt may succeed.
+    Transient(String),
+    /// 4xx or a local refusal: retrying would fail the same way (unless `retryable` says the
+    /// condition may clear by itself, e.g. a device whose keys are not known yet).
+    Permanent {
+        /// Whether the core may still retry later.
+        retryable: bool,
+        /// Detail for logs.
+        error: String,
+    },
+}
+
+impl Failure {
+    /// The outcome reported to the core when this was the last attempt.
+    pub fn into_outcome(self) -> SendOutcome {
+        match self {
+            Failure::RateLimited { retry_after, .. } => {
+                SendOutcome::RateLimited { retry_after_ms: retry_after.map(|d| d.as_millis() as u64) }
+            }
+            Failure::Transient(error) => SendOutcome::Failed { retryable: true, error },
+            Failure::Permanent { retryable, error } => SendOutcome::Failed { retryable, error },
+        }
+    }
+}
+
+/// Classifies a matrix-sdk error.
+pub fn classify(err: &matrix_sdk::Error) -> Failure {
+    match err {
+        matrix_sdk::Error::Http(http) => classify_http(http),
+        other => Failure::Permanent { retryable: false, error: other.to_string() },
+    }
+}
+
+/// Classifies an HTTP error.
+pub fn classify_http(err: &HttpError) -> Failure {
+    let error = err.to_string();
+    match err {
+        HttpError::Reqwest(_) => return Failure::Transient(error),
+        HttpError::Cached(inner) => return classify_http(inner),
+        _ => {}
+    }
+    if let Some(api) = err.as_client_api_error() {
+        if let Some(ErrorKind::LimitExceeded(data)) = api.error_kind() {
+            let retry_after = data.retry_after.as_ref().map(|r| match r {
+                RetryAfter::Delay(d) => *d,
+                RetryAfter::DateTime(t) => t.duration_since(std::time::SystemTime::now()).unwrap_or_default(),
+            });
+            return Failure::RateLimited { retry_after, error };
+        }
+        let status = api.status_code.as_u16();
+        if status == 429 {
+            return Failure::RateLimited { retry_after: None, error };
+        }
+        if status >= 500 {
+            return Failure::Transient(error);
+        }
+        return Failure::Permanent { retryable: false, error };
+    }
+    Failure::Permanent { retryable: false, error }
+}
+
+/// Bounds of the adapter's own retries (on top of which the core may retry again).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in total, including the first.
+    pub max_attempts: u32,
+    /// Delay before the second attempt; doubled each time.
+    pub base_delay: Duration,
+    /// Cap of one back-off delay (a longer server `Retry-After` is honoured up to
+    /// `max_total`).
+    pub max_delay: Duration,
+    /// Give up when the next wait would end later than this after the first attempt.
+    pub max_total: Duration,
+}
+
+impl RetryPolicy {
+    /// For ordinary sends: 5 attempts, 250 ms doubling to 4 s, 30 s in all.
+    pub const DEFAULT: RetryPolicy = RetryPolicy {
+        max_attempts: 5,
+        base_delay: Duration::from_millis(250),
+        max_delay: Duration::from_secs(4),
+        max_total: Duration::from_secs(30),
+    };
+
+    /// For sends that must not be lost (hangup, reject, leave): 12 attempts, 2 minutes.
+    pub const CRITICAL: RetryPolicy = RetryPolicy {
+        max_attempts: 12,
+        base_delay: Duration::from_millis(250),
+        max_delay: Duration::from_secs(10),
+        max_total: Duration::from_secs(120),
+    };
+
+    /// No retries at all.
+    pub const NONE: RetryPolicy = RetryPolicy {
+        max_attempts: 1,
+        base_delay: Duration::ZERO,
+        max_delay: Duration::ZERO,
+        max_total: Duration::ZERO,
+    };
+
+    /// The wait before attempt `attempt + 1` after `failure` on attempt `attempt` (1-based), or
+    /// `None` to give up. `elapsed` is the time since the first attempt started.
+    pub fn next_delay(&self, attempt: u32, failure: &Failure, elapsed: Duration) -> Option<Duration> {
+        if attempt >= self.max_attempts {
+            return None;
+        }
+        let backoff = self.base_delay.saturating_mul(1u32 << (attempt - 1).min(16)).min(self.max_delay);
+        let delay = match failure {
+            Failure::Permanent { .. } => return None,
+            Failure::Transient(_) => backoff,
+            Failure::RateLimited { retry_after, .. } => {
+                retry_after.map_or(backoff, |r| r.max(Duration::from_millis(1)))
+            }
+        };
+        (elapsed + delay <= self.max_total).then_some(delay)
+    }
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// Runs `attempt` until it succeeds or `policy` says to stop; returns the value or the last
+/// failure.
+pub async fn retry<T, F, Fut>(policy: RetryPolicy, what: &str, mut attempt: F) -> Result<T, Failure>
+where
+    F: FnMut(u32) -> Fut,
+    Fut: Future<Output = Result<T, Failure>>,
+{
+    let start = tokio::time::Instant::now();
+    let mut n = 1;
+    loop {
+        match attempt(n).await {
+            Ok(v) => return Ok(v),
+            Err(failure) => match policy.next_delay(n, &failure, start.elapsed()) {
+                Some(delay) => {
+                    tracing::debug!(what, attempt = n, ?delay, ?failure, "send failed, retrying");
+                    tokio::time::sleep(delay).await;
+                    n += 1;
+                }
+                None => return Err(failure),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    fn transient() -> Failure {
+        Failure::Transient("boom".into())
+    }
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let p = RetryPolicy::DEFAULT;
+        let d: Vec<_> = (1..5).map(|a| p.next_delay(a, &transient(), Duration::ZERO).unwrap()).collect();
+        assert_eq!(d, [250, 500, 1000, 2000].map(Duration::from_millis));
+        let p = RetryPolicy { max_attempts: 10, ..RetryPolicy::DEFAULT };
+        assert_eq!(p.next_delay(9, &transient(), Duration::ZERO), Some(Duration::from_secs(4)));
+        assert_eq!(p.next_delay(10, &transient(), Duration::ZERO), None);
+    }
+
+    #[test]
+    fn retry_after_is_honoured_and_bounded_by_total() {
+        let p = RetryPolicy::DEFAULT;
+        let limited =
+            |ms| Failure::RateLimited { retry_after: Some(Duration::from_millis(ms)), error: String::new() };
+        assert_eq!(p.next_delay(1, &limited(7_000), Duration::ZERO), Some(Duration::from_millis(7_000)));
+        assert_eq!(p.next_delay(1, &limited(7_000), Duration::from_secs(25)), None);
+        let no_hint = Failure::RateLimited { retry_after: None, error: String::new() };
+        assert_eq!(p.next_delay(2, &no_hint, Duration::ZERO), Some(Duration::from_millis(500)));
+    }
+
+    #[test]
+    fn permanent_is_not_retried() {
+        let f = Failure::Permanent { retryable: false, error: "403".into() };
+        assert_eq!(RetryPolicy::CRITICAL.next_delay(1, &f, Duration::ZERO), None);
+    }
+
+    #[test]
+    fn outcomes() {
+        let f = Failure::RateLimited { retry_after: Some(Duration::from_millis(1500)), error: String::new() };
+        assert_eq!(f.into_outcome(), SendOutcome::RateLimited { retry_after_ms: Some(1500) });
+        assert_eq!(transient().into_outcome(), SendOutcome::Failed { retryable: true, error: "boom".into() });
+    }
+
+    #[tokio::test]
+    async fn loop_retries_transient_then_succeeds() {
+        let calls = AtomicU32::new(0);
+        let p = RetryPolicy { base_delay: Duration::from_millis(1), ..RetryPolicy::DEFAULT };
+        let r = retry(p, "t", |n| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n < 3 {
+                    Err(transient())
+                } else {
+                    Ok(n)
+                }
+            }
+        })
+        .await;
+        assert_eq!(r, Ok(3));
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn loop_gives_up_with_last_failure() {
+        let p = RetryPolicy { max_attempts: 3, base_delay: Duration::from_millis(1), ..RetryPolicy::DEFAULT };
+        let r: Result<(), _> = retry(p, "t", |_| async { Err(transient()) }).await;
+        assert_eq!(r, Err(transient()));
+        let r: Result<(), _> =
+            retry(p, "t", |_| async { Err(Failure::Permanent { retryable: false, error: "x".into() }) })
+                .await;
+        assert!(matches!(r, Err(Failure::Permanent { .. })));
+    }
+}
