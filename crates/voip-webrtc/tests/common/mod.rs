@@ -218,3 +218,4 @@ impl Pair {
         }
     }
 }
+pub mod cores;
