@@ -7,7 +7,8 @@ use anyhow::{bail, Context};
 fn cargo(args: &[&str]) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     println!("\n==> cargo {}", args.join(" "));
-    let status = Command::new(&cargo).args(args).current_dir(crate::root()).status().context("running cargo")?;
+    let status =
+        Command::new(&cargo).args(args).current_dir(crate::root()).status().context("running cargo")?;
     if !status.success() {
         bail!("cargo {} failed ({status})", args.join(" "));
     }

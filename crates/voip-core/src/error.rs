@@ -55,6 +55,12 @@ pub enum ApiMisuse {
         /// What is not supported.
         feature: String,
     },
+    /// There is already a live call with this user in this room (one call per pair).
+    #[error("already in call {call_id} with this user in this room")]
+    AlreadyInCall {
+        /// The live call.
+        call_id: CallId,
+    },
     /// A media-engine event for a call that does not exist.
     #[error("media event for unknown call {call_id}")]
     UnknownMediaCall {

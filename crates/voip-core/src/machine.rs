@@ -217,15 +217,27 @@ impl Voip {
             Input::SendResult { id, result } => {
                 let verdict = match result {
                     SendOutcome::Sent { .. } => {
-                        self.sends.sent(id);
+                        self.sends.sent(id, &mut self.out);
                         SendVerdict::Nothing
                     }
-                    SendOutcome::RateLimited { retry_after_ms } => {
-                        self.sends.failed(id, self.now, true, retry_after_ms, self.config.max_send_retries)
-                    }
+                    SendOutcome::RateLimited { retry_after_ms } => self.sends.failed(
+                        id,
+                        self.now,
+                        true,
+                        retry_after_ms,
+                        self.config.max_send_retries,
+                        &mut self.out,
+                    ),
                     SendOutcome::Failed { retryable, error } => {
                         tracing::warn!(%id, %error, retryable, "send failed");
-                        self.sends.failed(id, self.now, retryable, None, self.config.max_send_retries)
+                        self.sends.failed(
+                            id,
+                            self.now,
+                            retryable,
+                            None,
+                            self.config.max_send_retries,
+                            &mut self.out,
+                        )
                     }
                 };
                 if let SendVerdict::GaveUp { call_id: Some(call_id), purpose } = verdict {
@@ -340,6 +352,10 @@ impl Voip {
                 }
                 if signalling == Signalling::ToDevice && invitee_device.is_none() {
                     return Err(ApiMisuse::MissingDevice.into());
+                }
+                if let Some(c) = self.calls.values().find(|c| c.room_id == room_id && c.peer_user == invitee)
+                {
+                    return Err(ApiMisuse::AlreadyInCall { call_id: c.id.clone() }.into());
                 }
                 let id = CallId(format!("{}{}", self.now.0, self.rng.alnum(16)));
                 let call = Call::outgoing(
@@ -634,7 +650,25 @@ impl Voip {
                     && matches!(c.state, CallState::CreateOffer | CallState::InviteSent)
             })
             .map(|c| (c.id.clone(), c.state == CallState::InviteSent, c.offered_type));
+        // One live call per pair: a new invite from the same peer in the same room supersedes an
+        // older call that is not in glare (the peer must have dropped it; its hangup was lost).
+        let superseded: Vec<CallId> = self
+            .calls
+            .values()
+            .filter(|c| {
+                c.room_id == source.room_id
+                    && c.peer_user == *sender
+                    && !matches!(c.state, CallState::CreateOffer | CallState::InviteSent)
+            })
+            .map(|c| c.id.clone())
+            .collect();
         let mut ctx = ctx!(self);
+        for id in superseded {
+            if let Some(c) = self.calls.get_mut(&id) {
+                let missed = c.state == CallState::Ringing;
+                c.end(&mut ctx, EndReason::Replaced, Initiator::Remote, missed);
+            }
+        }
         let mut replaced: Option<(CallId, CallType)> = None;
         if let Some((ours, invite_sent, our_type)) = glare_with {
             match glare::resolve(ours.as_str(), call_id.as_str(), invite_sent) {
@@ -768,6 +802,7 @@ impl Voip {
         let done: Vec<CallId> = self.calls.values().filter(|c| c.is_ended()).map(|c| c.id.clone()).collect();
         for id in done {
             if let Some(call) = self.calls.remove(&id) {
+                self.sends.call_ended(&id, &mut self.out);
                 self.remember_ended(id, call.peer_user);
             }
         }

@@ -1,8 +1,12 @@
 //! Outstanding sends: minted ids, stable transaction ids, retries with back-off.
+//!
+//! Room events of one room keep their order even when a send fails: while a room event waits
+//! for its retry, later room events for the same room are held back and released, in order,
+//! once it is through (or given up). Without failures nothing waits.
 
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::ids::{CallId, RequestId, Timestamp};
+use crate::ids::{CallId, RequestId, RoomId, Timestamp};
 use crate::output::{Output, SendKind, SendRequest};
 
 /// What a send was for, so a final failure can be acted on.
@@ -26,6 +30,19 @@ struct Pending {
     kind: SendKind,
     attempts: u32,
     retry_at: Option<Timestamp>,
+    /// Failed at least once and not yet through: blocks later sends to its room.
+    retrying: bool,
+    /// Not emitted yet: waits behind a retrying send to the same room.
+    held: bool,
+}
+
+impl Pending {
+    fn room(&self) -> Option<&RoomId> {
+        match &self.kind {
+            SendKind::RoomEvent { room_id, .. } => Some(room_id),
+            SendKind::ToDevice { .. } => None,
+        }
+    }
 }
 
 /// What the machine must do after a send result.
@@ -56,13 +73,55 @@ impl SendTable {
         self.next_id += 1;
         let id = RequestId(self.next_id);
         let txn_id = format!("{txn_prefix}.{}", self.next_id);
-        out.push_back(Output::Send(SendRequest { id, txn_id: txn_id.clone(), kind: kind.clone() }));
-        self.pending.insert(id, Pending { call_id, purpose, txn_id, kind, attempts: 0, retry_at: None });
+        let mut p = Pending {
+            call_id,
+            purpose,
+            txn_id,
+            kind,
+            attempts: 0,
+            retry_at: None,
+            retrying: false,
+            held: false,
+        };
+        p.held = p.room().is_some_and(|room| self.room_blocked(room));
+        if !p.held {
+            out.push_back(Output::Send(SendRequest { id, txn_id: p.txn_id.clone(), kind: p.kind.clone() }));
+        }
+        self.pending.insert(id, p);
         id
     }
 
-    pub(crate) fn sent(&mut self, id: RequestId) {
-        self.pending.remove(&id);
+    fn room_blocked(&self, room: &RoomId) -> bool {
+        self.pending.values().any(|p| (p.retrying || p.held) && p.room() == Some(room))
+    }
+
+    /// Emits the sends held behind `room`, in order, up to the next one that is retrying.
+    fn release(&mut self, room: Option<RoomId>, out: &mut VecDeque<Output>) {
+        let Some(room) = room else { return };
+        for (id, p) in self.pending.iter_mut() {
+            if p.room() != Some(&room) {
+                continue;
+            }
+            if p.retrying {
+                return;
+            }
+            if p.held {
+                p.held = false;
+                out.push_back(Output::Send(SendRequest {
+                    id: *id,
+                    txn_id: p.txn_id.clone(),
+                    kind: p.kind.clone(),
+                }));
+            }
+        }
+    }
+
+    pub(crate) fn sent(&mut self, id: RequestId, out: &mut VecDeque<Output>) {
+        if let Some(p) = self.pending.remove(&id) {
+            if p.retrying {
+                self.release(p.room().cloned(), out);
+            }
+        }
     }
 
     /// A failure: schedules a retry (same id, same txn id) or gives up.
@@ -73,18 +132,47 @@ impl SendTable {
         retryable: bool,
         retry_after_ms: Option<u64>,
         max_retries: u32,
+        out: &mut VecDeque<Output>,
     ) -> SendVerdict {
         let Some(p) = self.pending.get_mut(&id) else { return SendVerdict::Nothing };
+        if p.held {
+            return SendVerdict::Nothing;
+        }
         // Hangups and rejects get twice the retries: a lost hangup leaves the peer ringing.
         let budget = if p.purpose == SendPurpose::Ending { max_retries * 2 } else { max_retries };
         if retryable && p.attempts < budget {
             let backoff = retry_after_ms.unwrap_or_else(|| 500u64.saturating_mul(1 << p.attempts.min(10)));
             p.attempts += 1;
             p.retry_at = Some(now.plus(backoff.clamp(1, 300_000)));
+            p.retrying = true;
             return SendVerdict::Nothing;
         }
         let p = self.pending.remove(&id).expect("entry checked above");
+        self.release(p.room().cloned(), out);
         SendVerdict::GaveUp { call_id: p.call_id, purpose: p.purpose }
+    }
+
+    /// A call ended: its sends that are not out yet, or waiting for a retry, are dropped unless
+    /// they end the call (hangup, reject): nothing else is worth delivering any more.
+    pub(crate) fn call_ended(&mut self, call_id: &CallId, out: &mut VecDeque<Output>) {
+        let dropped: Vec<RequestId> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| {
+                p.call_id.as_ref() == Some(call_id)
+                    && p.purpose != SendPurpose::Ending
+                    && (p.held || p.retrying)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        let rooms: std::collections::BTreeSet<RoomId> = dropped
+            .iter()
+            .filter_map(|id| self.pending.remove(id))
+            .filter_map(|p| p.room().cloned())
+            .collect();
+        for room in rooms {
+            self.release(Some(room), out);
+        }
     }
 
     /// Re-emits every send whose retry time has come.
@@ -131,7 +219,7 @@ mod tests {
         let id = t.send(&mut out, None, SendPurpose::Other, "voip", kind());
         let Output::Send(first) = out.pop_front().unwrap() else { panic!("expected a send") };
         for attempt in 0..3 {
-            assert_eq!(t.failed(id, Timestamp(0), true, None, 3), SendVerdict::Nothing);
+            assert_eq!(t.failed(id, Timestamp(0), true, None, 3, &mut out), SendVerdict::Nothing);
             let (at, rid) = t.next_retry().unwrap();
             assert_eq!((at, rid), (Timestamp(500 << attempt), id));
             t.fire(at, &mut out);
@@ -139,10 +227,44 @@ mod tests {
             assert_eq!((again.id, again.txn_id.as_str()), (first.id, first.txn_id.as_str()));
         }
         assert_eq!(
-            t.failed(id, Timestamp(0), true, None, 3),
+            t.failed(id, Timestamp(0), true, None, 3, &mut out),
             SendVerdict::GaveUp { call_id: None, purpose: SendPurpose::Other }
         );
         assert_eq!(t.len(), 0);
+    }
+
+    #[test]
+    fn a_retrying_room_event_holds_later_ones_for_that_room_only() {
+        let mut t = SendTable::default();
+        let mut out = VecDeque::new();
+        let first = t.send(&mut out, None, SendPurpose::Ending, "v", kind());
+        out.clear();
+        t.failed(first, Timestamp(0), true, None, 5, &mut out);
+        let second = t.send(&mut out, None, SendPurpose::Setup, "v", kind());
+        let other_room = SendKind::RoomEvent {
+            room_id: RoomId::from("!other"),
+            event_type: "m.call.invite".into(),
+            content: serde_json::json!({}),
+        };
+        let third = t.send(&mut out, None, SendPurpose::Setup, "v", other_room);
+        let ids: Vec<_> = out
+            .drain(..)
+            .map(|o| match o {
+                Output::Send(r) => r.id,
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(ids, vec![third], "the second send waits behind the retrying first");
+        t.fire(Timestamp(500), &mut out);
+        t.sent(first, &mut out);
+        let ids: Vec<_> = out
+            .drain(..)
+            .map(|o| match o {
+                Output::Send(r) => r.id,
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(ids, vec![first, second], "retry first, then the held send");
     }
 
     #[test]
@@ -150,11 +272,11 @@ mod tests {
         let mut t = SendTable::default();
         let mut out = VecDeque::new();
         let id = t.send(&mut out, None, SendPurpose::Ending, "voip", kind());
-        t.failed(id, Timestamp(1000), true, Some(7000), 1);
+        t.failed(id, Timestamp(1000), true, Some(7000), 1, &mut out);
         assert_eq!(t.next_retry(), Some((Timestamp(8000), id)));
+        t.sent(id, &mut out);
         let id2 = t.send(&mut out, None, SendPurpose::Setup, "voip", kind());
-        assert!(matches!(t.failed(id2, Timestamp(0), false, None, 5), SendVerdict::GaveUp { .. }));
-        t.sent(id);
+        assert!(matches!(t.failed(id2, Timestamp(0), false, None, 5, &mut out), SendVerdict::GaveUp { .. }));
         assert_eq!(t.len(), 0);
     }
 }

@@ -68,6 +68,9 @@ pub struct Sim {
     pub faults: Faults,
     rng: ChaCha20Rng,
     next_event_id: u64,
+    /// Last delivery time per (device, room): a room timeline reaches each device in order,
+    /// whatever the jitter (to-device messages, in contrast, may overtake each other).
+    timeline_clock: BTreeMap<(DeviceIdx, RoomId), Timestamp>,
 }
 
 impl Sim {
@@ -85,6 +88,7 @@ impl Sim {
             faults: Faults::default(),
             rng: ChaCha20Rng::seed_from_u64(seed),
             next_event_id: 0,
+            timeline_clock: BTreeMap::new(),
         }
     }
 
@@ -216,13 +220,24 @@ impl Sim {
     }
 
     fn deliver(&mut self, to: DeviceIdx, input: Input, delay: u64) {
-        let jitter =
-            if self.faults.jitter_ms > 0 { self.rng.next_u64() % (self.faults.jitter_ms + 1) } else { 0 };
-        let copies = if self.chance(self.faults.duplicate) { 2 } else { 1 };
+        // Faults hit what crosses the network; the media engine and send results are local.
+        let network = matches!(input, Input::RoomEvent(_) | Input::ToDevice(_));
+        let jitter = if network && self.faults.jitter_ms > 0 {
+            self.rng.next_u64() % (self.faults.jitter_ms + 1)
+        } else {
+            0
+        };
+        let copies = if network && self.chance(self.faults.duplicate) { 2 } else { 1 };
+        let mut at = self.now.plus(delay + jitter);
+        if let Input::RoomEvent(e) = &input {
+            let last = self.timeline_clock.entry((to, e.room_id.clone())).or_default();
+            at = at.max(*last);
+            *last = at;
+        }
         for _ in 0..copies {
             self.seq += 1;
             self.inflight.insert(self.seq, input.clone());
-            self.queue.push(Reverse((self.now.plus(delay + jitter), self.seq, to)));
+            self.queue.push(Reverse((at, self.seq, to)));
         }
     }
 

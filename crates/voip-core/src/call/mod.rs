@@ -519,8 +519,14 @@ impl Call {
         match self.state {
             // Nothing went out yet: nobody to tell.
             CallState::CreateOffer if !self.on_wire => {}
-            // A ringing callee declines with reject (version 1) or hangup (version 0).
-            CallState::Ringing if self.peer_is_v1() => self.send(ctx, CallEvent::Reject, SendPurpose::Ending),
+            // A ringing callee declines with reject (version 1) or hangup (version 0); the caller
+            // will see `rejected`, so that is what we report too.
+            CallState::Ringing if self.peer_is_v1() => {
+                self.send(ctx, CallEvent::Reject, SendPurpose::Ending);
+                let reason = if reason == EndReason::UserHangup { EndReason::Rejected } else { reason };
+                self.end(ctx, reason, initiator, false);
+                return;
+            }
             _ => {
                 let wire_reason = reason.wire_reason().to_owned();
                 self.send(ctx, CallEvent::Hangup { reason: Some(wire_reason) }, SendPurpose::Ending)

@@ -118,7 +118,7 @@ impl Call {
                     // answered meanwhile ends its call.
                     if let (Some(p), CallVersion::V1) = (party, common.version) {
                         let event = CallEvent::SelectAnswer { selected_party_id: p.to_owned() };
-                        self.send(ctx, event, SendPurpose::Other);
+                        self.send(ctx, event, SendPurpose::Ending);
                     }
                     self.end(ctx, EndReason::Rejected, Initiator::Remote, false);
                     Applied
