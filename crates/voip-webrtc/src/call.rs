@@ -14,7 +14,7 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 use rtc::rtp_transceiver::RTCRtpTransceiverDirection;
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 use voip_core::media::{
     CallType, Candidate, ConnectionState, MediaCommand, MediaEvent, MediaKind, MediaOperation, SdpType,
     SessionDescription, StreamPurpose,
@@ -44,10 +44,13 @@ where
     F: std::future::Future<Output = ()> + Send + 'static,
 {
     let guard = Guard::task(counters);
-    tokio::spawn(async move {
-        let _guard = guard;
-        fut.await;
-    })
+    tokio::spawn(
+        async move {
+            let _guard = guard;
+            fut.await;
+        }
+        .in_current_span(),
+    )
 }
 
 /// Shared between a local track's sending task, the call task and the app API.

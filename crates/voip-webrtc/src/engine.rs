@@ -33,8 +33,8 @@ pub fn media_event_channel() -> (MediaEventSender, MediaEventReceiver) {
 /// * Remote candidates received before the remote description are buffered, not rejected; the
 ///   end-of-candidates marker (empty `candidate`) is accepted.
 /// * The stream id of `AddLocalStream` is the msid stream id in the local SDP.
-/// * After `Close`, the call's peer connection, tasks and sockets are released and no further
-///   event is reported for it.
+/// * After `Close`, the call's peer connection, tasks and sockets are released, no further
+///   event is reported for it, and later commands for the same call id are dropped.
 pub trait MediaEngine: Send + Sync + 'static {
     /// Queue `command` for `call_id`.
     fn execute(&self, call_id: CallId, command: MediaCommand);

@@ -1,12 +1,12 @@
 //! [`WebrtcEngine`]: the [`MediaEngine`] on webrtc-rs, plus the media API for apps.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::sync::mpsc;
-use tracing::{info_span, warn, Instrument};
+use tracing::{debug, info_span, warn, Instrument};
 use voip_core::media::{ConnectionState, MediaCommand, MediaKind, StreamPurpose};
 use voip_core::{CallId, Event, StreamId};
 use webrtc::peer_connection::StatsSelector;
@@ -64,6 +64,9 @@ struct Inner {
     ice_servers: Mutex<Vec<IceServer>>,
     events: MediaEventSender,
     calls: Mutex<HashMap<CallId, CallHandle>>,
+    /// Calls that were closed: late commands for them are dropped instead of starting a new
+    /// call task.
+    closed: Mutex<HashSet<CallId>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     counters: Arc<Counters>,
     runtime: Arc<EngineRuntime>,
@@ -100,6 +103,7 @@ impl WebrtcEngine {
                 config: Arc::new(config),
                 events,
                 calls: Mutex::new(HashMap::new()),
+                closed: Mutex::new(HashSet::new()),
                 tasks: Mutex::new(Vec::new()),
                 counters,
                 runtime,
@@ -278,6 +282,13 @@ impl MediaEngine for WebrtcEngine {
             if let Some(handle) = calls.remove(&call_id) {
                 let _ = handle.tx.send(CallInput::Media(command));
             }
+            if let Ok(mut closed) = self.inner.closed.lock() {
+                closed.insert(call_id);
+            }
+            return;
+        }
+        if !calls.contains_key(&call_id) && self.inner.closed.lock().is_ok_and(|c| c.contains(&call_id)) {
+            debug!(%call_id, ?command, "command for a closed call dropped");
             return;
         }
         let handle = calls.entry(call_id.clone()).or_insert_with(|| {

@@ -1,0 +1,192 @@
+//! The engine's contract details: mute, rollback, failures, app-initiated renegotiation,
+//! answering with less media, commands after close.
+
+mod common;
+
+use std::time::Duration;
+
+use common::Pair;
+use voip_core::media::{
+    CallType, MediaCommand, MediaEvent, MediaKind, MediaOperation, SessionDescription, StreamPurpose,
+};
+use voip_core::CallId;
+use voip_webrtc::{MdnsMode, MediaEngine, WebrtcConfig, WebrtcEngine};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn muted_tracks_send_silence_and_black_frames_until_unmuted() {
+    let mut p = Pair::loopback();
+    p.connect(CallType::Video).await;
+    let call = p.call.clone();
+    assert!(
+        p.pump_until(Duration::from_secs(10), |p| p
+            .b
+            .remote(&call, "a-user", MediaKind::Video)
+            .is_some_and(|t| t.stats.frames >= 5))
+            .await
+    );
+    for kind in [MediaKind::Audio, MediaKind::Video] {
+        p.a.exec(&call, MediaCommand::SetTrackEnabled { stream_id: "a-user".into(), kind, enabled: false });
+    }
+    let silence = p.b.remote(&call, "a-user", MediaKind::Audio).unwrap().stats.opus_silence;
+    let keyframes = p.b.remote(&call, "a-user", MediaKind::Video).unwrap().stats.keyframes;
+    let muted = p
+        .pump_until(Duration::from_secs(5), |p| {
+            p.b.remote(&call, "a-user", MediaKind::Audio).unwrap().stats.opus_silence >= silence + 20
+                // Black frames are keyframes, one per frame interval.
+                && p.b.remote(&call, "a-user", MediaKind::Video).unwrap().stats.keyframes >= keyframes + 8
+        })
+        .await;
+    assert!(muted, "muted tracks did not switch to silence / black frames");
+    assert!(p.a.engine.local_tracks(&call).unwrap().iter().all(|t| !t.enabled && t.sending));
+    let tone = p.b.remote(&call, "a-user", MediaKind::Audio).unwrap().stats.bundled_tone;
+    p.a.exec(
+        &call,
+        MediaCommand::SetTrackEnabled { stream_id: "a-user".into(), kind: MediaKind::Audio, enabled: true },
+    );
+    let unmuted = p
+        .pump_until(Duration::from_secs(5), |p| {
+            p.b.remote(&call, "a-user", MediaKind::Audio).unwrap().stats.bundled_tone >= tone + 20
+        })
+        .await;
+    assert!(unmuted, "audio did not come back after unmute");
+    p.hang_up_and_check_no_leaks().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_lets_the_polite_side_answer_the_other_offer() {
+    let mut p = Pair::loopback();
+    p.connect(CallType::Voice).await;
+    let call = p.call.clone();
+    // Both start a renegotiation; B (polite) rolls its offer back and answers A's.
+    p.b.exec(&call, MediaCommand::CreateOffer { ice_restart: false });
+    let _b_offer = p.take_description(false).await;
+    p.a.exec(&call, MediaCommand::CreateOffer { ice_restart: false });
+    let a_offer = p.take_description(true).await;
+    p.b.exec(&call, MediaCommand::Rollback);
+    p.b.exec(&call, MediaCommand::SetRemoteDescription { description: a_offer });
+    p.b.exec(&call, MediaCommand::CreateAnswer);
+    let answer = p.take_description(false).await;
+    assert_eq!(answer.sdp_type, voip_core::media::SdpType::Answer);
+    p.a.exec(&call, MediaCommand::SetRemoteDescription { description: answer });
+    let before = p.a.remote_packets(&call, "b-user", MediaKind::Audio);
+    assert!(
+        p.pump_until(Duration::from_secs(5), |p| p.a.remote_packets(&call, "b-user", MediaKind::Audio)
+            >= before + 20)
+            .await
+    );
+    assert!(
+        p.a.failures().is_empty() && p.b.failures().is_empty(),
+        "{:?} {:?}",
+        p.a.failures(),
+        p.b.failures()
+    );
+    p.hang_up_and_check_no_leaks().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answering_a_video_offer_with_voice_only_receives_video_and_sends_audio() {
+    let mut p = Pair::loopback();
+    let call = p.call.clone();
+    p.a.exec(&call, MediaCommand::CreatePeer { call_type: CallType::Video });
+    p.a.exec(
+        &call,
+        MediaCommand::AddLocalStream {
+            stream_id: "a-user".into(),
+            purpose: StreamPurpose::Usermedia,
+            audio: true,
+            video: true,
+        },
+    );
+    p.a.exec(&call, MediaCommand::CreateOffer { ice_restart: false });
+    let offer = p.take_description(true).await;
+    p.b.exec(&call, MediaCommand::CreatePeer { call_type: CallType::Video });
+    p.b.exec(&call, MediaCommand::SetRemoteDescription { description: offer });
+    p.b.exec(
+        &call,
+        MediaCommand::AddLocalStream {
+            stream_id: "b-user".into(),
+            purpose: StreamPurpose::Usermedia,
+            audio: true,
+            video: false,
+        },
+    );
+    p.b.exec(&call, MediaCommand::CreateAnswer);
+    let answer = p.take_description(false).await;
+    p.a.exec(&call, MediaCommand::SetRemoteDescription { description: answer });
+    let flowing = p
+        .pump_until(Duration::from_secs(10), |p| {
+            p.b.remote(&call, "a-user", MediaKind::Video).is_some_and(|t| t.stats.frames >= 5)
+                && p.a.remote_packets(&call, "b-user", MediaKind::Audio) >= 20
+        })
+        .await;
+    assert!(flowing);
+    assert!(p.a.remote(&call, "b-user", MediaKind::Video).is_none(), "B sends no video");
+    p.hang_up_and_check_no_leaks().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_are_reported_as_failed_events() {
+    let (engine, mut rx) = WebrtcEngine::with_channel(WebrtcConfig::loopback());
+    let call = CallId::from("c");
+    // No peer connection yet.
+    engine.execute(call.clone(), MediaCommand::CreateOffer { ice_restart: false });
+    engine.execute(call.clone(), MediaCommand::CreatePeer { call_type: CallType::Voice });
+    engine.execute(
+        call.clone(),
+        MediaCommand::SetRemoteDescription { description: SessionDescription::offer("this is not sdp") },
+    );
+    // An answer without an offer.
+    engine.execute(call.clone(), MediaCommand::CreateAnswer);
+    let mut ops = Vec::new();
+    while ops.len() < 3 {
+        let (id, event) =
+            tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("event").expect("open");
+        assert_eq!(id, call);
+        if let MediaEvent::Failed { operation, error } = event {
+            assert!(!error.is_empty());
+            ops.push(operation);
+        }
+    }
+    assert_eq!(
+        ops,
+        [MediaOperation::CreateOffer, MediaOperation::SetRemoteDescription, MediaOperation::CreateAnswer]
+    );
+    engine.execute(call.clone(), MediaCommand::Close);
+    // Commands after Close start nothing.
+    engine.execute(call.clone(), MediaCommand::CreateOffer { ice_restart: false });
+    assert!(engine.calls().is_empty());
+    engine.wait_closed().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while engine.resources() != Default::default() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(engine.resources(), Default::default());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_added_stream_asks_for_negotiation_and_mdns_query_mode_is_not_fatal() {
+    let cfg = || WebrtcConfig::loopback().with_mdns(MdnsMode::QueryOnly);
+    let mut p = Pair::new(cfg(), cfg());
+    p.connect(CallType::Voice).await;
+    let call = p.call.clone();
+    p.a.engine.add_local_stream(&call, "a-extra".into(), StreamPurpose::Screenshare, false, true).unwrap();
+    assert!(
+        p.pump_until(Duration::from_secs(5), |p| p.a.events.contains(&MediaEvent::NegotiationNeeded)).await
+    );
+    p.negotiate(false).await;
+    assert!(
+        p.pump_until(Duration::from_secs(10), |p| p
+            .b
+            .remote(&call, "a-extra", MediaKind::Video)
+            .is_some_and(|t| t.stats.frames >= 5))
+            .await
+    );
+    p.b.engine.set_remote_purpose(&call, "a-extra".into(), StreamPurpose::Screenshare).unwrap();
+    let t = p.b.remote(&call, "a-extra", MediaKind::Video).unwrap();
+    assert_eq!(t.purpose, Some(StreamPurpose::Screenshare));
+    assert!(matches!(
+        p.a.engine.add_local_stream(&CallId::from("nope"), "x".into(), StreamPurpose::Usermedia, true, false),
+        Err(voip_webrtc::Error::NoSuchCall(_))
+    ));
+    p.hang_up_and_check_no_leaks().await;
+}
