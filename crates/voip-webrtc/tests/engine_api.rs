@@ -190,3 +190,34 @@ async fn app_added_stream_asks_for_negotiation_and_mdns_query_mode_is_not_fatal(
     ));
     p.hang_up_and_check_no_leaks().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turn_server_from_homeserver_config_is_used_and_its_silence_is_not_fatal() {
+    // A fake TURN server on loopback that never answers: the engine must try to allocate
+    // there, and still connect over host candidates.
+    let fake_turn = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let port = fake_turn.local_addr().unwrap().port();
+    let turn: voip_webrtc::TurnServerResponse = serde_json::from_str(&format!(
+        r#"{{"uris":["turn:127.0.0.1:{port}?transport=udp"],"username":"1700000000:@a:example.org","password":"secret","ttl":86400}}"#
+    ))
+    .unwrap();
+    let mut p = Pair::loopback();
+    p.a.engine.set_ice_servers(vec![turn.into()]);
+    p.connect(CallType::Voice).await;
+    let call = p.call.clone();
+    assert!(
+        p.pump_until(Duration::from_secs(10), |p| p.b.remote_packets(&call, "a-user", MediaKind::Audio)
+            >= 10)
+            .await
+    );
+    let mut buf = [0u8; 1500];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(5), fake_turn.recv_from(&mut buf))
+        .await
+        .expect("a TURN request reached the configured server")
+        .unwrap();
+    assert!(n >= 20, "STUN header");
+    assert_eq!(&buf[..2], &[0x00, 0x03], "TURN Allocate request");
+    assert_eq!(&buf[4..8], &[0x21, 0x12, 0xa4, 0x42], "STUN magic cookie");
+    assert!(p.a.failures().is_empty(), "{:?}", p.a.failures());
+    p.hang_up_and_check_no_leaks().await;
+}
