@@ -121,7 +121,16 @@ impl CallStats {
                     stats.packets_received += r.packets_received;
                     stats.bytes_received += s.bytes_received;
                     stats.packets_lost += r.packets_lost;
-                    if let Some(j) = seconds(r.jitter) {
+                    // rtc 0.21.1 stores the RTCP receiver-report jitter as is, in RTP timestamp
+                    // units (its doc says seconds): divide by the codec's clock rate.
+                    let clock_rate = match report.get(&r.rtp_stream_stats.codec_id) {
+                        Some(RTCStatsReportEntry::Codec(c)) if c.clock_rate > 0 => f64::from(c.clock_rate),
+                        _ => match r.rtp_stream_stats.kind {
+                            rtc::rtp_transceiver::rtp_sender::RtpCodecKind::Video => 90_000.0,
+                            _ => 48_000.0,
+                        },
+                    };
+                    if let Some(j) = seconds(r.jitter / clock_rate) {
                         stats.jitter = Some(stats.jitter.map_or(j, |cur| cur.max(j)));
                     }
                     if let Some(k) = kind(r.rtp_stream_stats.kind) {

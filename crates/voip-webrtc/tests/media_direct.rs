@@ -42,6 +42,19 @@ async fn voice_call_carries_valid_opus_both_ways() {
         assert!(side.failures().is_empty(), "{}: {:?}", side.name, side.failures());
 
         let stats = side.engine.stats(&call).await.expect("stats");
+        eprintln!(
+            "{}: sent {} pkts / {} B, received {} pkts / {} B, lost {}, jitter {:?}, rtt {:?}, tone packets {}",
+            side.name,
+            stats.packets_sent,
+            stats.bytes_sent,
+            stats.packets_received,
+            stats.bytes_received,
+            stats.packets_lost,
+            stats.jitter,
+            stats.round_trip_time,
+            t.stats.bundled_tone
+        );
+        assert!(stats.round_trip_time.is_some(), "{stats:?}");
         assert!(stats.packets_sent >= 40 && stats.bytes_sent > 0, "{stats:?}");
         assert!(stats.packets_received >= 40 && stats.bytes_received > 0, "{stats:?}");
         let pair = stats.selected_pair.as_ref().expect("selected pair");
