@@ -74,7 +74,7 @@ async fn video_call_with_hold_and_screenshare_through_two_cores() {
         c.run_until(Duration::from_secs(5), |c| c.remote_packets(1, &call, MediaKind::Audio) >= bob_rx + 25)
             .await
     );
-    assert!(c.remote_packets(0, &call, MediaKind::Audio) <= frozen + 3, "held direction kept flowing");
+    assert!(c.remote_packets(0, &call, MediaKind::Audio) <= frozen + 10, "held direction kept flowing");
 
     c.command(0, Command::SetHold { call_id: call.clone(), on_hold: false });
     let resumed = c

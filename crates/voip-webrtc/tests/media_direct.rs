@@ -191,7 +191,7 @@ async fn hold_stops_media_in_the_held_direction_and_unhold_resumes_it() {
     assert!(b_got_silence, "held side receives silence frames from the holder");
     let after_b_to_a = p.a.remote_packets(&call, "b-user", MediaKind::Audio);
     assert!(
-        after_b_to_a <= before_b_to_a + 3,
+        after_b_to_a <= before_b_to_a + 10,
         "B→A kept flowing during hold: {before_b_to_a} → {after_b_to_a}"
     );
     let tone_during_hold = p.b.remote(&call, "a-user", MediaKind::Audio).unwrap().stats.bundled_tone;
