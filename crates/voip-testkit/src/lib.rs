@@ -150,7 +150,7 @@ async fn register(name: &str, admin: bool) -> Result<TestUser> {
 pub async fn override_ratelimit(
     admin: &TestUser,
     user_id: &str,
-    per_second: f64,
+    per_second: u32,
     burst_count: u32,
 ) -> Result<()> {
     let hs = synapse();

@@ -1,0 +1,247 @@
+//! 1:1 calls end to end: real `voip_core::Voip` machines on each device, driven through the
+//! adapter and a real Synapse, media faked by voip-sim's engine.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Result;
+use tokio::sync::Notify;
+use voip_core::{
+    CallId, CallState, CallType, Command, Config, EndReason, Event, Initiator, Input, LocalDevice, Output,
+    RoomId, Signalling, Timestamp, UserId,
+};
+use voip_matrix::MatrixAdapter;
+use voip_sim::FakeMedia;
+
+use crate::{room_with, Peer, TIMEOUT};
+
+fn now() -> Timestamp {
+    Timestamp(SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_millis() as u64)
+}
+
+struct State {
+    voip: voip_core::Voip,
+    media: FakeMedia,
+    events: Vec<Event>,
+}
+
+/// A device running a core: inputs from the adapter, sends to the adapter, media to a fake.
+struct Phone {
+    peer_user: String,
+    state: Arc<Mutex<State>>,
+    adapter: MatrixAdapter,
+    wake: Arc<Notify>,
+    task: tokio::task::JoinHandle<()>,
+    _peer: Peer,
+}
+
+fn drain(st: &mut State, adapter: &MatrixAdapter) {
+    while let Some(out) = st.voip.poll() {
+        match out {
+            Output::Send(req) => adapter.submit(req),
+            Output::Media { call_id, command } => {
+                for event in st.media.execute(&call_id, command) {
+                    let input = Input::Media { call_id: call_id.clone(), event };
+                    if let Err(e) = st.voip.handle(now(), input) {
+                        panic!("media input rejected: {e}");
+                    }
+                }
+            }
+            Output::Event(e) => st.events.push(e),
+        }
+    }
+}
+
+impl Phone {
+    fn new(mut peer: Peer) -> Phone {
+        let local = LocalDevice::new(peer.user_id(), peer.device_id());
+        let seed = voip_core::seed_from_u64(now().0);
+        let voip = voip_core::Voip::new(Config::default(), local, seed);
+        let state = Arc::new(Mutex::new(State { voip, media: FakeMedia::new(), events: Vec::new() }));
+        let wake = Arc::new(Notify::new());
+        let adapter = peer.adapter.clone();
+        let mut inputs = std::mem::replace(&mut peer.inputs, tokio::sync::mpsc::channel(1).1);
+        let (st, ad, wk) = (state.clone(), adapter.clone(), wake.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let deadline = st.lock().unwrap().voip.next_deadline().map(|d| d.at);
+                let sleep =
+                    deadline.map_or(Duration::from_secs(3600), |at| Duration::from_millis(at.since(now())));
+                let input = tokio::select! {
+                    i = inputs.recv() => match i { Some(i) => i, None => return },
+                    _ = tokio::time::sleep(sleep) => Input::Tick,
+                    _ = wk.notified() => continue,
+                };
+                let mut s = st.lock().unwrap();
+                if let Err(e) = s.voip.handle(now(), input) {
+                    tracing::warn!("input rejected: {e}");
+                }
+                drain(&mut s, &ad);
+            }
+        });
+        Phone { peer_user: peer.user_id(), state, adapter, wake, task, _peer: peer }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut voip_core::Voip) -> T) -> T {
+        let mut s = self.state.lock().unwrap();
+        let r = f(&mut s.voip);
+        drain(&mut s, &self.adapter);
+        drop(s);
+        self.wake.notify_one();
+        r
+    }
+
+    fn command(&self, command: Command) {
+        self.with(|v| v.handle(now(), Input::Command(command))).expect("command accepted");
+    }
+
+    fn place_call(&self, room: &str, invitee: &str, device: Option<&str>, signalling: Signalling) -> CallId {
+        self.with(|v| {
+            v.place_call(
+                now(),
+                RoomId::from(room),
+                UserId::from(invitee),
+                device.map(Into::into),
+                CallType::Voice,
+                signalling,
+            )
+        })
+        .expect("place_call")
+    }
+
+    async fn wait<T>(&self, what: &str, mut pick: impl FnMut(&Event) -> Option<T>) -> Result<T> {
+        voip_testkit::wait_for(&format!("{}: {what}", self.peer_user), TIMEOUT, || {
+            let found = self.state.lock().unwrap().events.iter().find_map(&mut pick);
+            async move { found }
+        })
+        .await
+    }
+
+    async fn incoming(&self) -> Result<CallId> {
+        self.wait("incoming call", |e| match e {
+            Event::IncomingCall { call_id, .. } => Some(call_id.clone()),
+            _ => None,
+        })
+        .await
+    }
+
+    async fn state_reached(&self, call: &CallId, state: CallState) -> Result<()> {
+        self.wait(&format!("{call} {state:?}"), |e| match e {
+            Event::StateChanged { call_id, state: s } if call_id == call && *s == state => Some(()),
+            _ => None,
+        })
+        .await
+    }
+
+    async fn ended(&self, call: &CallId) -> Result<(EndReason, Initiator)> {
+        self.wait(&format!("{call} ended"), |e| match e {
+            Event::CallEnded { call_id, reason, initiator } if call_id == call => {
+                Some((reason.clone(), *initiator))
+            }
+            _ => None,
+        })
+        .await
+    }
+
+    fn connected(&self, call: &CallId) -> bool {
+        self.state.lock().unwrap().media.is_connected(call)
+    }
+}
+
+impl Drop for Phone {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Alice and Bob in an encrypted DM, each with a core.
+async fn dm_phones() -> Result<(Phone, Phone, String)> {
+    let mut alice = Peer::new("alice").await?;
+    let bob = Peer::new("bob").await?;
+    let room = room_with(&mut alice, &[&bob], true).await?;
+    Ok((Phone::new(alice), Phone::new(bob), room))
+}
+
+/// Places a call from `a` to `b` and answers it; both reach `Connected`.
+async fn connect(a: &Phone, b: &Phone, room: &str) -> Result<(CallId, CallId)> {
+    let call = a.place_call(room, &b.peer_user, None, Signalling::Room);
+    let incoming = b.incoming().await?;
+    assert_eq!(incoming, call, "same call id on both sides");
+    b.with(|v| v.answer(now(), incoming.clone(), None)).expect("answer");
+    a.state_reached(&call, CallState::Connected).await?;
+    b.state_reached(&incoming, CallState::Connected).await?;
+    assert!(a.connected(&call) && b.connected(&incoming));
+    Ok((call, incoming))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_in_encrypted_dm_caller_hangs_up() -> Result<()> {
+    let (alice, bob, room) = dm_phones().await?;
+    let (call, _) = connect(&alice, &bob, &room).await?;
+    alice.with(|v| v.hangup(now(), call.clone())).expect("hangup");
+    assert_eq!(bob.ended(&call).await?, (EndReason::UserHangup, Initiator::Remote));
+    assert_eq!(alice.ended(&call).await?, (EndReason::UserHangup, Initiator::LocalUser));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_in_encrypted_dm_callee_hangs_up() -> Result<()> {
+    let (alice, bob, room) = dm_phones().await?;
+    let (call, _) = connect(&alice, &bob, &room).await?;
+    bob.with(|v| v.hangup(now(), call.clone())).expect("hangup");
+    assert_eq!(alice.ended(&call).await?, (EndReason::UserHangup, Initiator::Remote));
+    assert_eq!(bob.ended(&call).await?.1, Initiator::LocalUser);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_rejected() -> Result<()> {
+    let (alice, bob, room) = dm_phones().await?;
+    let call = alice.place_call(&room, &bob.peer_user, None, Signalling::Room);
+    let incoming = bob.incoming().await?;
+    bob.command(Command::Reject { call_id: incoming, emit: true });
+    let (reason, initiator) = alice.ended(&call).await?;
+    assert_eq!((reason, initiator), (EndReason::Rejected, Initiator::Remote));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callee_busy_in_another_call() -> Result<()> {
+    let mut alice = Peer::new("alice").await?;
+    let bob = Peer::new("bob").await?;
+    let mut carol = Peer::new("carol").await?;
+    let ab = room_with(&mut alice, &[&bob], true).await?;
+    // Carol's DM with Bob, created before Bob's core takes his inputs.
+    let cb = room_with(&mut carol, &[&bob], true).await?;
+    let (alice, bob, carol) = (Phone::new(alice), Phone::new(bob), Phone::new(carol));
+    connect(&alice, &bob, &ab).await?;
+    let call = carol.place_call(&cb, &bob.peer_user, None, Signalling::Room);
+    let (reason, initiator) = carol.ended(&call).await?;
+    assert_eq!((reason, initiator), (EndReason::UserBusy, Initiator::Remote));
+    bob.wait("missed busy call", |e| match e {
+        Event::MissedCall { call_id, reason: EndReason::UserBusy, .. } if *call_id == call => Some(()),
+        _ => None,
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_between_two_devices_of_one_user() -> Result<()> {
+    let a1 = Peer::new("alice").await?;
+    let a2 = Peer::device(&a1.user, Some("ALICEDEV2")).await?;
+    let mut creator = a1;
+    let room = room_with(&mut creator, &[], true).await?;
+    let (a1, a2) = (Phone::new(creator), Phone::new(a2));
+    let a2_device = a2._peer.device_id();
+    let user = a1.peer_user.clone();
+    let call = a1.place_call(&room, &user, Some(&a2_device), Signalling::ToDevice);
+    let incoming = a2.incoming().await?;
+    assert_eq!(incoming, call);
+    a2.with(|v| v.answer(now(), incoming.clone(), None)).expect("answer");
+    a1.state_reached(&call, CallState::Connected).await?;
+    a2.state_reached(&call, CallState::Connected).await?;
+    a2.with(|v| v.hangup(now(), call.clone())).expect("hangup");
+    assert_eq!(a1.ended(&call).await?.1, Initiator::Remote);
+    Ok(())
+}
