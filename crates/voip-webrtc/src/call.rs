@@ -391,7 +391,8 @@ impl CallTask {
         kind: MediaKind,
     ) -> Result<(), String> {
         let pc = self.pc.clone().ok_or("no peer connection (CreatePeer missing or failed)")?;
-        let source = self.config.sources.create(stream_id, purpose, kind).map_err(|e| e.to_string())?;
+        let source =
+            self.config.sources.create(&self.call_id, stream_id, purpose, kind).map_err(|e| e.to_string())?;
         self.track_counter += 1;
         let kind_str = match kind {
             MediaKind::Audio => "audio",

@@ -35,6 +35,37 @@ pub fn media_event_channel() -> (MediaEventSender, MediaEventReceiver) {
 /// * The stream id of `AddLocalStream` is the msid stream id in the local SDP.
 /// * After `Close`, the call's peer connection, tasks and sockets are released, no further
 ///   event is reported for it, and later commands for the same call id are dropped.
+///
+/// # Bringing your own engine
+///
+/// ```
+/// use std::sync::Mutex;
+/// use voip_core::media::{MediaCommand, MediaEvent, SessionDescription};
+/// use voip_core::CallId;
+/// use voip_webrtc::{MediaEngine, MediaEventSender};
+///
+/// /// An engine that answers every offer request with a canned description (a real one
+/// /// would drive a native WebRTC stack here).
+/// struct CannedEngine {
+///     events: MediaEventSender,
+///     log: Mutex<Vec<(CallId, MediaCommand)>>,
+/// }
+///
+/// impl MediaEngine for CannedEngine {
+///     fn execute(&self, call_id: CallId, command: MediaCommand) {
+///         if matches!(command, MediaCommand::CreateOffer { .. }) {
+///             let description = SessionDescription::offer("v=0\r\n");
+///             let _ = self.events.send((call_id.clone(), MediaEvent::LocalDescription { description }));
+///         }
+///         self.log.lock().unwrap().push((call_id, command));
+///     }
+/// }
+///
+/// let (events, mut rx) = voip_webrtc::media_event_channel();
+/// let engine: Box<dyn MediaEngine> = Box::new(CannedEngine { events, log: Mutex::new(Vec::new()) });
+/// engine.execute("c1".into(), MediaCommand::CreateOffer { ice_restart: false });
+/// assert!(matches!(rx.try_recv(), Ok((_, MediaEvent::LocalDescription { .. }))));
+/// ```
 pub trait MediaEngine: Send + Sync + 'static {
     /// Queue `command` for `call_id`.
     fn execute(&self, call_id: CallId, command: MediaCommand);

@@ -27,6 +27,10 @@ pub enum Error {
         /// What was wrong.
         detail: String,
     },
+    /// Local media could not be captured (returned by an app's
+    /// [`crate::SourceFactory`]).
+    #[error("local media: {0}")]
+    LocalMedia(String),
     /// The call's task has ended (the call was closed).
     #[error("call {0} is closed")]
     CallClosed(CallId),

@@ -221,3 +221,89 @@ async fn turn_server_from_homeserver_config_is_used_and_its_silence_is_not_fatal
     assert!(p.a.failures().is_empty(), "{:?}", p.a.failures());
     p.hang_up_and_check_no_leaks().await;
 }
+
+/// An app's own capture: audio is a custom source (Opus silence only), video capture fails.
+struct AppDevices;
+
+struct SilenceSource;
+
+impl voip_webrtc::MediaSource for SilenceSource {
+    fn next_frame(&mut self, _enabled: bool) -> Option<voip_webrtc::EncodedFrame> {
+        Some(voip_webrtc::EncodedFrame {
+            data: bytes::Bytes::from_static(&voip_webrtc::media::opus::OPUS_SILENCE),
+            duration: Duration::from_millis(20),
+        })
+    }
+}
+
+impl voip_webrtc::SourceFactory for AppDevices {
+    fn create(
+        &self,
+        _call_id: &CallId,
+        _stream_id: &voip_core::StreamId,
+        _purpose: StreamPurpose,
+        kind: MediaKind,
+    ) -> voip_webrtc::Result<Box<dyn voip_webrtc::MediaSource>> {
+        match kind {
+            MediaKind::Audio => Ok(Box::new(SilenceSource)),
+            MediaKind::Video => Err(voip_webrtc::Error::LocalMedia("no camera".into())),
+        }
+    }
+}
+
+#[derive(Default)]
+struct AppSink(std::sync::Mutex<Vec<(voip_core::StreamId, MediaKind, usize)>>);
+
+impl voip_webrtc::MediaSink for AppSink {
+    fn on_packet(
+        &self,
+        stream_id: &voip_core::StreamId,
+        kind: MediaKind,
+        packet: &voip_webrtc::ReceivedPacket,
+    ) {
+        self.0.lock().unwrap().push((stream_id.clone(), kind, packet.payload.len()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_sources_and_sinks_plug_in_and_capture_failures_are_reported() {
+    let sink = std::sync::Arc::new(AppSink::default());
+    let a_cfg = WebrtcConfig::loopback().with_sources(std::sync::Arc::new(AppDevices));
+    let b_cfg = WebrtcConfig::loopback().with_sink(sink.clone());
+    let mut p = Pair::new(a_cfg, b_cfg);
+    p.connect(CallType::Voice).await;
+    let call = p.call.clone();
+    let arrived = p
+        .pump_until(Duration::from_secs(10), |p| {
+            p.b.remote(&call, "a-user", MediaKind::Audio).is_some_and(|t| t.stats.opus_silence >= 20)
+        })
+        .await;
+    assert!(arrived, "the app source's frames did not arrive");
+    let seen = sink.0.lock().unwrap().len();
+    assert!(seen >= 20, "the app sink saw {seen} packets");
+    assert!(sink
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|(s, k, len)| s.as_str() == "a-user" && *k == MediaKind::Audio && *len == 3));
+    // Camera capture fails: reported as a LocalMedia failure.
+    p.a.exec(
+        &call,
+        MediaCommand::AddLocalStream {
+            stream_id: "a-cam".into(),
+            purpose: StreamPurpose::Usermedia,
+            audio: false,
+            video: true,
+        },
+    );
+    let failed = p
+        .pump_until(Duration::from_secs(5), |p| {
+            p.a.events.iter().any(|e| {
+                matches!(e, MediaEvent::Failed { operation: MediaOperation::LocalMedia, error } if error.contains("no camera"))
+            })
+        })
+        .await;
+    assert!(failed, "{:?}", p.a.events);
+    p.hang_up_and_check_no_leaks().await;
+}

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use voip_core::media::{MediaKind, StreamPurpose};
-use voip_core::StreamId;
+use voip_core::{CallId, StreamId};
 
 use super::container::{ivf_frames, ogg_opus_packets};
 use super::opus::OPUS_SILENCE;
@@ -36,11 +36,16 @@ pub trait MediaSource: Send + 'static {
     fn next_frame(&mut self, enabled: bool) -> Option<EncodedFrame>;
 }
 
-/// Creates the sources for local tracks.
+/// Creates the sources for local tracks (the app's microphone, camera and screen capture).
+///
+/// Called by the call's task for every local track of an `AddLocalStream`. An error becomes
+/// `MediaEvent::Failed { operation: LocalMedia }` (the core ends the call with
+/// `user_media_failed`); return [`crate::Error::LocalMedia`] for capture failures.
 pub trait SourceFactory: Send + Sync + 'static {
-    /// A source for a track of `kind` in local stream `stream_id`.
+    /// A source for a track of `kind` in local stream `stream_id` of call `call_id`.
     fn create(
         &self,
+        call_id: &CallId,
         stream_id: &StreamId,
         purpose: StreamPurpose,
         kind: MediaKind,
@@ -156,6 +161,7 @@ pub struct BundledMedia;
 impl SourceFactory for BundledMedia {
     fn create(
         &self,
+        _call_id: &CallId,
         _stream_id: &StreamId,
         _purpose: StreamPurpose,
         kind: MediaKind,
