@@ -435,16 +435,18 @@ impl Voip {
     fn handle_batch(&mut self, room_events: Vec<RoomEvent>, to_device: Vec<ToDeviceEvent>) {
         // Invites whose call is already answered, rejected or hung up in this same batch never
         // ring (fixes famedly's whole-batch drop: the filter is per call id).
+        // Keyed by sender too: only the caller (hangup) or our own user (answered or rejected
+        // on another device) can settle a call; a third user's hangup must not silence it.
         let call_id_of = |t: &str, c: &serde_json::Value| {
             matches!(t, types::ANSWER | types::HANGUP | types::REJECT)
                 .then(|| c.get("call_id").and_then(|v| v.as_str()).map(str::to_owned))
                 .flatten()
         };
-        let settled: BTreeSet<String> = room_events
+        let settled: BTreeSet<(String, UserId)> = room_events
             .iter()
-            .map(|e| (e.event_type.as_str(), &e.content))
-            .chain(to_device.iter().map(|e| (e.event_type.as_str(), &e.content)))
-            .filter_map(|(t, c)| call_id_of(t, c))
+            .map(|e| (e.event_type.as_str(), &e.content, &e.sender))
+            .chain(to_device.iter().map(|e| (e.event_type.as_str(), &e.content, &e.sender)))
+            .filter_map(|(t, c, sender)| call_id_of(t, c).map(|id| (id, sender.clone())))
             .collect();
         for e in room_events {
             if let Err(err) = self.handle_room_event(e, &settled) {
@@ -458,7 +460,7 @@ impl Voip {
         }
     }
 
-    fn handle_room_event(&mut self, e: RoomEvent, settled: &BTreeSet<String>) -> Result<(), Error> {
+    fn handle_room_event(&mut self, e: RoomEvent, settled: &BTreeSet<(String, UserId)>) -> Result<(), Error> {
         if !wire::is_call_event_type(&e.event_type) {
             return Ok(());
         }
@@ -473,7 +475,11 @@ impl Voip {
         Self::dispatch(self, &e.event_type, &e.content, source, settled)
     }
 
-    fn handle_to_device(&mut self, e: ToDeviceEvent, settled: &BTreeSet<String>) -> Result<(), Error> {
+    fn handle_to_device(
+        &mut self,
+        e: ToDeviceEvent,
+        settled: &BTreeSet<(String, UserId)>,
+    ) -> Result<(), Error> {
         if !wire::is_call_event_type(&e.event_type) {
             return Ok(());
         }
@@ -505,7 +511,7 @@ impl Voip {
         event_type: &str,
         content: &serde_json::Value,
         source: Source<'_>,
-        settled: &BTreeSet<String>,
+        settled: &BTreeSet<(String, UserId)>,
     ) -> Result<(), Error> {
         let (common, event) = match wire::parse(event_type, content) {
             Ok(parsed) => parsed,
@@ -543,7 +549,8 @@ impl Voip {
         }
         match event {
             CallEvent::Invite { offer, lifetime, invitee, invitee_device_id, metadata, capabilities } => {
-                if settled.contains(&common.call_id) {
+                let settled_by = |user: &UserId| settled.contains(&(common.call_id.clone(), user.clone()));
+                if settled_by(source.sender) || settled_by(&self.local.user_id) {
                     self.counters.duplicates += 1;
                     self.remember_ended(call_id, source.sender.clone());
                     return Ok(());
@@ -649,7 +656,7 @@ impl Voip {
                     && c.signalling == source.signalling
                     && matches!(c.state, CallState::CreateOffer | CallState::InviteSent)
             })
-            .map(|c| (c.id.clone(), c.state == CallState::InviteSent, c.offered_type));
+            .map(|c| (c.id.clone(), c.state == CallState::InviteSent, c.offered_type, c.mutes()));
         // One live call per pair: a new invite from the same peer in the same room supersedes an
         // older call that is not in glare (the peer must have dropped it; its hangup was lost).
         let superseded: Vec<CallId> = self
@@ -669,8 +676,8 @@ impl Voip {
                 c.end(&mut ctx, EndReason::Replaced, Initiator::Remote, missed);
             }
         }
-        let mut replaced: Option<(CallId, CallType)> = None;
-        if let Some((ours, invite_sent, our_type)) = glare_with {
+        let mut replaced: Option<(CallId, CallType, (bool, bool))> = None;
+        if let Some((ours, invite_sent, our_type, mutes)) = glare_with {
             match glare::resolve(ours.as_str(), call_id.as_str(), invite_sent) {
                 glare::GlareOutcome::OursWins => {
                     tracing::debug!(%ours, incoming = %call_id, "glare: our call wins");
@@ -692,7 +699,7 @@ impl Voip {
                     if let Some(c) = self.calls.get_mut(&ours) {
                         c.hangup(&mut ctx, EndReason::Replaced, Initiator::Library);
                     }
-                    replaced = Some((ours, our_type));
+                    replaced = Some((ours, our_type, mutes));
                 }
             }
         } else if !self
@@ -736,7 +743,9 @@ impl Voip {
             expires_at: self.now.plus(remaining),
         };
         let mut call = Call::incoming(&mut ctx, incoming);
-        if let Some((old, our_type)) = replaced {
+        if let Some((old, our_type, mutes)) = replaced {
+            // The user's choices move to the surviving call (spec: one seamless call).
+            call.inherit_mutes(mutes);
             ctx.emit(Event::CallReplaced { old_call_id: old, new_call_id: call_id.clone() });
             if self.config.glare == GlareBehaviour::AutoAnswer {
                 call.auto_answer = Some(our_type);

@@ -110,6 +110,8 @@ pub(crate) struct Call {
     local_media_attached: bool,
     remote_metadata: Option<SdpStreamMetadata>,
     remote_ufrag: Option<String>,
+    /// The streams last reported to the app.
+    last_streams: Option<(Vec<LocalStream>, Vec<RemoteStream>)>,
     /// Remote streams in arrival order: (stream, has audio, has video).
     remote_tracks: Vec<(StreamId, bool, bool)>,
     making_offer: bool,
@@ -118,12 +120,13 @@ pub(crate) struct Call {
     answering_negotiate: bool,
     polite: bool,
     ice_restarts: u32,
-    ever_connected: bool,
     local_hold: bool,
     remote_hold: bool,
     seq: u64,
     /// Glare: answer with this media as soon as the call rings.
     pub(crate) auto_answer: Option<CallType>,
+    /// `RingtoneStarted` was emitted and not yet stopped.
+    ringtone: bool,
     /// Whether anything of this call went on the wire (invite, answer, reject…).
     on_wire: bool,
 }
@@ -185,17 +188,18 @@ impl Call {
             local_media_attached: false,
             remote_metadata: None,
             remote_ufrag: None,
+            last_streams: None,
             remote_tracks: Vec::new(),
             making_offer: false,
             offer_again: None,
             answering_negotiate: false,
             polite: direction == CallDirection::Incoming,
             ice_restarts: 0,
-            ever_connected: false,
             local_hold: false,
             remote_hold: false,
             seq: 0,
             auto_answer: None,
+            ringtone: false,
             on_wire: false,
         }
     }
@@ -282,7 +286,10 @@ impl Call {
     pub(crate) fn ring_or_auto_answer(&mut self, ctx: &mut Ctx<'_>) {
         match self.auto_answer.take() {
             Some(call_type) => self.answer(ctx, Some(call_type)),
-            None => ctx.emit(Event::RingtoneStarted { call_id: self.id.clone() }),
+            None => {
+                self.ringtone = true;
+                ctx.emit(Event::RingtoneStarted { call_id: self.id.clone() });
+            }
         }
     }
 
@@ -321,6 +328,12 @@ impl Call {
     }
 
     // ===== outputs =====
+
+    fn stop_ringtone(&mut self, ctx: &mut Ctx<'_>) {
+        if std::mem::take(&mut self.ringtone) {
+            ctx.emit(Event::RingtoneStopped { call_id: self.id.clone() });
+        }
+    }
 
     fn media(&self, ctx: &mut Ctx<'_>, command: MediaCommand) {
         ctx.out.push_back(Output::Media { call_id: self.id.clone(), command });
@@ -457,14 +470,18 @@ impl Call {
         v
     }
 
-    fn emit_streams(&self, ctx: &mut Ctx<'_>) {
-        ctx.emit(Event::StreamsChanged {
-            call_id: self.id.clone(),
-            local: self.local_streams(),
-            remote: self.remote_streams(),
-        });
+    /// Emits `StreamsChanged` when the streams differ from what the app last saw.
+    fn emit_streams(&mut self, ctx: &mut Ctx<'_>) {
+        let now = (self.local_streams(), self.remote_streams());
+        if self.last_streams.as_ref() == Some(&now) {
+            return;
+        }
+        self.last_streams = Some(now.clone());
+        ctx.emit(Event::StreamsChanged { call_id: self.id.clone(), local: now.0, remote: now.1 });
     }
 
+    /// Attaches our usermedia stream; mutes chosen before (while ringing, or on the call that
+    /// glare replaced) apply from the first packet.
     fn attach_local_media(&mut self, ctx: &mut Ctx<'_>, call_type: CallType) {
         self.local_has_video = call_type == CallType::Video;
         self.local_media_attached = true;
@@ -477,6 +494,23 @@ impl Call {
                 video: self.local_has_video,
             },
         );
+        if self.audio_muted {
+            self.set_track(ctx, MediaKind::Audio, false);
+        }
+        if self.video_muted && self.local_has_video {
+            self.set_track(ctx, MediaKind::Video, false);
+        }
+    }
+
+    /// Our mute state, to carry over to the call that replaces this one.
+    pub(crate) fn mutes(&self) -> (bool, bool) {
+        (self.audio_muted, self.video_muted)
+    }
+
+    /// Takes over the mute state of the call this one replaces (before media is attached).
+    pub(crate) fn inherit_mutes(&mut self, (audio, video): (bool, bool)) {
+        self.audio_muted = audio;
+        self.video_muted = video;
     }
 
     fn peer_is_v1(&self) -> bool {
@@ -492,13 +526,10 @@ impl Call {
         }
         let _span = tracing::debug_span!("call", call_id = %self.id, party_id = %self.local_party).entered();
         tracing::debug!(?reason, ?initiator, "call ended");
-        let was_ringing = self.state == CallState::Ringing;
         self.timers.clear_all();
         self.cands.clear();
         self.media(ctx, MediaCommand::Close);
-        if was_ringing {
-            ctx.emit(Event::RingtoneStopped { call_id: self.id.clone() });
-        }
+        self.stop_ringtone(ctx);
         self.set_state(ctx, CallState::Ended);
         ctx.emit(Event::CallEnded { call_id: self.id.clone(), reason: reason.clone(), initiator });
         if missed {
@@ -547,7 +578,7 @@ impl Call {
 
     /// `Answer`: attach media and ask for an answer.
     pub(crate) fn answer(&mut self, ctx: &mut Ctx<'_>, call_type: Option<CallType>) {
-        ctx.emit(Event::RingtoneStopped { call_id: self.id.clone() });
+        self.stop_ringtone(ctx);
         self.timers.clear(TimerKind::RingTimeout);
         self.set_state(ctx, CallState::CreateAnswer);
         self.attach_local_media(ctx, call_type.unwrap_or(self.offered_type));
@@ -615,63 +646,49 @@ impl Call {
         if self.is_ended() {
             return Err(self.wrong_state("set_muted"));
         }
-        if video == Some(false) && !self.local_has_video && self.local_media_attached {
-            // Unmuting the camera of a voice call upgrades it to video: that renegotiates.
+        // Unmuting the camera of a voice call upgrades it to video (js-sdk `upgradeCall`).
+        let upgrade = video == Some(false) && self.local_media_attached && !self.local_has_video;
+        if upgrade {
             self.require_negotiable("set_muted(video: false) on a voice call")?;
         }
-        let mut changed = false;
-        let mut upgrade = false;
+        let before = self.metadata();
         if let Some(a) = audio.filter(|a| *a != self.audio_muted) {
             self.audio_muted = a;
-            changed = true;
             if self.local_media_attached {
-                self.media(
-                    ctx,
-                    MediaCommand::SetTrackEnabled {
-                        stream_id: self.usermedia.clone(),
-                        kind: MediaKind::Audio,
-                        enabled: !a,
-                    },
-                );
+                self.set_track(ctx, MediaKind::Audio, !a);
             }
         }
-        if let Some(v) = video.filter(|v| *v != self.video_muted) {
+        if let Some(v) = video {
             self.video_muted = v;
-            changed = true;
-            if !v && !self.local_has_video && self.local_media_attached {
-                self.local_has_video = true;
-                upgrade = true;
-                self.media(
-                    ctx,
-                    MediaCommand::AddLocalStream {
-                        stream_id: self.usermedia.clone(),
-                        purpose: StreamPurpose::Usermedia,
-                        audio: false,
-                        video: true,
-                    },
-                );
-            } else if self.local_has_video {
-                self.media(
-                    ctx,
-                    MediaCommand::SetTrackEnabled {
-                        stream_id: self.usermedia.clone(),
-                        kind: MediaKind::Video,
-                        enabled: !v,
-                    },
-                );
-            }
-        }
-        if !changed {
-            return Ok(());
         }
         if upgrade {
+            self.local_has_video = true;
+            self.media(
+                ctx,
+                MediaCommand::AddLocalStream {
+                    stream_id: self.usermedia.clone(),
+                    purpose: StreamPurpose::Usermedia,
+                    audio: false,
+                    video: true,
+                },
+            );
             self.start_offer(ctx, false);
-        } else if self.peer_is_v1() && matches!(self.state, CallState::Connecting | CallState::Connected) {
-            let metadata = self.metadata();
-            self.send(ctx, CallEvent::SdpStreamMetadataChanged { metadata }, SendPurpose::Other);
+        } else if self.metadata() != before {
+            if self.local_has_video && video.is_some() {
+                self.set_track(ctx, MediaKind::Video, !self.video_muted);
+            }
+            if self.peer_is_v1() && matches!(self.state, CallState::Connecting | CallState::Connected) {
+                let metadata = self.metadata();
+                self.send(ctx, CallEvent::SdpStreamMetadataChanged { metadata }, SendPurpose::Other);
+            }
         }
         self.emit_streams(ctx);
         Ok(())
+    }
+
+    fn set_track(&self, ctx: &mut Ctx<'_>, kind: MediaKind, enabled: bool) {
+        let stream_id = self.usermedia.clone();
+        self.media(ctx, MediaCommand::SetTrackEnabled { stream_id, kind, enabled });
     }
 
     pub(crate) fn cmd_screenshare(&mut self, ctx: &mut Ctx<'_>, enabled: bool) -> Result<(), ApiMisuse> {
@@ -765,6 +782,11 @@ impl Call {
         let _span = tracing::debug_span!("call", call_id = %self.id, party_id = %self.local_party).entered();
         match event {
             MediaEvent::LocalDescription { description } => self.on_local_description(ctx, description),
+            MediaEvent::LocalCandidate { candidate } if candidate.is_end_of_candidates() => {
+                if self.cands.gathering_complete() {
+                    self.flush_candidates(ctx);
+                }
+            }
             MediaEvent::LocalCandidate { candidate } => {
                 if self.cands.push_local(candidate) {
                     self.timers
@@ -905,7 +927,6 @@ impl Call {
                 self.timers.clear(TimerKind::IceFailed);
                 self.ice_restarts = 0;
                 if matches!(self.state, CallState::Connecting) {
-                    self.ever_connected = true;
                     self.set_state(ctx, CallState::Connected);
                 }
             }
