@@ -70,13 +70,16 @@ struct Inner {
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     counters: Arc<Counters>,
     runtime: Arc<EngineRuntime>,
+    /// The tokio runtime the engine was created in; call tasks are spawned on it, so
+    /// `execute` may be called from any thread.
+    handle: tokio::runtime::Handle,
 }
 
 /// The webrtc-rs media engine. A cheap `Clone` handle; all clones drive the same calls.
 ///
 /// Executes [`MediaCommand`]s (see [`MediaEngine`] for the contract) with one task per call,
-/// and offers the app media API: local and remote tracks, stats, ICE servers. Must be used
-/// inside a tokio runtime.
+/// and offers the app media API: local and remote tracks, stats, ICE servers. Calls run on the
+/// tokio runtime the engine was created in.
 #[derive(Clone)]
 pub struct WebrtcEngine {
     inner: Arc<Inner>,
@@ -94,6 +97,10 @@ impl std::fmt::Debug for WebrtcEngine {
 
 impl WebrtcEngine {
     /// An engine reporting to `events`.
+    ///
+    /// # Panics
+    ///
+    /// When called outside a tokio runtime (the engine spawns its tasks on the current one).
     pub fn new(config: WebrtcConfig, events: MediaEventSender) -> Self {
         let counters = Arc::new(Counters::default());
         let runtime = Arc::new(EngineRuntime::new(counters.clone(), config.network.clone()));
@@ -107,6 +114,7 @@ impl WebrtcEngine {
                 tasks: Mutex::new(Vec::new()),
                 counters,
                 runtime,
+                handle: tokio::runtime::Handle::current(),
             }),
         }
     }
@@ -305,6 +313,7 @@ impl MediaEngine for WebrtcEngine {
                 self.inner.runtime.clone(),
             );
             let span = info_span!("call", call_id = %call_id);
+            let _entered = self.inner.handle.enter();
             let join = spawn_counted(&self.inner.counters, task.run(rx).instrument(span));
             if let Ok(mut tasks) = self.inner.tasks.lock() {
                 tasks.retain(|t| !t.is_finished());

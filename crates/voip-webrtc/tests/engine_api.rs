@@ -128,8 +128,12 @@ async fn answering_a_video_offer_with_voice_only_receives_video_and_sends_audio(
 async fn failures_are_reported_as_failed_events() {
     let (engine, mut rx) = WebrtcEngine::with_channel(WebrtcConfig::loopback());
     let call = CallId::from("c");
-    // No peer connection yet.
-    engine.execute(call.clone(), MediaCommand::CreateOffer { ice_restart: false });
+    // No peer connection yet. (Executed from a thread outside the runtime: the engine spawns
+    // on the runtime it was created in.)
+    let (e, c) = (engine.clone(), call.clone());
+    std::thread::spawn(move || e.execute(c, MediaCommand::CreateOffer { ice_restart: false }))
+        .join()
+        .expect("execute from a plain thread");
     engine.execute(call.clone(), MediaCommand::CreatePeer { call_type: CallType::Voice });
     engine.execute(
         call.clone(),
