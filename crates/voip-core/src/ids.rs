@@ -124,3 +124,45 @@ impl LocalDevice {
         Self { user_id: UserId(user_id.into()), device_id: DeviceId(device_id.into()) }
     }
 }
+
+/// A group call: a room plus the call id within it (`""` is the room's own call, MatrixRTC slot
+/// `m.call#ROOM`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct GroupCallId {
+    /// The room.
+    pub room_id: RoomId,
+    /// `call_id` of the memberships (`""` for the room call).
+    pub call_id: String,
+}
+
+impl GroupCallId {
+    /// The room's own call (`call_id` `""`).
+    pub fn room_call(room_id: RoomId) -> Self {
+        Self { room_id, call_id: String::new() }
+    }
+}
+
+impl fmt::Display for GroupCallId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}#{}", self.room_id, if self.call_id.is_empty() { "ROOM" } else { &self.call_id })
+    }
+}
+
+/// One member device of a group call, as its membership announces it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Participant {
+    /// The member's user (the sender of its membership event).
+    pub user_id: UserId,
+    /// The member's device.
+    pub device_id: DeviceId,
+    /// `membershipID` (famedly: the session id; Element Call: `@user:server:DEVICE` or a random
+    /// id per join).
+    pub member_id: String,
+}
+
+impl Participant {
+    /// LiveKit participant identity in state-event mode: `@user:server:DEVICE`.
+    pub fn livekit_identity(&self) -> String {
+        format!("{}:{}", self.user_id, self.device_id)
+    }
+}

@@ -28,6 +28,14 @@ pub enum Input {
         #[serde(default)]
         to_device: Vec<ToDeviceEvent>,
     },
+    /// A group-call membership state event (`com.famedly.call.member`,
+    /// `org.matrix.msc3401.call.member`), from the room's initial state or a change.
+    StateEvent(StateEvent),
+    /// What the homeserver supports (from `/versions`).
+    ServerSupport {
+        /// MSC4140 delayed events (`org.matrix.msc4140` in `unstable_features`).
+        delayed_events: bool,
+    },
     /// A user's room membership (`m.room.member`), from initial state or a change.
     RoomMember(RoomMember),
     /// The outcome of an earlier [`crate::Output::Send`].
@@ -184,6 +192,27 @@ pub struct RoomEvent {
     pub age_ms: Option<u64>,
 }
 
+/// A state event.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StateEvent {
+    /// The room.
+    pub room_id: RoomId,
+    /// The event id, when known.
+    #[serde(default)]
+    pub event_id: Option<String>,
+    /// The sender (authenticated by the homeserver).
+    pub sender: UserId,
+    /// The event type.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// The state key.
+    pub state_key: String,
+    /// The content, unparsed.
+    pub content: Value,
+    /// `origin_server_ts`: the clock expiry is measured from.
+    pub origin_server_ts: Timestamp,
+}
+
 /// A to-device event.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ToDeviceEvent {
@@ -234,11 +263,14 @@ pub enum Membership {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum SendOutcome {
-    /// Sent; the event id when it was a room event.
+    /// Sent; the event id when it was a room or state event.
     Sent {
         /// Event id of the sent room event.
         #[serde(default)]
         event_id: Option<String>,
+        /// `delay_id` of a scheduled delayed event.
+        #[serde(default)]
+        delay_id: Option<String>,
     },
     /// The homeserver answered 429 (after the adapter's own retries, if any).
     RateLimited {
@@ -252,5 +284,8 @@ pub enum SendOutcome {
         retryable: bool,
         /// Detail for logs.
         error: String,
+        /// The Matrix `errcode` (e.g. `M_NOT_FOUND` for a delayed event that already fired).
+        #[serde(default)]
+        errcode: Option<String>,
     },
 }

@@ -19,13 +19,18 @@ pub mod wire;
 pub use call::CallInfo;
 pub use config::{BusySignal, Config, GlareBehaviour};
 pub use error::{ApiMisuse, Error};
-pub use ids::{CallId, DeviceId, LocalDevice, PartyId, RequestId, RoomId, StreamId, Timestamp, UserId};
-pub use input::{Command, Input, Membership, RoomEvent, RoomMember, SendOutcome, Signalling, ToDeviceEvent};
+pub use ids::{
+    CallId, DeviceId, GroupCallId, LocalDevice, Participant, PartyId, RequestId, RoomId, StreamId, Timestamp,
+    UserId,
+};
+pub use input::{
+    Command, Input, Membership, RoomEvent, RoomMember, SendOutcome, Signalling, StateEvent, ToDeviceEvent,
+};
 pub use machine::{Counters, Voip};
 pub use media::{CallType, MediaCommand, MediaEvent};
 pub use output::{
-    CallDirection, CallState, EndReason, Event, Initiator, LocalStream, Output, RemoteStream, SendKind,
-    SendRequest, ToDeviceEncryption, ToDeviceMessage,
+    CallDirection, CallState, DelayedAction, EndReason, Event, Initiator, LocalStream, Output, RemoteStream,
+    SendKind, SendRequest, ToDeviceEncryption, ToDeviceMessage,
 };
 pub use rng::seed_from_u64;
 pub use timers::{Deadline, TimerKind};

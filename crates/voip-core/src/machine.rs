@@ -228,7 +228,7 @@ impl Voip {
                         self.config.max_send_retries,
                         &mut self.out,
                     ),
-                    SendOutcome::Failed { retryable, error } => {
+                    SendOutcome::Failed { retryable, error, .. } => {
                         tracing::warn!(%id, %error, retryable, "send failed");
                         self.sends.failed(
                             id,
@@ -249,6 +249,7 @@ impl Voip {
                 Ok(())
             }
             Input::Media { call_id, event } => self.handle_media(call_id, event),
+            Input::StateEvent(_) | Input::ServerSupport { .. } => Ok(()),
             Input::Tick => Ok(()),
         };
         self.collect_ended();

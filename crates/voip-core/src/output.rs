@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::ids::{CallId, DeviceId, PartyId, RequestId, RoomId, StreamId, UserId};
+use crate::ids::{CallId, DeviceId, GroupCallId, Participant, PartyId, RequestId, RoomId, StreamId, UserId};
 use crate::input::Signalling;
 use crate::media::{CallType, MediaCommand, StreamPurpose};
 use crate::wire::call::{AssertedIdentity, CallReplaces};
@@ -51,6 +51,39 @@ pub enum SendKind {
         /// The content.
         content: Value,
     },
+    /// A state event with an explicit state key (group-call membership).
+    StateEvent {
+        /// The room.
+        room_id: RoomId,
+        /// Event type, e.g. `org.matrix.msc3401.call.member`.
+        #[serde(rename = "type")]
+        event_type: String,
+        /// State key.
+        state_key: String,
+        /// The content.
+        content: Value,
+    },
+    /// Schedule a delayed state event (MSC4140). The result carries the `delay_id`.
+    DelayedStateEvent {
+        /// The room.
+        room_id: RoomId,
+        /// Event type.
+        #[serde(rename = "type")]
+        event_type: String,
+        /// State key.
+        state_key: String,
+        /// The content the server sends when the delay expires.
+        content: Value,
+        /// Delay in milliseconds.
+        delay_ms: u64,
+    },
+    /// Restart, send or cancel a scheduled delayed event (MSC4140).
+    UpdateDelayedEvent {
+        /// The `delay_id` the server returned.
+        delay_id: String,
+        /// What to do.
+        action: DelayedAction,
+    },
     /// To-device messages of one type.
     ToDevice {
         /// Event type.
@@ -63,6 +96,18 @@ pub enum SendKind {
         /// Whether the messages must be Olm-encrypted.
         encryption: ToDeviceEncryption,
     },
+}
+
+/// What to do with a scheduled delayed event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DelayedAction {
+    /// Restart its timer (heartbeat).
+    Restart,
+    /// Send it now.
+    Send,
+    /// Cancel it.
+    Cancel,
 }
 
 /// One to-device message.
@@ -328,6 +373,21 @@ pub enum Event {
         reason: EndReason,
         /// Who ended it.
         initiator: Initiator,
+    },
+    /// A media encryption key for a participant of an SFU group call, for the app's LiveKit key
+    /// provider (`set_key(identity, index, key)`). Fires for our own keys (when they are to be
+    /// used) and for keys received from current members.
+    EncryptionKey {
+        /// The group call.
+        group: GroupCallId,
+        /// Whose key.
+        participant: Participant,
+        /// Whether it is our own key.
+        local: bool,
+        /// Key index (ring slot).
+        index: u32,
+        /// The raw key, standard padded base64.
+        key: String,
     },
     /// An incoming call was not answered here: it timed out, was cancelled before we answered,
     /// or was refused because we were busy. Never for "answered elsewhere".

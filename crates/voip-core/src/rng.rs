@@ -26,6 +26,10 @@ impl Rng {
         }
         out
     }
+
+    pub(crate) fn fill(&mut self, buf: &mut [u8]) {
+        self.0.fill_bytes(buf);
+    }
 }
 
 /// Expands a `u64` into a 32-byte seed (for tests and fixtures that name a small seed).

@@ -39,8 +39,10 @@ struct Pending {
 impl Pending {
     fn room(&self) -> Option<&RoomId> {
         match &self.kind {
-            SendKind::RoomEvent { room_id, .. } => Some(room_id),
-            SendKind::ToDevice { .. } => None,
+            SendKind::RoomEvent { room_id, .. }
+            | SendKind::StateEvent { room_id, .. }
+            | SendKind::DelayedStateEvent { room_id, .. } => Some(room_id),
+            SendKind::ToDevice { .. } | SendKind::UpdateDelayedEvent { .. } => None,
         }
     }
 }

@@ -112,7 +112,7 @@ fn one_call(seed: u8) -> usize {
                         };
                         nodes[i].inbox.push_back(Input::SendResult {
                             id: req.id,
-                            result: SendOutcome::Sent { event_id: None },
+                            result: SendOutcome::Sent { event_id: None, delay_id: None },
                         });
                         nodes[i].inbox.push_back(Input::RoomEvent(ev.clone()));
                         nodes[1 - i].inbox.push_back(Input::RoomEvent(ev));

@@ -13,7 +13,7 @@ use rand_core::{RngCore, SeedableRng};
 use voip_core::media::{ConnectionState, MediaEvent};
 use voip_core::{
     seed_from_u64, CallId, Command, Config, DeviceId, Event, Input, LocalDevice, Membership, Output,
-    RoomEvent, RoomId, RoomMember, SendKind, SendOutcome, Timestamp, ToDeviceEvent, UserId, Voip,
+    RoomEvent, RoomId, RoomMember, SendKind, SendOutcome, StateEvent, Timestamp, ToDeviceEvent, UserId, Voip,
 };
 
 use crate::media::FakeMedia;
@@ -71,6 +71,24 @@ pub struct Sim {
     /// Last delivery time per (device, room): a room timeline reaches each device in order,
     /// whatever the jitter (to-device messages, in contrast, may overtake each other).
     timeline_clock: BTreeMap<(DeviceIdx, RoomId), Timestamp>,
+    /// Room state: (room, type, state key) → the current state event.
+    state: BTreeMap<(RoomId, String, String), StateEvent>,
+    /// MSC4140 delayed state events by `delay_id`.
+    delayed: BTreeMap<String, Delayed>,
+    next_delay_id: u64,
+    /// Whether the homeserver supports delayed events.
+    pub delayed_events: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Delayed {
+    fire_at: Timestamp,
+    delay_ms: u64,
+    room_id: RoomId,
+    sender: UserId,
+    event_type: String,
+    state_key: String,
+    content: serde_json::Value,
 }
 
 impl Sim {
@@ -89,6 +107,10 @@ impl Sim {
             rng: ChaCha20Rng::seed_from_u64(seed),
             next_event_id: 0,
             timeline_clock: BTreeMap::new(),
+            state: BTreeMap::new(),
+            delayed: BTreeMap::new(),
+            next_delay_id: 0,
+            delayed_events: true,
         }
     }
 
@@ -262,10 +284,9 @@ impl Sim {
                 Output::Send(req) => {
                     let fail = self.chance(self.faults.send_failure);
                     let result = if fail {
-                        SendOutcome::Failed { retryable: true, error: "simulated 502".into() }
+                        SendOutcome::Failed { retryable: true, error: "simulated 502".into(), errcode: None }
                     } else {
-                        let event_id = self.route(d, req.kind);
-                        SendOutcome::Sent { event_id }
+                        self.route(d, req.kind)
                     };
                     self.deliver(d, Input::SendResult { id: req.id, result }, self.latency_ms);
                 }
@@ -274,15 +295,64 @@ impl Sim {
     }
 
     /// The homeserver: room events to every member device (echo included), to-device to one.
-    fn route(&mut self, from: DeviceIdx, kind: SendKind) -> Option<String> {
+    fn route(&mut self, from: DeviceIdx, kind: SendKind) -> SendOutcome {
         let sender = self.devices[from.0].voip.local_device().clone();
+        let sent = |event_id: Option<String>| SendOutcome::Sent { event_id, delay_id: None };
         match kind {
+            SendKind::StateEvent { room_id, event_type, state_key, content } => {
+                if !self.rooms.get(&room_id).is_some_and(|m| m.contains(&sender.user_id)) {
+                    return forbidden();
+                }
+                sent(Some(self.apply_state(room_id, sender.user_id, event_type, state_key, content)))
+            }
+            SendKind::DelayedStateEvent { room_id, event_type, state_key, content, delay_ms } => {
+                if !self.delayed_events {
+                    return SendOutcome::Failed {
+                        retryable: false,
+                        error: "delayed events are disabled".into(),
+                        errcode: Some("M_UNRECOGNIZED".into()),
+                    };
+                }
+                self.next_delay_id += 1;
+                let delay_id = format!("syd_{}", self.next_delay_id);
+                let d = Delayed {
+                    fire_at: self.now.plus(delay_ms),
+                    delay_ms,
+                    room_id,
+                    sender: sender.user_id,
+                    event_type,
+                    state_key,
+                    content,
+                };
+                self.delayed.insert(delay_id.clone(), d);
+                SendOutcome::Sent { event_id: None, delay_id: Some(delay_id) }
+            }
+            SendKind::UpdateDelayedEvent { delay_id, action } => {
+                let Some(d) = self.delayed.get_mut(&delay_id) else {
+                    return SendOutcome::Failed {
+                        retryable: false,
+                        error: "unknown delayed event".into(),
+                        errcode: Some("M_NOT_FOUND".into()),
+                    };
+                };
+                match action {
+                    voip_core::DelayedAction::Restart => d.fire_at = self.now.plus(d.delay_ms),
+                    voip_core::DelayedAction::Cancel => {
+                        self.delayed.remove(&delay_id);
+                    }
+                    voip_core::DelayedAction::Send => {
+                        let d = self.delayed.remove(&delay_id).expect("checked");
+                        self.apply_state(d.room_id, d.sender, d.event_type, d.state_key, d.content);
+                    }
+                }
+                sent(None)
+            }
             SendKind::RoomEvent { room_id, event_type, content } => {
                 self.next_event_id += 1;
                 let event_id = format!("$ev{}", self.next_event_id);
                 let members = self.rooms.get(&room_id).cloned().unwrap_or_default();
                 if !members.contains(&sender.user_id) {
-                    return None;
+                    return forbidden();
                 }
                 let ev = RoomEvent {
                     room_id,
@@ -298,7 +368,7 @@ impl Sim {
                         self.deliver(DeviceIdx(i), Input::RoomEvent(ev.clone()), self.latency_ms);
                     }
                 }
-                Some(event_id)
+                sent(Some(event_id))
             }
             SendKind::ToDevice { event_type, messages, .. } => {
                 for m in messages {
@@ -317,7 +387,70 @@ impl Sim {
                         self.deliver(DeviceIdx(i), Input::ToDevice(ev), self.latency_ms);
                     }
                 }
-                None
+                sent(None)
+            }
+        }
+    }
+
+    /// Stores a state event and delivers it to every member device.
+    fn apply_state(
+        &mut self,
+        room_id: RoomId,
+        sender: UserId,
+        event_type: String,
+        state_key: String,
+        content: serde_json::Value,
+    ) -> String {
+        self.next_event_id += 1;
+        let event_id = format!("$st{}", self.next_event_id);
+        let ev = StateEvent {
+            room_id: room_id.clone(),
+            event_id: Some(event_id.clone()),
+            sender,
+            event_type: event_type.clone(),
+            state_key: state_key.clone(),
+            content,
+            origin_server_ts: self.now,
+        };
+        self.state.insert((room_id.clone(), event_type, state_key), ev.clone());
+        let members = self.rooms.get(&room_id).cloned().unwrap_or_default();
+        for i in 0..self.devices.len() {
+            if members.contains(&self.devices[i].voip.local_device().user_id) {
+                let input = Input::StateEvent(ev.clone());
+                // State reaches each device in timeline order, like room events.
+                let mut at = self.now.plus(self.latency_ms);
+                let last = self.timeline_clock.entry((DeviceIdx(i), room_id.clone())).or_default();
+                at = at.max(*last);
+                *last = at;
+                self.seq += 1;
+                self.inflight.insert(self.seq, input);
+                self.queue.push(Reverse((at, self.seq, DeviceIdx(i))));
+            }
+        }
+        event_id
+    }
+
+    /// The current room state of one type (for assertions).
+    pub fn room_state(&self, room: &RoomId, event_type: &str) -> Vec<StateEvent> {
+        self.state
+            .iter()
+            .filter(|((r, t, _), _)| r == room && t == event_type)
+            .map(|(_, e)| e.clone())
+            .collect()
+    }
+
+    /// Scheduled delayed events (for assertions): (delay id, fire time, state key).
+    pub fn scheduled_delayed(&self) -> Vec<(String, Timestamp, String)> {
+        self.delayed.iter().map(|(id, d)| (id.clone(), d.fire_at, d.state_key.clone())).collect()
+    }
+
+    /// Fires delayed events whose time has come.
+    fn fire_delayed(&mut self) {
+        let due: Vec<String> =
+            self.delayed.iter().filter(|(_, d)| d.fire_at <= self.now).map(|(id, _)| id.clone()).collect();
+        for id in due {
+            if let Some(d) = self.delayed.remove(&id) {
+                self.apply_state(d.room_id, d.sender, d.event_type, d.state_key, d.content);
             }
         }
     }
@@ -331,16 +464,15 @@ impl Sim {
             .filter(|d| !d.offline)
             .filter_map(|d| d.voip.next_deadline().map(|x| x.at))
             .min();
-        match (q, d) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let delayed = self.delayed.values().map(|d| d.fire_at).min();
+        [q, d, delayed].into_iter().flatten().min()
     }
 
     /// Handles everything due at the earliest pending time. Returns false when idle.
     pub fn step(&mut self) -> bool {
         let Some(at) = self.next_time() else { return false };
         self.now = self.now.max(at);
+        self.fire_delayed();
         while let Some(Reverse((at, _, _))) = self.queue.peek() {
             if *at > self.now {
                 break;
@@ -448,5 +580,13 @@ impl Sim {
     /// Feeds a media event directly (e.g. `NegotiationNeeded`).
     pub fn media_event(&mut self, d: DeviceIdx, call_id: &CallId, event: MediaEvent) {
         self.feed(d, Input::Media { call_id: call_id.clone(), event });
+    }
+}
+
+fn forbidden() -> SendOutcome {
+    SendOutcome::Failed {
+        retryable: false,
+        error: "not a member of the room".into(),
+        errcode: Some("M_FORBIDDEN".into()),
     }
 }

@@ -88,12 +88,14 @@ fn check_silence_after_end(sim: &Sim, d: DeviceIdx) -> Result<(), TestCaseError>
                     voip_core::SendKind::ToDevice { messages, .. } => {
                         messages.first().and_then(|m| m.content.get("call_id"))
                     }
+                    _ => None,
                 }
                 .and_then(Value::as_str)
                 .map(CallId::from);
                 let event_type = match &req.kind {
                     voip_core::SendKind::RoomEvent { event_type, .. }
                     | voip_core::SendKind::ToDevice { event_type, .. } => event_type.as_str(),
+                    _ => "",
                 };
                 if let Some(call_id) = call_id {
                     // Retries of earlier requests are allowed, and so is a hangup or reject
