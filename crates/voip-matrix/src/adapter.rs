@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use matrix_sdk::config::RequestConfig;
-use matrix_sdk::deserialized_responses::EncryptionInfo;
+use matrix_sdk::deserialized_responses::{EncryptionInfo, ProcessedToDeviceEvent};
 use matrix_sdk::encryption::identities::Device;
 use matrix_sdk::event_handler::EventHandlerHandle;
 use matrix_sdk::ruma::api::client::to_device::send_event_to_device;
@@ -37,6 +37,22 @@ pub struct AdapterOptions {
     pub critical_retry: RetryPolicy,
     /// Which devices may receive Olm-encrypted to-device messages.
     pub collect_strategy: CollectStrategy,
+    /// How call events reach the core.
+    pub delivery: Delivery,
+}
+
+/// How call room events and to-device events reach the core.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Delivery {
+    /// Event handlers send one [`Input::RoomEvent`] / [`Input::ToDevice`] per event, as the
+    /// client's sync loop processes them.
+    #[default]
+    PerEvent,
+    /// No call/to-device handlers: the app drives sync itself (`sync_once`,
+    /// `sync_with_result_callback`) and feeds [`MatrixAdapter::sync_batch`] of each response,
+    /// so the core sees a whole response at once (an invite already hung up in the same response
+    /// never rings). Membership still comes through the handlers.
+    Manual,
 }
 
 impl Default for AdapterOptions {
@@ -46,6 +62,7 @@ impl Default for AdapterOptions {
             retry: RetryPolicy::DEFAULT,
             critical_retry: RetryPolicy::CRITICAL,
             collect_strategy: CollectStrategy::AllDevices,
+            delivery: Delivery::PerEvent,
         }
     }
 }
@@ -108,6 +125,24 @@ impl MatrixAdapter {
 
     fn register_handlers(&self) {
         let client = &self.inner.client;
+        let mut handles = Vec::new();
+        if self.inner.options.delivery == Delivery::PerEvent {
+            handles.extend(self.register_call_handlers());
+        }
+        let weak = Arc::downgrade(&self.inner);
+        handles.push(client.add_event_handler(move |raw: Raw<AnySyncStateEvent>, room: Room| {
+            let weak = weak.clone();
+            async move {
+                let Some(inner) = weak.upgrade() else { return };
+                let Ok(ev) = raw.deserialize_as_unchecked::<Value>() else { return };
+                inner.dispatch_state(room.room_id().as_str(), &ev).await;
+            }
+        }));
+        self.inner.handlers.lock().expect("handlers lock").extend(handles);
+    }
+
+    fn register_call_handlers(&self) -> [EventHandlerHandle; 2] {
+        let client = &self.inner.client;
         let weak = Arc::downgrade(&self.inner);
         let h1 = client.add_event_handler(move |raw: Raw<AnySyncMessageLikeEvent>, room: Room| {
             let weak = weak.clone();
@@ -133,16 +168,43 @@ impl MatrixAdapter {
                 }
             }
         });
-        let weak = Arc::downgrade(&self.inner);
-        let h3 = client.add_event_handler(move |raw: Raw<AnySyncStateEvent>, room: Room| {
-            let weak = weak.clone();
-            async move {
-                let Some(inner) = weak.upgrade() else { return };
-                let Ok(ev) = raw.deserialize_as_unchecked::<Value>() else { return };
-                inner.dispatch_state(room.room_id().as_str(), &ev).await;
+        [h1, h2]
+    }
+
+    /// The call events of one sync response as a single [`Input::SyncBatch`] (room timeline
+    /// events of joined and left rooms in timeline order, Megolm-decrypted; forwarded to-device
+    /// events with their Olm sender device), or `None` when it has none. For
+    /// [`Delivery::Manual`].
+    pub fn sync_batch(response: &matrix_sdk::sync::SyncResponse) -> Option<Input> {
+        let mut room_events = Vec::new();
+        let timelines = response
+            .rooms
+            .joined
+            .iter()
+            .map(|(id, r)| (id, &r.timeline))
+            .chain(response.rooms.left.iter().map(|(id, r)| (id, &r.timeline)));
+        for (room_id, timeline) in timelines {
+            for ev in &timeline.events {
+                if let Ok(json) = ev.raw().deserialize_as_unchecked::<Value>() {
+                    room_events.extend(inbound::room_event_from_json(room_id.as_str(), &json));
+                }
             }
-        });
-        self.inner.handlers.lock().expect("handlers lock").extend([h1, h2, h3]);
+        }
+        let mut to_device = Vec::new();
+        for ev in &response.to_device {
+            let (raw, olm_device) = match ev {
+                ProcessedToDeviceEvent::Decrypted { raw, encryption_info } => {
+                    (raw.clone(), Some(encryption_info.sender_device.as_ref().map(|d| d.to_string())))
+                }
+                other => (other.to_raw(), None),
+            };
+            if let Ok(json) = raw.deserialize_as_unchecked::<Value>() {
+                to_device
+                    .extend(inbound::to_device_from_json(&json, olm_device.as_ref().map(|d| d.as_deref())));
+            }
+        }
+        (!room_events.is_empty() || !to_device.is_empty())
+            .then_some(Input::SyncBatch { room_events, to_device })
     }
 
     /// The client this adapter drives.
@@ -233,7 +295,7 @@ impl MatrixAdapter {
         let SendRequest { id, txn_id, kind } = req;
         let outcome = match kind {
             SendKind::RoomEvent { room_id, event_type, content } => {
-                let policy = if is_critical_room_type(&event_type) {
+                let policy = if is_critical_type(&event_type) {
                     self.inner.options.critical_retry
                 } else {
                     self.inner.options.retry
@@ -241,7 +303,7 @@ impl MatrixAdapter {
                 self.send_room_event(policy, room_id.as_str(), &event_type, &txn_id, content).await
             }
             SendKind::ToDevice { event_type, room_id, messages, encryption } => {
-                let policy = if is_critical_room_type(&event_type) {
+                let policy = if is_critical_type(&event_type) {
                     self.inner.options.critical_retry
                 } else {
                     self.inner.options.retry
@@ -484,7 +546,7 @@ impl MatrixAdapter {
     }
 }
 
-fn is_critical_room_type(event_type: &str) -> bool {
+fn is_critical_type(event_type: &str) -> bool {
     matches!(event_type, "m.call.hangup" | "m.call.reject")
 }
 

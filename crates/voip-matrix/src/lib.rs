@@ -38,7 +38,7 @@ pub mod inbound;
 pub mod retry;
 mod turn;
 
-pub use adapter::{AdapterOptions, MatrixAdapter};
+pub use adapter::{AdapterOptions, Delivery, MatrixAdapter};
 pub use extras::{
     DelayedAction, DelayedEvent, DelayedEventRequest, OpenIdToken, StateEventRequest, MSC4140_FEATURE,
 };

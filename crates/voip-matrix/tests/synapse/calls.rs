@@ -245,3 +245,108 @@ async fn call_between_two_devices_of_one_user() -> Result<()> {
     assert_eq!(a1.ended(&call).await?.1, Initiator::Remote);
     Ok(())
 }
+
+/// `Delivery::Manual`: the app syncs itself and feeds whole responses. An invite hung up within
+/// the same response never rings; a live one does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_batch_drops_invite_hung_up_in_same_response() -> Result<()> {
+    use matrix_sdk::config::SyncSettings;
+    use serde_json::json;
+    use voip_core::{RequestId, SendKind, SendOutcome, SendRequest};
+    use voip_matrix::{AdapterOptions, Delivery};
+
+    let mut alice = Peer::new("alice").await?;
+    let bob_user = voip_testkit::register_user("bob").await?;
+    let bob_client = voip_testkit::login(&bob_user, None).await?;
+    let manual = AdapterOptions { delivery: Delivery::Manual, ..AdapterOptions::default() };
+    let (bob_adapter, bob_inputs) = MatrixAdapter::with_options(bob_client.clone(), manual);
+    bob_client.sync_once(SyncSettings::default()).await?;
+    let mut bob = Peer {
+        user: bob_user,
+        client: bob_client.clone(),
+        adapter: bob_adapter,
+        inputs: bob_inputs,
+        sync: None,
+    };
+    let room = room_with(&mut alice, &[&bob], true).await?;
+
+    let send = |n: u64, event_type: &str, content: serde_json::Value| SendRequest {
+        id: RequestId::from_value(n),
+        txn_id: format!("sb{n}-{}", voip_testkit::rig::random_hex(4)),
+        kind: SendKind::RoomEvent {
+            room_id: RoomId::from(room.as_str()),
+            event_type: event_type.into(),
+            content,
+        },
+    };
+    let invite = |call: &str| {
+        json!({"call_id": call, "party_id": "alicep", "version": "1", "lifetime": 60000,
+               "offer": {"type": "offer", "sdp": "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=sendrecv\r\n"}})
+    };
+    for (n, t, c) in [
+        (1, "m.call.invite", invite("gone")),
+        (
+            2,
+            "m.call.hangup",
+            json!({"call_id": "gone", "party_id": "alicep", "version": "1", "reason": "user_hangup"}),
+        ),
+    ] {
+        let out = alice.adapter.execute(send(n, t, c)).await;
+        assert!(matches!(out, SendOutcome::Sent { .. }), "{out:?}");
+    }
+
+    let mut voip = voip_core::Voip::new(
+        Config::default(),
+        LocalDevice::new(bob.user_id(), bob.device_id()),
+        voip_core::seed_from_u64(7),
+    );
+    // Sync until the hangup has come down, feeding memberships (from the handlers) first.
+    let has_hangup = |b: &Input| matches!(b, Input::SyncBatch { room_events, .. } if room_events.iter().any(|e| e.event_type == "m.call.hangup"));
+    let mut batch = None;
+    for _ in 0..30 {
+        let r = bob_client.sync_once(SyncSettings::default().timeout(Duration::from_secs(1))).await?;
+        if let Some(b) = MatrixAdapter::sync_batch(&r).filter(|b| has_hangup(b)) {
+            batch = Some(b);
+            break;
+        }
+    }
+    let batch = batch.expect("hangup never arrived");
+    while let Ok(input) = bob.inputs.try_recv() {
+        let _ = voip.handle(now(), input);
+    }
+    let Input::SyncBatch { room_events, .. } = &batch else { unreachable!() };
+    let types: Vec<&str> = room_events.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(types, ["m.call.invite", "m.call.hangup"], "decrypted, in timeline order, one response");
+    voip.handle(now(), batch)?;
+    let mut events = Vec::new();
+    while let Some(out) = voip.poll() {
+        if let Output::Event(e) = out {
+            events.push(e);
+        }
+    }
+    assert!(
+        !events.iter().any(|e| matches!(e, Event::IncomingCall { .. })),
+        "hung-up invite rang: {events:?}"
+    );
+
+    // A live invite in the next response rings.
+    alice.adapter.execute(send(3, "m.call.invite", invite("live"))).await;
+    let mut rang = false;
+    for _ in 0..30 {
+        let r = bob_client.sync_once(SyncSettings::default().timeout(Duration::from_secs(1))).await?;
+        while let Ok(input) = bob.inputs.try_recv() {
+            let _ = voip.handle(now(), input);
+        }
+        if let Some(b) = MatrixAdapter::sync_batch(&r) {
+            voip.handle(now(), b)?;
+        }
+        while let Some(out) = voip.poll() {
+            rang |= matches!(out, Output::Event(Event::IncomingCall { ref call_id, .. }) if call_id.as_str() == "live");
+        }
+        if rang {
+            break;
+        }
+    }
+    assert!(rang, "live invite did not ring");
+    Ok(())
+}

@@ -238,6 +238,20 @@ async fn membership_changes_and_submit_results() -> Result<()> {
         .await?;
     assert!(matches!(result, SendOutcome::Sent { event_id: Some(_) }), "{result:?}");
 
+    // A later adapter on the same client replays the stored membership of known rooms.
+    let (late, mut late_inputs) = MatrixAdapter::new(alice.client.clone());
+    late.room_state_inputs(&alice.client.get_room(&crate::rid(&room)?).expect("room")).await?;
+    let mut joined = Vec::new();
+    while let Ok(Input::RoomMember(m)) = late_inputs.try_recv() {
+        assert_eq!(m.room_id.as_str(), room);
+        joined.extend((m.membership == Membership::Join).then_some(m.user_id.0));
+    }
+    joined.sort();
+    let mut expected = vec![alice.user_id(), bob.user_id()];
+    expected.sort();
+    assert_eq!(joined, expected);
+    late.shutdown().await;
+
     bob.client.get_room(&crate::rid(&room)?).expect("room").leave().await?;
     alice.expect_member(&room, &bob.user_id(), Membership::Leave).await?;
 

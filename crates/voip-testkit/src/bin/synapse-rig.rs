@@ -3,7 +3,7 @@
 //! ```text
 //! synapse-rig install                 # only make sure the cached venv exists
 //! synapse-rig start [--data DIR]      # start detached; prints `export SYNAPSE_URL=…` lines
-//! synapse-rig stop --data DIR         # SIGTERM (SIGKILL after 10 s)
+//! synapse-rig stop --data DIR [--rm]  # SIGTERM (SIGKILL after 10 s); --rm deletes DIR
 //! ```
 //!
 //! `start` also writes the lines to `DIR/synapse.env`; tests that see `SYNAPSE_URL` and
@@ -16,7 +16,7 @@ use std::time::Instant;
 use voip_testkit::rig;
 
 fn usage() -> ExitCode {
-    eprintln!("usage: synapse-rig install | start [--data DIR] | stop --data DIR");
+    eprintln!("usage: synapse-rig install | start [--data DIR] | stop --data DIR [--rm]");
     ExitCode::from(2)
 }
 
@@ -46,8 +46,13 @@ fn main() -> ExitCode {
         }
         Some("stop") => {
             let Some(data) = data else { return usage() };
-            rig::stop(&data).map(|was| {
+            let remove = args.iter().any(|a| a == "--rm");
+            rig::stop(&data).and_then(|was| {
                 eprintln!("synapse-rig: {}", if was { "stopped" } else { "was not running" });
+                if remove && data.exists() {
+                    std::fs::remove_dir_all(&data)?;
+                }
+                Ok(())
             })
         }
         _ => return usage(),
