@@ -16,6 +16,13 @@ pub fn now() -> Timestamp {
     Timestamp(SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0))
 }
 
+/// `SendOutcome::Sent` for a room event, built through serde so that fields the core adds
+/// later (with serde defaults) do not break this harness.
+fn sent(event_id: Option<String>) -> SendOutcome {
+    serde_json::from_value(serde_json::json!({ "outcome": "sent", "event_id": event_id }))
+        .expect("SendOutcome::Sent deserialises from its wire form")
+}
+
 pub struct Device {
     pub name: &'static str,
     pub voip: Voip,
@@ -131,10 +138,7 @@ impl Cores {
                         }
                         other => panic!("unexpected send in a room call: {other:?}"),
                     };
-                    self.queue.push_back((
-                        d,
-                        Input::SendResult { id: req.id, result: SendOutcome::Sent { event_id } },
-                    ));
+                    self.queue.push_back((d, Input::SendResult { id: req.id, result: sent(event_id) }));
                 }
                 Output::Media { call_id, command } => {
                     self.devs[d].commands.push((call_id.clone(), command.clone()));
