@@ -121,22 +121,23 @@ pub fn ensure_installed() -> Result<PathBuf> {
         fs::remove_dir_all(&venv).context("remove incomplete venv")?;
     }
     let python = std::env::var("SYNAPSE_PYTHON").unwrap_or_else(|_| "python3".to_owned());
-    check_python(&python)?;
+    if let Err(e) = check_python(&python) {
+        // No usable python3 at all: on Debian, python3-venv brings python3 along.
+        if !is_root() || !apt_install_venv() {
+            return Err(e);
+        }
+        check_python(&python)?;
+    }
     if let Err(e) = create_venv(&python, &venv) {
         eprintln!("voip-testkit: {e:#}");
         eprintln!("voip-testkit: the venv module or ensurepip is missing; install it with: apt-get install -y python3-venv");
         if !is_root() {
             bail!("cannot create a virtualenv (run `apt-get install -y python3-venv` as root)");
         }
-        eprintln!("voip-testkit: running as root, trying apt-get install -y python3-venv");
         let _ = fs::remove_dir_all(&venv);
-        if !run_quiet(Command::new("apt-get").args(["install", "-y", "python3-venv"])) {
-            run_quiet(Command::new("apt-get").arg("update"));
-            if !run_quiet(Command::new("apt-get").args(["install", "-y", "python3-venv"])) {
-                bail!("apt-get install -y python3-venv failed");
-            }
+        if !apt_install_venv() {
+            bail!("apt-get install -y python3-venv failed");
         }
-        let _ = fs::remove_dir_all(&venv);
         create_venv(&python, &venv)?;
     }
     let constraints = parent.join("constraints.txt");
@@ -185,6 +186,19 @@ fn create_venv(python: &str, venv: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `apt-get install -y python3-venv` (after `apt-get update` if the first try fails).
+fn apt_install_venv() -> bool {
+    eprintln!("voip-testkit: running as root, trying apt-get install -y python3-venv");
+    let install = || {
+        run_quiet(
+            Command::new("apt-get")
+                .args(["install", "-y", "python3-venv"])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+    };
+    install() || (run_quiet(Command::new("apt-get").arg("update")) && install())
 }
 
 fn is_root() -> bool {
