@@ -67,6 +67,22 @@ pub struct Config {
     /// Remote candidates for a `call_id` we have not seen an invite for are kept this long, in
     /// case the invite arrives late (to-device messages are not ordered). Default 60 000.
     pub orphan_candidates_ms: u64,
+    /// famedly memberships: `expires_ts` is set this far ahead. Default 360 000 (6 min).
+    pub famedly_expires_ms: u64,
+    /// famedly memberships are re-sent this often. Default 120 000 (2 min).
+    pub famedly_refresh_ms: u64,
+    /// famedly delayed leave: delay. Default 18 000.
+    pub famedly_delayed_leave_ms: u64,
+    /// famedly delayed leave: heartbeat. Default 4 000.
+    pub famedly_delayed_restart_ms: u64,
+    /// MatrixRTC memberships: `expires` (from `created_ts`). Default 14 400 000 (4 h).
+    pub rtc_expires_ms: u64,
+    /// MatrixRTC memberships are re-sent this often, with `expires` moved on. Default 3 595 000.
+    pub rtc_refresh_ms: u64,
+    /// MatrixRTC delayed leave: delay (Element Call's value). Default 10 000.
+    pub rtc_delayed_leave_ms: u64,
+    /// MatrixRTC delayed leave: heartbeat. Default 5 000.
+    pub rtc_delayed_restart_ms: u64,
     /// Ended calls are remembered this long so late or replayed events for them are ignored.
     /// Default 600 000.
     pub ended_call_memory_ms: u64,
@@ -90,6 +106,14 @@ impl Default for Config {
             transferee: false,
             orphan_candidates_ms: 60_000,
             ended_call_memory_ms: 600_000,
+            famedly_expires_ms: 360_000,
+            famedly_refresh_ms: 120_000,
+            famedly_delayed_leave_ms: 18_000,
+            famedly_delayed_restart_ms: 4_000,
+            rtc_expires_ms: 14_400_000,
+            rtc_refresh_ms: 3_595_000,
+            rtc_delayed_leave_ms: 10_000,
+            rtc_delayed_restart_ms: 5_000,
         }
     }
 }

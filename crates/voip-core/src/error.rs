@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::CallId;
+use crate::ids::{CallId, GroupCallId};
 use crate::wire::WireError;
 
 /// Error returned by [`crate::Voip::handle`]. The core's state is consistent after any error:
@@ -60,6 +60,18 @@ pub enum ApiMisuse {
     AlreadyInCall {
         /// The live call.
         call_id: CallId,
+    },
+    /// We already take part in this group call.
+    #[error("already in group call {group}")]
+    AlreadyInGroupCall {
+        /// The group call.
+        group: GroupCallId,
+    },
+    /// We do not take part in this group call.
+    #[error("not in group call {group}")]
+    NotInGroupCall {
+        /// The group call.
+        group: GroupCallId,
     },
     /// A media-engine event for a call that does not exist.
     #[error("media event for unknown call {call_id}")]

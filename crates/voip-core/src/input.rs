@@ -7,6 +7,7 @@ use crate::ids::{CallId, DeviceId, RequestId, RoomId, Timestamp, UserId};
 use crate::media::{CallType, MediaEvent};
 use crate::output::EndReason;
 use crate::wire::call::{AssertedIdentity, CallReplaces};
+use crate::wire::member::{Focus, MembershipDialect};
 
 /// One input to [`crate::Voip::handle`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -158,6 +159,35 @@ pub enum Command {
         /// The transfer request.
         replaces: CallReplaces,
     },
+    /// Join a group call (send our membership; schedule the delayed leave).
+    JoinGroupCall {
+        /// The room.
+        room_id: RoomId,
+        /// `call_id` (`""`: the room's call).
+        #[serde(default)]
+        call_id: String,
+        /// `application`, default `m.call`.
+        #[serde(default = "m_call")]
+        application: String,
+        /// `scope`, default `m.room`.
+        #[serde(default = "m_room")]
+        scope: String,
+        /// Membership format to write.
+        dialect: MembershipDialect,
+        /// Our backend: mesh, or a LiveKit SFU.
+        focus: Focus,
+        /// The room version allows owned per-device state keys (MSC3757/MSC3779): no `_` prefix.
+        #[serde(default)]
+        owned_state_keys: bool,
+    },
+    /// Leave a group call.
+    LeaveGroupCall {
+        /// The room.
+        room_id: RoomId,
+        /// `call_id`.
+        #[serde(default)]
+        call_id: String,
+    },
     /// Override the busy policy: `Some(false)` refuses every new call, `Some(true)` accepts every
     /// new call, `None` returns to [`crate::Config::busy_when_in_call`].
     SetCanHandleNewCall {
@@ -168,6 +198,14 @@ pub enum Command {
 
 fn yes() -> bool {
     true
+}
+
+fn m_call() -> String {
+    "m.call".to_owned()
+}
+
+fn m_room() -> String {
+    "m.room".to_owned()
 }
 
 /// A room timeline event, as the adapter received it (decrypted where needed).

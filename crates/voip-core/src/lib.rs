@@ -6,6 +6,7 @@ mod call;
 mod config;
 mod ctx;
 mod error;
+mod group;
 mod ids;
 mod input;
 mod machine;
@@ -19,6 +20,8 @@ pub mod wire;
 pub use call::CallInfo;
 pub use config::{BusySignal, Config, GlareBehaviour};
 pub use error::{ApiMisuse, Error};
+pub use group::membership::MemberInfo;
+pub use group::{GroupCallInfo, GroupCallState};
 pub use ids::{
     CallId, DeviceId, GroupCallId, LocalDevice, Participant, PartyId, RequestId, RoomId, StreamId, Timestamp,
     UserId,
@@ -35,3 +38,4 @@ pub use output::{
 pub use rng::seed_from_u64;
 pub use timers::{Deadline, TimerKind};
 pub use wire::call::{AssertedIdentity, CallReplaces, TargetUser};
+pub use wire::member::{Focus, FocusSelection, MembershipDialect};

@@ -10,7 +10,9 @@ use crate::call::{glare, Call, CallInfo, Incoming, Outgoing};
 use crate::config::{BusySignal, Config, GlareBehaviour};
 use crate::ctx::Ctx;
 use crate::error::{ApiMisuse, Error};
-use crate::ids::{CallId, DeviceId, LocalDevice, PartyId, RoomId, Timestamp, UserId};
+use crate::group::membership::MembershipStore;
+use crate::group::{self, GroupCall, GroupCallInfo, GroupCallState, GroupOp, JoinParams};
+use crate::ids::{CallId, DeviceId, GroupCallId, LocalDevice, PartyId, RoomId, Timestamp, UserId};
 use crate::input::{
     Command, Input, Membership, RoomEvent, RoomMember, SendOutcome, Signalling, ToDeviceEvent,
 };
@@ -20,6 +22,7 @@ use crate::rng::Rng;
 use crate::sends::{SendTable, SendVerdict};
 use crate::timers::{Deadline, TimerKind};
 use crate::wire::call::{self as wire, types, CallEvent, CallVersion, Common};
+use crate::wire::member;
 use crate::wire::{WireError, WireErrorKind};
 
 /// Most ended call ids remembered, and most unknown calls with buffered candidates.
@@ -121,6 +124,16 @@ pub struct Voip {
     sends: SendTable,
     can_handle_override: Option<bool>,
     counters: Counters,
+    /// Every membership of every room, all dialects.
+    store: MembershipStore,
+    /// Group calls we take part in.
+    groups: BTreeMap<GroupCallId, GroupCall>,
+    /// Participants last reported for group calls we only observe.
+    observed: BTreeMap<GroupCallId, BTreeSet<crate::ids::Participant>>,
+    /// MSC4140 support, once the server told us.
+    delayed_events: Option<bool>,
+    /// Memberships expiring up to here have been accounted for.
+    expiry_checked: Timestamp,
 }
 
 macro_rules! ctx {
@@ -153,6 +166,11 @@ impl Voip {
             sends: SendTable::default(),
             can_handle_override: None,
             counters: Counters::default(),
+            store: MembershipStore::default(),
+            groups: BTreeMap::new(),
+            observed: BTreeMap::new(),
+            delayed_events: None,
+            expiry_checked: Timestamp(0),
         }
     }
 
@@ -215,9 +233,12 @@ impl Voip {
                 Ok(())
             }
             Input::SendResult { id, result } => {
+                let mut errcode = None;
                 let verdict = match result {
-                    SendOutcome::Sent { .. } => {
-                        self.sends.sent(id, &mut self.out);
+                    SendOutcome::Sent { delay_id, .. } => {
+                        if let Some((group, op)) = self.sends.sent(id, &mut self.out) {
+                            self.group_sent(&group, op, delay_id);
+                        }
                         SendVerdict::Nothing
                     }
                     SendOutcome::RateLimited { retry_after_ms } => self.sends.failed(
@@ -228,8 +249,9 @@ impl Voip {
                         self.config.max_send_retries,
                         &mut self.out,
                     ),
-                    SendOutcome::Failed { retryable, error, .. } => {
-                        tracing::warn!(%id, %error, retryable, "send failed");
+                    SendOutcome::Failed { retryable, error, errcode: code } => {
+                        tracing::warn!(%id, %error, retryable, ?code, "send failed");
+                        errcode = code;
                         self.sends.failed(
                             id,
                             self.now,
@@ -240,16 +262,23 @@ impl Voip {
                         )
                     }
                 };
-                if let SendVerdict::GaveUp { call_id: Some(call_id), purpose } = verdict {
-                    tracing::warn!(%id, %call_id, ?purpose, "giving up on a send");
-                    if let Some(call) = self.calls.get_mut(&call_id) {
+                if let SendVerdict::GaveUp { call_id, purpose, group } = verdict {
+                    tracing::warn!(%id, ?call_id, ?purpose, "giving up on a send");
+                    if let Some(call) = call_id.and_then(|c| self.calls.get_mut(&c)) {
                         call.send_gave_up(&mut ctx!(self), purpose);
+                    }
+                    if let Some((group, op)) = group {
+                        self.group_failed(&group, op, errcode.as_deref());
                     }
                 }
                 Ok(())
             }
             Input::Media { call_id, event } => self.handle_media(call_id, event),
-            Input::StateEvent(_) | Input::ServerSupport { .. } => Ok(()),
+            Input::StateEvent(e) => self.handle_state_event(e),
+            Input::ServerSupport { delayed_events } => {
+                self.delayed_events = Some(delayed_events);
+                Ok(())
+            }
             Input::Tick => Ok(()),
         };
         self.collect_ended();
@@ -288,6 +317,19 @@ impl Voip {
                 call_id: None,
                 request_id: Some(id),
             });
+        }
+        for g in self.groups.values() {
+            if let Some(at) = g.next_timer() {
+                offer(Deadline {
+                    at: at.max(self.now),
+                    reason: TimerKind::GroupMembership,
+                    call_id: None,
+                    request_id: None,
+                });
+            }
+        }
+        if let Some(at) = self.store.next_expiry(self.now) {
+            offer(Deadline { at, reason: TimerKind::MembershipExpiry, call_id: None, request_id: None });
         }
         let housekeeping =
             self.ended.values().map(|e| e.forget_at).chain(self.orphans.values().map(|o| o.expires_at)).min();
@@ -365,6 +407,34 @@ impl Voip {
                 );
                 self.calls.insert(id.clone(), call);
                 Ok(Some(id))
+            }
+            Command::JoinGroupCall {
+                room_id,
+                call_id,
+                application,
+                scope,
+                dialect,
+                focus,
+                owned_state_keys,
+            } => {
+                let group = GroupCallId { room_id, call_id };
+                if self.groups.get(&group).is_some_and(|g| g.state != GroupCallState::Left) {
+                    return Err(ApiMisuse::AlreadyInGroupCall { group }.into());
+                }
+                let params =
+                    JoinParams { group: group.clone(), application, scope, dialect, focus, owned_state_keys };
+                let g = GroupCall::join(&mut ctx!(self), &self.store, params, self.delayed_events);
+                self.groups.insert(group.clone(), g);
+                self.observed.remove(&group);
+                self.refresh_group(&group);
+                Ok(None)
+            }
+            Command::LeaveGroupCall { room_id, call_id } => {
+                let group = GroupCallId { room_id, call_id };
+                let mut ctx = ctx!(self);
+                let g = self.groups.get_mut(&group).ok_or(ApiMisuse::NotInGroupCall { group })?;
+                g.leave(&mut ctx, &self.store);
+                Ok(None)
             }
             Command::SetCanHandleNewCall { value } => {
                 self.can_handle_override = value;
@@ -462,6 +532,26 @@ impl Voip {
     }
 
     fn handle_room_event(&mut self, e: RoomEvent, settled: &BTreeSet<(String, UserId)>) -> Result<(), Error> {
+        if e.event_type == member::RTC_MEMBER_STICKY {
+            // Sticky MatrixRTC membership (MSC4143), keyed by its sticky key; the member it
+            // names must be the sender.
+            let (Some(key), true) = (
+                member::sticky_key(&e.content),
+                member::sticky_user(&e.content).is_none_or(|u| u == e.sender.as_str()),
+            ) else {
+                self.counters.not_from_peer += 1;
+                return Ok(());
+            };
+            let key = format!("{}|{key}", e.sender);
+            return self.apply_membership(
+                &e.room_id,
+                &e.sender,
+                &e.event_type,
+                &key,
+                &e.content,
+                e.origin_server_ts,
+            );
+        }
         if !wire::is_call_event_type(&e.event_type) {
             return Ok(());
         }
@@ -768,6 +858,11 @@ impl Voip {
     fn handle_member(&mut self, m: RoomMember) {
         let left = !matches!(m.membership, Membership::Join | Membership::Invite);
         self.members.entry(m.room_id.clone()).or_default().insert(m.user_id.clone(), m.membership);
+        let in_room: Vec<GroupCallId> =
+            self.store.groups().into_iter().filter(|g| g.room_id == m.room_id).collect();
+        for g in in_room {
+            self.refresh_group(&g);
+        }
         if !left {
             return;
         }
@@ -788,6 +883,123 @@ impl Voip {
         }
     }
 
+    fn joined_fn(&self, room: &RoomId) -> impl Fn(&UserId) -> bool + '_ {
+        let members = self.members.get(room);
+        move |u: &UserId| members.and_then(|m| m.get(u)).is_none_or(|m| *m == Membership::Join)
+    }
+
+    /// A membership state event.
+    fn handle_state_event(&mut self, e: crate::input::StateEvent) -> Result<(), Error> {
+        if !matches!(e.event_type.as_str(), member::FAMEDLY_MEMBER | member::RTC_MEMBER) {
+            return Ok(());
+        }
+        self.apply_membership(
+            &e.room_id,
+            &e.sender,
+            &e.event_type,
+            &e.state_key,
+            &e.content,
+            e.origin_server_ts,
+        )
+    }
+
+    fn apply_membership(
+        &mut self,
+        room: &RoomId,
+        sender: &UserId,
+        event_type: &str,
+        key: &str,
+        content: &serde_json::Value,
+        origin_ts: Timestamp,
+    ) -> Result<(), Error> {
+        match self.store.apply(room, sender, event_type, key, content, origin_ts) {
+            Ok(changed) => {
+                self.counters.applied += 1;
+                for g in changed {
+                    self.refresh_group(&g);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.counters.malformed += 1;
+                tracing::warn!(%e, %sender, "malformed membership event");
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Recomputes a group's members and reports changes.
+    fn refresh_group(&mut self, group: &GroupCallId) {
+        let members = self.members.get(&group.room_id).cloned();
+        let joined =
+            move |u: &UserId| members.as_ref().and_then(|m| m.get(u)).is_none_or(|m| *m == Membership::Join);
+        if let Some(g) = self.groups.get_mut(group) {
+            let mut ctx = ctx!(self);
+            g.on_members(&mut ctx, &self.store, &joined);
+            return;
+        }
+        let me = (&self.local.user_id, &self.local.device_id);
+        let now: BTreeSet<crate::ids::Participant> = self
+            .store
+            .members(group, self.now, None, joined)
+            .into_iter()
+            .map(|m| m.participant)
+            .filter(|p| (&p.user_id, &p.device_id) != me)
+            .collect();
+        let before = self.observed.get(group).cloned().unwrap_or_default();
+        if now != before {
+            self.out.push_back(Output::Event(Event::ParticipantsChanged {
+                group: group.clone(),
+                joined: now.difference(&before).cloned().collect(),
+                left: before.difference(&now).cloned().collect(),
+                participants: now.iter().cloned().collect(),
+            }));
+            if now.is_empty() {
+                self.observed.remove(group);
+            } else {
+                self.observed.insert(group.clone(), now);
+            }
+        }
+    }
+
+    fn group_sent(&mut self, group: &GroupCallId, op: GroupOp, delay_id: Option<String>) {
+        let mut ctx = ctx!(self);
+        if let Some(g) = self.groups.get_mut(group) {
+            g.on_sent(&mut ctx, &self.store, op, delay_id);
+        }
+        self.collect_left_groups();
+    }
+
+    fn group_failed(&mut self, group: &GroupCallId, op: GroupOp, errcode: Option<&str>) {
+        let mut ctx = ctx!(self);
+        if let Some(g) = self.groups.get_mut(group) {
+            g.on_failed(&mut ctx, &self.store, op, errcode);
+        }
+        self.collect_left_groups();
+    }
+
+    fn collect_left_groups(&mut self) {
+        self.groups.retain(|_, g| g.state != GroupCallState::Left);
+    }
+
+    /// A snapshot of a group call (joined or only observed).
+    pub fn group_call(&self, group: &GroupCallId) -> GroupCallInfo {
+        let me = (&self.local.user_id, &self.local.device_id);
+        let dialect = self.groups.get(group).map(|g| g.dialect);
+        let members: Vec<_> = self
+            .store
+            .members(group, self.now, dialect, self.joined_fn(&group.room_id))
+            .into_iter()
+            .filter(|m| (&m.participant.user_id, &m.participant.device_id) != me)
+            .collect();
+        GroupCallInfo {
+            group: group.clone(),
+            state: self.groups.get(group).map(|g| g.state),
+            transports: group::transports(&members),
+            members,
+        }
+    }
+
     fn fire_timers(&mut self) {
         self.sends.fire(self.now, &mut self.out);
         let due: Vec<CallId> = self
@@ -801,6 +1013,24 @@ impl Voip {
             if let Some(call) = self.calls.get_mut(&id) {
                 call.handle_timeout(&mut ctx);
             }
+        }
+        let due_groups: Vec<GroupCallId> = self
+            .groups
+            .values()
+            .filter(|g| g.next_timer().is_some_and(|at| at <= self.now))
+            .map(|g| g.id.clone())
+            .collect();
+        for id in due_groups {
+            let mut ctx = ctx!(self);
+            if let Some(g) = self.groups.get_mut(&id) {
+                g.handle_timeout(&mut ctx, &self.store);
+            }
+        }
+        if self.now > self.expiry_checked {
+            for g in self.store.expiring(self.expiry_checked, self.now) {
+                self.refresh_group(&g);
+            }
+            self.expiry_checked = self.now;
         }
         let now = self.now;
         self.ended.retain(|_, e| e.forget_at > now);

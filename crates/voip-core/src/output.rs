@@ -374,6 +374,26 @@ pub enum Event {
         /// Who ended it.
         initiator: Initiator,
     },
+    /// Our state in a group call changed.
+    GroupCallStateChanged {
+        /// The group call.
+        group: GroupCallId,
+        /// The new state.
+        state: crate::group::GroupCallState,
+    },
+    /// The members of a group call changed: fires for every group call seen in a joined room
+    /// (so apps can show "call in progress"), and for calls we are in. Our own device is never
+    /// listed. Expiry is a timer: an expired member leaves at its expiry time.
+    ParticipantsChanged {
+        /// The group call.
+        group: GroupCallId,
+        /// Who joined.
+        joined: Vec<Participant>,
+        /// Who left (or expired).
+        left: Vec<Participant>,
+        /// Everyone now.
+        participants: Vec<Participant>,
+    },
     /// A media encryption key for a participant of an SFU group call, for the app's LiveKit key
     /// provider (`set_key(identity, index, key)`). Fires for our own keys (when they are to be
     /// used) and for keys received from current members.

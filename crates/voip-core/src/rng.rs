@@ -27,6 +27,7 @@ impl Rng {
         out
     }
 
+    #[allow(dead_code)] // used by the key manager
     pub(crate) fn fill(&mut self, buf: &mut [u8]) {
         self.0.fill_bytes(buf);
     }

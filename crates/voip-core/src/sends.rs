@@ -6,7 +6,8 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::ids::{CallId, RequestId, RoomId, Timestamp};
+use crate::group::GroupOp;
+use crate::ids::{CallId, GroupCallId, RequestId, RoomId, Timestamp};
 use crate::output::{Output, SendKind, SendRequest};
 
 /// What a send was for, so a final failure can be acted on.
@@ -25,6 +26,8 @@ pub(crate) enum SendPurpose {
 #[derive(Clone, Debug)]
 struct Pending {
     call_id: Option<CallId>,
+    /// The group call and operation a group send belongs to.
+    group: Option<(GroupCallId, GroupOp)>,
     purpose: SendPurpose,
     txn_id: String,
     kind: SendKind,
@@ -53,7 +56,7 @@ pub(crate) enum SendVerdict {
     /// Done (sent, or retry scheduled, or unknown id).
     Nothing,
     /// The send failed for good.
-    GaveUp { call_id: Option<CallId>, purpose: SendPurpose },
+    GaveUp { call_id: Option<CallId>, purpose: SendPurpose, group: Option<(GroupCallId, GroupOp)> },
 }
 
 #[derive(Debug, Default)]
@@ -77,6 +80,7 @@ impl SendTable {
         let txn_id = format!("{txn_prefix}.{}", self.next_id);
         let mut p = Pending {
             call_id,
+            group: None,
             purpose,
             txn_id,
             kind,
@@ -91,6 +95,13 @@ impl SendTable {
         }
         self.pending.insert(id, p);
         id
+    }
+
+    /// Tags a send as a group operation, so its result reaches the group.
+    pub(crate) fn tag_group(&mut self, id: RequestId, group: GroupCallId, op: GroupOp) {
+        if let Some(p) = self.pending.get_mut(&id) {
+            p.group = Some((group, op));
+        }
     }
 
     fn room_blocked(&self, room: &RoomId) -> bool {
@@ -118,12 +129,17 @@ impl SendTable {
         }
     }
 
-    pub(crate) fn sent(&mut self, id: RequestId, out: &mut VecDeque<Output>) {
-        if let Some(p) = self.pending.remove(&id) {
-            if p.retrying {
-                self.release(p.room().cloned(), out);
-            }
+    /// A send went through; returns the group operation it belonged to, if any.
+    pub(crate) fn sent(
+        &mut self,
+        id: RequestId,
+        out: &mut VecDeque<Output>,
+    ) -> Option<(GroupCallId, GroupOp)> {
+        let p = self.pending.remove(&id)?;
+        if p.retrying {
+            self.release(p.room().cloned(), out);
         }
+        p.group
     }
 
     /// A failure: schedules a retry (same id, same txn id) or gives up.
@@ -151,7 +167,7 @@ impl SendTable {
         }
         let p = self.pending.remove(&id).expect("entry checked above");
         self.release(p.room().cloned(), out);
-        SendVerdict::GaveUp { call_id: p.call_id, purpose: p.purpose }
+        SendVerdict::GaveUp { call_id: p.call_id, purpose: p.purpose, group: p.group }
     }
 
     /// A call ended: its sends that are not out yet, or waiting for a retry, are dropped unless
@@ -230,7 +246,7 @@ mod tests {
         }
         assert_eq!(
             t.failed(id, Timestamp(0), true, None, 3, &mut out),
-            SendVerdict::GaveUp { call_id: None, purpose: SendPurpose::Other }
+            SendVerdict::GaveUp { call_id: None, purpose: SendPurpose::Other, group: None }
         );
         assert_eq!(t.len(), 0);
     }

@@ -26,6 +26,10 @@ pub enum TimerKind {
     SendRetry,
     /// Forget remembered ended calls and stale orphan candidates.
     Housekeeping,
+    /// Refresh our group-call membership or restart its delayed leave.
+    GroupMembership,
+    /// A member's membership expires.
+    MembershipExpiry,
 }
 
 impl TimerKind {

@@ -78,6 +78,8 @@ pub struct Sim {
     next_delay_id: u64,
     /// Whether the homeserver supports delayed events.
     pub delayed_events: bool,
+    /// Deliveries waiting for an offline device, in order.
+    offline_inbox: BTreeMap<DeviceIdx, Vec<(u64, Input)>>,
 }
 
 #[derive(Debug, Clone)]
@@ -111,6 +113,7 @@ impl Sim {
             delayed: BTreeMap::new(),
             next_delay_id: 0,
             delayed_events: true,
+            offline_inbox: BTreeMap::new(),
         }
     }
 
@@ -236,9 +239,16 @@ impl Sim {
         }
     }
 
-    /// Takes a device offline (crash: deliveries to it are lost) or back online.
+    /// Takes a device offline (no network: its timers stall, deliveries to it wait) or back
+    /// online (what waited is delivered, in order, as a sync would).
     pub fn set_offline(&mut self, d: DeviceIdx, offline: bool) {
         self.devices[d.0].offline = offline;
+        if !offline {
+            for (seq, input) in self.offline_inbox.remove(&d).unwrap_or_default() {
+                self.inflight.insert(seq, input);
+                self.queue.push(Reverse((self.now, seq, d)));
+            }
+        }
     }
 
     fn deliver(&mut self, to: DeviceIdx, input: Input, delay: u64) {
@@ -473,15 +483,22 @@ impl Sim {
         let Some(at) = self.next_time() else { return false };
         self.now = self.now.max(at);
         self.fire_delayed();
+        let mut held = Vec::new();
         while let Some(Reverse((at, _, _))) = self.queue.peek() {
             if *at > self.now {
                 break;
             }
             let Reverse((_, seq, to)) = self.queue.pop().expect("peeked");
             let input = self.inflight.remove(&seq).expect("every queued delivery has its input");
-            if !self.devices[to.0].offline {
+            if self.devices[to.0].offline {
+                // Like /sync after a network outage: it arrives once the device is back.
+                held.push((seq, to, input));
+            } else {
                 self.feed(to, input);
             }
+        }
+        for (seq, to, input) in held {
+            self.offline_inbox.entry(to).or_default().push((seq, input));
         }
         for i in 0..self.devices.len() {
             if self.devices[i].offline {
@@ -503,11 +520,13 @@ impl Sim {
         n
     }
 
-    /// Steps while something is due within `window_ms` of the clock (deliveries, batching and
-    /// short timers), leaving long timers (ringing, invite lifetime) pending. Returns steps taken.
+    /// Steps through everything due within `window_ms` from now (deliveries, batching, short
+    /// timers, periodic heartbeats), leaving later timers (ringing, invite lifetime) pending.
+    /// Returns the steps taken.
     pub fn settle_within(&mut self, window_ms: u64, max_steps: usize) -> usize {
         let mut n = 0;
-        while n < max_steps && self.next_time().is_some_and(|t| t <= self.now.plus(window_ms)) {
+        let horizon = self.now.plus(window_ms);
+        while n < max_steps && self.next_time().is_some_and(|t| t <= horizon) {
             self.step();
             n += 1;
         }

@@ -990,7 +990,10 @@ impl Call {
                     tracing::warn!("renegotiation not answered within its lifetime; abandoned");
                     self.finish_negotiation(ctx);
                 }
-                TimerKind::SendRetry | TimerKind::Housekeeping => {}
+                TimerKind::SendRetry
+                | TimerKind::Housekeeping
+                | TimerKind::GroupMembership
+                | TimerKind::MembershipExpiry => {}
             }
         }
     }

@@ -7,5 +7,6 @@
 
 pub mod call;
 mod fields;
+pub mod member;
 
 pub use fields::{WireError, WireErrorKind};

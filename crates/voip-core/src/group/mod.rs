@@ -1,0 +1,512 @@
+//! Group calls (MatrixRTC): our membership in one group call, in either dialect, with expiry
+//! refresh and MSC4140 delayed leave; the participant list derived from everyone's memberships.
+//!
+//! ```text
+//!  JoinGroupCall ─▶ Joining ──join state sent──▶ Joined ──LeaveGroupCall──▶ Leaving ──▶ (gone)
+//!                                                  │ ▲
+//!                     our membership vanished ─────┘ └──── re-sent (rejoin)
+//! ```
+//!
+//! Delayed leave: once our join is sent, a delayed `leave` state event is scheduled and
+//! restarted on a heartbeat; leaving sends it at once. If the heartbeat learns the delayed event
+//! is gone (`M_NOT_FOUND`) we schedule a new one, and re-send our membership if the server had
+//! applied the leave. Servers without delayed events fall back to expiry alone.
+
+pub(crate) mod membership;
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::ctx::Ctx;
+use crate::ids::{GroupCallId, Participant, Timestamp, UserId};
+use crate::output::{DelayedAction, Event, SendKind};
+use crate::sends::SendPurpose;
+use crate::wire::member::{self, Focus, FocusSelection, MemberEntry, MembershipDialect};
+use membership::{MemberInfo, MembershipStore};
+
+/// What a group send was for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum GroupOp {
+    /// Our membership (join or refresh).
+    Join,
+    /// Scheduling the delayed leave.
+    ScheduleLeave,
+    /// Restarting the delayed leave.
+    Heartbeat,
+    /// Sending the delayed leave now (leaving).
+    SendDelayedLeave,
+    /// The leave state event itself.
+    Leave,
+}
+
+/// Our state in a group call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupCallState {
+    /// Our membership is being sent.
+    Joining,
+    /// We are a member.
+    Joined,
+    /// Our leave is being sent.
+    Leaving,
+    /// We left.
+    Left,
+}
+
+/// Parameters of `JoinGroupCall`.
+#[derive(Clone, Debug)]
+pub(crate) struct JoinParams {
+    pub(crate) group: GroupCallId,
+    pub(crate) application: String,
+    pub(crate) scope: String,
+    pub(crate) dialect: MembershipDialect,
+    pub(crate) focus: Focus,
+    pub(crate) owned_state_keys: bool,
+}
+
+/// A snapshot of a group call for the app.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupCallInfo {
+    /// The group call.
+    pub group: GroupCallId,
+    /// Our state, if we take part.
+    pub state: Option<GroupCallState>,
+    /// Current members other than this device, oldest first.
+    pub members: Vec<MemberInfo>,
+    /// The LiveKit service each member publishes on, per the focus selection in force
+    /// (`oldest_membership`: everyone the oldest member's; `multi_sfu`: each its own).
+    pub transports: Vec<(Participant, Option<String>)>,
+}
+
+#[derive(Debug)]
+pub(crate) struct GroupCall {
+    pub(crate) id: GroupCallId,
+    application: String,
+    scope: String,
+    pub(crate) dialect: MembershipDialect,
+    focus: Focus,
+    owned_state_keys: bool,
+    pub(crate) member_id: String,
+    pub(crate) state: GroupCallState,
+    created_ts: Option<Timestamp>,
+    pub(crate) participants: BTreeSet<Participant>,
+    own_present: bool,
+    delayed_supported: Option<bool>,
+    delay_id: Option<String>,
+    scheduling: bool,
+    refresh_at: Option<Timestamp>,
+    heartbeat_at: Option<Timestamp>,
+}
+
+impl GroupCall {
+    /// `JoinGroupCall`: send our membership.
+    pub(crate) fn join(
+        ctx: &mut Ctx<'_>,
+        store: &MembershipStore,
+        p: JoinParams,
+        delayed_supported: Option<bool>,
+    ) -> GroupCall {
+        let member_id = match p.dialect {
+            // Element Call's state-mode membership id, which is also the LiveKit identity.
+            MembershipDialect::MatrixRtc | MembershipDialect::Sticky => {
+                format!("{}:{}", ctx.local.user_id, ctx.local.device_id)
+            }
+            // famedly: a random session id per join (the mesh session id).
+            MembershipDialect::Famedly => ctx.rng.alnum(22),
+        };
+        let mut g = GroupCall {
+            id: p.group,
+            application: p.application,
+            scope: p.scope,
+            dialect: if p.dialect == MembershipDialect::Sticky {
+                MembershipDialect::MatrixRtc
+            } else {
+                p.dialect
+            },
+            focus: p.focus,
+            owned_state_keys: p.owned_state_keys,
+            member_id,
+            state: GroupCallState::Joining,
+            created_ts: None,
+            participants: BTreeSet::new(),
+            own_present: false,
+            delayed_supported,
+            delay_id: None,
+            scheduling: false,
+            refresh_at: None,
+            heartbeat_at: None,
+        };
+        let _span = tracing::debug_span!("group", group = %g.id).entered();
+        ctx.emit(Event::GroupCallStateChanged { group: g.id.clone(), state: GroupCallState::Joining });
+        g.send_membership(ctx, store);
+        g
+    }
+
+    #[allow(dead_code)] // used once the key manager is wired in
+    pub(crate) fn local_participant(&self, ctx: &Ctx<'_>) -> Participant {
+        Participant {
+            user_id: ctx.local.user_id.clone(),
+            device_id: ctx.local.device_id.clone(),
+            member_id: self.member_id.clone(),
+        }
+    }
+
+    fn event_type(&self) -> &'static str {
+        match self.dialect {
+            MembershipDialect::Famedly => member::FAMEDLY_MEMBER,
+            MembershipDialect::MatrixRtc | MembershipDialect::Sticky => member::RTC_MEMBER,
+        }
+    }
+
+    fn state_key(&self, ctx: &Ctx<'_>) -> String {
+        match self.dialect {
+            MembershipDialect::Famedly => ctx.local.user_id.0.clone(),
+            MembershipDialect::MatrixRtc | MembershipDialect::Sticky => member::rtc_state_key(
+                ctx.local.user_id.as_str(),
+                ctx.local.device_id.as_str(),
+                &self.application,
+                &self.id.call_id,
+                self.owned_state_keys,
+            ),
+        }
+    }
+
+    fn our_entry(&self, ctx: &Ctx<'_>) -> MemberEntry {
+        let (expires_ts, expires, created_ts) = match self.dialect {
+            MembershipDialect::Famedly => (Some(ctx.now.plus(ctx.config.famedly_expires_ms).0), None, None),
+            MembershipDialect::MatrixRtc | MembershipDialect::Sticky => {
+                // `expires` counts from the first join (`created_ts`), kept across refreshes.
+                let age = self.created_ts.map_or(0, |c| ctx.now.since(c));
+                (None, Some(age + ctx.config.rtc_expires_ms), self.created_ts.map(|t| t.0))
+            }
+        };
+        MemberEntry {
+            call_id: self.id.call_id.clone(),
+            application: self.application.clone(),
+            scope: self.scope.clone(),
+            device_id: ctx.local.device_id.0.clone(),
+            member_id: Some(self.member_id.clone()),
+            created_ts,
+            expires_ts,
+            expires,
+            foci: vec![self.focus.clone()],
+            focus_selection: match self.focus {
+                Focus::Livekit { .. } => Some(FocusSelection::MultiSfu),
+                _ => None,
+            },
+            feeds: if self.focus == Focus::Mesh { vec!["m.usermedia".into()] } else { Vec::new() },
+        }
+    }
+
+    /// famedly lists hold every device of the user: keep the others' entries, replace ours.
+    fn famedly_content(&self, ctx: &Ctx<'_>, store: &MembershipStore, with_ours: bool) -> Value {
+        let raw = store.raw_famedly(&self.id.room_id, &self.state_key(ctx));
+        let mut list: Vec<Value> = raw
+            .get("memberships")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter(|e| {
+                        e.get("device_id").and_then(Value::as_str) != Some(ctx.local.device_id.as_str())
+                    })
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        if with_ours {
+            list.push(member::famedly_entry_json(&self.our_entry(ctx)));
+        }
+        json!({ "memberships": list })
+    }
+
+    fn membership_content(&self, ctx: &Ctx<'_>, store: &MembershipStore) -> Value {
+        match self.dialect {
+            MembershipDialect::Famedly => self.famedly_content(ctx, store, true),
+            MembershipDialect::MatrixRtc | MembershipDialect::Sticky => {
+                member::rtc_content(&self.our_entry(ctx))
+            }
+        }
+    }
+
+    fn leave_content(&self, ctx: &Ctx<'_>, store: &MembershipStore) -> Value {
+        match self.dialect {
+            MembershipDialect::Famedly => self.famedly_content(ctx, store, false),
+            MembershipDialect::MatrixRtc | MembershipDialect::Sticky => json!({}),
+        }
+    }
+
+    fn send(&self, ctx: &mut Ctx<'_>, kind: SendKind, op: GroupOp) {
+        let purpose = if matches!(op, GroupOp::Leave | GroupOp::SendDelayedLeave) {
+            SendPurpose::Ending
+        } else {
+            SendPurpose::Other
+        };
+        let id = ctx.sends.send(ctx.out, None, purpose, "voip.group", kind);
+        ctx.sends.tag_group(id, self.id.clone(), op);
+    }
+
+    fn send_membership(&mut self, ctx: &mut Ctx<'_>, store: &MembershipStore) {
+        let kind = SendKind::StateEvent {
+            room_id: self.id.room_id.clone(),
+            event_type: self.event_type().to_owned(),
+            state_key: self.state_key(ctx),
+            content: self.membership_content(ctx, store),
+        };
+        self.send(ctx, kind, GroupOp::Join);
+        let every = match self.dialect {
+            MembershipDialect::Famedly => ctx.config.famedly_refresh_ms,
+            MembershipDialect::MatrixRtc | MembershipDialect::Sticky => ctx.config.rtc_refresh_ms,
+        };
+        self.refresh_at = Some(ctx.now.plus(every));
+    }
+
+    fn schedule_leave(&mut self, ctx: &mut Ctx<'_>, store: &MembershipStore) {
+        if self.delayed_supported == Some(false) || self.scheduling || self.delay_id.is_some() {
+            return;
+        }
+        self.scheduling = true;
+        let delay_ms = match self.dialect {
+            MembershipDialect::Famedly => ctx.config.famedly_delayed_leave_ms,
+            MembershipDialect::MatrixRtc | MembershipDialect::Sticky => ctx.config.rtc_delayed_leave_ms,
+        };
+        let kind = SendKind::DelayedStateEvent {
+            room_id: self.id.room_id.clone(),
+            event_type: self.event_type().to_owned(),
+            state_key: self.state_key(ctx),
+            content: self.leave_content(ctx, store),
+            delay_ms,
+        };
+        self.send(ctx, kind, GroupOp::ScheduleLeave);
+    }
+
+    fn restart_interval(&self, ctx: &Ctx<'_>) -> u64 {
+        match self.dialect {
+            MembershipDialect::Famedly => ctx.config.famedly_delayed_restart_ms,
+            MembershipDialect::MatrixRtc | MembershipDialect::Sticky => ctx.config.rtc_delayed_restart_ms,
+        }
+    }
+
+    fn set_state(&mut self, ctx: &mut Ctx<'_>, state: GroupCallState) {
+        if self.state != state {
+            self.state = state;
+            ctx.emit(Event::GroupCallStateChanged { group: self.id.clone(), state });
+        }
+    }
+
+    /// A send of ours went through.
+    pub(crate) fn on_sent(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        store: &MembershipStore,
+        op: GroupOp,
+        delay_id: Option<String>,
+    ) {
+        let _span = tracing::debug_span!("group", group = %self.id).entered();
+        match op {
+            GroupOp::Join => {
+                if self.state == GroupCallState::Joining {
+                    self.set_state(ctx, GroupCallState::Joined);
+                }
+                if self.state == GroupCallState::Joined {
+                    self.schedule_leave(ctx, store);
+                }
+            }
+            GroupOp::ScheduleLeave => {
+                self.scheduling = false;
+                match (delay_id, self.state) {
+                    (Some(id), GroupCallState::Joined | GroupCallState::Joining) => {
+                        self.delayed_supported = Some(true);
+                        self.delay_id = Some(id);
+                        self.heartbeat_at = Some(ctx.now.plus(self.restart_interval(ctx)));
+                    }
+                    // Scheduled while we were leaving: cancel it, we leave anyway.
+                    (Some(id), _) => self.send(
+                        ctx,
+                        SendKind::UpdateDelayedEvent { delay_id: id, action: DelayedAction::Cancel },
+                        GroupOp::Heartbeat,
+                    ),
+                    (None, _) => tracing::warn!("delayed event scheduled without a delay_id"),
+                }
+            }
+            GroupOp::Heartbeat => {
+                if self.delay_id.is_some() && self.state == GroupCallState::Joined {
+                    self.heartbeat_at = Some(ctx.now.plus(self.restart_interval(ctx)));
+                }
+            }
+            GroupOp::SendDelayedLeave | GroupOp::Leave => self.set_state(ctx, GroupCallState::Left),
+        }
+    }
+
+    /// A send of ours failed for good (after the core's retries).
+    pub(crate) fn on_failed(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        store: &MembershipStore,
+        op: GroupOp,
+        errcode: Option<&str>,
+    ) {
+        let _span = tracing::debug_span!("group", group = %self.id).entered();
+        tracing::warn!(?op, ?errcode, "group send failed");
+        match op {
+            GroupOp::Join => {
+                if self.state == GroupCallState::Joining {
+                    // Not a member: nobody sees us. Report the call as left.
+                    self.set_state(ctx, GroupCallState::Left);
+                }
+            }
+            GroupOp::ScheduleLeave => {
+                self.scheduling = false;
+                // No delayed events here: membership expiry alone will clean up after a crash.
+                self.delayed_supported = Some(false);
+            }
+            GroupOp::Heartbeat => {
+                if errcode == Some("M_NOT_FOUND") && self.state == GroupCallState::Joined {
+                    self.delay_id = None;
+                    self.heartbeat_at = None;
+                    if self.own_present {
+                        // Cancelled (e.g. by our own refresh), not applied: schedule anew.
+                        self.schedule_leave(ctx, store);
+                    } else {
+                        // The server applied our leave: join again, then schedule.
+                        self.send_membership(ctx, store);
+                    }
+                } else if self.state == GroupCallState::Joined {
+                    self.heartbeat_at = Some(ctx.now.plus(self.restart_interval(ctx)));
+                }
+            }
+            GroupOp::SendDelayedLeave => {
+                // The delayed leave is gone or the server refused: send the leave ourselves.
+                let kind = SendKind::StateEvent {
+                    room_id: self.id.room_id.clone(),
+                    event_type: self.event_type().to_owned(),
+                    state_key: self.state_key(ctx),
+                    content: self.leave_content(ctx, store),
+                };
+                self.send(ctx, kind, GroupOp::Leave);
+            }
+            GroupOp::Leave => self.set_state(ctx, GroupCallState::Left),
+        }
+    }
+
+    /// `LeaveGroupCall`.
+    pub(crate) fn leave(&mut self, ctx: &mut Ctx<'_>, store: &MembershipStore) {
+        if matches!(self.state, GroupCallState::Leaving | GroupCallState::Left) {
+            return;
+        }
+        let _span = tracing::debug_span!("group", group = %self.id).entered();
+        self.set_state(ctx, GroupCallState::Leaving);
+        self.refresh_at = None;
+        self.heartbeat_at = None;
+        match self.delay_id.take() {
+            Some(delay_id) => self.send(
+                ctx,
+                SendKind::UpdateDelayedEvent { delay_id, action: DelayedAction::Send },
+                GroupOp::SendDelayedLeave,
+            ),
+            None => {
+                let kind = SendKind::StateEvent {
+                    room_id: self.id.room_id.clone(),
+                    event_type: self.event_type().to_owned(),
+                    state_key: self.state_key(ctx),
+                    content: self.leave_content(ctx, store),
+                };
+                self.send(ctx, kind, GroupOp::Leave);
+            }
+        }
+        if !self.participants.is_empty() {
+            let left: Vec<Participant> = std::mem::take(&mut self.participants).into_iter().collect();
+            ctx.emit(Event::ParticipantsChanged {
+                group: self.id.clone(),
+                joined: Vec::new(),
+                left,
+                participants: Vec::new(),
+            });
+        }
+    }
+
+    /// Memberships of this group changed (or expired): recompute participants, notice our own
+    /// membership vanishing.
+    pub(crate) fn on_members(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        store: &MembershipStore,
+        joined: &dyn Fn(&UserId) -> bool,
+    ) -> (Vec<Participant>, Vec<Participant>) {
+        if matches!(self.state, GroupCallState::Leaving | GroupCallState::Left) {
+            return (Vec::new(), Vec::new());
+        }
+        let members = store.members(&self.id, ctx.now, Some(self.dialect), joined);
+        let is_us = |m: &MemberInfo| {
+            m.participant.user_id == ctx.local.user_id && m.participant.device_id == ctx.local.device_id
+        };
+        let ours = members.iter().find(|m| is_us(m));
+        let was_present = self.own_present;
+        self.own_present = ours.is_some();
+        if let Some(m) = ours {
+            if self.created_ts.is_none() {
+                self.created_ts = Some(m.created);
+            }
+        }
+        if was_present && !self.own_present && self.state == GroupCallState::Joined {
+            // Our membership vanished while we are in the call (the server fired our delayed
+            // leave, or it expired): join again at once.
+            tracing::info!("our membership vanished; rejoining");
+            self.delay_id = None;
+            self.heartbeat_at = None;
+            self.send_membership(ctx, store);
+        }
+        let now: BTreeSet<Participant> =
+            members.iter().filter(|m| !is_us(m)).map(|m| m.participant.clone()).collect();
+        let joined_now: Vec<Participant> = now.difference(&self.participants).cloned().collect();
+        let left_now: Vec<Participant> = self.participants.difference(&now).cloned().collect();
+        if !joined_now.is_empty() || !left_now.is_empty() {
+            self.participants = now;
+            ctx.emit(Event::ParticipantsChanged {
+                group: self.id.clone(),
+                joined: joined_now.clone(),
+                left: left_now.clone(),
+                participants: self.participants.iter().cloned().collect(),
+            });
+        }
+        (joined_now, left_now)
+    }
+
+    pub(crate) fn next_timer(&self) -> Option<Timestamp> {
+        [self.refresh_at, self.heartbeat_at].into_iter().flatten().min()
+    }
+
+    pub(crate) fn handle_timeout(&mut self, ctx: &mut Ctx<'_>, store: &MembershipStore) {
+        if self.refresh_at.is_some_and(|t| t <= ctx.now) {
+            self.refresh_at = None;
+            if self.state == GroupCallState::Joined {
+                self.send_membership(ctx, store);
+            }
+        }
+        if self.heartbeat_at.is_some_and(|t| t <= ctx.now) {
+            self.heartbeat_at = None;
+            if let (Some(delay_id), GroupCallState::Joined) = (self.delay_id.clone(), self.state) {
+                self.send(
+                    ctx,
+                    SendKind::UpdateDelayedEvent { delay_id, action: DelayedAction::Restart },
+                    GroupOp::Heartbeat,
+                );
+            }
+        }
+    }
+}
+
+/// The LiveKit service URL each member publishes on, per the focus selection in force.
+pub(crate) fn transports(members: &[MemberInfo]) -> Vec<(Participant, Option<String>)> {
+    let url = |m: &MemberInfo| {
+        m.foci.iter().find_map(|f| match f {
+            Focus::Livekit { livekit_service_url, .. } => livekit_service_url.clone(),
+            _ => None,
+        })
+    };
+    // `oldest_membership` when the oldest member asks for it: everyone uses its focus.
+    let oldest = members.first();
+    let shared = oldest.filter(|m| m.focus_selection == Some(FocusSelection::OldestMembership)).and_then(url);
+    members.iter().map(|m| (m.participant.clone(), shared.clone().or_else(|| url(m)))).collect()
+}

@@ -1,0 +1,418 @@
+//! Group-call membership events, in every dialect deployed:
+//!
+//! - famedly: `com.famedly.call.member` state, a `memberships` list per state key (user id, or
+//!   `{user}_{device}` / `{device}_{user}` per-device keys), absolute `expires_ts`, backend in
+//!   `foci_active` (a single `backend` object also accepted, as famedly's docs show it);
+//! - MatrixRTC (Element Call): `org.matrix.msc3401.call.member` state, one event per device
+//!   (state key `_@user:server_DEVICE_m.call`, no leading `_` in MSC3757 rooms), relative
+//!   `expires` from `created_ts`; the empty content `{}` is a leave;
+//! - MSC4143 sticky form, read only: `org.matrix.msc4143.rtc.member` room events.
+//!
+//! Each parses into [`MemberEntry`] values; identity always comes from the event's sender and
+//! the content, never from the state key. Dispatch is by event type, then the exact shape is
+//! parsed (no untagged guessing): a malformed entry is skipped, never the whole event.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use super::fields::{Fields, MAX_ID_LEN, MAX_LIST_LEN};
+use super::{WireError, WireErrorKind};
+
+/// `com.famedly.call.member`
+pub const FAMEDLY_MEMBER: &str = "com.famedly.call.member";
+/// `org.matrix.msc3401.call.member` (Element Call's state-event membership)
+pub const RTC_MEMBER: &str = "org.matrix.msc3401.call.member";
+/// `org.matrix.msc4143.rtc.member` (sticky-event membership, read only)
+pub const RTC_MEMBER_STICKY: &str = "org.matrix.msc4143.rtc.member";
+
+/// Default `expires` of MatrixRTC memberships: 4 hours.
+pub const RTC_DEFAULT_EXPIRES_MS: u64 = 4 * 3600 * 1000;
+/// Stickiness of MSC4143 sticky memberships: 1 hour.
+pub const STICKY_DURATION_MS: u64 = 3600 * 1000;
+
+/// Which membership format a call uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MembershipDialect {
+    /// `com.famedly.call.member` lists.
+    Famedly,
+    /// Element Call's per-device `org.matrix.msc3401.call.member`.
+    MatrixRtc,
+    /// MSC4143 sticky `org.matrix.msc4143.rtc.member` (read only).
+    Sticky,
+}
+
+/// A call backend / transport as memberships announce it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Focus {
+    /// Peer-to-peer mesh (famedly `{type: "mesh"}`).
+    Mesh,
+    /// A LiveKit SFU reached through a JWT service.
+    Livekit {
+        /// `livekit_service_url`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        livekit_service_url: Option<String>,
+        /// `livekit_alias` (legacy; Element Call writes the room id).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        livekit_alias: Option<String>,
+    },
+    /// Something else, kept by its type name.
+    Other {
+        /// The `type` value.
+        name: String,
+    },
+}
+
+/// How members choose an SFU (`focus_active.focus_selection`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FocusSelection {
+    /// Everyone uses the oldest member's first preferred focus.
+    OldestMembership,
+    /// Each member publishes on its own first preferred focus.
+    MultiSfu,
+}
+
+/// One membership as parsed from the wire (the sender is added by the caller).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberEntry {
+    /// `call_id` (`""` is the room call; the sticky `slot_id` `m.call#ROOM` maps to `""`).
+    pub call_id: String,
+    /// `application` (e.g. `m.call`).
+    pub application: String,
+    /// `scope` (`m.room` or `m.user`).
+    pub scope: String,
+    /// The member's device.
+    pub device_id: String,
+    /// `membershipID` / `member.id`.
+    pub member_id: Option<String>,
+    /// Creation time (MatrixRTC `created_ts`), if given.
+    pub created_ts: Option<u64>,
+    /// Absolute expiry (famedly `expires_ts`), if given.
+    pub expires_ts: Option<u64>,
+    /// Relative expiry (MatrixRTC `expires`), if given.
+    pub expires: Option<u64>,
+    /// Backends: famedly `foci_active`, MatrixRTC `foci_preferred`, sticky `rtc_transports`.
+    pub foci: Vec<Focus>,
+    /// MatrixRTC `focus_active.focus_selection`.
+    pub focus_selection: Option<FocusSelection>,
+    /// famedly mesh `feeds` purposes (e.g. whether the member shares its screen).
+    pub feeds: Vec<String>,
+}
+
+/// A parsed membership event: the memberships it announces (empty: the sender left).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParsedMembers {
+    /// Dialect of the event.
+    pub dialect: MembershipDialect,
+    /// Valid entries (malformed ones are skipped and counted in `skipped`).
+    pub entries: Vec<MemberEntry>,
+    /// Entries skipped because they were malformed.
+    pub skipped: usize,
+}
+
+/// Parses a membership event of any dialect. `Ok(None)` for event types that are not
+/// memberships. For MatrixRTC, the 2024 list format `{memberships: […]}` is ignored (as Element
+/// Call does) and yields no entries.
+pub fn parse(event_type: &str, content: &Value) -> Result<Option<ParsedMembers>, WireError> {
+    let f = Fields::new(event_type, content)?;
+    match event_type {
+        FAMEDLY_MEMBER => {
+            let list = match f.get("memberships") {
+                None => &[][..],
+                Some(Value::Array(a)) => a.as_slice(),
+                Some(_) => return Err(f.err("memberships", WireErrorKind::WrongType)),
+            };
+            let mut entries = Vec::new();
+            let mut skipped = 0;
+            for item in list.iter().take(MAX_LIST_LEN) {
+                match famedly_entry(event_type, item) {
+                    Ok(e) => entries.push(e),
+                    Err(e) => {
+                        tracing::warn!(%e, "skipping malformed famedly membership entry");
+                        skipped += 1;
+                    }
+                }
+            }
+            Ok(Some(ParsedMembers { dialect: MembershipDialect::Famedly, entries, skipped }))
+        }
+        RTC_MEMBER => {
+            let dialect = MembershipDialect::MatrixRtc;
+            if f.map.is_empty() || f.map.contains_key("memberships") || !f.map.contains_key("device_id") {
+                // `{}` (or `{leave_reason}`) is a leave; the old list form is not read.
+                return Ok(Some(ParsedMembers { dialect, entries: Vec::new(), skipped: 0 }));
+            }
+            match rtc_entry(&f) {
+                Ok(e) => Ok(Some(ParsedMembers { dialect, entries: vec![e], skipped: 0 })),
+                Err(e) => {
+                    tracing::warn!(%e, "malformed MatrixRTC membership");
+                    Ok(Some(ParsedMembers { dialect, entries: Vec::new(), skipped: 1 }))
+                }
+            }
+        }
+        RTC_MEMBER_STICKY => {
+            let dialect = MembershipDialect::Sticky;
+            let Some(member) = f.nested("member")? else {
+                // Only the sticky key left: a leave.
+                return Ok(Some(ParsedMembers { dialect, entries: Vec::new(), skipped: 0 }));
+            };
+            let slot = f.str_req("slot_id", MAX_ID_LEN)?;
+            let call_id = slot.strip_prefix("m.call#").map_or(slot, |s| if s == "ROOM" { "" } else { s });
+            let application = match f.nested("application")? {
+                Some(a) => a.str_req("type", MAX_ID_LEN)?.to_owned(),
+                None => "m.call".to_owned(),
+            };
+            let foci = foci_list(&f, "rtc_transports")?;
+            Ok(Some(ParsedMembers {
+                dialect,
+                entries: vec![MemberEntry {
+                    call_id: call_id.to_owned(),
+                    application,
+                    scope: "m.room".to_owned(),
+                    device_id: member.id_req("device_id")?.to_owned(),
+                    member_id: member.id_opt("id")?.map(str::to_owned),
+                    created_ts: None,
+                    expires_ts: None,
+                    expires: Some(STICKY_DURATION_MS),
+                    foci,
+                    focus_selection: Some(FocusSelection::MultiSfu),
+                    feeds: Vec::new(),
+                }],
+                skipped: 0,
+            }))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// The `member.user_id` of a sticky membership (must equal the sender).
+pub fn sticky_user(content: &Value) -> Option<&str> {
+    content.get("member")?.get("user_id")?.as_str()
+}
+
+/// The sticky key of an MSC4143 membership (`msc4354_sticky_key`, or `sticky_key`).
+pub fn sticky_key(content: &Value) -> Option<&str> {
+    content.get("msc4354_sticky_key").or_else(|| content.get("sticky_key")).and_then(Value::as_str)
+}
+
+fn famedly_entry(event_type: &str, item: &Value) -> Result<MemberEntry, WireError> {
+    let f = Fields::new(event_type, item)?;
+    let mut foci = foci_list(&f, "foci_active")?;
+    if foci.is_empty() {
+        if let Some(b) = f.get("backend") {
+            foci.extend(focus(b));
+        }
+    }
+    if foci.is_empty() {
+        return Err(f.err("foci_active", WireErrorKind::Missing));
+    }
+    let feeds = match f.get("feeds") {
+        Some(Value::Array(a)) => a
+            .iter()
+            .take(8)
+            .filter_map(|x| x.get("purpose").and_then(Value::as_str).map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    };
+    Ok(MemberEntry {
+        call_id: f.str_req("call_id", MAX_ID_LEN)?.to_owned(),
+        application: f.str_opt("application", MAX_ID_LEN)?.unwrap_or("m.call").to_owned(),
+        scope: f.str_opt("scope", MAX_ID_LEN)?.unwrap_or("m.room").to_owned(),
+        device_id: f.id_req("device_id")?.to_owned(),
+        member_id: f.id_opt("membershipID")?.map(str::to_owned),
+        created_ts: None,
+        expires_ts: Some(
+            f.u64_opt("expires_ts")?.ok_or_else(|| f.err("expires_ts", WireErrorKind::Missing))?,
+        ),
+        expires: None,
+        foci,
+        focus_selection: None,
+        feeds,
+    })
+}
+
+fn rtc_entry(f: &Fields<'_>) -> Result<MemberEntry, WireError> {
+    let focus_selection = match f.nested("focus_active")? {
+        Some(a) => {
+            a.str_req("type", MAX_ID_LEN)?;
+            match a.str_opt("focus_selection", MAX_ID_LEN)? {
+                Some("oldest_membership") => Some(FocusSelection::OldestMembership),
+                Some("multi_sfu") => Some(FocusSelection::MultiSfu),
+                _ => None,
+            }
+        }
+        None => None,
+    };
+    Ok(MemberEntry {
+        call_id: f.str_req("call_id", MAX_ID_LEN)?.to_owned(),
+        application: f.str_req("application", MAX_ID_LEN)?.to_owned(),
+        scope: f.str_opt("scope", MAX_ID_LEN)?.unwrap_or("m.room").to_owned(),
+        device_id: f.id_req("device_id")?.to_owned(),
+        member_id: f.id_opt("membershipID")?.map(str::to_owned),
+        created_ts: f.u64_opt("created_ts")?,
+        expires_ts: None,
+        expires: f.u64_opt("expires")?,
+        foci: foci_list(f, "foci_preferred")?,
+        focus_selection,
+        feeds: Vec::new(),
+    })
+}
+
+fn foci_list(f: &Fields<'_>, field: &str) -> Result<Vec<Focus>, WireError> {
+    match f.get(field) {
+        None => Ok(Vec::new()),
+        Some(Value::Array(a)) => Ok(a.iter().take(16).filter_map(focus).collect()),
+        Some(_) => Err(f.err(field, WireErrorKind::WrongType)),
+    }
+}
+
+fn focus(v: &Value) -> Option<Focus> {
+    let t = v.get("type")?.as_str()?;
+    let s = |k: &str| v.get(k).and_then(Value::as_str).filter(|s| s.len() <= 2048).map(str::to_owned);
+    Some(match t {
+        "mesh" => Focus::Mesh,
+        "livekit" => Focus::Livekit {
+            livekit_service_url: s("livekit_service_url"),
+            livekit_alias: s("livekit_alias"),
+        },
+        other => Focus::Other { name: other.chars().take(MAX_ID_LEN).collect() },
+    })
+}
+
+fn focus_json(focus: &Focus) -> Value {
+    match focus {
+        Focus::Mesh => json!({"type": "mesh"}),
+        Focus::Livekit { livekit_service_url, livekit_alias } => {
+            let mut m = Map::new();
+            m.insert("type".into(), json!("livekit"));
+            if let Some(u) = livekit_service_url {
+                m.insert("livekit_service_url".into(), json!(u));
+            }
+            if let Some(a) = livekit_alias {
+                m.insert("livekit_alias".into(), json!(a));
+            }
+            Value::Object(m)
+        }
+        Focus::Other { name } => json!({"type": name}),
+    }
+}
+
+/// One famedly membership entry, as written.
+pub fn famedly_entry_json(e: &MemberEntry) -> Value {
+    let mut m = Map::new();
+    m.insert("call_id".into(), json!(e.call_id));
+    m.insert("application".into(), json!(e.application));
+    m.insert("scope".into(), json!(e.scope));
+    m.insert("foci_active".into(), Value::Array(e.foci.iter().map(focus_json).collect()));
+    m.insert("device_id".into(), json!(e.device_id));
+    m.insert("expires_ts".into(), json!(e.expires_ts.unwrap_or(0)));
+    if let Some(id) = &e.member_id {
+        m.insert("membershipID".into(), json!(id));
+    }
+    if !e.feeds.is_empty() {
+        m.insert("feeds".into(), e.feeds.iter().map(|p| json!({"purpose": p})).collect());
+    }
+    Value::Object(m)
+}
+
+/// A MatrixRTC (Element Call) per-device membership content, as written.
+pub fn rtc_content(e: &MemberEntry) -> Value {
+    let mut m = Map::new();
+    m.insert("application".into(), json!(e.application));
+    m.insert("call_id".into(), json!(e.call_id));
+    m.insert("scope".into(), json!(e.scope));
+    m.insert("device_id".into(), json!(e.device_id));
+    if let Some(id) = &e.member_id {
+        m.insert("membershipID".into(), json!(id));
+    }
+    m.insert("expires".into(), json!(e.expires.unwrap_or(RTC_DEFAULT_EXPIRES_MS)));
+    if let Some(ts) = e.created_ts {
+        m.insert("created_ts".into(), json!(ts));
+    }
+    let selection = match e.focus_selection.unwrap_or(FocusSelection::MultiSfu) {
+        FocusSelection::OldestMembership => "oldest_membership",
+        FocusSelection::MultiSfu => "multi_sfu",
+    };
+    m.insert("focus_active".into(), json!({"type": "livekit", "focus_selection": selection}));
+    m.insert("foci_preferred".into(), Value::Array(e.foci.iter().map(focus_json).collect()));
+    Value::Object(m)
+}
+
+/// The MatrixRTC state key of a device's membership: `_{user}_{device}_{application}{call_id}`,
+/// without the leading `_` in rooms whose version allows owned state keys (MSC3757/MSC3779).
+pub fn rtc_state_key(user: &str, device: &str, application: &str, call_id: &str, owned_keys: bool) -> String {
+    let key = format!("{user}_{device}_{application}{call_id}");
+    if owned_keys {
+        key
+    } else {
+        format!("_{key}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn famedly_list_with_a_malformed_entry_and_the_documented_backend_key() {
+        let content = json!({"memberships": [
+            {"call_id": "", "application": "m.call", "scope": "m.room", "device_id": "D1",
+             "expires_ts": 1_700_000_360_000u64, "foci_active": [{"type": "mesh"}], "membershipID": "S1",
+             "feeds": [{"purpose": "m.usermedia"}]},
+            {"call_id": "", "device_id": "D2", "expires_ts": "soon", "foci_active": [{"type": "mesh"}]},
+            {"call_id": "c2", "device_id": "D3", "expires_ts": 5, "backend": {"type": "livekit",
+             "livekit_service_url": "https://lk.example", "livekit_alias": "!r"}}
+        ]});
+        let p = parse(FAMEDLY_MEMBER, &content).unwrap().unwrap();
+        assert_eq!((p.entries.len(), p.skipped), (2, 1));
+        assert_eq!(p.entries[0].member_id.as_deref(), Some("S1"));
+        assert_eq!(p.entries[0].feeds, vec!["m.usermedia"]);
+        assert!(
+            matches!(&p.entries[1].foci[0], Focus::Livekit { livekit_service_url: Some(u), .. } if u == "https://lk.example")
+        );
+        let back = parse(FAMEDLY_MEMBER, &json!({"memberships": [famedly_entry_json(&p.entries[0])]}))
+            .unwrap()
+            .unwrap();
+        assert_eq!(back.entries[0], p.entries[0]);
+    }
+
+    #[test]
+    fn rtc_join_leave_and_ignored_list_form() {
+        let join = json!({"application": "m.call", "call_id": "", "scope": "m.room", "device_id": "DEV",
+            "membershipID": "@a:x:DEV", "expires": 14400000, "created_ts": 1000,
+            "focus_active": {"type": "livekit", "focus_selection": "multi_sfu"},
+            "foci_preferred": [{"type": "livekit", "livekit_service_url": "https://sfu", "livekit_alias": "!r:x"}]});
+        let p = parse(RTC_MEMBER, &join).unwrap().unwrap();
+        assert_eq!(p.entries.len(), 1);
+        assert_eq!(p.entries[0].focus_selection, Some(FocusSelection::MultiSfu));
+        assert_eq!(parse(RTC_MEMBER, &rtc_content(&p.entries[0])).unwrap().unwrap().entries[0], p.entries[0]);
+        assert!(parse(RTC_MEMBER, &json!({})).unwrap().unwrap().entries.is_empty());
+        assert!(parse(RTC_MEMBER, &json!({"memberships": [{"device_id": "x"}]}))
+            .unwrap()
+            .unwrap()
+            .entries
+            .is_empty());
+        let bad = parse(RTC_MEMBER, &json!({"device_id": "D", "call_id": 3})).unwrap().unwrap();
+        assert_eq!((bad.entries.len(), bad.skipped), (0, 1));
+        assert_eq!(rtc_state_key("@a:x", "DEV", "m.call", "", false), "_@a:x_DEV_m.call");
+        assert!(parse("m.room.member", &json!({})).unwrap().is_none());
+    }
+
+    #[test]
+    fn sticky_member() {
+        let c = json!({"slot_id": "m.call#ROOM", "application": {"type": "m.call"},
+            "member": {"user_id": "@a:x", "device_id": "DEV", "id": "m1"},
+            "rtc_transports": [{"type": "livekit", "livekit_service_url": "https://sfu"}], "versions": [],
+            "msc4354_sticky_key": "m1"});
+        let p = parse(RTC_MEMBER_STICKY, &c).unwrap().unwrap();
+        assert_eq!(p.entries[0].call_id, "");
+        assert_eq!(sticky_user(&c), Some("@a:x"));
+        assert_eq!(sticky_key(&c), Some("m1"));
+        assert!(parse(RTC_MEMBER_STICKY, &json!({"msc4354_sticky_key": "m1"}))
+            .unwrap()
+            .unwrap()
+            .entries
+            .is_empty());
+    }
+}
