@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use crate::call::remote::{Disposition, Ignored, Sender};
-use crate::call::{glare, Call, CallInfo, Incoming, Outgoing};
+use crate::call::{glare, Call, CallInfo, GroupLink, Incoming, Outgoing};
 use crate::config::{BusySignal, Config, GlareBehaviour};
 use crate::ctx::Ctx;
 use crate::error::{ApiMisuse, Error};
@@ -403,7 +403,15 @@ impl Voip {
                 let id = CallId(format!("{}{}", self.now.0, self.rng.alnum(16)));
                 let call = Call::outgoing(
                     &mut ctx!(self),
-                    Outgoing { id: id.clone(), room_id, invitee, invitee_device, call_type, signalling },
+                    Outgoing {
+                        id: id.clone(),
+                        room_id,
+                        invitee,
+                        invitee_device,
+                        call_type,
+                        signalling,
+                        group: None,
+                    },
                 );
                 self.calls.insert(id.clone(), call);
                 Ok(Some(id))
@@ -432,8 +440,10 @@ impl Voip {
             Command::LeaveGroupCall { room_id, call_id } => {
                 let group = GroupCallId { room_id, call_id };
                 let mut ctx = ctx!(self);
-                let g = self.groups.get_mut(&group).ok_or(ApiMisuse::NotInGroupCall { group })?;
+                let g =
+                    self.groups.get_mut(&group).ok_or(ApiMisuse::NotInGroupCall { group: group.clone() })?;
                 g.leave(&mut ctx, &self.store);
+                self.reconcile_mesh(&group);
                 Ok(None)
             }
             Command::SetCanHandleNewCall { value } => {
@@ -618,13 +628,27 @@ impl Voip {
                 self.counters.not_from_peer += 1;
                 return Ok(());
             }
-            let sender = Sender { user: source.sender, device: source.device };
-            let mut ctx = ctx!(self);
-            let d = call.handle_remote(&mut ctx, sender, &common, event, source.age_ms);
-            if let Disposition::Ignored(why) = d {
-                tracing::debug!(%call_id, ?why, event_type, "call event ignored");
+            // Mesh: messages for another session of ours are not for this call.
+            if let (Some(link), Some(dest)) = (&call.group, &common.to_device.dest_session_id) {
+                if *dest != link.local_session {
+                    self.counters.not_for_us += 1;
+                    return Ok(());
+                }
             }
-            self.counters.count(d);
+            let sender = Sender { user: source.sender, device: source.device };
+            let ready = if source.signalling == Signalling::ToDevice {
+                call.reorder.push(common, event)
+            } else {
+                vec![(common, event)]
+            };
+            let mut ctx = ctx!(self);
+            for (common, event) in ready {
+                let d = call.handle_remote(&mut ctx, sender, &common, event, source.age_ms);
+                if let Disposition::Ignored(why) = d {
+                    tracing::debug!(%call_id, ?why, event_type, "call event ignored");
+                }
+                self.counters.count(d);
+            }
             return Ok(());
         }
         if let Some(ended) = self.ended.get(&call_id) {
@@ -706,6 +730,10 @@ impl Voip {
     }
 
     fn handle_invite(&mut self, source: Source<'_>, common: Common, invite: InviteParts) {
+        if source.signalling == Signalling::ToDevice && common.to_device.conf_id.is_some() {
+            self.handle_mesh_invite(source, common, invite);
+            return;
+        }
         let me = &self.local;
         let sender = source.sender;
         // Addressing: to our user (or everyone), to our device (or all devices).
@@ -855,6 +883,143 @@ impl Voip {
         self.calls.insert(call_id, call);
     }
 
+    /// Mesh: one call per present member device. Calls to devices that left, or whose
+    /// `membershipID` changed (a new session: the old call is stale), end at once; the lower
+    /// `userId:deviceId` of each pair places any call that is missing.
+    fn reconcile_mesh(&mut self, group: &GroupCallId) {
+        let (participants, member_id, mesh) = match self.groups.get(group) {
+            Some(g) if g.state == GroupCallState::Joined || g.state == GroupCallState::Joining => {
+                (g.participants.clone(), g.member_id.clone(), g.focus == crate::wire::member::Focus::Mesh)
+            }
+            _ => (BTreeSet::new(), String::new(), true),
+        };
+        if !mesh {
+            return;
+        }
+        let mut ctx = ctx!(self);
+        let mut covered = BTreeSet::new();
+        for call in self.calls.values_mut() {
+            let Some(link) = call.group.as_ref().filter(|l| l.group == *group) else { continue };
+            let peer = participants
+                .iter()
+                .find(|p| p.user_id == call.peer_user && Some(&p.device_id) == call.peer_device.as_ref());
+            match peer {
+                Some(p) if p.member_id == link.remote_session => {
+                    covered.insert((p.user_id.clone(), p.device_id.clone()));
+                }
+                Some(_) => call.hangup(&mut ctx, EndReason::Replaced, Initiator::Library),
+                None => call.hangup(&mut ctx, EndReason::UserHangup, Initiator::Library),
+            }
+        }
+        let mut new_calls = Vec::new();
+        for p in &participants {
+            if covered.contains(&(p.user_id.clone(), p.device_id.clone()))
+                || !group::mesh::we_initiate(ctx.local, p)
+            {
+                continue;
+            }
+            let id = CallId(format!("{}{}", ctx.now.0, ctx.rng.alnum(16)));
+            let params = Outgoing {
+                id: id.clone(),
+                room_id: group.room_id.clone(),
+                invitee: p.user_id.clone(),
+                invitee_device: Some(p.device_id.clone()),
+                call_type: CallType::Video,
+                signalling: Signalling::ToDevice,
+                group: Some(GroupLink {
+                    group: group.clone(),
+                    local_session: member_id.clone(),
+                    remote_session: p.member_id.clone(),
+                }),
+            };
+            new_calls.push((id, Call::outgoing(&mut ctx, params)));
+        }
+        self.calls.extend(new_calls);
+        self.collect_ended();
+    }
+
+    /// A mesh invite (to-device with `conf_id`): answered automatically when it is for a group
+    /// call we are in, addressed to our session, and from the sender's current session.
+    fn handle_mesh_invite(&mut self, source: Source<'_>, common: Common, invite: InviteParts) {
+        let group = GroupCallId {
+            room_id: source.room_id.clone(),
+            call_id: common.to_device.conf_id.clone().unwrap_or_default(),
+        };
+        let Some(device) = source.device else {
+            self.counters.malformed += 1;
+            return;
+        };
+        let Some(g) = self.groups.get(&group).filter(|g| g.state == GroupCallState::Joined) else {
+            // Not in that group call: refuse, so the caller does not wait (MSC3401).
+            let mut ctx = ctx!(self);
+            let call_id = CallId(common.call_id.clone());
+            Call::refuse(
+                &mut ctx,
+                &call_id,
+                &source.room_id,
+                source.sender,
+                Some(device),
+                Signalling::ToDevice,
+                CallEvent::Reject,
+            );
+            self.counters.not_for_us += 1;
+            return;
+        };
+        let member =
+            g.participants.iter().find(|p| p.user_id == *source.sender && p.device_id == *device).cloned();
+        let our_session = g.member_id.clone();
+        let sessions_ok = common.to_device.dest_session_id.as_deref().is_none_or(|d| d == our_session)
+            && member.as_ref().is_some_and(|m| {
+                common.to_device.sender_session_id.as_deref().is_none_or(|s| s == m.member_id)
+            });
+        let Some(member) = member.filter(|_| sessions_ok) else {
+            self.counters.not_for_us += 1;
+            return;
+        };
+        let call_id = CallId(common.call_id.clone());
+        let mut ctx = ctx!(self);
+        // A call with this device already exists (it restarted, or both sides called): the
+        // new invite replaces it.
+        for c in self.calls.values_mut() {
+            if c.group.as_ref().is_some_and(|l| l.group == group)
+                && c.peer_user == member.user_id
+                && c.peer_device.as_ref() == Some(&member.device_id)
+            {
+                c.hangup(&mut ctx, EndReason::Replaced, Initiator::Library);
+            }
+        }
+        let incoming = Incoming {
+            id: call_id.clone(),
+            room_id: source.room_id.clone(),
+            caller: source.sender.clone(),
+            caller_device: Some(device.clone()),
+            caller_party: common.party_id.map(PartyId),
+            version: common.version,
+            capabilities: invite.capabilities,
+            offer: invite.offer,
+            metadata: invite.metadata,
+            signalling: Signalling::ToDevice,
+            expires_at: self.now.plus(invite.lifetime.unwrap_or(self.config.default_remote_lifetime_ms)),
+        };
+        let mut call = Call::incoming(&mut ctx, incoming);
+        call.group = Some(GroupLink { group, local_session: our_session, remote_session: member.member_id });
+        if let Some(seq) = common.to_device.seq {
+            call.reorder.start_after(seq);
+        }
+        if let Some(orphan) = self.orphans.remove(&call_id) {
+            if orphan.sender == *source.sender {
+                for (party, cands) in orphan.by_party {
+                    call.candidate_input(&mut ctx, party.as_deref(), cands);
+                }
+            }
+        }
+        call.auto_answer = Some(CallType::Video);
+        call.ring_or_auto_answer(&mut ctx);
+        self.counters.applied += 1;
+        self.calls.insert(call_id, call);
+        self.collect_ended();
+    }
+
     fn handle_member(&mut self, m: RoomMember) {
         let left = !matches!(m.membership, Membership::Join | Membership::Invite);
         self.members.entry(m.room_id.clone()).or_default().insert(m.user_id.clone(), m.membership);
@@ -936,6 +1101,7 @@ impl Voip {
         if let Some(g) = self.groups.get_mut(group) {
             let mut ctx = ctx!(self);
             g.on_members(&mut ctx, &self.store, &joined);
+            self.reconcile_mesh(group);
             return;
         }
         let me = (&self.local.user_id, &self.local.device_id);

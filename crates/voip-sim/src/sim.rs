@@ -136,6 +136,27 @@ impl Sim {
         DeviceIdx(self.devices.len() - 1)
     }
 
+    /// Replaces a device's core and media engine by fresh ones (an app restart: all state is
+    /// lost, memberships it left behind stay in the room). Room memberships are re-fed.
+    pub fn replace_device(&mut self, d: DeviceIdx, config: Config) {
+        let local = self.devices[d.0].voip.local_device().clone();
+        let seed = seed_from_u64(self.rng.next_u64());
+        self.devices[d.0].voip = Voip::new(config, local, seed);
+        self.devices[d.0].media = FakeMedia::new();
+        let rooms: Vec<(RoomId, Vec<UserId>)> =
+            self.rooms.iter().map(|(r, m)| (r.clone(), m.iter().cloned().collect())).collect();
+        for (room_id, members) in rooms {
+            for user_id in members {
+                let m = RoomMember { room_id: room_id.clone(), user_id, membership: Membership::Join };
+                self.feed(d, Input::RoomMember(m));
+            }
+        }
+        let state: Vec<StateEvent> = self.state.values().cloned().collect();
+        for ev in state {
+            self.feed(d, Input::StateEvent(ev));
+        }
+    }
+
     /// Joins users to a room (and tells every device about the memberships).
     pub fn join(&mut self, room: &str, users: &[&str]) -> RoomId {
         let room_id = RoomId::from(room);

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ctx::Ctx;
 use crate::error::ApiMisuse;
-use crate::ids::{CallId, DeviceId, PartyId, RoomId, StreamId, Timestamp, UserId};
+use crate::ids::{CallId, DeviceId, GroupCallId, PartyId, RoomId, StreamId, Timestamp, UserId};
 use crate::input::Signalling;
 use crate::media::{
     CallType, Candidate, ConnectionState, MediaCommand, MediaEvent, MediaKind, MediaOperation, SdpType,
@@ -129,10 +129,27 @@ pub(crate) struct Call {
     ringtone: bool,
     /// Whether anything of this call went on the wire (invite, answer, reject…).
     on_wire: bool,
+    /// Mesh group call this call belongs to, with both sides' session ids.
+    pub(crate) group: Option<GroupLink>,
+    /// To-device messages that arrived ahead of a `seq` gap, waiting for it (bounded).
+    pub(crate) reorder: remote::Reorder,
+}
+
+/// Ties a 1:1 call to a mesh group call (MSC3401 to-device signalling).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct GroupLink {
+    /// The group call (`conf_id` = its call id).
+    pub(crate) group: GroupCallId,
+    /// Our `membershipID` (`sender_session_id`).
+    pub(crate) local_session: String,
+    /// The peer's `membershipID` (`dest_session_id`).
+    pub(crate) remote_session: String,
 }
 
 /// Parameters of a new outgoing call.
 pub(crate) struct Outgoing {
+    /// Mesh group link, if this is a mesh peer call.
+    pub(crate) group: Option<GroupLink>,
     pub(crate) id: CallId,
     pub(crate) room_id: RoomId,
     pub(crate) invitee: UserId,
@@ -201,6 +218,8 @@ impl Call {
             auto_answer: None,
             ringtone: false,
             on_wire: false,
+            group: None,
+            reorder: remote::Reorder::default(),
         }
     }
 
@@ -215,6 +234,7 @@ impl Call {
             p.call_type,
             (p.invitee, p.invitee_device),
         );
+        call.group = p.group;
         let _span = tracing::debug_span!("call", call_id = %call.id, party_id = %call.local_party).entered();
         tracing::debug!(peer = %call.peer_user, ?p.call_type, "placing call");
         ctx.emit(Event::StateChanged { call_id: call.id.clone(), state: CallState::CreateOffer });
@@ -357,7 +377,9 @@ impl Call {
                     room_id: Some(self.room_id.0.clone()),
                     device_id: Some(ctx.local.device_id.0.clone()),
                     seq: Some(seq),
-                    ..ToDeviceFields::default()
+                    conf_id: self.group.as_ref().map(|g| g.group.call_id.clone()),
+                    sender_session_id: self.group.as_ref().map(|g| g.local_session.clone()),
+                    dest_session_id: self.group.as_ref().map(|g| g.remote_session.clone()),
                 }
             }
         };

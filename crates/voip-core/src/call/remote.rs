@@ -1,5 +1,7 @@
 //! Received `m.call.*` events for a known call.
 
+use std::collections::BTreeMap;
+
 use super::{sdp, Call, Opponent};
 use crate::ctx::Ctx;
 use crate::ids::{DeviceId, PartyId, UserId};
@@ -16,6 +18,50 @@ pub(crate) struct Sender<'a> {
     pub(crate) user: &'a UserId,
     /// The sending device, for to-device events (Olm-verified when encrypted).
     pub(crate) device: Option<&'a DeviceId>,
+}
+
+/// Most to-device messages held back waiting for a `seq` gap to fill.
+const MAX_REORDER: usize = 16;
+
+/// Per-call reordering of to-device messages by `seq` (to-device delivery is unordered).
+#[derive(Debug, Default)]
+pub(crate) struct Reorder {
+    next: Option<u64>,
+    held: BTreeMap<u64, (Common, CallEvent)>,
+}
+
+impl Reorder {
+    /// The message with this `seq` was handled already (the invite that created the call).
+    pub(crate) fn start_after(&mut self, seq: u64) {
+        self.next = Some(seq + 1);
+    }
+
+    /// Takes one message; returns the messages now deliverable, in `seq` order. Messages without
+    /// `seq`, and duplicates of delivered ones, pass straight through (they are idempotent).
+    pub(crate) fn push(&mut self, common: Common, event: CallEvent) -> Vec<(Common, CallEvent)> {
+        let Some(seq) = common.to_device.seq else { return vec![(common, event)] };
+        let next = *self.next.get_or_insert(seq);
+        if seq < next {
+            return vec![(common, event)];
+        }
+        self.held.insert(seq, (common, event));
+        let mut out = Vec::new();
+        let mut expect = next;
+        // Deliver the run starting at `next`; if too much is waiting, give up on the gap.
+        loop {
+            if let Some(m) = self.held.remove(&expect) {
+                out.push(m);
+                expect += 1;
+            } else if self.held.len() > MAX_REORDER {
+                let (&first, _) = self.held.iter().next().expect("non-empty");
+                expect = first;
+            } else {
+                break;
+            }
+        }
+        self.next = Some(expect);
+        out
+    }
 }
 
 /// What became of a received event.

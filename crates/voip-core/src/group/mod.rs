@@ -13,6 +13,7 @@
 //! applied the leave. Servers without delayed events fall back to expiry alone.
 
 pub(crate) mod membership;
+pub(crate) mod mesh;
 
 use std::collections::BTreeSet;
 
@@ -86,7 +87,7 @@ pub(crate) struct GroupCall {
     application: String,
     scope: String,
     pub(crate) dialect: MembershipDialect,
-    focus: Focus,
+    pub(crate) focus: Focus,
     owned_state_keys: bool,
     pub(crate) member_id: String,
     pub(crate) state: GroupCallState,

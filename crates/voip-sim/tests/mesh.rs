@@ -1,0 +1,111 @@
+//! Mesh group calls through the simulator: every pair of present members has exactly one
+//! connected peer call, set up by the lower `userId:deviceId`; leaving ends them; a member that
+//! comes back with a new session gets fresh calls at once.
+
+use std::collections::BTreeSet;
+
+use voip_core::{CallState, Command, Config, Focus, MembershipDialect, RoomId};
+use voip_sim::{DeviceIdx, Sim};
+
+const ROOM: &str = "!mesh:example.org";
+
+fn join(sim: &mut Sim, d: DeviceIdx) {
+    sim.command(
+        d,
+        Command::JoinGroupCall {
+            room_id: RoomId::from(ROOM),
+            call_id: String::new(),
+            application: "m.call".into(),
+            scope: "m.room".into(),
+            dialect: MembershipDialect::Famedly,
+            focus: Focus::Mesh,
+            owned_state_keys: false,
+        },
+    )
+    .expect("join");
+}
+
+fn leave(sim: &mut Sim, d: DeviceIdx) {
+    sim.command(d, Command::LeaveGroupCall { room_id: RoomId::from(ROOM), call_id: String::new() })
+        .expect("leave");
+}
+
+/// Connected peers of each device, as (device, peer user, peer device) triples.
+fn connected_pairs(sim: &Sim, devs: &[DeviceIdx]) -> BTreeSet<(String, String)> {
+    let mut pairs = BTreeSet::new();
+    for d in devs {
+        let me = sim.device(*d).voip.local_device().clone();
+        for c in sim.device(*d).voip.calls() {
+            assert_eq!(
+                c.state,
+                CallState::Connected,
+                "{}: call with {} is {:?}",
+                me.device_id,
+                c.peer_user,
+                c.state
+            );
+            let peer = c.peer_device.expect("mesh calls know the peer device");
+            pairs.insert((me.device_id.0.clone(), peer.0));
+        }
+    }
+    pairs
+}
+
+fn full_mesh(devices: &[&str]) -> BTreeSet<(String, String)> {
+    let mut s = BTreeSet::new();
+    for a in devices {
+        for b in devices {
+            if a != b {
+                s.insert((a.to_string(), b.to_string()));
+            }
+        }
+    }
+    s
+}
+
+#[test]
+fn four_members_form_a_full_mesh_and_leavers_are_dropped() {
+    let mut sim = Sim::new(21);
+    let users = ["@alice:x.org", "@bob:x.org", "@carol:x.org", "@dave:x.org"];
+    let names = ["A", "B", "C", "D"];
+    let devs: Vec<DeviceIdx> =
+        users.iter().zip(names).map(|(u, n)| sim.add_device(u, n, Config::default())).collect();
+    sim.join(ROOM, &users);
+    for d in &devs {
+        join(&mut sim, *d);
+    }
+    sim.settle();
+    assert_eq!(connected_pairs(&sim, &devs), full_mesh(&names), "every pair has one connected call");
+    for d in &devs {
+        assert_eq!(sim.device(*d).voip.calls().len(), 3, "exactly one call per other member");
+    }
+    leave(&mut sim, devs[3]);
+    sim.settle();
+    assert!(sim.device(devs[3]).voip.calls().is_empty(), "the leaver has no calls left");
+    assert_eq!(connected_pairs(&sim, &devs[..3]), full_mesh(&names[..3]));
+    // Dave comes back: a new session, fresh calls with everyone at once.
+    join(&mut sim, devs[3]);
+    sim.settle();
+    assert_eq!(connected_pairs(&sim, &devs), full_mesh(&names));
+}
+
+#[test]
+fn a_restarted_member_with_a_new_session_replaces_its_stale_calls() {
+    let mut sim = Sim::new(22);
+    let a = sim.add_device("@alice:x.org", "A", Config::default());
+    let b = sim.add_device("@bob:x.org", "B", Config::default());
+    sim.join(ROOM, &["@alice:x.org", "@bob:x.org"]);
+    join(&mut sim, a);
+    join(&mut sim, b);
+    sim.settle();
+    let first = sim.device(a).voip.calls()[0].call_id.clone();
+    // Bob's app restarts: a new core for the same device (state lost), which joins again.
+    sim.replace_device(b, Config::default());
+    join(&mut sim, b);
+    sim.settle();
+    let calls = sim.device(a).voip.calls();
+    assert_eq!(calls.len(), 1);
+    assert_ne!(calls[0].call_id, first, "the stale call was replaced");
+    assert_eq!(calls[0].state, CallState::Connected);
+    assert_eq!(sim.device(b).voip.calls().len(), 1);
+}
