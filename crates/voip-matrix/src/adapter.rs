@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use matrix_sdk::config::RequestConfig;
 use matrix_sdk::deserialized_responses::{EncryptionInfo, ProcessedToDeviceEvent};
@@ -20,6 +21,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use voip_core::{Input, SendKind, SendOutcome, SendRequest, ToDeviceEncryption, ToDeviceMessage};
 
+use crate::extras::{DelayedEvent, DelayedEventRequest, StateEventRequest};
 use crate::inbound::{self, CallMemberState};
 use crate::retry::{self, classify, Failure, RetryPolicy};
 use crate::turn::TurnState;
@@ -120,6 +122,10 @@ impl MatrixAdapter {
         });
         let adapter = Self { inner };
         adapter.register_handlers();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let a = adapter.clone();
+            rt.spawn(async move { a.announce_server_support().await });
+        }
         (adapter, rx)
     }
 
@@ -207,6 +213,18 @@ impl MatrixAdapter {
             .then_some(Input::SyncBatch { room_events, to_device })
     }
 
+    /// Asks `/versions` (once; cached) and queues [`Input::ServerSupport`]. Done automatically
+    /// when the adapter is created inside a tokio runtime; call it again after a failure (it
+    /// logs and sends nothing when `/versions` cannot be read).
+    pub async fn announce_server_support(&self) {
+        match self.supports_delayed_events().await {
+            Ok(delayed_events) => {
+                let _ = self.inner.inputs.send(Input::ServerSupport { delayed_events }).await;
+            }
+            Err(e) => tracing::warn!("cannot read /versions: {e}"),
+        }
+    }
+
     /// The client this adapter drives.
     pub fn client(&self) -> &Client {
         &self.inner.client
@@ -250,7 +268,10 @@ impl MatrixAdapter {
     /// requests) run one at a time in submission order, so signalling keeps its order.
     pub fn submit(&self, req: SendRequest) {
         let lane = match &req.kind {
-            SendKind::RoomEvent { room_id, .. } => format!("room:{room_id}"),
+            SendKind::RoomEvent { room_id, .. }
+            | SendKind::StateEvent { room_id, .. }
+            | SendKind::DelayedStateEvent { room_id, .. } => format!("room:{room_id}"),
+            SendKind::UpdateDelayedEvent { .. } => "delayed-updates".to_owned(),
             SendKind::ToDevice { .. } => "to-device".to_owned(),
         };
         let mut lanes = self.inner.lanes.lock().expect("lanes lock");
@@ -318,6 +339,28 @@ impl MatrixAdapter {
                 )
                 .await
             }
+            SendKind::StateEvent { room_id, event_type, state_key, content } => {
+                // An empty content is a leave: never given up quietly.
+                let critical = content.as_object().is_some_and(|o| o.is_empty());
+                self.send_state(StateEventRequest { room_id, event_type, state_key, content, critical }).await
+            }
+            SendKind::DelayedStateEvent { room_id, event_type, state_key, content, delay_ms } => {
+                let req = DelayedEventRequest {
+                    room_id,
+                    event: DelayedEvent::State { event_type, state_key, content },
+                    delay: Duration::from_millis(delay_ms),
+                };
+                match self.schedule_delayed(req).await {
+                    Ok(delay_id) => SendOutcome::Sent { event_id: None, delay_id: Some(delay_id) },
+                    Err(f) => f.into_outcome(),
+                }
+            }
+            SendKind::UpdateDelayedEvent { delay_id, action } => {
+                match self.update_delayed(&delay_id, action).await {
+                    Ok(()) => SendOutcome::Sent { event_id: None, delay_id: Some(delay_id) },
+                    Err(f) => f.into_outcome(),
+                }
+            }
         };
         match &outcome {
             SendOutcome::Sent { .. } => tracing::debug!(%id, "sent"),
@@ -353,21 +396,19 @@ impl MatrixAdapter {
         })
         .await;
         match result {
-            Ok(r) => SendOutcome::Sent { event_id: Some(r.response.event_id.to_string()) },
+            Ok(r) => SendOutcome::Sent { event_id: Some(r.response.event_id.to_string()), delay_id: None },
             Err(f) => f.into_outcome(),
         }
     }
 
     pub(crate) fn joined_room(&self, room_id: &str) -> Result<Room, Failure> {
-        let id = OwnedRoomId::try_from(room_id).map_err(|e| Failure::Permanent {
-            retryable: false,
-            error: format!("invalid room id {room_id}: {e}"),
-        })?;
-        self.inner.client.get_room(&id).ok_or_else(|| Failure::Permanent {
-            // The room may not have come down sync yet.
-            retryable: true,
-            error: format!("room {room_id} is not known to the client"),
-        })
+        let id = OwnedRoomId::try_from(room_id)
+            .map_err(|e| Failure::refused(false, format!("invalid room id {room_id}: {e}")))?;
+        // Retryable: the room may not have come down sync yet.
+        self.inner
+            .client
+            .get_room(&id)
+            .ok_or_else(|| Failure::refused(true, format!("room {room_id} is not known to the client")))
     }
 
     async fn send_to_device(
@@ -380,7 +421,7 @@ impl MatrixAdapter {
         encryption: ToDeviceEncryption,
     ) -> SendOutcome {
         if messages.is_empty() {
-            return SendOutcome::Sent { event_id: None };
+            return SendOutcome::Sent { event_id: None, delay_id: None };
         }
         // Media keys are never sent in clear, whatever the request says.
         let required = encryption == ToDeviceEncryption::Required || inbound::is_media_key_type(event_type);
@@ -399,6 +440,7 @@ impl MatrixAdapter {
                     Ok(None) if required => {
                         return SendOutcome::Failed {
                             retryable: true,
+                            errcode: None,
                             error: format!(
                                 "no Olm keys for {} {}: refusing to send {event_type} in clear",
                                 m.user_id, m.device_id
@@ -422,14 +464,11 @@ impl MatrixAdapter {
                 return f.into_outcome();
             }
         }
-        SendOutcome::Sent { event_id: None }
+        SendOutcome::Sent { event_id: None, delay_id: None }
     }
 
     async fn find_device(&self, m: &ToDeviceMessage) -> Result<Option<Device>, Failure> {
-        let user = OwnedUserId::try_from(m.user_id.as_str()).map_err(|e| Failure::Permanent {
-            retryable: false,
-            error: format!("invalid user id {}: {e}", m.user_id),
-        })?;
+        let user = user_id(&m.user_id)?;
         let device: OwnedDeviceId = m.device_id.as_str().into();
         let enc = self.inner.client.encryption();
         if let Some(d) =
@@ -452,13 +491,9 @@ impl MatrixAdapter {
         type Messages = BTreeMap<OwnedUserId, BTreeMap<DeviceIdOrAllDevices, Raw<AnyToDeviceEventContent>>>;
         let mut map: Messages = BTreeMap::new();
         for m in clear {
-            let user = OwnedUserId::try_from(m.user_id.as_str()).map_err(|e| Failure::Permanent {
-                retryable: false,
-                error: format!("invalid user id {}: {e}", m.user_id),
-            })?;
-            let raw = Raw::new(&m.content)
-                .map_err(|e| Failure::Permanent { retryable: false, error: e.to_string() })?
-                .cast_unchecked();
+            let user = user_id(&m.user_id)?;
+            let raw =
+                Raw::new(&m.content).map_err(|e| Failure::refused(false, e.to_string()))?.cast_unchecked();
             let device: OwnedDeviceId = m.device_id.as_str().into();
             map.entry(user).or_default().insert(DeviceIdOrAllDevices::DeviceId(device), raw);
         }
@@ -509,7 +544,7 @@ impl MatrixAdapter {
                 for (_, items) in groups {
                     let raw: Raw<AnyToDeviceEventContent> = match Raw::new(&items[0].0.content) {
                         Ok(r) => r.cast_unchecked(),
-                        Err(e) => return Err(Failure::Permanent { retryable: false, error: e.to_string() }),
+                        Err(e) => return Err(Failure::refused(false, e.to_string())),
                     };
                     let devices: Vec<&Device> = items.iter().map(|(_, d)| d).collect();
                     match enc.encrypt_and_send_raw_to_device(devices, event_type, raw, strategy.clone()).await
@@ -546,6 +581,11 @@ impl MatrixAdapter {
     }
 }
 
+fn user_id(u: &voip_core::UserId) -> Result<OwnedUserId, Failure> {
+    OwnedUserId::try_from(u.as_str())
+        .map_err(|e| Failure::refused(false, format!("invalid user id {u}: {e}")))
+}
+
 fn is_critical_type(event_type: &str) -> bool {
     matches!(event_type, "m.call.hangup" | "m.call.reject")
 }
@@ -557,8 +597,9 @@ impl Inner {
         } else if let Some(cm) = inbound::call_member_from_json(room_id, ev) {
             let tx = self.call_members.lock().expect("call_members lock").clone();
             if let Some(tx) = tx {
-                let _ = tx.send(cm).await;
+                let _ = tx.send(cm.clone()).await;
             }
+            let _ = self.inputs.send(Input::StateEvent(cm.into())).await;
         }
     }
 }

@@ -13,6 +13,7 @@ use matrix_sdk::ruma::api::client::state::send_state_event;
 use matrix_sdk::ruma::serde::Raw;
 use matrix_sdk::ruma::{OwnedRoomId, OwnedUserId};
 use serde_json::Value;
+pub use voip_core::DelayedAction;
 use voip_core::{RoomId, SendOutcome};
 
 use crate::retry::{self, classify_http, Failure, RetryPolicy};
@@ -72,17 +73,6 @@ pub struct DelayedEventRequest {
     pub delay: Duration,
 }
 
-/// An action on a scheduled delayed event.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum DelayedAction {
-    /// Reset the timer (the heartbeat).
-    Restart,
-    /// Send it now.
-    Send,
-    /// Drop it.
-    Cancel,
-}
-
 /// An OpenID token (for a LiveKit JWT service or other third party).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OpenIdToken {
@@ -97,7 +87,7 @@ pub struct OpenIdToken {
 }
 
 fn bad(error: String) -> Failure {
-    Failure::Permanent { retryable: false, error }
+    Failure::refused(false, error)
 }
 
 fn room_id(r: &RoomId) -> Result<OwnedRoomId, Failure> {
@@ -143,7 +133,7 @@ impl MatrixAdapter {
         }
         .await;
         match result {
-            Ok(r) => SendOutcome::Sent { event_id: Some(r.event_id.to_string()) },
+            Ok(r) => SendOutcome::Sent { event_id: Some(r.event_id.to_string()), delay_id: None },
             Err(f) => {
                 if req.critical {
                     tracing::error!(room = %req.room_id, r#type = %req.event_type, key = %req.state_key, ?f, "critical state send failed");

@@ -28,7 +28,7 @@ pub fn is_forwarded_to_device_type(event_type: &str) -> bool {
 
 /// A group-call membership state event (either dialect), as received.
 ///
-/// voip-core has no input for these yet (issue 3); the adapter hands them out through
+/// They reach the core as [`voip_core::Input::StateEvent`]; apps can also subscribe with
 /// [`crate::MatrixAdapter::call_member_events`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct CallMemberState {
@@ -46,6 +46,20 @@ pub struct CallMemberState {
     pub event_id: Option<String>,
     /// `origin_server_ts`.
     pub origin_server_ts: Timestamp,
+}
+
+impl From<CallMemberState> for voip_core::StateEvent {
+    fn from(s: CallMemberState) -> Self {
+        voip_core::StateEvent {
+            room_id: s.room_id,
+            event_id: s.event_id,
+            sender: s.sender,
+            event_type: s.event_type,
+            state_key: s.state_key,
+            content: s.content,
+            origin_server_ts: s.origin_server_ts,
+        }
+    }
 }
 
 fn str_field<'a>(ev: &'a Value, key: &str) -> Option<&'a str> {

@@ -26,6 +26,8 @@ pub enum Failure {
         retryable: bool,
         /// Detail for logs.
         error: String,
+        /// The Matrix `errcode`, when the server gave one (e.g. `M_NOT_FOUND`).
+        errcode: Option<String>,
     },
 }
 
@@ -36,9 +38,16 @@ impl Failure {
             Failure::RateLimited { retry_after, .. } => {
                 SendOutcome::RateLimited { retry_after_ms: retry_after.map(|d| d.as_millis() as u64) }
             }
-            Failure::Transient(error) => SendOutcome::Failed { retryable: true, error },
-            Failure::Permanent { retryable, error } => SendOutcome::Failed { retryable, error },
+            Failure::Transient(error) => SendOutcome::Failed { retryable: true, error, errcode: None },
+            Failure::Permanent { retryable, error, errcode } => {
+                SendOutcome::Failed { retryable, error, errcode }
+            }
         }
+    }
+
+    /// A local refusal (no `errcode`).
+    pub fn refused(retryable: bool, error: impl Into<String>) -> Failure {
+        Failure::Permanent { retryable, error: error.into(), errcode: None }
     }
 }
 
@@ -46,7 +55,7 @@ impl Failure {
 pub fn classify(err: &matrix_sdk::Error) -> Failure {
     match err {
         matrix_sdk::Error::Http(http) => classify_http(http),
-        other => Failure::Permanent { retryable: false, error: other.to_string() },
+        other => Failure::refused(false, other.to_string()),
     }
 }
 
@@ -73,9 +82,10 @@ pub fn classify_http(err: &HttpError) -> Failure {
         if status >= 500 {
             return Failure::Transient(error);
         }
-        return Failure::Permanent { retryable: false, error };
+        let errcode = api.error_kind().map(|k| k.errcode().to_string());
+        return Failure::Permanent { retryable: false, error, errcode };
     }
-    Failure::Permanent { retryable: false, error }
+    Failure::refused(false, error)
 }
 
 /// Bounds of the adapter's own retries (on top of which the core may retry again).
@@ -197,7 +207,7 @@ mod tests {
 
     #[test]
     fn permanent_is_not_retried() {
-        let f = Failure::Permanent { retryable: false, error: "403".into() };
+        let f = Failure::refused(false, "403");
         assert_eq!(RetryPolicy::CRITICAL.next_delay(1, &f, Duration::ZERO), None);
     }
 
@@ -205,7 +215,10 @@ mod tests {
     fn outcomes() {
         let f = Failure::RateLimited { retry_after: Some(Duration::from_millis(1500)), error: String::new() };
         assert_eq!(f.into_outcome(), SendOutcome::RateLimited { retry_after_ms: Some(1500) });
-        assert_eq!(transient().into_outcome(), SendOutcome::Failed { retryable: true, error: "boom".into() });
+        assert_eq!(
+            transient().into_outcome(),
+            SendOutcome::Failed { retryable: true, error: "boom".into(), errcode: None }
+        );
     }
 
     #[tokio::test]
@@ -232,9 +245,7 @@ mod tests {
         let p = RetryPolicy { max_attempts: 3, base_delay: Duration::from_millis(1), ..RetryPolicy::DEFAULT };
         let r: Result<(), _> = retry(p, "t", |_| async { Err(transient()) }).await;
         assert_eq!(r, Err(transient()));
-        let r: Result<(), _> =
-            retry(p, "t", |_| async { Err(Failure::Permanent { retryable: false, error: "x".into() }) })
-                .await;
+        let r: Result<(), _> = retry(p, "t", |_| async { Err(Failure::refused(false, "x")) }).await;
         assert!(matches!(r, Err(Failure::Permanent { .. })));
     }
 }

@@ -61,10 +61,10 @@ async fn room_call_events_are_decrypted_and_txn_ids_idempotent() -> Result<()> {
                          "offer": {"type": "offer", "sdp": "v=0\r\n"}});
     let t = txn();
     let sent = alice.adapter.execute(req(1, &t, room_event(&room, "m.call.invite", content.clone()))).await;
-    let SendOutcome::Sent { event_id: Some(event_id) } = sent else { panic!("not sent: {sent:?}") };
+    let SendOutcome::Sent { event_id: Some(event_id), .. } = sent else { panic!("not sent: {sent:?}") };
     // Same transaction id: the homeserver deduplicates, same event id.
     let again = alice.adapter.execute(req(2, &t, room_event(&room, "m.call.invite", content.clone()))).await;
-    assert_eq!(again, SendOutcome::Sent { event_id: Some(event_id.clone()) });
+    assert_eq!(again, SendOutcome::Sent { event_id: Some(event_id.clone()), delay_id: None });
 
     let ev = bob
         .expect("m.call.invite", |i| match i {
@@ -103,7 +103,7 @@ async fn to_device_olm_carries_sender_device_and_clear_does_not() -> Result<()> 
             to_device("m.call.hangup", None, &[(&bob, content.clone())], ToDeviceEncryption::Required),
         ))
         .await;
-    assert_eq!(out, SendOutcome::Sent { event_id: None });
+    assert_eq!(out, SendOutcome::Sent { event_id: None, delay_id: None });
     let ev = bob
         .expect("Olm to-device hangup", |i| match i {
             Input::ToDevice(e) if e.event_type == "m.call.hangup" => Some(e.clone()),
@@ -125,7 +125,7 @@ async fn to_device_olm_carries_sender_device_and_clear_does_not() -> Result<()> 
             to_device("m.call.hangup", None, &[(&bob, clear)], ToDeviceEncryption::IfRoomEncrypted),
         ))
         .await;
-    assert_eq!(out, SendOutcome::Sent { event_id: None });
+    assert_eq!(out, SendOutcome::Sent { event_id: None, delay_id: None });
     let ev = bob
         .expect("clear to-device hangup", |i| match i {
             Input::ToDevice(e) if e.content["call_id"] == "c3" => Some(e.clone()),
@@ -181,7 +181,10 @@ async fn media_keys_to_three_devices_of_two_users() -> Result<()> {
         &[(&bob, key("Ym9i")), (&bob2, key("Ym9iMg")), (&carol, key("Y2Fyb2w"))],
         ToDeviceEncryption::Required,
     );
-    assert_eq!(alice.adapter.execute(req(1, &txn(), kind)).await, SendOutcome::Sent { event_id: None });
+    assert_eq!(
+        alice.adapter.execute(req(1, &txn(), kind)).await,
+        SendOutcome::Sent { event_id: None, delay_id: None }
+    );
     for (peer, k) in [(&mut bob, "Ym9i"), (&mut bob2, "Ym9iMg"), (&mut carol, "Y2Fyb2w")] {
         let ev = peer
             .expect("media key", |i| match i {
@@ -202,7 +205,10 @@ async fn to_device_between_two_devices_of_one_user() -> Result<()> {
     let mut a2 = Peer::device(&a1.user, Some("ALICE2")).await?;
     let kind =
         to_device("m.call.invite", None, &[(&a2, json!({"call_id": "own"}))], ToDeviceEncryption::Required);
-    assert_eq!(a1.adapter.execute(req(1, &txn(), kind)).await, SendOutcome::Sent { event_id: None });
+    assert_eq!(
+        a1.adapter.execute(req(1, &txn(), kind)).await,
+        SendOutcome::Sent { event_id: None, delay_id: None }
+    );
     let ev = a2
         .expect("own-device invite", |i| match i {
             Input::ToDevice(e) if e.content["call_id"] == "own" => Some(e.clone()),
@@ -236,7 +242,7 @@ async fn membership_changes_and_submit_results() -> Result<()> {
             _ => None,
         })
         .await?;
-    assert!(matches!(result, SendOutcome::Sent { event_id: Some(_) }), "{result:?}");
+    assert!(matches!(result, SendOutcome::Sent { event_id: Some(_), .. }), "{result:?}");
 
     // A later adapter on the same client replays the stored membership of known rooms.
     let (late, mut late_inputs) = MatrixAdapter::new(alice.client.clone());
@@ -290,59 +296,90 @@ async fn rate_limited_sends_honour_retry_after() -> Result<()> {
     // With the default policy the adapter waits as told and the send goes through.
     let content = json!({"call_id": "rl-final", "version": "1", "party_id": "p"});
     let out = alice.adapter.execute(req(9, &txn(), room_event(&room, "m.call.select_answer", content))).await;
-    assert!(matches!(out, SendOutcome::Sent { event_id: Some(_) }), "{out:?}");
+    assert!(matches!(out, SendOutcome::Sent { event_id: Some(_), .. }), "{out:?}");
     Ok(())
 }
 
+/// The core's group-call sends (`SendKind::StateEvent`, `DelayedStateEvent`,
+/// `UpdateDelayedEvent`) through `execute`, and the resulting `Input::StateEvent`s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_events_with_explicit_keys_and_delayed_leave() -> Result<()> {
     let mut alice = Peer::new("alice").await?;
-    let bob = Peer::new("bob").await?;
-    let mut bob_members = bob.adapter.call_member_events();
+    let mut bob = Peer::new("bob").await?;
+    // Created in a runtime: the adapter announces what the server supports.
+    let delayed_events = alice
+        .expect("server support", |i| match i {
+            Input::ServerSupport { delayed_events } => Some(*delayed_events),
+            _ => None,
+        })
+        .await?;
+    assert!(delayed_events);
     let room = room_with(&mut alice, &[&bob], true).await?;
-    assert!(alice.adapter.supports_delayed_events().await?);
 
     let event_type = "org.matrix.msc3401.call.member";
     let key = format!("_{}_{}", alice.user_id(), alice.device_id());
     let membership = json!({"application": "m.call", "call_id": "", "scope": "m.room", "device_id": alice.device_id(),
                             "focus_active": {"type": "livekit", "focus_selection": "oldest_membership"},
                             "foci_preferred": [], "expires": 14_400_000});
-    let state = |content: Value| StateEventRequest {
-        room_id: RoomId::from(room.as_str()),
+    let rid = RoomId::from(room.as_str());
+    let state = SendKind::StateEvent {
+        room_id: rid.clone(),
         event_type: event_type.into(),
         state_key: key.clone(),
-        content,
-        critical: false,
+        content: membership.clone(),
     };
-    let out = alice.adapter.send_state(state(membership.clone())).await;
-    assert!(matches!(out, SendOutcome::Sent { event_id: Some(_) }), "{out:?}");
-    let seen = expect_member_state(&mut bob_members, &key, |c| c.get("application").is_some()).await?;
+    let out = alice.adapter.execute(req(1, "unused", state)).await;
+    assert!(matches!(out, SendOutcome::Sent { event_id: Some(_), .. }), "{out:?}");
+    let seen = bob
+        .expect("membership state input", |i| match i {
+            Input::StateEvent(s) if s.state_key == key && s.content.get("application").is_some() => {
+                Some(s.clone())
+            }
+            _ => None,
+        })
+        .await?;
     assert_eq!(seen.event_type, event_type);
     assert_eq!(seen.sender.as_str(), alice.user_id());
+    assert_eq!(seen.room_id, rid);
 
     // Delayed leave: scheduled, restarted (heartbeat), then the client disappears.
-    let leave = DelayedEventRequest {
-        room_id: RoomId::from(room.as_str()),
-        event: DelayedEvent::State {
-            event_type: event_type.into(),
-            state_key: key.clone(),
-            content: json!({}),
-        },
-        delay: Duration::from_secs(3),
+    let leave = || SendKind::DelayedStateEvent {
+        room_id: rid.clone(),
+        event_type: event_type.into(),
+        state_key: key.clone(),
+        content: json!({}),
+        delay_ms: 3000,
     };
-    let delay_id = alice.adapter.schedule_delayed(leave.clone()).await.map_err(anyhow_failure)?;
-    alice.adapter.update_delayed(&delay_id, DelayedAction::Restart).await.map_err(anyhow_failure)?;
-    // A cancelled one never fires, and is then unknown.
-    let other = alice.adapter.schedule_delayed(leave.clone()).await.map_err(anyhow_failure)?;
-    alice.adapter.update_delayed(&other, DelayedAction::Cancel).await.map_err(anyhow_failure)?;
-    let gone = alice.adapter.update_delayed(&other, DelayedAction::Restart).await;
-    assert!(matches!(gone, Err(Failure::Permanent { .. })), "{gone:?}");
+    let delay_id = |out: SendOutcome| match out {
+        SendOutcome::Sent { delay_id: Some(id), .. } => id,
+        other => panic!("not scheduled: {other:?}"),
+    };
+    let update = |delay_id: &str, action| SendKind::UpdateDelayedEvent { delay_id: delay_id.into(), action };
+    let id = delay_id(alice.adapter.execute(req(2, "unused", leave())).await);
+    let out = alice.adapter.execute(req(3, "unused", update(&id, DelayedAction::Restart))).await;
+    assert!(matches!(out, SendOutcome::Sent { .. }), "{out:?}");
+    // A cancelled one never fires, and is then unknown: M_NOT_FOUND.
+    let other = delay_id(alice.adapter.execute(req(4, "unused", leave())).await);
+    let out = alice.adapter.execute(req(5, "unused", update(&other, DelayedAction::Cancel))).await;
+    assert!(matches!(out, SendOutcome::Sent { .. }), "{out:?}");
+    let gone = alice.adapter.execute(req(6, "unused", update(&other, DelayedAction::Restart))).await;
+    match gone {
+        SendOutcome::Failed { retryable: false, errcode, .. } => {
+            assert_eq!(errcode.as_deref(), Some("M_NOT_FOUND"))
+        }
+        other => panic!("restart of a cancelled delayed event: {other:?}"),
+    }
 
     alice.sync.take();
     drop(alice);
     // Bob sees the leave ({}), sent by the homeserver, within the delay (+ generous slack).
-    expect_member_state(&mut bob_members, &key, |c| c.as_object().is_some_and(|o| o.is_empty())).await?;
-
+    bob.expect("delayed leave", |i| match i {
+        Input::StateEvent(s) if s.state_key == key && s.content.as_object().is_some_and(|o| o.is_empty()) => {
+            Some(())
+        }
+        _ => None,
+    })
+    .await?;
     Ok(())
 }
 
@@ -433,4 +470,94 @@ async fn expect_member_state(
 
 fn anyhow_failure(f: Failure) -> anyhow::Error {
     anyhow::anyhow!("{f:?}")
+}
+
+/// Group-call plumbing (no core yet): three users publish memberships in both dialects, see each
+/// other's, and one leaves; to-device signalling in the encrypted room is Olm-encrypted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_users_see_each_others_call_memberships_in_both_dialects() -> Result<()> {
+    let mut alice = Peer::new("alice").await?;
+    let bob = Peer::new("bob").await?;
+    let carol = Peer::new("carol").await?;
+    let mut subs = [&alice, &bob, &carol].map(|p| p.adapter.call_member_events());
+    let room = room_with(&mut alice, &[&bob, &carol], true).await?;
+
+    // Element Call style (`_@user_DEVICE`, one event per device) and famedly style (`@user`,
+    // a list of memberships).
+    let dialects = [("org.matrix.msc3401.call.member", true), ("com.famedly.call.member", false)];
+    for (event_type, per_device) in dialects {
+        for p in [&alice, &bob, &carol] {
+            let (key, content) = membership(p, per_device);
+            let out = p
+                .adapter
+                .send_state(StateEventRequest {
+                    room_id: RoomId::from(room.as_str()),
+                    event_type: event_type.into(),
+                    state_key: key,
+                    content,
+                    critical: false,
+                })
+                .await;
+            assert!(matches!(out, SendOutcome::Sent { event_id: Some(_), .. }), "{event_type}: {out:?}");
+        }
+        for rx in subs.iter_mut() {
+            for p in [&alice, &bob, &carol] {
+                let (key, _) = membership(p, per_device);
+                let s =
+                    expect_member_state(rx, &key, |c| c.as_object().is_some_and(|o| !o.is_empty())).await?;
+                assert_eq!(s.event_type, event_type);
+            }
+        }
+    }
+
+    // Carol leaves the call (both dialects: `{}`), critical sends.
+    for (event_type, per_device) in dialects {
+        let (key, _) = membership(&carol, per_device);
+        let out = carol
+            .adapter
+            .send_state(StateEventRequest {
+                room_id: RoomId::from(room.as_str()),
+                event_type: event_type.into(),
+                state_key: key.clone(),
+                content: json!({}),
+                critical: true,
+            })
+            .await;
+        assert!(matches!(out, SendOutcome::Sent { .. }), "{out:?}");
+        for rx in subs[..2].iter_mut() {
+            expect_member_state(rx, &key, |c| c.as_object().is_some_and(|o| o.is_empty())).await?;
+        }
+    }
+
+    // Mesh-style to-device signalling about this room: Olm because the room is encrypted.
+    let kind = to_device(
+        "m.call.invite",
+        Some(&room),
+        &[(&bob, json!({"call_id": "mesh", "room_id": room}))],
+        ToDeviceEncryption::IfRoomEncrypted,
+    );
+    assert_eq!(
+        alice.adapter.execute(req(1, &txn(), kind)).await,
+        SendOutcome::Sent { event_id: None, delay_id: None }
+    );
+    let mut bob = bob;
+    let ev = bob
+        .expect("mesh invite", |i| match i {
+            Input::ToDevice(e) if e.content["call_id"] == "mesh" => Some(e.clone()),
+            _ => None,
+        })
+        .await?;
+    assert!(ev.encrypted, "to-device about an encrypted room must be Olm-encrypted");
+    Ok(())
+}
+
+fn membership(p: &Peer, per_device: bool) -> (String, Value) {
+    let member = json!({"application": "m.call", "call_id": "", "scope": "m.room", "device_id": p.device_id(),
+                        "focus_active": {"type": "livekit", "focus_selection": "oldest_membership"},
+                        "foci_preferred": [], "expires": 14_400_000});
+    if per_device {
+        (format!("_{}_{}", p.user_id(), p.device_id()), member)
+    } else {
+        (p.user_id(), json!({"memberships": [member]}))
+    }
 }
