@@ -9,6 +9,7 @@ mod error;
 mod group;
 mod ids;
 mod input;
+mod keys;
 mod machine;
 pub mod media;
 mod output;

@@ -140,9 +140,15 @@ mod tests {
     #[test]
     fn defaults_per_dialect() {
         let f = KeyConfig::for_transport(KeyTransport::Famedly);
-        assert_eq!((f.key_len, f.ring_size, f.use_delay_ms, f.join_grace_ms, f.leave_delay_ms), (32, 16, 4000, 8000, 4000));
+        assert_eq!(
+            (f.key_len, f.ring_size, f.use_delay_ms, f.join_grace_ms, f.leave_delay_ms),
+            (32, 16, 4000, 8000, 4000)
+        );
         let e = KeyConfig::for_transport(KeyTransport::ElementCall);
-        assert_eq!((e.key_len, e.ring_size, e.use_delay_ms, e.join_grace_ms, e.leave_delay_ms), (16, 256, 1000, 10000, 0));
+        assert_eq!(
+            (e.key_len, e.ring_size, e.use_delay_ms, e.join_grace_ms, e.leave_delay_ms),
+            (16, 256, 1000, 10000, 0)
+        );
         let wild = KeyConfig { key_len: 1, ring_size: 1000, max_pending_keys: 0, ..e }.sanitized();
         assert_eq!((wild.key_len, wild.ring_size, wild.max_pending_keys), (16, 256, 1));
     }

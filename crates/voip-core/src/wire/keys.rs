@@ -129,9 +129,10 @@ pub fn parse(event_type: &str, content: &Value) -> Result<KeyEvent, WireError> {
             };
             let claimed_device = match claimed {
                 Some(d) => DeviceId::from(d),
-                None => DeviceId::from(f.id_opt("device_id")?.ok_or_else(|| {
-                    f.err("member.claimed_device_id", WireErrorKind::Missing)
-                })?),
+                None => DeviceId::from(
+                    f.id_opt("device_id")?
+                        .ok_or_else(|| f.err("member.claimed_device_id", WireErrorKind::Missing))?,
+                ),
             };
             let member_id = match &member {
                 Some(m) => m.id_opt("id")?.map(str::to_owned),
@@ -219,10 +220,8 @@ const LENIENT: GeneralPurposeConfig =
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
 const STANDARD_LENIENT: GeneralPurpose = GeneralPurpose::new(&alphabet::STANDARD, LENIENT);
 const URL_SAFE_LENIENT: GeneralPurpose = GeneralPurpose::new(&alphabet::URL_SAFE, LENIENT);
-const STANDARD_NO_PAD: GeneralPurpose = GeneralPurpose::new(
-    &alphabet::STANDARD,
-    GeneralPurposeConfig::new().with_encode_padding(false),
-);
+const STANDARD_NO_PAD: GeneralPurpose =
+    GeneralPurpose::new(&alphabet::STANDARD, GeneralPurposeConfig::new().with_encode_padding(false));
 
 /// Decodes base64 leniently: padded or not, standard or URL-safe alphabet, surrounding
 /// whitespace ignored.
@@ -341,7 +340,12 @@ mod tests {
     #[test]
     fn famedly_keys_and_request_round_trip() {
         let entry = KeyEntry { index: 3, key: vec![0xfb; 32] };
-        let c = famedly_keys_content(&RoomId::from("!r:x"), "conf", &DeviceId::from("D"), &[entry.clone()]);
+        let c = famedly_keys_content(
+            &RoomId::from("!r:x"),
+            "conf",
+            &DeviceId::from("D"),
+            std::slice::from_ref(&entry),
+        );
         assert_eq!(c["conf_id"], "conf");
         assert_eq!(c["call_id"], "conf");
         let KeyEvent::Keys(k) = parse(types::FAMEDLY_KEYS, &c).unwrap() else { panic!("keys") };
@@ -371,15 +375,33 @@ mod tests {
         let cases = [
             (types::ELEMENT_CALL_KEYS, json!([])),
             (types::ELEMENT_CALL_KEYS, json!({"room_id": "!r", "member": {"claimed_device_id": "D"}})),
-            (types::ELEMENT_CALL_KEYS, json!({"keys": {"index": 0, "key": "AAAA"}, "member": {"claimed_device_id": "D"}})),
-            (types::ELEMENT_CALL_KEYS, json!({"keys": {"index": 256, "key": "AAECAwQFBgcICQoLDA0ODw"}, "member": {"claimed_device_id": "D"}})),
-            (types::ELEMENT_CALL_KEYS, json!({"keys": {"index": "x", "key": "AAECAwQFBgcICQoLDA0ODw"}, "member": {"claimed_device_id": "D"}})),
-            (types::ELEMENT_CALL_KEYS, json!({"keys": {"index": 1, "key": "AAECAwQFBgcICQoLDA0ODw"}, "room_id": "!r"})),
+            (
+                types::ELEMENT_CALL_KEYS,
+                json!({"keys": {"index": 0, "key": "AAAA"}, "member": {"claimed_device_id": "D"}}),
+            ),
+            (
+                types::ELEMENT_CALL_KEYS,
+                json!({"keys": {"index": 256, "key": "AAECAwQFBgcICQoLDA0ODw"}, "member": {"claimed_device_id": "D"}}),
+            ),
+            (
+                types::ELEMENT_CALL_KEYS,
+                json!({"keys": {"index": "x", "key": "AAECAwQFBgcICQoLDA0ODw"}, "member": {"claimed_device_id": "D"}}),
+            ),
+            (
+                types::ELEMENT_CALL_KEYS,
+                json!({"keys": {"index": 1, "key": "AAECAwQFBgcICQoLDA0ODw"}, "room_id": "!r"}),
+            ),
             (types::ELEMENT_CALL_KEYS, json!({"keys": [], "device_id": "D"})),
             (types::ELEMENT_CALL_KEYS, json!({"keys": [3], "device_id": "D"})),
             (types::ELEMENT_CALL_KEYS, json!({"keys": "k", "device_id": "D"})),
-            (types::FAMEDLY_KEYS, json!({"keys": [{"index": 0, "key": "AAECAwQFBgcICQoLDA0ODw"}], "device_id": "D", "conf_id": "c"})),
-            (types::FAMEDLY_KEYS, json!({"keys": [{"index": 0, "key": "AAECAwQFBgcICQoLDA0ODw"}], "room_id": "!r", "device_id": "D"})),
+            (
+                types::FAMEDLY_KEYS,
+                json!({"keys": [{"index": 0, "key": "AAECAwQFBgcICQoLDA0ODw"}], "device_id": "D", "conf_id": "c"}),
+            ),
+            (
+                types::FAMEDLY_KEYS,
+                json!({"keys": [{"index": 0, "key": "AAECAwQFBgcICQoLDA0ODw"}], "room_id": "!r", "device_id": "D"}),
+            ),
             (types::FAMEDLY_KEYS_REQUEST, json!({"room_id": "!r", "conf_id": "c"})),
             ("m.other", json!({})),
         ];

@@ -7,6 +7,7 @@
 
 pub mod call;
 mod fields;
+pub mod keys;
 pub mod member;
 
 pub use fields::{WireError, WireErrorKind};
