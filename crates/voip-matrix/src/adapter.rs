@@ -74,8 +74,6 @@ pub(crate) struct Inner {
     pub(crate) options: AdapterOptions,
     inputs: mpsc::Sender<Input>,
     call_members: Mutex<Option<mpsc::Sender<CallMemberState>>>,
-    lanes: Mutex<HashMap<String, mpsc::UnboundedSender<SendRequest>>>,
-    workers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     handlers: Mutex<Vec<EventHandlerHandle>>,
     pub(crate) turn: tokio::sync::Mutex<TurnState>,
     pub(crate) delayed_events_supported: tokio::sync::OnceCell<bool>,
@@ -88,6 +86,16 @@ pub(crate) struct Inner {
 #[derive(Clone)]
 pub struct MatrixAdapter {
     pub(crate) inner: Arc<Inner>,
+    /// Owned by the app's handles only (lane workers hold `inner`, not this), so dropping the
+    /// last handle closes the lanes: the workers then finish every queued request and exit.
+    lanes: Arc<Lanes>,
+}
+
+/// The background send queues of [`MatrixAdapter::submit`].
+#[derive(Default)]
+struct Lanes {
+    senders: Mutex<HashMap<String, mpsc::UnboundedSender<SendRequest>>>,
+    workers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for MatrixAdapter {
@@ -114,13 +122,11 @@ impl MatrixAdapter {
             options,
             inputs: tx,
             call_members: Mutex::new(None),
-            lanes: Mutex::new(HashMap::new()),
-            workers: Mutex::new(Vec::new()),
             handlers: Mutex::new(Vec::new()),
             turn: tokio::sync::Mutex::new(TurnState::default()),
             delayed_events_supported: tokio::sync::OnceCell::new(),
         });
-        let adapter = Self { inner };
+        let adapter = Self { inner, lanes: Arc::new(Lanes::default()) };
         adapter.register_handlers();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let a = adapter.clone();
@@ -274,20 +280,21 @@ impl MatrixAdapter {
             SendKind::UpdateDelayedEvent { .. } => "delayed-updates".to_owned(),
             SendKind::ToDevice { .. } => "to-device".to_owned(),
         };
-        let mut lanes = self.inner.lanes.lock().expect("lanes lock");
+        let mut lanes = self.lanes.senders.lock().expect("lanes lock");
         let tx = lanes.entry(lane).or_insert_with(|| {
             let (tx, mut rx) = mpsc::unbounded_channel::<SendRequest>();
-            let adapter = self.clone();
+            // A handle without lanes of its own: no reference cycle through the queues.
+            let worker = MatrixAdapter { inner: self.inner.clone(), lanes: Arc::new(Lanes::default()) };
             let handle = tokio::spawn(async move {
                 while let Some(req) = rx.recv().await {
                     let id = req.id;
-                    let result = adapter.execute(req).await;
-                    if adapter.inner.inputs.send(Input::SendResult { id, result: result.clone() }).await.is_err() {
+                    let result = worker.execute(req).await;
+                    if worker.inner.inputs.send(Input::SendResult { id, result: result.clone() }).await.is_err() {
                         tracing::error!(%id, ?result, "input channel closed: send result not delivered to the core");
                     }
                 }
             });
-            self.inner.workers.lock().expect("workers lock").push(handle);
+            self.lanes.workers.lock().expect("workers lock").push(handle);
             tx
         });
         if let Err(mpsc::error::SendError(req)) = tx.send(req) {
@@ -296,10 +303,11 @@ impl MatrixAdapter {
     }
 
     /// Stops accepting submissions, waits until every submitted request has been executed and
-    /// its result queued on the input channel, and unregisters the event handlers.
+    /// its result queued on the input channel, and unregisters the event handlers. (Dropping
+    /// every handle of the adapter also lets queued requests finish, in the background.)
     pub async fn shutdown(&self) {
-        self.inner.lanes.lock().expect("lanes lock").clear();
-        let workers: Vec<_> = std::mem::take(&mut *self.inner.workers.lock().expect("workers lock"));
+        self.lanes.senders.lock().expect("lanes lock").clear();
+        let workers: Vec<_> = std::mem::take(&mut *self.lanes.workers.lock().expect("workers lock"));
         for w in workers {
             let _ = w.await;
         }

@@ -244,6 +244,26 @@ async fn membership_changes_and_submit_results() -> Result<()> {
         .await?;
     assert!(matches!(result, SendOutcome::Sent { event_id: Some(_), .. }), "{result:?}");
 
+    // Dropping the adapter right after submitting does not lose the send nor its result.
+    let (short_lived, mut short_inputs) = MatrixAdapter::new(alice.client.clone());
+    short_lived.submit(req(
+        79,
+        &txn(),
+        room_event(&room, "m.call.hangup", json!({"call_id": "c", "version": "1", "party_id": "p"})),
+    ));
+    drop(short_lived);
+    let result = tokio::time::timeout(TIMEOUT, async {
+        loop {
+            match short_inputs.recv().await {
+                Some(Input::SendResult { id, result }) if id.value() == 79 => break Some(result),
+                Some(_) => {}
+                None => break None,
+            }
+        }
+    })
+    .await?;
+    assert!(matches!(result, Some(SendOutcome::Sent { event_id: Some(_), .. })), "{result:?}");
+
     // A later adapter on the same client replays the stored membership of known rooms.
     let (late, mut late_inputs) = MatrixAdapter::new(alice.client.clone());
     late.room_state_inputs(&alice.client.get_room(&crate::rid(&room)?).expect("room")).await?;
