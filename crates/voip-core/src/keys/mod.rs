@@ -1195,6 +1195,113 @@ mod tests {
         }
     }
 
+    /// One step of a random membership history.
+    #[derive(Clone, Debug)]
+    enum Op {
+        /// The members (bit n: member n), and whether member 0 rejoined with a new member id.
+        Members(u8, bool),
+        Advance(u64),
+        Timeout,
+        /// A famedly key request from member n.
+        Request(usize),
+        /// An Element Call key from member n.
+        Key(usize, u8),
+    }
+
+    fn arb_op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (any::<u8>(), any::<bool>()).prop_map(|(m, r)| Op::Members(m & 0x3f, r)),
+            (0u64..15_000).prop_map(Op::Advance),
+            Just(Op::Timeout),
+            (0usize..6).prop_map(Op::Request),
+            (0usize..6, any::<u8>()).prop_map(|(n, b)| Op::Key(n, b)),
+        ]
+    }
+
+    fn members_of(bits: u8, rejoined: bool) -> BTreeSet<Participant> {
+        (0..6)
+            .filter(|n| bits & (1 << n) != 0)
+            .map(|n| {
+                let mut p = member(n);
+                if n == 0 && rejoined {
+                    p.member_id = "second-session".into();
+                }
+                p
+            })
+            .collect()
+    }
+
+    proptest! {
+        /// Security invariants over random histories, both transports: keys go only to current
+        /// members, one batch per key; once the timers have run, the key in use was never sent
+        /// to a device that is not a member; the held remote keys are current members' only.
+        #[test]
+        fn keys_reach_only_current_members(
+            famedly in any::<bool>(),
+            ops in prop::collection::vec(arb_op(), 1..40),
+        ) {
+            let t = if famedly { KeyTransport::Famedly } else { KeyTransport::ElementCall };
+            let mut h = Harness::new();
+            let mut km = manager(t);
+            let mut current: BTreeSet<Participant> = BTreeSet::new();
+            // Key (base64) -> devices it was sent to.
+            let mut recipients: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+            let mut in_use: Option<String> = None;
+            let ops = std::iter::once(Op::Members(0b11, false))
+                .chain(ops)
+                .chain([Op::Advance(20_000), Op::Timeout, Op::Advance(20_000), Op::Timeout]);
+            for op in ops {
+                match op {
+                    Op::Members(bits, rejoined) => {
+                        current = members_of(bits, rejoined);
+                        h.with(|ctx| km.set_members(ctx, &current));
+                    }
+                    Op::Advance(ms) => h.advance(ms),
+                    Op::Timeout => {
+                        if km.next_timer().is_some_and(|at| at <= h.now) {
+                            h.with(|ctx| km.handle_timeout(ctx));
+                        }
+                    }
+                    Op::Request(n) => {
+                        let p = member(n);
+                        let c = json!({"conf_id": "", "device_id": p.device_id, "room_id": ROOM});
+                        receive(&mut h, &mut km, &p, types::FAMEDLY_KEYS_REQUEST, &c);
+                    }
+                    Op::Key(n, b) => {
+                        let p = member(n);
+                        let c = ec_key(&p, u32::from(b), b, h.now.0);
+                        receive(&mut h, &mut km, &p, types::ELEMENT_CALL_KEYS, &c);
+                    }
+                }
+                let devices: BTreeSet<String> = current.iter().map(|p| p.device_id.to_string()).collect();
+                let (sends, keys) = h.drain();
+                for s in &sends {
+                    let targets = s.targets();
+                    prop_assert_eq!(targets.iter().collect::<BTreeSet<_>>().len(), targets.len());
+                    for d in &targets {
+                        prop_assert!(devices.contains(d), "{} is not a member", d);
+                    }
+                    if s.event_type == t.keys_event_type() {
+                        let (_, key) = key_of(s);
+                        recipients.entry(key).or_default().extend(targets);
+                    }
+                }
+                for k in keys.iter().filter(|k| k.local) {
+                    in_use = Some(k.key.clone());
+                }
+                for (p, _, _) in km.current_keys() {
+                    prop_assert!(current.contains(&p));
+                }
+            }
+            let devices: BTreeSet<String> = current.iter().map(|p| p.device_id.to_string()).collect();
+            let in_use = in_use.unwrap_or_default();
+            prop_assert_eq!(km.local_key().map(|(_, k)| wire::encode_key(&k)), Some(in_use.clone()));
+            for d in recipients.get(&in_use).into_iter().flatten() {
+                prop_assert!(devices.contains(d), "the key in use reached departed device {}", d);
+            }
+        }
+    }
+
     proptest! {
         #[test]
         fn arbitrary_contents_never_panic(
