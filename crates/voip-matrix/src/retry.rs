@@ -221,6 +221,43 @@ mod tests {
         );
     }
 
+    /// An SDK error as a homeserver response would produce it.
+    fn http_error(status: u16, body: &str) -> HttpError {
+        use matrix_sdk::ruma::api::client::uiaa::UiaaResponse;
+        use matrix_sdk::ruma::api::error::{Error as ApiError, FromHttpResponseError};
+        use matrix_sdk::ruma::api::EndpointError;
+        let response = matrix_sdk::ruma::exports::http::Response::builder()
+            .status(status)
+            .body(body.as_bytes())
+            .expect("response");
+        let error = ApiError::from_http_response(response);
+        HttpError::Api(Box::new(FromHttpResponseError::Server(UiaaResponse::MatrixError(error))))
+    }
+
+    #[test]
+    fn classifies_homeserver_errors() {
+        let limited =
+            http_error(429, r#"{"errcode":"M_LIMIT_EXCEEDED","error":"slow down","retry_after_ms":1500}"#);
+        assert!(matches!(
+            classify_http(&limited),
+            Failure::RateLimited { retry_after: Some(d), .. } if d == Duration::from_millis(1500)
+        ));
+        let bare_429 = http_error(429, r#"{"errcode":"M_LIMIT_EXCEEDED","error":"slow down"}"#);
+        assert!(matches!(classify_http(&bare_429), Failure::RateLimited { retry_after: None, .. }));
+        let unavailable = http_error(502, "<html>bad gateway</html>");
+        assert!(matches!(classify_http(&unavailable), Failure::Transient(_)));
+        let not_found = http_error(404, r#"{"errcode":"M_NOT_FOUND","error":"no such delayed event"}"#);
+        match classify_http(&not_found) {
+            Failure::Permanent { retryable: false, errcode, .. } => {
+                assert_eq!(errcode.as_deref(), Some("M_NOT_FOUND"))
+            }
+            other => panic!("{other:?}"),
+        }
+        let forbidden =
+            matrix_sdk::Error::Http(Box::new(http_error(403, r#"{"errcode":"M_FORBIDDEN","error":"no"}"#)));
+        assert!(matches!(classify(&forbidden), Failure::Permanent { retryable: false, .. }));
+    }
+
     #[tokio::test]
     async fn loop_retries_transient_then_succeeds() {
         let calls = AtomicU32::new(0);
