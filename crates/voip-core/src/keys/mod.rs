@@ -41,6 +41,9 @@ use crate::wire::WireError;
 /// Transaction-id prefix of key sends.
 const TXN_PREFIX: &str = "voip.keys";
 
+/// The MatrixRTC application of calls (Element Call's `session.application`).
+const CALL_APPLICATION: &str = "m.call";
+
 /// A member device.
 type DeviceKey = (UserId, DeviceId);
 
@@ -69,7 +72,8 @@ pub(crate) enum KeyIgnored {
     DeviceMismatch,
     /// `room_id` is missing or another room's.
     WrongRoom,
-    /// The call id (`conf_id`, `session.call_id`) is another call's.
+    /// The call id (`conf_id`, `session.call_id`) is another call's, or the Element Call
+    /// `session.application` is not `m.call`.
     WrongCall,
     /// From our own device.
     OwnDevice,
@@ -249,7 +253,11 @@ impl KeyManager {
         if room_id != Some(&self.group.room_id) {
             return Ok(Ign(KeyIgnored::WrongRoom));
         }
-        if call_id != &self.group.call_id {
+        let application = match &event {
+            KeyEvent::Keys(k) => k.application.as_deref(),
+            KeyEvent::Request(_) => None,
+        };
+        if call_id != &self.group.call_id || application.is_some_and(|a| a != CALL_APPLICATION) {
             return Ok(Ign(KeyIgnored::WrongCall));
         }
         if claimed != device {
@@ -1020,6 +1028,12 @@ mod tests {
         other_call["session"]["call_id"] = json!("x");
         assert_eq!(
             receive(&mut h, &mut km, &p, t, &other_call),
+            KeyDisposition::Ignored(KeyIgnored::WrongCall)
+        );
+        let mut other_app = c.clone();
+        other_app["session"]["application"] = json!("m.other");
+        assert_eq!(
+            receive(&mut h, &mut km, &p, t, &other_app),
             KeyDisposition::Ignored(KeyIgnored::WrongCall)
         );
         let mine = ec_key(&me(), 0, 1, 1);

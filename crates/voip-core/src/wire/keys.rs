@@ -59,6 +59,8 @@ pub struct KeysContent {
     pub room_id: Option<RoomId>,
     /// famedly `conf_id`/`call_id`, Element Call `session.call_id`/`call_id` (`""` when absent).
     pub call_id: String,
+    /// Element Call `session.application`, when present (`m.call` for calls).
+    pub application: Option<String>,
     /// The device the sender claims to be (`device_id`, `member.claimed_device_id`).
     pub claimed_device: DeviceId,
     /// Element Call `member.id`, when present.
@@ -108,6 +110,7 @@ pub fn parse(event_type: &str, content: &Value) -> Result<KeyEvent, WireError> {
             Ok(KeyEvent::Keys(KeysContent {
                 room_id: Some(room_id),
                 call_id,
+                application: None,
                 claimed_device,
                 member_id: None,
                 sent_ts: f.u64_opt("sent_ts")?.map(Timestamp),
@@ -138,6 +141,10 @@ pub fn parse(event_type: &str, content: &Value) -> Result<KeyEvent, WireError> {
                 Some(m) => m.id_opt("id")?.map(str::to_owned),
                 None => None,
             };
+            let application = match &session {
+                Some(s) => s.id_opt("application")?.map(str::to_owned),
+                None => None,
+            };
             let session_call = match &session {
                 Some(s) => s.str_opt("call_id", MAX_ID_LEN)?,
                 None => None,
@@ -150,6 +157,7 @@ pub fn parse(event_type: &str, content: &Value) -> Result<KeyEvent, WireError> {
             Ok(KeyEvent::Keys(KeysContent {
                 room_id,
                 call_id,
+                application,
                 claimed_device,
                 member_id,
                 sent_ts: f.u64_opt("sent_ts")?.map(Timestamp),
@@ -319,6 +327,7 @@ mod tests {
         let KeyEvent::Keys(k) = parse(types::ELEMENT_CALL_KEYS, &c).unwrap() else { panic!("keys") };
         assert_eq!(k.room_id, Some(RoomId::from("!r:x")));
         assert_eq!(k.call_id, "");
+        assert_eq!(k.application.as_deref(), Some("m.call"));
         assert_eq!(k.claimed_device, DeviceId::from("DEV"));
         assert_eq!(k.member_id.as_deref(), Some("@a:x:DEV"));
         assert_eq!(k.sent_ts, Some(Timestamp(1234)));
