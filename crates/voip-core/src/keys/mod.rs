@@ -737,6 +737,34 @@ mod tests {
         }
     }
 
+    /// The benchmark case: a rotation for 100 members is ONE to-device send of 100 messages.
+    #[test]
+    fn a_rotation_for_100_members_is_one_batch() {
+        for t in [KeyTransport::ElementCall, KeyTransport::Famedly] {
+            let mut h = Harness::new();
+            let mut km = manager(t);
+            let all: Vec<usize> = (0..101).collect();
+            h.with(|ctx| km.set_members(ctx, &set(&all)));
+            h.out.clear();
+            h.with(|ctx| km.set_members(ctx, &set(&all[1..])));
+            h.advance(KeyConfig::for_transport(t).leave_delay_ms);
+            h.with(|ctx| km.handle_timeout(ctx));
+            let sends: Vec<_> = h
+                .out
+                .iter()
+                .filter_map(|o| match o {
+                    Output::Send(r) => Some(r.clone()),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(sends.len(), 1, "{t:?}");
+            assert!(sends[0].txn_id.starts_with("voip.keys."));
+            let SendKind::ToDevice { messages, .. } = &sends[0].kind else { panic!("to-device") };
+            assert_eq!(messages.len(), 100);
+            assert!(messages.iter().all(|m| m.device_id.as_str() != "D000"));
+        }
+    }
+
     #[test]
     fn a_join_with_nobody_else_sends_nothing_but_uses_the_key() {
         let mut h = Harness::new();
