@@ -25,6 +25,10 @@ use crate::wire::call::{self as wire, types, CallEvent, CallVersion, Common};
 use crate::wire::member;
 use crate::wire::{WireError, WireErrorKind};
 
+/// Delay before a mesh call that ended is set up again, and how often per peer session.
+const MESH_RETRY_MS: u64 = 2_000;
+const MESH_MAX_ATTEMPTS: u32 = 3;
+
 /// Most ended call ids remembered, and most unknown calls with buffered candidates.
 const MAX_ENDED: usize = 4096;
 const MAX_ORPHANS: usize = 64;
@@ -134,6 +138,14 @@ pub struct Voip {
     delayed_events: Option<bool>,
     /// Memberships expiring up to here have been accounted for.
     expiry_checked: Timestamp,
+    /// Counter of group joins (see `GroupCall::generation`).
+    group_generation: u64,
+    /// Mesh invites that overtook their sender's membership.
+    pending_mesh: Vec<PendingMeshInvite>,
+    /// Groups whose mesh needs another look (a peer call ended), and when.
+    mesh_retry: BTreeMap<GroupCallId, Timestamp>,
+    /// Calls placed per (group, peer, peer session) since the last one that connected.
+    mesh_attempts: BTreeMap<(GroupCallId, UserId, DeviceId, String), u32>,
 }
 
 macro_rules! ctx {
@@ -171,6 +183,10 @@ impl Voip {
             observed: BTreeMap::new(),
             delayed_events: None,
             expiry_checked: Timestamp(0),
+            group_generation: 0,
+            pending_mesh: Vec::new(),
+            mesh_retry: BTreeMap::new(),
+            mesh_attempts: BTreeMap::new(),
         }
     }
 
@@ -236,8 +252,8 @@ impl Voip {
                 let mut errcode = None;
                 let verdict = match result {
                     SendOutcome::Sent { delay_id, .. } => {
-                        if let Some((group, op)) = self.sends.sent(id, &mut self.out) {
-                            self.group_sent(&group, op, delay_id);
+                        if let Some((group, generation, op)) = self.sends.sent(id, &mut self.out) {
+                            self.group_sent(&group, generation, op, delay_id);
                         }
                         SendVerdict::Nothing
                     }
@@ -267,8 +283,8 @@ impl Voip {
                     if let Some(call) = call_id.and_then(|c| self.calls.get_mut(&c)) {
                         call.send_gave_up(&mut ctx!(self), purpose);
                     }
-                    if let Some((group, op)) = group {
-                        self.group_failed(&group, op, errcode.as_deref());
+                    if let Some((group, generation, op)) = group {
+                        self.group_failed(&group, generation, op, errcode.as_deref());
                     }
                 }
                 Ok(())
@@ -328,11 +344,19 @@ impl Voip {
                 });
             }
         }
+        if let Some(at) = self.mesh_retry.values().min() {
+            offer(Deadline { at: *at, reason: TimerKind::GroupMembership, call_id: None, request_id: None });
+        }
         if let Some(at) = self.store.next_expiry(self.now) {
             offer(Deadline { at, reason: TimerKind::MembershipExpiry, call_id: None, request_id: None });
         }
-        let housekeeping =
-            self.ended.values().map(|e| e.forget_at).chain(self.orphans.values().map(|o| o.expires_at)).min();
+        let housekeeping = self
+            .ended
+            .values()
+            .map(|e| e.forget_at)
+            .chain(self.orphans.values().map(|o| o.expires_at))
+            .chain(self.pending_mesh.iter().map(|p| p.expires_at))
+            .min();
         if let Some(at) = housekeeping {
             offer(Deadline {
                 at: at.max(self.now),
@@ -426,12 +450,21 @@ impl Voip {
                 owned_state_keys,
             } => {
                 let group = GroupCallId { room_id, call_id };
-                if self.groups.get(&group).is_some_and(|g| g.state != GroupCallState::Left) {
+                if self
+                    .groups
+                    .get(&group)
+                    .is_some_and(|g| matches!(g.state, GroupCallState::Joining | GroupCallState::Joined))
+                {
                     return Err(ApiMisuse::AlreadyInGroupCall { group }.into());
                 }
+                // Joining again while our leave is still on its way replaces the old join; the
+                // old join's late results are told apart by the generation.
+                self.group_generation += 1;
                 let params =
                     JoinParams { group: group.clone(), application, scope, dialect, focus, owned_state_keys };
-                let g = GroupCall::join(&mut ctx!(self), &self.store, params, self.delayed_events);
+                let generation = self.group_generation;
+                let g =
+                    GroupCall::join(&mut ctx!(self), &self.store, params, self.delayed_events, generation);
                 self.groups.insert(group.clone(), g);
                 self.observed.remove(&group);
                 self.refresh_group(&group);
@@ -918,6 +951,14 @@ impl Voip {
             {
                 continue;
             }
+            let attempts = self
+                .mesh_attempts
+                .entry((group.clone(), p.user_id.clone(), p.device_id.clone(), p.member_id.clone()))
+                .or_insert(0);
+            if *attempts >= MESH_MAX_ATTEMPTS {
+                continue;
+            }
+            *attempts += 1;
             let id = CallId(format!("{}{}", ctx.now.0, ctx.rng.alnum(16)));
             let params = Outgoing {
                 id: id.clone(),
@@ -938,6 +979,29 @@ impl Voip {
         self.collect_ended();
     }
 
+    /// Re-evaluates mesh invites that waited for their sender's membership.
+    fn retry_pending_mesh(&mut self, group: &GroupCallId) {
+        let now = self.now;
+        let (ready, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending_mesh)
+            .into_iter()
+            .filter(|p| p.expires_at > now)
+            .partition(|p| p.room_id == group.room_id);
+        self.pending_mesh = keep;
+        for p in ready {
+            let source = Source {
+                room_id: p.room_id.clone(),
+                sender: &p.sender,
+                device: Some(&p.device),
+                age_ms: None,
+                signalling: Signalling::ToDevice,
+            };
+            let call_id = CallId(p.common.call_id.clone());
+            if !self.calls.contains_key(&call_id) && !self.ended.contains_key(&call_id) {
+                self.handle_mesh_invite(source, p.common, p.invite);
+            }
+        }
+    }
+
     /// A mesh invite (to-device with `conf_id`): answered automatically when it is for a group
     /// call we are in, addressed to our session, and from the sender's current session.
     fn handle_mesh_invite(&mut self, source: Source<'_>, common: Common, invite: InviteParts) {
@@ -949,7 +1013,11 @@ impl Voip {
             self.counters.malformed += 1;
             return;
         };
-        let Some(g) = self.groups.get(&group).filter(|g| g.state == GroupCallState::Joined) else {
+        let Some(g) = self
+            .groups
+            .get(&group)
+            .filter(|g| matches!(g.state, GroupCallState::Joined | GroupCallState::Joining))
+        else {
             // Not in that group call: refuse, so the caller does not wait (MSC3401).
             let mut ctx = ctx!(self);
             let call_id = CallId(common.call_id.clone());
@@ -972,8 +1040,22 @@ impl Voip {
             && member.as_ref().is_some_and(|m| {
                 common.to_device.sender_session_id.as_deref().is_none_or(|s| s == m.member_id)
             });
+        let for_us = common.to_device.dest_session_id.as_deref().is_none_or(|d| d == our_session);
         let Some(member) = member.filter(|_| sessions_ok) else {
-            self.counters.not_for_us += 1;
+            if for_us && self.pending_mesh.len() < 32 {
+                // Addressed to us, but we have not seen the sender's (new) membership yet: the
+                // invite may simply have overtaken it. Keep it until the membership arrives.
+                self.pending_mesh.push(PendingMeshInvite {
+                    expires_at: self.now.plus(10_000),
+                    room_id: source.room_id.clone(),
+                    sender: source.sender.clone(),
+                    device: device.clone(),
+                    common,
+                    invite,
+                });
+            } else {
+                self.counters.not_for_us += 1;
+            }
             return;
         };
         let call_id = CallId(common.call_id.clone());
@@ -1102,6 +1184,7 @@ impl Voip {
             let mut ctx = ctx!(self);
             g.on_members(&mut ctx, &self.store, &joined);
             self.reconcile_mesh(group);
+            self.retry_pending_mesh(group);
             return;
         }
         let me = (&self.local.user_id, &self.local.device_id);
@@ -1128,17 +1211,17 @@ impl Voip {
         }
     }
 
-    fn group_sent(&mut self, group: &GroupCallId, op: GroupOp, delay_id: Option<String>) {
+    fn group_sent(&mut self, group: &GroupCallId, generation: u64, op: GroupOp, delay_id: Option<String>) {
         let mut ctx = ctx!(self);
-        if let Some(g) = self.groups.get_mut(group) {
+        if let Some(g) = self.groups.get_mut(group).filter(|g| g.generation == generation) {
             g.on_sent(&mut ctx, &self.store, op, delay_id);
         }
         self.collect_left_groups();
     }
 
-    fn group_failed(&mut self, group: &GroupCallId, op: GroupOp, errcode: Option<&str>) {
+    fn group_failed(&mut self, group: &GroupCallId, generation: u64, op: GroupOp, errcode: Option<&str>) {
         let mut ctx = ctx!(self);
-        if let Some(g) = self.groups.get_mut(group) {
+        if let Some(g) = self.groups.get_mut(group).filter(|g| g.generation == generation) {
             g.on_failed(&mut ctx, &self.store, op, errcode);
         }
         self.collect_left_groups();
@@ -1192,6 +1275,12 @@ impl Voip {
                 g.handle_timeout(&mut ctx, &self.store);
             }
         }
+        let retry: Vec<GroupCallId> =
+            self.mesh_retry.iter().filter(|(_, at)| **at <= self.now).map(|(g, _)| g.clone()).collect();
+        for g in retry {
+            self.mesh_retry.remove(&g);
+            self.reconcile_mesh(&g);
+        }
         if self.now > self.expiry_checked {
             for g in self.store.expiring(self.expiry_checked, self.now) {
                 self.refresh_group(&g);
@@ -1199,6 +1288,7 @@ impl Voip {
             self.expiry_checked = self.now;
         }
         let now = self.now;
+        self.pending_mesh.retain(|p| p.expires_at > now);
         self.ended.retain(|_, e| e.forget_at > now);
         self.orphans.retain(|_, o| o.expires_at > now);
         self.collect_ended();
@@ -1209,13 +1299,42 @@ impl Voip {
         for id in done {
             if let Some(call) = self.calls.remove(&id) {
                 self.sends.call_ended(&id, &mut self.out);
+                if let (Some(link), Some(device)) = (&call.group, &call.peer_device) {
+                    // A mesh call ended while the group goes on: set it up again shortly, if
+                    // the peer is still there (bounded per peer session; a call that had
+                    // connected resets the count).
+                    let key = (
+                        link.group.clone(),
+                        call.peer_user.clone(),
+                        device.clone(),
+                        link.remote_session.clone(),
+                    );
+                    if call.ever_connected {
+                        self.mesh_attempts.remove(&key);
+                    }
+                    if self.groups.contains_key(&link.group) {
+                        self.mesh_retry.entry(link.group.clone()).or_insert(self.now.plus(MESH_RETRY_MS));
+                    }
+                }
                 self.remember_ended(id, call.peer_user);
             }
         }
     }
 }
 
+/// A mesh invite waiting for its sender's membership.
+#[derive(Debug)]
+struct PendingMeshInvite {
+    expires_at: Timestamp,
+    room_id: RoomId,
+    sender: UserId,
+    device: DeviceId,
+    common: Common,
+    invite: InviteParts,
+}
+
 /// The invite-specific fields, handed from dispatch to `handle_invite`.
+#[derive(Debug)]
 struct InviteParts {
     offer: crate::media::SessionDescription,
     lifetime: Option<u64>,

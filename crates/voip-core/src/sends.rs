@@ -27,7 +27,7 @@ pub(crate) enum SendPurpose {
 struct Pending {
     call_id: Option<CallId>,
     /// The group call and operation a group send belongs to.
-    group: Option<(GroupCallId, GroupOp)>,
+    group: Option<(GroupCallId, u64, GroupOp)>,
     purpose: SendPurpose,
     txn_id: String,
     kind: SendKind,
@@ -56,7 +56,7 @@ pub(crate) enum SendVerdict {
     /// Done (sent, or retry scheduled, or unknown id).
     Nothing,
     /// The send failed for good.
-    GaveUp { call_id: Option<CallId>, purpose: SendPurpose, group: Option<(GroupCallId, GroupOp)> },
+    GaveUp { call_id: Option<CallId>, purpose: SendPurpose, group: Option<(GroupCallId, u64, GroupOp)> },
 }
 
 #[derive(Debug, Default)]
@@ -98,9 +98,9 @@ impl SendTable {
     }
 
     /// Tags a send as a group operation, so its result reaches the group.
-    pub(crate) fn tag_group(&mut self, id: RequestId, group: GroupCallId, op: GroupOp) {
+    pub(crate) fn tag_group(&mut self, id: RequestId, group: GroupCallId, generation: u64, op: GroupOp) {
         if let Some(p) = self.pending.get_mut(&id) {
-            p.group = Some((group, op));
+            p.group = Some((group, generation, op));
         }
     }
 
@@ -134,7 +134,7 @@ impl SendTable {
         &mut self,
         id: RequestId,
         out: &mut VecDeque<Output>,
-    ) -> Option<(GroupCallId, GroupOp)> {
+    ) -> Option<(GroupCallId, u64, GroupOp)> {
         let p = self.pending.remove(&id)?;
         if p.retrying {
             self.release(p.room().cloned(), out);

@@ -140,6 +140,19 @@ impl Sim {
     /// lost, memberships it left behind stay in the room). Room memberships are re-fed.
     pub fn replace_device(&mut self, d: DeviceIdx, config: Config) {
         let local = self.devices[d.0].voip.local_device().clone();
+        // The old process is gone: its media engine's reports and its send results die with it.
+        let dead: Vec<u64> = self
+            .queue
+            .iter()
+            .filter(|Reverse((_, _, to))| *to == d)
+            .map(|Reverse((_, seq, _))| *seq)
+            .filter(|seq| {
+                matches!(self.inflight.get(seq), Some(Input::Media { .. } | Input::SendResult { .. }))
+            })
+            .collect();
+        for seq in dead {
+            self.inflight.remove(&seq);
+        }
         let seed = seed_from_u64(self.rng.next_u64());
         self.devices[d.0].voip = Voip::new(config, local, seed);
         self.devices[d.0].media = FakeMedia::new();
@@ -510,7 +523,8 @@ impl Sim {
                 break;
             }
             let Reverse((_, seq, to)) = self.queue.pop().expect("peeked");
-            let input = self.inflight.remove(&seq).expect("every queued delivery has its input");
+            // Deliveries cancelled by a device restart have no input left.
+            let Some(input) = self.inflight.remove(&seq) else { continue };
             if self.devices[to.0].offline {
                 // Like /sync after a network outage: it arrives once the device is back.
                 held.push((seq, to, input));

@@ -125,6 +125,8 @@ pub(crate) struct Call {
     seq: u64,
     /// Glare: answer with this media as soon as the call rings.
     pub(crate) auto_answer: Option<CallType>,
+    /// Media connected at least once.
+    pub(crate) ever_connected: bool,
     /// `RingtoneStarted` was emitted and not yet stopped.
     ringtone: bool,
     /// Whether anything of this call went on the wire (invite, answer, reject…).
@@ -217,6 +219,7 @@ impl Call {
             seq: 0,
             auto_answer: None,
             ringtone: false,
+            ever_connected: false,
             on_wire: false,
             group: None,
             reorder: remote::Reorder::default(),
@@ -949,6 +952,7 @@ impl Call {
                 self.timers.clear(TimerKind::IceFailed);
                 self.ice_restarts = 0;
                 if matches!(self.state, CallState::Connecting) {
+                    self.ever_connected = true;
                     self.set_state(ctx, CallState::Connected);
                 }
             }

@@ -40,6 +40,8 @@ pub(crate) enum GroupOp {
     SendDelayedLeave,
     /// The leave state event itself.
     Leave,
+    /// Cancelling a delayed leave we no longer want (its result does not matter).
+    Cancel,
 }
 
 /// Our state in a group call.
@@ -90,6 +92,9 @@ pub(crate) struct GroupCall {
     pub(crate) focus: Focus,
     owned_state_keys: bool,
     pub(crate) member_id: String,
+    /// Distinguishes this join from earlier ones of the same group call, so that results of an
+    /// earlier join's sends are not applied to this one.
+    pub(crate) generation: u64,
     pub(crate) state: GroupCallState,
     created_ts: Option<Timestamp>,
     pub(crate) participants: BTreeSet<Participant>,
@@ -108,6 +113,7 @@ impl GroupCall {
         store: &MembershipStore,
         p: JoinParams,
         delayed_supported: Option<bool>,
+        generation: u64,
     ) -> GroupCall {
         let member_id = match p.dialect {
             // Element Call's state-mode membership id, which is also the LiveKit identity.
@@ -129,6 +135,7 @@ impl GroupCall {
             focus: p.focus,
             owned_state_keys: p.owned_state_keys,
             member_id,
+            generation,
             state: GroupCallState::Joining,
             created_ts: None,
             participants: BTreeSet::new(),
@@ -245,7 +252,7 @@ impl GroupCall {
             SendPurpose::Other
         };
         let id = ctx.sends.send(ctx.out, None, purpose, "voip.group", kind);
-        ctx.sends.tag_group(id, self.id.clone(), op);
+        ctx.sends.tag_group(id, self.id.clone(), self.generation, op);
     }
 
     fn send_membership(&mut self, ctx: &mut Ctx<'_>, store: &MembershipStore) {
@@ -326,7 +333,7 @@ impl GroupCall {
                     (Some(id), _) => self.send(
                         ctx,
                         SendKind::UpdateDelayedEvent { delay_id: id, action: DelayedAction::Cancel },
-                        GroupOp::Heartbeat,
+                        GroupOp::Cancel,
                     ),
                     (None, _) => tracing::warn!("delayed event scheduled without a delay_id"),
                 }
@@ -337,6 +344,7 @@ impl GroupCall {
                 }
             }
             GroupOp::SendDelayedLeave | GroupOp::Leave => self.set_state(ctx, GroupCallState::Left),
+            GroupOp::Cancel => {}
         }
     }
 
@@ -388,6 +396,7 @@ impl GroupCall {
                 self.send(ctx, kind, GroupOp::Leave);
             }
             GroupOp::Leave => self.set_state(ctx, GroupCallState::Left),
+            GroupOp::Cancel => {}
         }
     }
 
@@ -454,8 +463,16 @@ impl GroupCall {
             // Our membership vanished while we are in the call (the server fired our delayed
             // leave, or it expired): join again at once.
             tracing::info!("our membership vanished; rejoining");
-            self.delay_id = None;
             self.heartbeat_at = None;
+            // The leave that fired may not have been ours (an earlier process of this device
+            // left one behind); ours would fire later and kick us out again: cancel it.
+            if let Some(old) = self.delay_id.take() {
+                self.send(
+                    ctx,
+                    SendKind::UpdateDelayedEvent { delay_id: old, action: DelayedAction::Cancel },
+                    GroupOp::Cancel,
+                );
+            }
             self.send_membership(ctx, store);
         }
         let now: BTreeSet<Participant> =
