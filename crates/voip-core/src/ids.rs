@@ -165,4 +165,14 @@ impl Participant {
     pub fn livekit_identity(&self) -> String {
         format!("{}:{}", self.user_id, self.device_id)
     }
+
+    /// LiveKit participant identity in MatrixRTC sticky-event mode and lk-jwt-service
+    /// `/get_token`: unpadded base64 of SHA-256 over the JSON `[user_id, device_id, member_id]`.
+    pub fn livekit_hashed_identity(&self) -> String {
+        crate::wire::keys::hashed_livekit_identity(
+            self.user_id.as_str(),
+            self.device_id.as_str(),
+            &self.member_id,
+        )
+    }
 }

@@ -188,6 +188,18 @@ pub enum Command {
         #[serde(default)]
         call_id: String,
     },
+    /// Ask members of an SFU group call for their media keys (famedly key request; Element Call
+    /// has no request event, its members re-send keys on their own).
+    RequestEncryptionKeys {
+        /// The room.
+        room_id: RoomId,
+        /// `call_id`.
+        #[serde(default)]
+        call_id: String,
+        /// Whom to ask; `None` asks every current member.
+        #[serde(default)]
+        participants: Option<Vec<crate::ids::Participant>>,
+    },
     /// Override the busy policy: `Some(false)` refuses every new call, `Some(true)` accepts every
     /// new call, `None` returns to [`crate::Config::busy_when_in_call`].
     SetCanHandleNewCall {

@@ -30,7 +30,7 @@ pub use ids::{
 pub use input::{
     Command, Input, Membership, RoomEvent, RoomMember, SendOutcome, Signalling, StateEvent, ToDeviceEvent,
 };
-pub use machine::{Counters, Voip};
+pub use machine::{Counters, MediaKeys, Voip};
 pub use media::{CallType, MediaCommand, MediaEvent};
 pub use output::{
     CallDirection, CallState, DelayedAction, EndReason, Event, Initiator, LocalStream, Output, RemoteStream,

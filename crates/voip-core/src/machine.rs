@@ -479,6 +479,17 @@ impl Voip {
                 self.reconcile_mesh(&group);
                 Ok(None)
             }
+            Command::RequestEncryptionKeys { room_id, call_id, participants } => {
+                let group = GroupCallId { room_id, call_id };
+                let mut ctx = ctx!(self);
+                let g =
+                    self.groups.get_mut(&group).ok_or(ApiMisuse::NotInGroupCall { group: group.clone() })?;
+                let from = participants.unwrap_or_else(|| g.participants.iter().cloned().collect());
+                if let Some(keys) = g.keys.as_mut() {
+                    keys.request_keys(&mut ctx, &from);
+                }
+                Ok(None)
+            }
             Command::SetCanHandleNewCall { value } => {
                 self.can_handle_override = value;
                 Ok(None)
@@ -614,6 +625,9 @@ impl Voip {
         e: ToDeviceEvent,
         settled: &BTreeSet<(String, UserId)>,
     ) -> Result<(), Error> {
+        if crate::keys::is_key_event_type(&e.event_type) {
+            return self.handle_key_event(e);
+        }
         if !wire::is_call_event_type(&e.event_type) {
             return Ok(());
         }
@@ -979,6 +993,38 @@ impl Voip {
         self.collect_ended();
     }
 
+    /// A media-key (or key request) to-device event: to the key manager of its group call.
+    fn handle_key_event(&mut self, e: ToDeviceEvent) -> Result<(), Error> {
+        let group = crate::keys::key_event_group(&e.event_type, &e.content);
+        let mut ctx = ctx!(self);
+        let Some(keys) = group.and_then(|g| self.groups.get_mut(&g)).and_then(|g| g.keys.as_mut()) else {
+            self.counters.not_for_us += 1;
+            return Ok(());
+        };
+        match keys.handle_to_device(
+            &mut ctx,
+            &e.sender,
+            e.sender_device.as_ref(),
+            e.encrypted,
+            &e.event_type,
+            &e.content,
+        ) {
+            Ok(crate::keys::KeyDisposition::Ignored(why)) => {
+                tracing::debug!(?why, sender = %e.sender, "media key ignored");
+                self.counters.not_from_peer += 1;
+                Ok(())
+            }
+            Ok(_) => {
+                self.counters.applied += 1;
+                Ok(())
+            }
+            Err(err) => {
+                self.counters.malformed += 1;
+                Err(err.into())
+            }
+        }
+    }
+
     /// Re-evaluates mesh invites that waited for their sender's membership.
     fn retry_pending_mesh(&mut self, group: &GroupCallId) {
         let now = self.now;
@@ -1231,6 +1277,18 @@ impl Voip {
         self.groups.retain(|_, g| g.state != GroupCallState::Left);
     }
 
+    /// The media keys of an SFU group call we are in: ours in use, and the latest of every
+    /// current member (keys as standard padded base64). `None` if we are not in it or it is a
+    /// mesh call.
+    pub fn media_keys(&self, group: &GroupCallId) -> Option<MediaKeys> {
+        let keys = self.groups.get(group)?.keys.as_ref()?;
+        let b64 = |k: &[u8]| crate::wire::keys::encode_key(k);
+        Some(MediaKeys {
+            local: keys.local_key().map(|(i, k)| (i, b64(&k))),
+            remote: keys.current_keys().into_iter().map(|(p, i, k)| (p, i, b64(&k))).collect(),
+        })
+    }
+
     /// A snapshot of a group call (joined or only observed).
     pub fn group_call(&self, group: &GroupCallId) -> GroupCallInfo {
         let me = (&self.local.user_id, &self.local.device_id);
@@ -1320,6 +1378,15 @@ impl Voip {
             }
         }
     }
+}
+
+/// Media keys of an SFU group call (see [`Voip::media_keys`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MediaKeys {
+    /// Our key in use: (index, key).
+    pub local: Option<(u32, String)>,
+    /// The latest key of each current member: (member, index, key).
+    pub remote: Vec<(crate::ids::Participant, u32, String)>,
 }
 
 /// A mesh invite waiting for its sender's membership.

@@ -22,6 +22,7 @@ use serde_json::{json, Value};
 
 use crate::ctx::Ctx;
 use crate::ids::{GroupCallId, Participant, Timestamp, UserId};
+use crate::keys::{KeyConfig, KeyManager, KeyTransport};
 use crate::output::{DelayedAction, Event, SendKind};
 use crate::sends::SendPurpose;
 use crate::wire::member::{self, Focus, FocusSelection, MemberEntry, MembershipDialect};
@@ -104,6 +105,8 @@ pub(crate) struct GroupCall {
     scheduling: bool,
     refresh_at: Option<Timestamp>,
     heartbeat_at: Option<Timestamp>,
+    /// Media keys, for SFU (LiveKit) calls.
+    pub(crate) keys: Option<KeyManager>,
 }
 
 impl GroupCall {
@@ -145,14 +148,23 @@ impl GroupCall {
             scheduling: false,
             refresh_at: None,
             heartbeat_at: None,
+            keys: None,
         };
+        if matches!(g.focus, Focus::Livekit { .. }) {
+            let transport = match g.dialect {
+                MembershipDialect::Famedly => KeyTransport::Famedly,
+                MembershipDialect::MatrixRtc | MembershipDialect::Sticky => KeyTransport::ElementCall,
+            };
+            let local = g.local_participant(ctx);
+            g.keys =
+                Some(KeyManager::new(g.id.clone(), transport, KeyConfig::for_transport(transport), local));
+        }
         let _span = tracing::debug_span!("group", group = %g.id).entered();
         ctx.emit(Event::GroupCallStateChanged { group: g.id.clone(), state: GroupCallState::Joining });
         g.send_membership(ctx, store);
         g
     }
 
-    #[allow(dead_code)] // used once the key manager is wired in
     pub(crate) fn local_participant(&self, ctx: &Ctx<'_>) -> Participant {
         Participant {
             user_id: ctx.local.user_id.clone(),
@@ -409,6 +421,9 @@ impl GroupCall {
         self.set_state(ctx, GroupCallState::Leaving);
         self.refresh_at = None;
         self.heartbeat_at = None;
+        if let Some(keys) = self.keys.as_mut() {
+            keys.leave(ctx);
+        }
         match self.delay_id.take() {
             Some(delay_id) => self.send(
                 ctx,
@@ -479,23 +494,33 @@ impl GroupCall {
             members.iter().filter(|m| !is_us(m)).map(|m| m.participant.clone()).collect();
         let joined_now: Vec<Participant> = now.difference(&self.participants).cloned().collect();
         let left_now: Vec<Participant> = self.participants.difference(&now).cloned().collect();
-        if !joined_now.is_empty() || !left_now.is_empty() {
+        let first = self.keys.as_ref().is_some_and(|k| !k.is_joined());
+        if !joined_now.is_empty() || !left_now.is_empty() || first {
             self.participants = now;
-            ctx.emit(Event::ParticipantsChanged {
-                group: self.id.clone(),
-                joined: joined_now.clone(),
-                left: left_now.clone(),
-                participants: self.participants.iter().cloned().collect(),
-            });
+            if !joined_now.is_empty() || !left_now.is_empty() {
+                ctx.emit(Event::ParticipantsChanged {
+                    group: self.id.clone(),
+                    joined: joined_now.clone(),
+                    left: left_now.clone(),
+                    participants: self.participants.iter().cloned().collect(),
+                });
+            }
+            if let Some(keys) = self.keys.as_mut() {
+                keys.set_members(ctx, &self.participants);
+            }
         }
         (joined_now, left_now)
     }
 
     pub(crate) fn next_timer(&self) -> Option<Timestamp> {
-        [self.refresh_at, self.heartbeat_at].into_iter().flatten().min()
+        let keys = self.keys.as_ref().and_then(KeyManager::next_timer);
+        [self.refresh_at, self.heartbeat_at, keys].into_iter().flatten().min()
     }
 
     pub(crate) fn handle_timeout(&mut self, ctx: &mut Ctx<'_>, store: &MembershipStore) {
+        if let Some(keys) = self.keys.as_mut().filter(|k| k.next_timer().is_some_and(|t| t <= ctx.now)) {
+            keys.handle_timeout(ctx);
+        }
         if self.refresh_at.is_some_and(|t| t <= ctx.now) {
             self.refresh_at = None;
             if self.state == GroupCallState::Joined {

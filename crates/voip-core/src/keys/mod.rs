@@ -20,9 +20,6 @@
 //! [`ToDeviceEncryption::Required`], addressed only to current member devices (never our own),
 //! so a device that has left never receives a key made after it left.
 
-// Until `machine.rs` routes to the manager, only the unit tests use it: remove at integration.
-#![cfg_attr(not(test), allow(dead_code))]
-
 mod transport;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -338,6 +335,11 @@ impl KeyManager {
     }
 
     /// When [`KeyManager::handle_timeout`] must next run.
+    /// Whether our join was processed (the first `set_members`) and we have not left since.
+    pub(crate) fn is_joined(&self) -> bool {
+        self.joined && !self.left
+    }
+
     pub(crate) fn next_timer(&self) -> Option<Timestamp> {
         let use_at = self.pending_use.as_ref().map(|(at, _)| *at);
         let expiry = self.buffered.iter().map(|b| b.until).min();
@@ -378,11 +380,6 @@ impl KeyManager {
     /// Our key in use: (index, key bytes).
     pub(crate) fn local_key(&self) -> Option<(u32, Vec<u8>)> {
         self.in_use.as_ref().map(|k| (k.entry.index, k.entry.key.clone()))
-    }
-
-    /// The current members other than us.
-    pub(crate) fn members(&self) -> impl Iterator<Item = &Participant> {
-        self.members.values()
     }
 
     fn make_key(&mut self, ctx: &mut Ctx<'_>) -> LocalKey {
@@ -551,13 +548,6 @@ pub(crate) fn key_event_group(event_type: &str, content: &Value) -> Option<Group
 /// Whether `event_type` is a key or key-request event of either transport.
 pub(crate) fn is_key_event_type(event_type: &str) -> bool {
     wire::is_key_event_type(event_type)
-}
-
-/// LiveKit identity of a member in MatrixRTC sticky-event mode: unpadded base64 of SHA-256 over
-/// the JSON `[user_id, device_id, member_id]` (state-event mode uses
-/// [`Participant::livekit_identity`]).
-pub(crate) fn hashed_identity(p: &Participant) -> String {
-    wire::hashed_livekit_identity(p.user_id.as_str(), p.device_id.as_str(), &p.member_id)
 }
 
 #[cfg(test)]
@@ -1180,7 +1170,7 @@ mod tests {
         assert_eq!(km.next_timer(), None);
         assert!(km.current_keys().is_empty());
         assert_eq!(km.local_key(), None);
-        assert_eq!(km.members().count(), 0);
+        assert_eq!(km.members.len(), 0);
         h.advance(100_000);
         h.with(|ctx| km.handle_timeout(ctx));
         h.with(|ctx| km.request_keys(ctx, std::slice::from_ref(&p)));
@@ -1215,7 +1205,7 @@ mod tests {
             device_id: DeviceId::from("DEVICE123"),
             member_id: "memberABC".into(),
         };
-        assert_eq!(hashed_identity(&p), "J+T45tGruxc+HrUOqJJlyQSV33m728Cme4+vt8/SWrU");
+        assert_eq!(p.livekit_hashed_identity(), "J+T45tGruxc+HrUOqJJlyQSV33m728Cme4+vt8/SWrU");
         assert_eq!(p.livekit_identity(), "@alice:example.com:DEVICE123");
     }
 
