@@ -15,24 +15,24 @@ use voip_sim::FakeMedia;
 
 use crate::{room_with, Peer, TIMEOUT};
 
-fn now() -> Timestamp {
+pub(crate) fn now() -> Timestamp {
     Timestamp(SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_millis() as u64)
 }
 
-struct State {
-    voip: voip_core::Voip,
+pub(crate) struct State {
+    pub(crate) voip: voip_core::Voip,
     media: FakeMedia,
-    events: Vec<Event>,
+    pub(crate) events: Vec<Event>,
 }
 
 /// A device running a core: inputs from the adapter, sends to the adapter, media to a fake.
-struct Phone {
-    peer_user: String,
-    state: Arc<Mutex<State>>,
+pub(crate) struct Phone {
+    pub(crate) peer_user: String,
+    pub(crate) state: Arc<Mutex<State>>,
     adapter: MatrixAdapter,
     wake: Arc<Notify>,
     task: tokio::task::JoinHandle<()>,
-    _peer: Peer,
+    pub(crate) _peer: Peer,
 }
 
 fn drain(st: &mut State, adapter: &MatrixAdapter) {
@@ -53,10 +53,14 @@ fn drain(st: &mut State, adapter: &MatrixAdapter) {
 }
 
 impl Phone {
-    fn new(mut peer: Peer) -> Phone {
+    pub(crate) fn new(peer: Peer) -> Phone {
+        Phone::with_config(peer, Config::default())
+    }
+
+    pub(crate) fn with_config(mut peer: Peer, config: Config) -> Phone {
         let local = LocalDevice::new(peer.user_id(), peer.device_id());
         let seed = voip_core::seed_from_u64(now().0);
-        let voip = voip_core::Voip::new(Config::default(), local, seed);
+        let voip = voip_core::Voip::new(config, local, seed);
         let state = Arc::new(Mutex::new(State { voip, media: FakeMedia::new(), events: Vec::new() }));
         let wake = Arc::new(Notify::new());
         let adapter = peer.adapter.clone();
@@ -82,7 +86,7 @@ impl Phone {
         Phone { peer_user: peer.user_id(), state, adapter, wake, task, _peer: peer }
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut voip_core::Voip) -> T) -> T {
+    pub(crate) fn with<T>(&self, f: impl FnOnce(&mut voip_core::Voip) -> T) -> T {
         let mut s = self.state.lock().unwrap();
         let r = f(&mut s.voip);
         drain(&mut s, &self.adapter);
@@ -91,7 +95,7 @@ impl Phone {
         r
     }
 
-    fn command(&self, command: Command) {
+    pub(crate) fn command(&self, command: Command) {
         self.with(|v| v.handle(now(), Input::Command(command))).expect("command accepted");
     }
 
@@ -109,7 +113,7 @@ impl Phone {
         .expect("place_call")
     }
 
-    async fn wait<T>(&self, what: &str, mut pick: impl FnMut(&Event) -> Option<T>) -> Result<T> {
+    pub(crate) async fn wait<T>(&self, what: &str, mut pick: impl FnMut(&Event) -> Option<T>) -> Result<T> {
         voip_testkit::wait_for(&format!("{}: {what}", self.peer_user), TIMEOUT, || {
             let found = self.state.lock().unwrap().events.iter().find_map(&mut pick);
             async move { found }

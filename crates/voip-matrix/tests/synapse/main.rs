@@ -5,6 +5,7 @@
 #![recursion_limit = "256"]
 
 mod calls;
+mod group;
 mod plumbing;
 
 use std::time::Duration;
