@@ -4,7 +4,9 @@
 use std::collections::BTreeSet;
 
 use anyhow::Result;
-use voip_core::{Command, Config, Event, Focus, GroupCallId, GroupCallState, MembershipDialect, RoomId};
+use voip_core::{
+    CallState, Command, Config, Event, Focus, GroupCallId, GroupCallState, MembershipDialect, RoomId,
+};
 
 use crate::calls::Phone;
 use crate::{room_with, Peer, TIMEOUT};
@@ -25,6 +27,7 @@ fn join_command(room: &str, dialect: MembershipDialect) -> Command {
         dialect,
         focus,
         owned_state_keys: false,
+        notify: None,
     }
 }
 
@@ -69,6 +72,32 @@ async fn three_users_join_see_each_other_and_leave_in_both_dialects() -> Result<
                 _ => None,
             })
             .await?;
+        }
+        if dialect == MembershipDialect::Famedly {
+            // Mesh: every pair sets up a peer call over Olm-encrypted to-device signalling.
+            for p in &phones {
+                voip_testkit::wait_for(
+                    &format!("{}: two connected mesh calls", p.peer_user),
+                    TIMEOUT,
+                    || {
+                        let connected: BTreeSet<String> = p
+                            .state
+                            .lock()
+                            .unwrap()
+                            .events
+                            .iter()
+                            .filter_map(|e| match e {
+                                Event::StateChanged { call_id, state: CallState::Connected } => {
+                                    Some(call_id.0.clone())
+                                }
+                                _ => None,
+                            })
+                            .collect();
+                        async move { (connected.len() >= 2).then_some(()) }
+                    },
+                )
+                .await?;
+            }
         }
         phones[2].command(Command::LeaveGroupCall {
             room_id: RoomId::from(room.as_str()),
