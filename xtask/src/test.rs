@@ -1,28 +1,117 @@
-//! `cargo xtask test`: what CI runs, in order, stopping at the first failure.
+//! `cargo xtask test`: what CI runs, in order, stopping at the first failure:
+//! format check, clippy with `-D warnings`, one shared real Synapse on loopback (installed into a
+//! cached virtualenv on first use by `voip-testkit`'s rig), every test of the workspace against
+//! it, the doc tests, the conformance fixtures, and the demo. Synapse is stopped however the run
+//! ends.
+//!
+//! `--no-lint` skips format and clippy (for a quick local run).
 
+use std::collections::BTreeMap;
 use std::process::Command;
 
 use anyhow::{bail, Context};
 
-fn cargo(args: &[&str]) -> anyhow::Result<()> {
+fn cargo_cmd(args: &[&str]) -> Command {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut c = Command::new(cargo);
+    c.args(args).current_dir(crate::root());
+    c
+}
+
+fn cargo(args: &[&str], env: &BTreeMap<String, String>) -> anyhow::Result<()> {
     println!("\n==> cargo {}", args.join(" "));
-    let status =
-        Command::new(&cargo).args(args).current_dir(crate::root()).status().context("running cargo")?;
+    let status = cargo_cmd(args).envs(env).status().context("running cargo")?;
     if !status.success() {
         bail!("cargo {} failed ({status})", args.join(" "));
     }
     Ok(())
 }
 
+/// A running shared Synapse, stopped on drop.
+struct Synapse {
+    data: String,
+    env: BTreeMap<String, String>,
+}
+
+impl Synapse {
+    fn start() -> anyhow::Result<Synapse> {
+        let data = format!(
+            "{}/matrix-voip-rs-ci-{}",
+            if std::path::Path::new("/dev/shm").is_dir() {
+                "/dev/shm".to_owned()
+            } else {
+                std::env::temp_dir().display().to_string()
+            },
+            std::process::id()
+        );
+        println!("\n==> starting Synapse (data {data})");
+        let out = cargo_cmd(&[
+            "run",
+            "-q",
+            "-p",
+            "voip-testkit",
+            "--bin",
+            "synapse-rig",
+            "--",
+            "start",
+            "--data",
+            &data,
+        ])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("running synapse-rig")?;
+        if !out.status.success() {
+            bail!("synapse-rig start failed ({})", out.status);
+        }
+        let mut env = BTreeMap::new();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if let Some((k, v)) = line.trim().strip_prefix("export ").and_then(|l| l.split_once('=')) {
+                env.insert(k.to_owned(), v.trim_matches(|c| c == '"' || c == '\'').to_owned());
+            }
+        }
+        if !env.contains_key("SYNAPSE_URL") {
+            bail!("synapse-rig printed no SYNAPSE_URL");
+        }
+        println!("    Synapse at {}", env["SYNAPSE_URL"]);
+        Ok(Synapse { data, env })
+    }
+}
+
+impl Drop for Synapse {
+    fn drop(&mut self) {
+        println!("\n==> stopping Synapse");
+        let _ = cargo_cmd(&[
+            "run",
+            "-q",
+            "-p",
+            "voip-testkit",
+            "--bin",
+            "synapse-rig",
+            "--",
+            "stop",
+            "--data",
+            &self.data,
+            "--rm",
+        ])
+        .status();
+    }
+}
+
 pub(crate) fn run(args: &[String]) -> anyhow::Result<bool> {
     let quick = args.iter().any(|a| a == "--no-lint");
+    let none = BTreeMap::new();
     if !quick {
-        cargo(&["fmt", "--all", "--", "--check"])?;
-        cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+        cargo(&["fmt", "--all", "--", "--check"], &none)?;
+        cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"], &none)?;
     }
-    cargo(&["test", "--workspace", "--all-targets"])?;
-    cargo(&["test", "--workspace", "--doc"])?;
+    // Build everything first, so Synapse does not idle while the tests compile.
+    cargo(&["test", "--workspace", "--all-targets", "--no-run"], &none)?;
+    let synapse = Synapse::start()?;
+    cargo(&["test", "--workspace", "--all-targets"], &synapse.env)?;
+    cargo(&["test", "--workspace", "--doc"], &synapse.env)?;
+    drop(synapse);
     println!("\n==> conformance fixtures");
-    crate::conformance::run(&[])
+    let fixtures_ok = crate::conformance::run(&[])?;
+    cargo(&["run", "-q", "-p", "voip-sim", "--example", "demo"], &none)?;
+    Ok(fixtures_ok)
 }

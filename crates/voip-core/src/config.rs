@@ -83,6 +83,8 @@ pub struct Config {
     pub rtc_delayed_leave_ms: u64,
     /// MatrixRTC delayed leave: heartbeat. Default 5 000.
     pub rtc_delayed_restart_ms: u64,
+    /// `lifetime` of the MSC4075 notifications we send. Default 30 000.
+    pub notification_lifetime_ms: u64,
     /// Ended calls are remembered this long so late or replayed events for them are ignored.
     /// Default 600 000.
     pub ended_call_memory_ms: u64,
@@ -106,6 +108,7 @@ impl Default for Config {
             transferee: false,
             orphan_candidates_ms: 60_000,
             ended_call_memory_ms: 600_000,
+            notification_lifetime_ms: 30_000,
             famedly_expires_ms: 360_000,
             famedly_refresh_ms: 120_000,
             famedly_delayed_leave_ms: 18_000,

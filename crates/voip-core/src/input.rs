@@ -179,6 +179,9 @@ pub enum Command {
         /// The room version allows owned per-device state keys (MSC3757/MSC3779): no `_` prefix.
         #[serde(default)]
         owned_state_keys: bool,
+        /// If we are the first member, ring or notify the room (MSC4075) once joined.
+        #[serde(default)]
+        notify: Option<crate::group::NotificationType>,
     },
     /// Leave a group call.
     LeaveGroupCall {

@@ -22,7 +22,7 @@ pub use call::CallInfo;
 pub use config::{BusySignal, Config, GlareBehaviour};
 pub use error::{ApiMisuse, Error};
 pub use group::membership::MemberInfo;
-pub use group::{GroupCallInfo, GroupCallState};
+pub use group::{GroupCallInfo, GroupCallState, NotificationType, RTC_DECLINE, RTC_NOTIFICATION};
 pub use ids::{
     CallId, DeviceId, GroupCallId, LocalDevice, Participant, PartyId, RequestId, RoomId, StreamId, Timestamp,
     UserId,

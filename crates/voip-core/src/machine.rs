@@ -251,9 +251,14 @@ impl Voip {
             Input::SendResult { id, result } => {
                 let mut errcode = None;
                 let verdict = match result {
-                    SendOutcome::Sent { delay_id, .. } => {
+                    SendOutcome::Sent { delay_id, event_id } => {
                         if let Some((group, generation, op)) = self.sends.sent(id, &mut self.out) {
-                            self.group_sent(&group, generation, op, delay_id);
+                            self.group_sent(
+                                &group,
+                                generation,
+                                op,
+                                group::Sent { event_id: event_id.clone(), delay_id },
+                            );
                         }
                         SendVerdict::Nothing
                     }
@@ -448,6 +453,7 @@ impl Voip {
                 dialect,
                 focus,
                 owned_state_keys,
+                notify,
             } => {
                 let group = GroupCallId { room_id, call_id };
                 if self
@@ -460,8 +466,15 @@ impl Voip {
                 // Joining again while our leave is still on its way replaces the old join; the
                 // old join's late results are told apart by the generation.
                 self.group_generation += 1;
-                let params =
-                    JoinParams { group: group.clone(), application, scope, dialect, focus, owned_state_keys };
+                let params = JoinParams {
+                    group: group.clone(),
+                    application,
+                    scope,
+                    dialect,
+                    focus,
+                    owned_state_keys,
+                    notify,
+                };
                 let generation = self.group_generation;
                 let g =
                     GroupCall::join(&mut ctx!(self), &self.store, params, self.delayed_events, generation);
@@ -586,6 +599,10 @@ impl Voip {
     }
 
     fn handle_room_event(&mut self, e: RoomEvent, settled: &BTreeSet<(String, UserId)>) -> Result<(), Error> {
+        if e.event_type == group::RTC_NOTIFICATION || e.event_type == group::RTC_DECLINE {
+            self.handle_rtc_notification(e);
+            return Ok(());
+        }
         if e.event_type == member::RTC_MEMBER_STICKY {
             // Sticky MatrixRTC membership (MSC4143), keyed by its sticky key; the member it
             // names must be the sender.
@@ -993,6 +1010,71 @@ impl Voip {
         self.collect_ended();
     }
 
+    /// MSC4075 ring/notify and MSC4310 decline: surfaced to the app while valid.
+    fn handle_rtc_notification(&mut self, e: RoomEvent) {
+        if e.sender == self.local.user_id && e.event_type == group::RTC_NOTIFICATION {
+            self.counters.echoes += 1;
+            return;
+        }
+        let c = &e.content;
+        if e.event_type == group::RTC_DECLINE {
+            let Some(notification) =
+                c.get("m.relates_to").and_then(|r| r.get("event_id")).and_then(|v| v.as_str())
+            else {
+                self.counters.malformed += 1;
+                return;
+            };
+            self.counters.applied += 1;
+            self.out.push_back(Output::Event(Event::GroupCallDeclined {
+                room_id: e.room_id,
+                sender: e.sender,
+                notification_event_id: notification.to_owned(),
+            }));
+            return;
+        }
+        let ring = match c.get("notification_type").and_then(|v| v.as_str()) {
+            Some("ring") => group::NotificationType::Ring,
+            Some("notification") => group::NotificationType::Notification,
+            _ => {
+                self.counters.malformed += 1;
+                return;
+            }
+        };
+        // The sender's clock is trusted only within 20 s of the server's (famedly's rule);
+        // the lifetime is capped at 90 s (js-sdk).
+        let origin = e.origin_server_ts;
+        let sent = c
+            .get("sender_ts")
+            .and_then(|v| v.as_u64())
+            .map(Timestamp)
+            .filter(|t| t.0.abs_diff(origin.0) <= 20_000)
+            .unwrap_or(origin);
+        let lifetime = c.get("lifetime").and_then(|v| v.as_u64()).unwrap_or(30_000).min(90_000);
+        let expires_at = sent.plus(lifetime);
+        if expires_at <= self.now {
+            self.counters.expired += 1;
+            return;
+        }
+        let mentioned = c.get("m.mentions").is_some_and(|m| {
+            m.get("room").and_then(|r| r.as_bool()) == Some(true)
+                || m.get("user_ids")
+                    .and_then(|u| u.as_array())
+                    .is_some_and(|u| u.iter().any(|x| x.as_str() == Some(self.local.user_id.as_str())))
+        });
+        if !mentioned {
+            self.counters.not_for_us += 1;
+            return;
+        }
+        self.counters.applied += 1;
+        self.out.push_back(Output::Event(Event::GroupCallNotification {
+            room_id: e.room_id,
+            sender: e.sender,
+            event_id: e.event_id,
+            notification_type: ring,
+            expires_at,
+        }));
+    }
+
     /// A media-key (or key request) to-device event: to the key manager of its group call.
     fn handle_key_event(&mut self, e: ToDeviceEvent) -> Result<(), Error> {
         let group = crate::keys::key_event_group(&e.event_type, &e.content);
@@ -1257,10 +1339,10 @@ impl Voip {
         }
     }
 
-    fn group_sent(&mut self, group: &GroupCallId, generation: u64, op: GroupOp, delay_id: Option<String>) {
+    fn group_sent(&mut self, group: &GroupCallId, generation: u64, op: GroupOp, sent: group::Sent) {
         let mut ctx = ctx!(self);
         if let Some(g) = self.groups.get_mut(group).filter(|g| g.generation == generation) {
-            g.on_sent(&mut ctx, &self.store, op, delay_id);
+            g.on_sent(&mut ctx, &self.store, op, sent);
         }
         self.collect_left_groups();
     }

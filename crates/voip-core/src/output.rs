@@ -394,6 +394,30 @@ pub enum Event {
         /// Everyone now.
         participants: Vec<Participant>,
     },
+    /// Someone started a group call in a room and rings or notifies us (MSC4075). Fires only
+    /// while the notification is valid (lifetime at most 90 s) and when it mentions us or the
+    /// room. The app decides whether to ring.
+    GroupCallNotification {
+        /// The room.
+        room_id: RoomId,
+        /// Who started the call.
+        sender: UserId,
+        /// The notification event (a decline relates to it).
+        event_id: Option<String>,
+        /// Ring or notification.
+        notification_type: crate::group::NotificationType,
+        /// When ringing should stop.
+        expires_at: crate::ids::Timestamp,
+    },
+    /// Someone declined a group-call notification (MSC4310).
+    GroupCallDeclined {
+        /// The room.
+        room_id: RoomId,
+        /// Who declined.
+        sender: UserId,
+        /// The notification declined.
+        notification_event_id: String,
+    },
     /// A media encryption key for a participant of an SFU group call, for the app's LiveKit key
     /// provider (`set_key(identity, index, key)`). Fires for our own keys (when they are to be
     /// used) and for keys received from current members.

@@ -215,5 +215,111 @@ fn candidates_event(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, call_flow, candidates_event);
+fn member_state(i: usize, ts: u64) -> voip_core::StateEvent {
+    let user = format!("@m{i}:example.org");
+    voip_core::StateEvent {
+        room_id: RoomId::from("!big:example.org"),
+        event_id: None,
+        sender: UserId::from(user.as_str()),
+        event_type: "org.matrix.msc3401.call.member".into(),
+        state_key: format!("_{user}_D{i}_m.call"),
+        content: json!({"application": "m.call", "call_id": "", "scope": "m.room", "device_id": format!("D{i}"),
+                        "membershipID": format!("{user}:D{i}"), "expires": 14_400_000u64,
+                        "focus_active": {"type": "livekit", "focus_selection": "multi_sfu"},
+                        "foci_preferred": [{"type": "livekit", "livekit_service_url": "https://sfu.example.org"}]}),
+        origin_server_ts: Timestamp(ts),
+    }
+}
+
+/// A machine in an Element Call (MatrixRTC, LiveKit) group call with `n` other members.
+fn big_call(n: usize) -> (Voip, Timestamp) {
+    let now = Timestamp(1_700_000_000_000);
+    let mut voip = Voip::new(Config::default(), LocalDevice::new("@me:example.org", "ME"), [9; 32]);
+    voip.handle(
+        now,
+        Input::Command(Command::JoinGroupCall {
+            room_id: RoomId::from("!big:example.org"),
+            call_id: String::new(),
+            application: "m.call".into(),
+            scope: "m.room".into(),
+            dialect: voip_core::MembershipDialect::MatrixRtc,
+            focus: voip_core::Focus::Livekit {
+                livekit_service_url: Some("https://sfu.example.org".into()),
+                livekit_alias: None,
+            },
+            owned_state_keys: false,
+            notify: None,
+        }),
+    )
+    .expect("join");
+    for i in 0..n {
+        voip.handle(now, Input::StateEvent(member_state(i, now.0))).expect("member");
+    }
+    let later = now.plus(60_000);
+    voip.handle(later, Input::Tick).expect("tick");
+    while voip.poll().is_some() {}
+    (voip, later)
+}
+
+fn group_scale(c: &mut Criterion) {
+    let mut g = c.benchmark_group("group");
+    g.sample_size(20);
+    for n in [500usize, 5000] {
+        let (mut voip, now) = big_call(n);
+        let join = member_state(n + 1, now.0);
+        let leave = voip_core::StateEvent { content: json!({}), ..member_state(n + 1, now.0) };
+        let mut outputs = 0usize;
+        // One iteration = one member joins and leaves again: two membership changes.
+        g.bench_function(format!("member_join_and_leave_in_{n}_member_call"), |b| {
+            b.iter(|| {
+                voip.handle(now, Input::StateEvent(join.clone())).expect("join");
+                voip.handle(now, Input::StateEvent(leave.clone())).expect("leave");
+                while let Some(o) = voip.poll() {
+                    outputs += 1;
+                    black_box(o);
+                }
+            })
+        });
+        black_box(outputs);
+    }
+    let (mut voip, now) = big_call(100);
+    let leave = voip_core::StateEvent { content: json!({}), ..member_state(0, now.0) };
+    voip.handle(now, Input::StateEvent(leave)).expect("leave");
+    voip.handle(now.plus(1), Input::Tick).expect("tick");
+    let sends: Vec<_> = std::iter::from_fn(|| voip.poll())
+        .filter_map(|o| match o {
+            Output::Send(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    let batches = sends.iter().filter(|r| matches!(&r.kind, SendKind::ToDevice { event_type, .. } if event_type.contains("encryption_keys"))).count();
+    let messages: usize = sends
+        .iter()
+        .map(|r| match &r.kind {
+            SendKind::ToDevice { messages, .. } => messages.len(),
+            _ => 0,
+        })
+        .sum();
+    println!(
+        "key rotation after a leave in a 100-member call: {batches} to-device send(s), {messages} messages"
+    );
+    assert_eq!(batches, 1, "one to-device batch per rotation");
+    g.bench_function("key_rotation_after_leave_100_members", |b| {
+        b.iter_batched(
+            || big_call(100),
+            |(mut voip, now)| {
+                let leave = voip_core::StateEvent { content: json!({}), ..member_state(0, now.0) };
+                voip.handle(now, Input::StateEvent(leave)).expect("leave");
+                voip.handle(now.plus(1), Input::Tick).expect("tick");
+                while let Some(o) = voip.poll() {
+                    black_box(o);
+                }
+            },
+            criterion::BatchSize::LargeInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, call_flow, candidates_event, group_scale);
 criterion_main!(benches);

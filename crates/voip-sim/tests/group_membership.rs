@@ -29,6 +29,7 @@ fn join(sim: &mut Sim, d: DeviceIdx, dialect: MembershipDialect) {
             dialect,
             focus,
             owned_state_keys: false,
+            notify: None,
         },
     )
     .expect("join");
@@ -147,4 +148,55 @@ fn membership_is_refreshed_and_survives_the_server_applying_the_leave() {
     sim.advance(5 * 60_000);
     assert_eq!(participants(&sim, devs[0]), vec![UserId::from(USERS[1])]);
     assert_eq!(participants(&sim, devs[1]), vec![UserId::from(USERS[0])]);
+}
+
+#[test]
+fn the_first_joiner_rings_the_room_and_a_decline_is_surfaced() {
+    let (mut sim, devs) = setup(2);
+    sim.command(
+        devs[0],
+        Command::JoinGroupCall {
+            room_id: RoomId::from(ROOM),
+            call_id: String::new(),
+            application: "m.call".into(),
+            scope: "m.room".into(),
+            dialect: MembershipDialect::MatrixRtc,
+            focus: Focus::Livekit {
+                livekit_service_url: Some("https://sfu.example.org".into()),
+                livekit_alias: None,
+            },
+            owned_state_keys: false,
+            notify: Some(voip_core::NotificationType::Ring),
+        },
+    )
+    .unwrap();
+    sim.settle();
+    let rang = sim.events(devs[1]).into_iter().find_map(|e| match e {
+        Event::GroupCallNotification { sender, notification_type, event_id, .. } => {
+            Some((sender, notification_type, event_id))
+        }
+        _ => None,
+    });
+    let (sender, kind, event_id) = rang.expect("bob is rung");
+    assert_eq!((sender.as_str(), kind), (USERS[0], voip_core::NotificationType::Ring));
+    assert!(
+        !sim.events(devs[0]).iter().any(|e| matches!(e, Event::GroupCallNotification { .. })),
+        "no ring for our own notification"
+    );
+    // Bob declines (MSC4310): Alice is told.
+    let decline = voip_core::RoomEvent {
+        room_id: RoomId::from(ROOM),
+        event_id: None,
+        sender: UserId::from(USERS[1]),
+        event_type: voip_core::RTC_DECLINE.into(),
+        content: serde_json::json!({"m.relates_to": {"rel_type": "m.reference", "event_id": event_id.clone().unwrap()}}),
+        origin_server_ts: sim.now(),
+        age_ms: Some(0),
+    };
+    sim.feed(devs[0], voip_core::Input::RoomEvent(decline));
+    assert!(sim.events(devs[0]).contains(&Event::GroupCallDeclined {
+        room_id: RoomId::from(ROOM),
+        sender: UserId::from(USERS[1]),
+        notification_event_id: event_id.unwrap(),
+    }));
 }

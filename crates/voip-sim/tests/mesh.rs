@@ -20,6 +20,7 @@ fn join(sim: &mut Sim, d: DeviceIdx) {
             dialect: MembershipDialect::Famedly,
             focus: Focus::Mesh,
             owned_state_keys: false,
+            notify: None,
         },
     )
     .expect("join");

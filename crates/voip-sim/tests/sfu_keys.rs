@@ -29,6 +29,7 @@ fn join(sim: &mut Sim, d: DeviceIdx, dialect: MembershipDialect) {
                 livekit_alias: None,
             },
             owned_state_keys: false,
+            notify: None,
         },
     )
     .expect("join");

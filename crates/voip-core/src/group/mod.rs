@@ -68,6 +68,7 @@ pub(crate) struct JoinParams {
     pub(crate) dialect: MembershipDialect,
     pub(crate) focus: Focus,
     pub(crate) owned_state_keys: bool,
+    pub(crate) notify: Option<NotificationType>,
 }
 
 /// A snapshot of a group call for the app.
@@ -107,6 +108,30 @@ pub(crate) struct GroupCall {
     heartbeat_at: Option<Timestamp>,
     /// Media keys, for SFU (LiveKit) calls.
     pub(crate) keys: Option<KeyManager>,
+    /// Ring or notify the room once our join is through, if we are the first.
+    notify: Option<NotificationType>,
+}
+
+/// The outcome of a sent request, as far as groups care.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Sent {
+    pub(crate) event_id: Option<String>,
+    pub(crate) delay_id: Option<String>,
+}
+
+/// `org.matrix.msc4075.rtc.notification`
+pub const RTC_NOTIFICATION: &str = "org.matrix.msc4075.rtc.notification";
+/// `org.matrix.msc4310.rtc.decline`
+pub const RTC_DECLINE: &str = "org.matrix.msc4310.rtc.decline";
+
+/// How the first member of a call alerts the room (MSC4075 `notification_type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotificationType {
+    /// Ring the other members' devices.
+    Ring,
+    /// A silent notification.
+    Notification,
 }
 
 impl GroupCall {
@@ -149,6 +174,7 @@ impl GroupCall {
             refresh_at: None,
             heartbeat_at: None,
             keys: None,
+            notify: p.notify,
         };
         if matches!(g.focus, Focus::Livekit { .. }) {
             let transport = match g.dialect {
@@ -315,19 +341,37 @@ impl GroupCall {
         }
     }
 
+    fn send_notification(&self, ctx: &mut Ctx<'_>, kind: NotificationType, membership_event_id: &str) {
+        let content = json!({
+            "m.mentions": {"user_ids": [], "room": true},
+            "notification_type": match kind { NotificationType::Ring => "ring", NotificationType::Notification => "notification" },
+            "m.relates_to": {"rel_type": "m.reference", "event_id": membership_event_id},
+            "sender_ts": ctx.now.0,
+            "lifetime": ctx.config.notification_lifetime_ms,
+        });
+        let kind = SendKind::RoomEvent {
+            room_id: self.id.room_id.clone(),
+            event_type: RTC_NOTIFICATION.to_owned(),
+            content,
+        };
+        ctx.sends.send(ctx.out, None, SendPurpose::Other, "voip.group", kind);
+    }
+
     /// A send of ours went through.
-    pub(crate) fn on_sent(
-        &mut self,
-        ctx: &mut Ctx<'_>,
-        store: &MembershipStore,
-        op: GroupOp,
-        delay_id: Option<String>,
-    ) {
+    pub(crate) fn on_sent(&mut self, ctx: &mut Ctx<'_>, store: &MembershipStore, op: GroupOp, sent: Sent) {
         let _span = tracing::debug_span!("group", group = %self.id).entered();
+        let delay_id = sent.delay_id;
         match op {
             GroupOp::Join => {
                 if self.state == GroupCallState::Joining {
                     self.set_state(ctx, GroupCallState::Joined);
+                    // MSC4075: the first member of a call lets the room know, related to its
+                    // membership event.
+                    if let (Some(kind), Some(event_id), true) =
+                        (self.notify.take(), sent.event_id, self.participants.is_empty())
+                    {
+                        self.send_notification(ctx, kind, &event_id);
+                    }
                 }
                 if self.state == GroupCallState::Joined {
                     self.schedule_leave(ctx, store);
