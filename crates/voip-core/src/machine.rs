@@ -476,10 +476,11 @@ impl Voip {
                     notify,
                 };
                 let generation = self.group_generation;
-                let g =
+                let mut g =
                     GroupCall::join(&mut ctx!(self), &self.store, params, self.delayed_events, generation);
+                // The app already knows who is in the call from observing it.
+                g.participants = self.observed.remove(&group).unwrap_or_default();
                 self.groups.insert(group.clone(), g);
-                self.observed.remove(&group);
                 self.refresh_group(&group);
                 Ok(None)
             }
@@ -599,6 +600,8 @@ impl Voip {
     }
 
     fn handle_room_event(&mut self, e: RoomEvent, settled: &BTreeSet<(String, UserId)>) -> Result<(), Error> {
+        let mut e = e;
+        e.event_type = wire::normalize_event_type(&e.event_type).into_owned();
         if e.event_type == group::RTC_NOTIFICATION || e.event_type == group::RTC_DECLINE {
             self.handle_rtc_notification(e);
             return Ok(());
@@ -645,6 +648,8 @@ impl Voip {
         if crate::keys::is_key_event_type(&e.event_type) {
             return self.handle_key_event(e);
         }
+        let mut e = e;
+        e.event_type = wire::normalize_event_type(&e.event_type).into_owned();
         if !wire::is_call_event_type(&e.event_type) {
             return Ok(());
         }
@@ -868,10 +873,10 @@ impl Voip {
                         &mut ctx,
                         &call_id,
                         &source.room_id,
-                        sender,
-                        source.device,
+                        (sender, source.device),
                         source.signalling,
                         CallEvent::Hangup { reason: Some(EndReason::Replaced.wire_reason().to_owned()) },
+                        None,
                     );
                     self.counters.applied += 1;
                     self.remember_ended(call_id, sender.clone());
@@ -897,10 +902,10 @@ impl Voip {
                 &mut ctx,
                 &call_id,
                 &source.room_id,
-                sender,
-                source.device,
+                (sender, source.device),
                 source.signalling,
                 refusal,
+                None,
             );
             ctx.emit(Event::MissedCall {
                 call_id: call_id.clone(),
@@ -1153,10 +1158,15 @@ impl Voip {
                 &mut ctx,
                 &call_id,
                 &source.room_id,
-                source.sender,
-                Some(device),
+                (source.sender, Some(device)),
                 Signalling::ToDevice,
-                CallEvent::Reject,
+                CallEvent::Reject, // The group fields let the caller route the refusal (js-sdk and famedly drop
+                // to-device call events without them).
+                Some(GroupLink {
+                    group: group.clone(),
+                    local_session: String::new(),
+                    remote_session: common.to_device.sender_session_id.clone().unwrap_or_default(),
+                }),
             );
             self.counters.not_for_us += 1;
             return;
@@ -1316,10 +1326,13 @@ impl Voip {
             return;
         }
         let me = (&self.local.user_id, &self.local.device_id);
+        // Observed calls: memberships of call applications only (`m.call`, and famedly's
+        // `m.call.audio` / `m.call.video`), not other MatrixRTC applications sharing the slot.
         let now: BTreeSet<crate::ids::Participant> = self
             .store
             .members(group, self.now, None, joined)
             .into_iter()
+            .filter(|m| m.application == "m.call" || m.application.starts_with("m.call."))
             .map(|m| m.participant)
             .filter(|p| (&p.user_id, &p.device_id) != me)
             .collect();
@@ -1356,7 +1369,13 @@ impl Voip {
     }
 
     fn collect_left_groups(&mut self) {
-        self.groups.retain(|_, g| g.state != GroupCallState::Left);
+        let left: Vec<GroupCallId> =
+            self.groups.values().filter(|g| g.state == GroupCallState::Left).map(|g| g.id.clone()).collect();
+        for id in left {
+            self.groups.remove(&id);
+            // We only observe it now: report who is still in it.
+            self.refresh_group(&id);
+        }
     }
 
     /// The media keys of an SFU group call we are in: ours in use, and the latest of every
@@ -1374,12 +1393,14 @@ impl Voip {
     /// A snapshot of a group call (joined or only observed).
     pub fn group_call(&self, group: &GroupCallId) -> GroupCallInfo {
         let me = (&self.local.user_id, &self.local.device_id);
-        let dialect = self.groups.get(group).map(|g| g.dialect);
+        let joined_group = self.groups.get(group);
+        let dialect = joined_group.map(|g| g.dialect);
         let members: Vec<_> = self
             .store
             .members(group, self.now, dialect, self.joined_fn(&group.room_id))
             .into_iter()
             .filter(|m| (&m.participant.user_id, &m.participant.device_id) != me)
+            .filter(|m| joined_group.is_none_or(|g| g.accepts(m)))
             .collect();
         GroupCallInfo {
             group: group.clone(),

@@ -288,10 +288,10 @@ impl Call {
         ctx: &mut Ctx<'_>,
         id: &CallId,
         room_id: &RoomId,
-        peer_user: &UserId,
-        peer_device: Option<&DeviceId>,
+        (peer_user, peer_device): (&UserId, Option<&DeviceId>),
         signalling: Signalling,
         event: CallEvent,
+        group: Option<GroupLink>,
     ) {
         let mut call = Call::blank(
             ctx,
@@ -302,6 +302,7 @@ impl Call {
             CallType::Voice,
             (peer_user.clone(), peer_device.cloned()),
         );
+        call.group = group;
         call.send(ctx, event, SendPurpose::Ending);
     }
 
@@ -381,8 +382,16 @@ impl Call {
                     device_id: Some(ctx.local.device_id.0.clone()),
                     seq: Some(seq),
                     conf_id: self.group.as_ref().map(|g| g.group.call_id.clone()),
-                    sender_session_id: self.group.as_ref().map(|g| g.local_session.clone()),
-                    dest_session_id: self.group.as_ref().map(|g| g.remote_session.clone()),
+                    sender_session_id: self
+                        .group
+                        .as_ref()
+                        .map(|g| g.local_session.clone())
+                        .filter(|s| !s.is_empty()),
+                    dest_session_id: self
+                        .group
+                        .as_ref()
+                        .map(|g| g.remote_session.clone())
+                        .filter(|s| !s.is_empty()),
                 }
             }
         };

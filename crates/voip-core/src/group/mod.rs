@@ -191,6 +191,14 @@ impl GroupCall {
         g
     }
 
+    /// Whether a membership of this group's call counts as a member of our call: the same
+    /// `scope`, and (MatrixRTC, as Element Call does) the same `application`. famedly lets the
+    /// application change mid-call, so there it is not compared.
+    pub(crate) fn accepts(&self, m: &MemberInfo) -> bool {
+        m.scope == self.scope
+            && (self.dialect == MembershipDialect::Famedly || m.application == self.application)
+    }
+
     pub(crate) fn local_participant(&self, ctx: &Ctx<'_>) -> Participant {
         Participant {
             user_id: ctx.local.user_id.clone(),
@@ -506,7 +514,8 @@ impl GroupCall {
         if matches!(self.state, GroupCallState::Leaving | GroupCallState::Left) {
             return (Vec::new(), Vec::new());
         }
-        let members = store.members(&self.id, ctx.now, Some(self.dialect), joined);
+        let mut members = store.members(&self.id, ctx.now, Some(self.dialect), joined);
+        members.retain(|m| self.accepts(m));
         let is_us = |m: &MemberInfo| {
             m.participant.user_id == ctx.local.user_id && m.participant.device_id == ctx.local.device_id
         };
@@ -538,6 +547,8 @@ impl GroupCall {
             members.iter().filter(|m| !is_us(m)).map(|m| m.participant.clone()).collect();
         let joined_now: Vec<Participant> = now.difference(&self.participants).cloned().collect();
         let left_now: Vec<Participant> = self.participants.difference(&now).cloned().collect();
+        // Keys start with our join, before our membership is confirmed (famedly pre-shares
+        // keys the same way; receivers buffer keys from devices whose membership is on its way).
         let first = self.keys.as_ref().is_some_and(|k| !k.is_joined());
         if !joined_now.is_empty() || !left_now.is_empty() || first {
             self.participants = now;

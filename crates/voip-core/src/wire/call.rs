@@ -244,6 +244,15 @@ impl CallEvent {
     }
 }
 
+/// famedly's namespaced names of the call events (`com.famedly.call.member.invite`, …), which
+/// its mesh group calls send, mapped to the `m.call.*` names; other types unchanged.
+pub fn normalize_event_type(event_type: &str) -> std::borrow::Cow<'_, str> {
+    match event_type.strip_prefix("com.famedly.call.member.") {
+        Some(rest) if is_call_event_type(&format!("m.call.{rest}")) => format!("m.call.{rest}").into(),
+        _ => event_type.into(),
+    }
+}
+
 /// Whether an event type is one of the `m.call.*` types the core understands (either name).
 pub fn is_call_event_type(event_type: &str) -> bool {
     matches!(
