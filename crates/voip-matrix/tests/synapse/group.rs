@@ -137,10 +137,9 @@ async fn a_client_that_disappears_is_seen_gone_within_the_delayed_leave() -> Res
     Ok(())
 }
 
-/// Ready for when the core routes media keys (voip-core `keys/` is not wired into the machine
-/// yet: no `io.element.call.encryption_keys` are sent). Run with `--ignored`.
+/// Element Call media keys between three real clients: Olm-encrypted to-device through Synapse,
+/// each member ends up with the others' keys, and a leave makes the others rotate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "voip-core does not route media keys to its KeyManager yet"]
 async fn media_keys_reach_the_others_encrypted_and_rotate_when_one_leaves() -> Result<()> {
     let (phones, room) = three_phones(Config::default()).await?;
     let users: Vec<String> = phones.iter().map(|p| p.peer_user.clone()).collect();
