@@ -191,6 +191,31 @@ pub enum Command {
         #[serde(default)]
         call_id: String,
     },
+    /// Mute or unmute our microphone and/or camera in a mesh group call: applied to every peer
+    /// call, and to peer calls set up later.
+    SetGroupMuted {
+        /// The room.
+        room_id: RoomId,
+        /// `call_id`.
+        #[serde(default)]
+        call_id: String,
+        /// New microphone mute state, if changing.
+        #[serde(default)]
+        audio: Option<bool>,
+        /// New camera mute state, if changing.
+        #[serde(default)]
+        video: Option<bool>,
+    },
+    /// Share our screen with every member of a mesh group call (or stop).
+    SetGroupScreenshare {
+        /// The room.
+        room_id: RoomId,
+        /// `call_id`.
+        #[serde(default)]
+        call_id: String,
+        /// On or off.
+        enabled: bool,
+    },
     /// Ask members of an SFU group call for their media keys (famedly key request; Element Call
     /// has no request event, its members re-send keys on their own).
     RequestEncryptionKeys {

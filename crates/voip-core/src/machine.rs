@@ -440,6 +440,7 @@ impl Voip {
                         call_type,
                         signalling,
                         group: None,
+                        mutes: (false, false),
                     },
                 );
                 self.calls.insert(id.clone(), call);
@@ -491,6 +492,36 @@ impl Voip {
                     self.groups.get_mut(&group).ok_or(ApiMisuse::NotInGroupCall { group: group.clone() })?;
                 g.leave(&mut ctx, &self.store);
                 self.reconcile_mesh(&group);
+                Ok(None)
+            }
+            Command::SetGroupMuted { room_id, call_id, audio, video } => {
+                let group = GroupCallId { room_id, call_id };
+                let g =
+                    self.groups.get_mut(&group).ok_or(ApiMisuse::NotInGroupCall { group: group.clone() })?;
+                g.mutes = (audio.unwrap_or(g.mutes.0), video.unwrap_or(g.mutes.1));
+                let mut ctx = ctx!(self);
+                for c in
+                    self.calls.values_mut().filter(|c| c.group.as_ref().is_some_and(|l| l.group == group))
+                {
+                    // A call still being set up takes the state when it attaches its media.
+                    if c.cmd_mute(&mut ctx, audio, video).is_err() {
+                        c.inherit_mutes(g.mutes);
+                    }
+                }
+                Ok(None)
+            }
+            Command::SetGroupScreenshare { room_id, call_id, enabled } => {
+                let group = GroupCallId { room_id, call_id };
+                let g =
+                    self.groups.get_mut(&group).ok_or(ApiMisuse::NotInGroupCall { group: group.clone() })?;
+                g.screenshare = enabled;
+                let mut ctx = ctx!(self);
+                for c in
+                    self.calls.values_mut().filter(|c| c.group.as_ref().is_some_and(|l| l.group == group))
+                {
+                    // Calls not connected yet get it once they connect (see `handle_media`).
+                    let _ = c.cmd_screenshare(&mut ctx, enabled);
+                }
                 Ok(None)
             }
             Command::RequestEncryptionKeys { room_id, call_id, participants } => {
@@ -563,6 +594,12 @@ impl Voip {
         match self.calls.get_mut(&call_id) {
             Some(call) => {
                 call.handle_media(&mut ctx, event);
+                // Mesh: a peer call that just connected joins the group's screenshare.
+                if let Some(g) = call.group.as_ref().and_then(|l| self.groups.get(&l.group)) {
+                    if g.screenshare && call.state == CallState::Connected && !call.has_screenshare() {
+                        let _ = call.cmd_screenshare(&mut ctx, true);
+                    }
+                }
                 Ok(())
             }
             // Engines report late (candidates, state changes) after Close: not an error.
@@ -956,11 +993,14 @@ impl Voip {
     /// `membershipID` changed (a new session: the old call is stale), end at once; the lower
     /// `userId:deviceId` of each pair places any call that is missing.
     fn reconcile_mesh(&mut self, group: &GroupCallId) {
-        let (participants, member_id, mesh) = match self.groups.get(group) {
-            Some(g) if g.state == GroupCallState::Joined || g.state == GroupCallState::Joining => {
-                (g.participants.clone(), g.member_id.clone(), g.focus == crate::wire::member::Focus::Mesh)
-            }
-            _ => (BTreeSet::new(), String::new(), true),
+        let (participants, member_id, mesh, mutes) = match self.groups.get(group) {
+            Some(g) if g.state == GroupCallState::Joined || g.state == GroupCallState::Joining => (
+                g.participants.clone(),
+                g.member_id.clone(),
+                g.focus == crate::wire::member::Focus::Mesh,
+                g.mutes,
+            ),
+            _ => (BTreeSet::new(), String::new(), true, (false, false)),
         };
         if !mesh {
             return;
@@ -1003,6 +1043,7 @@ impl Voip {
                 invitee_device: Some(p.device_id.clone()),
                 call_type: CallType::Video,
                 signalling: Signalling::ToDevice,
+                mutes,
                 group: Some(GroupLink {
                     group: group.clone(),
                     local_session: member_id.clone(),
@@ -1234,6 +1275,9 @@ impl Voip {
             }
         }
         call.auto_answer = Some(CallType::Video);
+        if let Some(g) = self.groups.get(&call.group.as_ref().expect("set above").group) {
+            call.inherit_mutes(g.mutes);
+        }
         call.ring_or_auto_answer(&mut ctx);
         self.counters.applied += 1;
         self.calls.insert(call_id, call);
@@ -1402,11 +1446,23 @@ impl Voip {
             .filter(|m| (&m.participant.user_id, &m.participant.device_id) != me)
             .filter(|m| joined_group.is_none_or(|g| g.accepts(m)))
             .collect();
+        let streams = members
+            .iter()
+            .filter_map(|m| {
+                let call = self.calls.values().find(|c| {
+                    c.group.as_ref().is_some_and(|l| l.group == *group)
+                        && c.peer_user == m.participant.user_id
+                        && c.peer_device.as_ref() == Some(&m.participant.device_id)
+                })?;
+                Some((m.participant.clone(), call.info().remote_streams))
+            })
+            .collect();
         GroupCallInfo {
             group: group.clone(),
             state: self.groups.get(group).map(|g| g.state),
             transports: group::transports(&members),
             members,
+            streams,
         }
     }
 

@@ -110,3 +110,44 @@ fn a_restarted_member_with_a_new_session_replaces_its_stale_calls() {
     assert_eq!(calls[0].state, CallState::Connected);
     assert_eq!(sim.device(b).voip.calls().len(), 1);
 }
+
+#[test]
+fn mute_and_screenshare_fan_out_to_every_peer_and_streams_are_listed_per_member() {
+    let mut sim = Sim::new(23);
+    let users = ["@alice:x.org", "@bob:x.org", "@carol:x.org"];
+    let devs: Vec<DeviceIdx> =
+        users.iter().zip(["A", "B", "C"]).map(|(u, n)| sim.add_device(u, n, Config::default())).collect();
+    sim.join(ROOM, &users);
+    join(&mut sim, devs[0]);
+    sim.command(
+        devs[0],
+        Command::SetGroupMuted {
+            room_id: RoomId::from(ROOM),
+            call_id: String::new(),
+            audio: Some(true),
+            video: None,
+        },
+    )
+    .unwrap();
+    join(&mut sim, devs[1]);
+    join(&mut sim, devs[2]);
+    sim.settle();
+    sim.command(
+        devs[0],
+        Command::SetGroupScreenshare { room_id: RoomId::from(ROOM), call_id: String::new(), enabled: true },
+    )
+    .unwrap();
+    sim.settle();
+    let group = voip_core::GroupCallId::room_call(RoomId::from(ROOM));
+    for other in &devs[1..] {
+        let info = sim.device(*other).voip.group_call(&group);
+        let alice =
+            info.streams.iter().find(|(p, _)| p.user_id.as_str() == users[0]).expect("alice's streams");
+        assert_eq!(alice.1.len(), 2, "usermedia and screenshare");
+        assert_eq!(alice.1[0].purpose, voip_core::media::StreamPurpose::Screenshare, "screenshare first");
+        assert!(
+            alice.1[1].audio_muted,
+            "the mute chosen before the calls existed applies to every peer call"
+        );
+    }
+}

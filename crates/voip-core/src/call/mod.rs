@@ -158,6 +158,8 @@ pub(crate) struct Outgoing {
     pub(crate) invitee_device: Option<DeviceId>,
     pub(crate) call_type: CallType,
     pub(crate) signalling: Signalling,
+    /// Microphone and camera mute state to start with (a mesh group's).
+    pub(crate) mutes: (bool, bool),
 }
 
 /// Parameters of a new incoming call (already validated by the machine).
@@ -238,6 +240,7 @@ impl Call {
             (p.invitee, p.invitee_device),
         );
         call.group = p.group;
+        call.inherit_mutes(p.mutes);
         let _span = tracing::debug_span!("call", call_id = %call.id, party_id = %call.local_party).entered();
         tracing::debug!(peer = %call.peer_user, ?p.call_type, "placing call");
         ctx.emit(Event::StateChanged { call_id: call.id.clone(), state: CallState::CreateOffer });
@@ -534,6 +537,11 @@ impl Call {
         if self.video_muted && self.local_has_video {
             self.set_track(ctx, MediaKind::Video, false);
         }
+    }
+
+    /// Whether we share our screen in this call.
+    pub(crate) fn has_screenshare(&self) -> bool {
+        self.screenshare.is_some()
     }
 
     /// Our mute state, to carry over to the call that replaces this one.

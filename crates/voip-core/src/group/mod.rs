@@ -83,6 +83,8 @@ pub struct GroupCallInfo {
     /// The LiveKit service each member publishes on, per the focus selection in force
     /// (`oldest_membership`: everyone the oldest member's; `multi_sfu`: each its own).
     pub transports: Vec<(Participant, Option<String>)>,
+    /// Mesh: each member's remote streams (screenshare first), from its peer call.
+    pub streams: Vec<(Participant, Vec<crate::output::RemoteStream>)>,
 }
 
 #[derive(Debug)]
@@ -110,6 +112,10 @@ pub(crate) struct GroupCall {
     pub(crate) keys: Option<KeyManager>,
     /// Ring or notify the room once our join is through, if we are the first.
     notify: Option<NotificationType>,
+    /// Mesh: our microphone and camera mute state, applied to every peer call.
+    pub(crate) mutes: (bool, bool),
+    /// Mesh: we share our screen with every peer call.
+    pub(crate) screenshare: bool,
 }
 
 /// The outcome of a sent request, as far as groups care.
@@ -175,6 +181,8 @@ impl GroupCall {
             heartbeat_at: None,
             keys: None,
             notify: p.notify,
+            mutes: (false, false),
+            screenshare: false,
         };
         if matches!(g.focus, Focus::Livekit { .. }) {
             let transport = match g.dialect {
@@ -542,6 +550,11 @@ impl GroupCall {
                 );
             }
             self.send_membership(ctx, store);
+            // The others saw us leave and dropped our key: start keys afresh, like a new join
+            // (the next `set_members` below sends a fresh key to everyone).
+            if let Some(keys) = self.keys.as_mut() {
+                keys.leave(ctx);
+            }
         }
         let now: BTreeSet<Participant> =
             members.iter().filter(|m| !is_us(m)).map(|m| m.participant.clone()).collect();
