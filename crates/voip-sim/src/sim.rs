@@ -248,6 +248,30 @@ impl Sim {
         id
     }
 
+    /// Joins `d` to the room call (`call_id` `""`, application `m.call`, scope `m.room`) of
+    /// `room` with a membership dialect and a focus.
+    pub fn join_group_call(
+        &mut self,
+        d: DeviceIdx,
+        room: &str,
+        dialect: voip_core::MembershipDialect,
+        focus: voip_core::Focus,
+    ) -> Result<(), voip_core::Error> {
+        self.command(
+            d,
+            Command::JoinGroupCall {
+                room_id: RoomId::from(room),
+                call_id: String::new(),
+                application: "m.call".into(),
+                scope: "m.room".into(),
+                dialect,
+                focus,
+                owned_state_keys: false,
+                notify: None,
+            },
+        )
+    }
+
     /// Feeds a command now; returns the core's result.
     pub fn command(&mut self, d: DeviceIdx, command: Command) -> Result<(), voip_core::Error> {
         let r = self.devices[d.0].voip.handle(self.now, Input::Command(command));

@@ -19,20 +19,7 @@ fn join(sim: &mut Sim, d: DeviceIdx, dialect: MembershipDialect) {
             livekit_alias: Some(ROOM.into()),
         },
     };
-    sim.command(
-        d,
-        Command::JoinGroupCall {
-            room_id: RoomId::from(ROOM),
-            call_id: String::new(),
-            application: "m.call".into(),
-            scope: "m.room".into(),
-            dialect,
-            focus,
-            owned_state_keys: false,
-            notify: None,
-        },
-    )
-    .expect("join");
+    sim.join_group_call(d, ROOM, dialect, focus).expect("join");
 }
 
 fn participants(sim: &Sim, d: DeviceIdx) -> Vec<UserId> {

@@ -10,20 +10,7 @@ use voip_sim::{DeviceIdx, Sim};
 const ROOM: &str = "!mesh:example.org";
 
 fn join(sim: &mut Sim, d: DeviceIdx) {
-    sim.command(
-        d,
-        Command::JoinGroupCall {
-            room_id: RoomId::from(ROOM),
-            call_id: String::new(),
-            application: "m.call".into(),
-            scope: "m.room".into(),
-            dialect: MembershipDialect::Famedly,
-            focus: Focus::Mesh,
-            owned_state_keys: false,
-            notify: None,
-        },
-    )
-    .expect("join");
+    sim.join_group_call(d, ROOM, MembershipDialect::Famedly, Focus::Mesh).expect("join");
 }
 
 fn leave(sim: &mut Sim, d: DeviceIdx) {

@@ -30,19 +30,7 @@ fn action(n: usize) -> impl Strategy<Value = Action> {
 }
 
 fn join(sim: &mut Sim, d: DeviceIdx) {
-    let _ = sim.command(
-        d,
-        Command::JoinGroupCall {
-            room_id: RoomId::from(ROOM),
-            call_id: String::new(),
-            application: "m.call".into(),
-            scope: "m.room".into(),
-            dialect: MembershipDialect::Famedly,
-            focus: Focus::Mesh,
-            owned_state_keys: false,
-            notify: None,
-        },
-    );
+    let _ = sim.join_group_call(d, ROOM, MembershipDialect::Famedly, Focus::Mesh);
 }
 
 fn run(n: usize, seed: u64, jitter_ms: u64, actions: Vec<Action>) -> Result<(), TestCaseError> {

@@ -28,22 +28,9 @@ fn action() -> impl Strategy<Value = Action> {
 }
 
 fn join(sim: &mut Sim, d: DeviceIdx, dialect: MembershipDialect) {
-    let _ = sim.command(
-        d,
-        Command::JoinGroupCall {
-            room_id: RoomId::from(ROOM),
-            call_id: String::new(),
-            application: "m.call".into(),
-            scope: "m.room".into(),
-            dialect,
-            focus: Focus::Livekit {
-                livekit_service_url: Some("https://sfu.example.org".into()),
-                livekit_alias: None,
-            },
-            owned_state_keys: false,
-            notify: None,
-        },
-    );
+    let focus =
+        Focus::Livekit { livekit_service_url: Some("https://sfu.example.org".into()), livekit_alias: None };
+    let _ = sim.join_group_call(d, ROOM, dialect, focus);
 }
 
 fn run(n: usize, famedly: bool, seed: u64, actions: Vec<Action>) -> Result<(), TestCaseError> {

@@ -16,23 +16,9 @@ fn group() -> GroupCallId {
 }
 
 fn join(sim: &mut Sim, d: DeviceIdx, dialect: MembershipDialect) {
-    sim.command(
-        d,
-        Command::JoinGroupCall {
-            room_id: RoomId::from(ROOM),
-            call_id: String::new(),
-            application: "m.call".into(),
-            scope: "m.room".into(),
-            dialect,
-            focus: Focus::Livekit {
-                livekit_service_url: Some("https://sfu.example.org".into()),
-                livekit_alias: None,
-            },
-            owned_state_keys: false,
-            notify: None,
-        },
-    )
-    .expect("join");
+    let focus =
+        Focus::Livekit { livekit_service_url: Some("https://sfu.example.org".into()), livekit_alias: None };
+    sim.join_group_call(d, ROOM, dialect, focus).expect("join");
 }
 
 /// Every present member holds every other present member's key in use.

@@ -309,13 +309,18 @@ impl GroupCall {
         ctx.sends.tag_group(id, self.id.clone(), self.generation, op);
     }
 
-    fn send_membership(&mut self, ctx: &mut Ctx<'_>, store: &MembershipStore) {
-        let kind = SendKind::StateEvent {
+    /// Our state event at our state key, with this content.
+    fn state_send(&self, ctx: &Ctx<'_>, content: Value) -> SendKind {
+        SendKind::StateEvent {
             room_id: self.id.room_id.clone(),
             event_type: self.event_type().to_owned(),
             state_key: self.state_key(ctx),
-            content: self.membership_content(ctx, store),
-        };
+            content,
+        }
+    }
+
+    fn send_membership(&mut self, ctx: &mut Ctx<'_>, store: &MembershipStore) {
+        let kind = self.state_send(ctx, self.membership_content(ctx, store));
         self.send(ctx, kind, GroupOp::Join);
         let every = match self.dialect {
             MembershipDialect::Famedly => ctx.config.famedly_refresh_ms,
@@ -459,12 +464,7 @@ impl GroupCall {
             }
             GroupOp::SendDelayedLeave => {
                 // The delayed leave is gone or the server refused: send the leave ourselves.
-                let kind = SendKind::StateEvent {
-                    room_id: self.id.room_id.clone(),
-                    event_type: self.event_type().to_owned(),
-                    state_key: self.state_key(ctx),
-                    content: self.leave_content(ctx, store),
-                };
+                let kind = self.state_send(ctx, self.leave_content(ctx, store));
                 self.send(ctx, kind, GroupOp::Leave);
             }
             GroupOp::Leave => self.set_state(ctx, GroupCallState::Left),
@@ -491,12 +491,7 @@ impl GroupCall {
                 GroupOp::SendDelayedLeave,
             ),
             None => {
-                let kind = SendKind::StateEvent {
-                    room_id: self.id.room_id.clone(),
-                    event_type: self.event_type().to_owned(),
-                    state_key: self.state_key(ctx),
-                    content: self.leave_content(ctx, store),
-                };
+                let kind = self.state_send(ctx, self.leave_content(ctx, store));
                 self.send(ctx, kind, GroupOp::Leave);
             }
         }
