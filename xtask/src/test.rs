@@ -27,6 +27,16 @@ fn cargo(args: &[&str], env: &BTreeMap<String, String>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `synapse-rig` of voip-testkit, built without its matrix-sdk client helpers (they are not
+/// needed to start or stop Synapse, and building them with other features than the tests use
+/// would compile matrix-sdk twice).
+fn rig(args: &[&str]) -> Command {
+    let mut all =
+        vec!["run", "-q", "-p", "voip-testkit", "--no-default-features", "--bin", "synapse-rig", "--"];
+    all.extend_from_slice(args);
+    cargo_cmd(&all)
+}
+
 /// A running shared Synapse, stopped on drop.
 struct Synapse {
     data: String,
@@ -45,21 +55,10 @@ impl Synapse {
             std::process::id()
         );
         println!("\n==> starting Synapse (data {data})");
-        let out = cargo_cmd(&[
-            "run",
-            "-q",
-            "-p",
-            "voip-testkit",
-            "--bin",
-            "synapse-rig",
-            "--",
-            "start",
-            "--data",
-            &data,
-        ])
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .context("running synapse-rig")?;
+        let out = rig(&["start", "--data", &data])
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .context("running synapse-rig")?;
         if !out.status.success() {
             bail!("synapse-rig start failed ({})", out.status);
         }
@@ -80,20 +79,7 @@ impl Synapse {
 impl Drop for Synapse {
     fn drop(&mut self) {
         println!("\n==> stopping Synapse");
-        let _ = cargo_cmd(&[
-            "run",
-            "-q",
-            "-p",
-            "voip-testkit",
-            "--bin",
-            "synapse-rig",
-            "--",
-            "stop",
-            "--data",
-            &self.data,
-            "--rm",
-        ])
-        .status();
+        let _ = rig(&["stop", "--data", &self.data, "--rm"]).status();
     }
 }
 
