@@ -1,0 +1,358 @@
+#!/usr/bin/env node
+// One real matrix-js-sdk peer per process, driven by JSON lines (see docs/interop.md).
+//
+//   node js-peer.mjs setup --hs URL [--users alice,bob] [--encrypted]   register users, create a shared room
+//   node js-peer.mjs peer  --hs URL --user-id @a:localhost --device-id DEV --token TOKEN --room !r
+//                          [--sdk 43|40] [--candidates sdp|trickle] [--crypto] [--busy]
+//
+// `peer` reads commands from stdin, one JSON object a line, and writes events to stdout, one
+// JSON object a line. Everything else (js-sdk's own logging) goes to stderr.
+//
+// Commands: {"cmd":"call","to":"@b:localhost"}  {"cmd":"answer"}  {"cmd":"reject"}
+//           {"cmd":"hangup"}  {"cmd":"hold"}  {"cmd":"unhold"}  {"cmd":"stats"}
+//           {"cmd":"rtc-join"}  {"cmd":"rtc-leave"}  {"cmd":"quit"}
+// Events:   ready, incoming, state, hold, ended, stats, error, rtc-members, rtc-key, rtc-joined,
+//           rtc-left, bye. Each has "ev" and "t" (ms since start).
+
+import { setupShim } from "./lib/shim.mjs";
+
+const t0 = Date.now();
+const emit = (ev, fields = {}) => process.stdout.write(JSON.stringify({ ev, t: Date.now() - t0, ...fields }) + "\n");
+
+// js-sdk logs through console.log/info/debug: keep stdout for the protocol.
+for (const k of ["log", "info", "debug", "trace"]) console[k] = (...a) => console.error(...a);
+
+function args(argv) {
+    const out = { _: [] };
+    for (let i = 0; i < argv.length; i++) {
+        const a = argv[i];
+        if (a.startsWith("--")) {
+            const next = argv[i + 1];
+            if (next === undefined || next.startsWith("--")) out[a.slice(2)] = true;
+            else out[a.slice(2)] = argv[++i];
+        } else out._.push(a);
+    }
+    return out;
+}
+
+const opts = args(process.argv.slice(2));
+const verb = opts._[0];
+
+async function api(hs, method, path, body, token) {
+    const res = await fetch(hs + path, {
+        method,
+        headers: { "content-type": "application/json", ...(token ? { authorization: `Bearer ${token}` } : {}) },
+        body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const json = await res.json().catch(() => ({}));
+    return { status: res.status, json };
+}
+
+async function register(hs, name) {
+    const body = { username: name, password: `pw-${name}`, initial_device_display_name: `interop ${name}` };
+    let r = await api(hs, "POST", "/_matrix/client/v3/register", body);
+    if (r.status === 401 && r.json.session) {
+        r = await api(hs, "POST", "/_matrix/client/v3/register", {
+            ...body,
+            auth: { type: "m.login.dummy", session: r.json.session },
+        });
+    }
+    if (r.status !== 200) throw new Error(`register ${name}: ${r.status} ${JSON.stringify(r.json)}`);
+    return { user_id: r.json.user_id, device_id: r.json.device_id, access_token: r.json.access_token };
+}
+
+/** Registers fresh users (random suffix) and a room they all joined; prints one JSON line. */
+async function setup() {
+    const hs = opts.hs;
+    const names = String(opts.users ?? "alice,bob").split(",");
+    const suffix = Math.random().toString(36).slice(2, 8);
+    const users = [];
+    for (const n of names) users.push(await register(hs, `${n}-${suffix}`));
+    // One room with everybody, plus one room per extra pair (--pairs 0-2,1-2: indices into users).
+    const rooms = [await createRoom(hs, users)];
+    for (const pair of String(opts.pairs ?? "").split(",").filter(Boolean)) {
+        rooms.push(await createRoom(hs, pair.split("-").map((i) => users[Number(i)])));
+    }
+    process.stdout.write(JSON.stringify({ room_id: rooms[0], rooms, users }) + "\n");
+}
+
+async function createRoom(hs, members) {
+    const [creator, ...others] = members;
+    const callMemberTypes = [
+        "org.matrix.msc3401.call.member",
+        "com.famedly.call.member",
+        "org.matrix.msc3401.call",
+        "org.matrix.msc4143.rtc.member",
+        "m.rtc.slot",
+        "org.matrix.msc4143.rtc.slot",
+    ];
+    const room = await api(
+        hs,
+        "POST",
+        "/_matrix/client/v3/createRoom",
+        {
+            preset: "private_chat",
+            name: "interop",
+            invite: others.map((u) => u.user_id),
+            power_level_content_override: { events: Object.fromEntries(callMemberTypes.map((t) => [t, 0])) },
+            // Element Call rooms are encrypted; crypto then tracks the members' devices (Olm to-device).
+            initial_state: opts.encrypted
+                ? [{ type: "m.room.encryption", state_key: "", content: { algorithm: "m.megolm.v1.aes-sha2" } }]
+                : [],
+        },
+        creator.access_token,
+    );
+    if (room.status !== 200) throw new Error(`createRoom: ${room.status} ${JSON.stringify(room.json)}`);
+    const roomId = room.json.room_id;
+    for (const u of others) {
+        const j = await api(hs, "POST", `/_matrix/client/v3/join/${encodeURIComponent(roomId)}`, {}, u.access_token);
+        if (j.status !== 200) throw new Error(`join ${u.user_id}: ${j.status} ${JSON.stringify(j.json)}`);
+    }
+    return roomId;
+}
+
+async function peer() {
+    const sdkName = String(opts.sdk ?? "43") === "40" ? "matrix-js-sdk-40" : "matrix-js-sdk";
+    const trickle = opts.candidates === "trickle";
+    const media = setupShim({ trickle });
+    const sdk = await import(sdkName);
+    const { CallEvent, CallState, CallErrorCode } = await import(`${sdkName}/lib/webrtc/call.js`);
+    const { CallEventHandlerEvent } = await import(`${sdkName}/lib/webrtc/callEventHandler.js`);
+    const { logger } = await import(`${sdkName}/lib/logger.js`);
+    quietLogger(logger);
+
+    const client = sdk.createClient({
+        baseUrl: opts.hs,
+        userId: opts["user-id"],
+        deviceId: opts["device-id"],
+        accessToken: opts.token,
+        useE2eForGroupCall: false,
+        timelineSupport: false,
+    });
+    if (opts.crypto) await client.initRustCrypto({ useIndexedDB: false });
+
+    // Report what goes on the wire, so the harness can check the candidate style.
+    const sendEvent = client.sendEvent.bind(client);
+    client.sendEvent = (roomId, ...rest) => {
+        const [type, content] = typeof rest[0] === "string" && typeof rest[1] === "object" ? rest : rest.slice(1);
+        if (typeof type === "string" && type.startsWith("m.call.")) {
+            const sdp = content?.offer?.sdp ?? content?.answer?.sdp ?? content?.description?.sdp ?? "";
+            emit("sent", {
+                type,
+                call_id: content?.call_id,
+                sdp_candidates: sdp.split("\r\n").filter((l) => l.startsWith("a=candidate:")).length,
+                candidates: Array.isArray(content?.candidates) ? content.candidates.length : undefined,
+                reason: content?.reason,
+            });
+        }
+        return sendEvent(roomId, ...rest);
+    };
+    const encryptAndSendToDevice = client.encryptAndSendToDevice?.bind(client);
+    if (encryptAndSendToDevice) {
+        client.encryptAndSendToDevice = (type, targets, content) => {
+            emit("sent-to-device", { type, encrypted: true, targets: targets.length ?? undefined });
+            return encryptAndSendToDevice(type, targets, content);
+        };
+    }
+
+    let call = null; // the current MatrixCall
+    let incoming = null; // an incoming call not yet answered or rejected
+    let rtc = null; // the MatrixRTCSession
+
+    const watch = (c, direction) => {
+        emit("call", { call_id: c.callId, direction, peer: c.getOpponentMember?.()?.userId ?? c.invitee ?? null });
+        c.on(CallEvent.State, (state, old) => emit("state", { call_id: c.callId, state, old }));
+        c.on(CallEvent.RemoteHoldUnhold, (onHold) => emit("hold", { call_id: c.callId, remote_on_hold: onHold }));
+        c.on(CallEvent.LocalHoldUnhold, (onHold) => emit("hold", { call_id: c.callId, local_on_hold: onHold }));
+        c.on(CallEvent.Replaced, (n) => {
+            emit("replaced", { call_id: c.callId, by: n.callId });
+            if (call === c) call = n;
+            watch(n, "replacement");
+        });
+        c.on(CallEvent.Hangup, () =>
+            emit("ended", {
+                call_id: c.callId,
+                reason: c.hangupReason ?? null,
+                party: c.hangupParty ?? null,
+            }),
+        );
+        c.on(CallEvent.Error, (e) => emit("error", { call_id: c.callId, code: e.code, message: String(e.message) }));
+    };
+
+    client.on(CallEventHandlerEvent.Incoming, (c) => {
+        // --busy: what Element Web does when a call comes in during another one.
+        if (opts.busy && call && call.state !== CallState.Ended) {
+            emit("incoming", { call_id: c.callId, from: c.getOpponentMember?.()?.userId ?? null, busy: true });
+            watch(c, "incoming");
+            c.hangup(CallErrorCode.UserBusy, false);
+            return;
+        }
+        incoming = c;
+        emit("incoming", { call_id: c.callId, from: c.getOpponentMember?.()?.userId ?? null, room_id: c.roomId });
+        watch(c, "incoming");
+        // Glare: js-sdk answers the replacement itself; keep track of the newest call.
+        if (call && call.state !== CallState.Ended && c.callId !== call.callId) emit("glare-incoming", { call_id: c.callId });
+        c.on(CallEvent.State, (s) => {
+            if (s === CallState.Connected || s === CallState.Connecting) call = c;
+        });
+    });
+
+    const ready = new Promise((resolve) => {
+        client.on("sync", (state) => {
+            if (state === "PREPARED" || state === "SYNCING") resolve();
+        });
+    });
+    await client.startClient({ initialSyncLimit: 1, lazyLoadMembers: false });
+    await ready;
+    // Incoming invites are handled only after the first sync (callEventHandler starts on it).
+    emit("ready", {
+        user_id: client.getUserId(),
+        device_id: client.getDeviceId(),
+        sdk: sdkName === "matrix-js-sdk" ? "43" : "40",
+        candidates: trickle ? "trickle" : "sdp",
+        voip: client.supportsVoip(),
+    });
+
+    const stats = async (c) => {
+        let sent = 0;
+        let received = 0;
+        if (c?.peerConn) {
+            const report = await c.peerConn.getStats();
+            report.forEach((s) => {
+                if (s.type === "outbound-rtp" && (s.kind ?? s.mediaType) === "audio") sent += s.packetsSent ?? 0;
+                if (s.type === "inbound-rtp" && (s.kind ?? s.mediaType) === "audio") received += s.packetsReceived ?? 0;
+            });
+        }
+        return { sent, received };
+    };
+
+    const room = () => client.getRoom(opts.room);
+
+    const commands = {
+        async call(c) {
+            const mc = client.createCall(c.room ?? opts.room, c.to ? { invitee: c.to } : undefined);
+            if (!mc) throw new Error("createCall returned null (no VoIP support)");
+            if (c.to) mc.invitee = c.to;
+            call = mc;
+            watch(mc, "outgoing");
+            await mc.placeVoiceCall();
+        },
+        async answer() {
+            if (!incoming) throw new Error("no incoming call");
+            call = incoming;
+            incoming = null;
+            await call.answer(true, false);
+        },
+        async reject() {
+            if (!incoming) throw new Error("no incoming call");
+            incoming.reject();
+            incoming = null;
+        },
+        async hangup() {
+            if (!call) throw new Error("no call");
+            call.hangup(CallErrorCode.UserHangup, false);
+        },
+        async hold() {
+            if (!call) throw new Error("no call");
+            call.setRemoteOnHold(true);
+        },
+        async unhold() {
+            if (!call) throw new Error("no call");
+            call.setRemoteOnHold(false);
+        },
+        async stats() {
+            const s = await stats(call);
+            emit("stats", {
+                call_id: call?.callId ?? null,
+                state: call?.state ?? null,
+                local_on_hold: call?.isLocalOnHold?.() ?? false,
+                remote_on_hold: call?.isRemoteOnHold?.() ?? false,
+                ...s,
+            });
+        },
+        async "rtc-join"() {
+            const r = room();
+            if (!r) throw new Error(`room ${opts.room} not known`);
+            const { MatrixRTCSessionEvent } = await import(`${sdkName}/lib/matrixrtc/MatrixRTCSession.js`);
+            rtc = client.matrixRTC.getRoomSession(r);
+            rtc.on(MatrixRTCSessionEvent.MembershipsChanged, (_old, memberships) =>
+                emit("rtc-members", {
+                    members: memberships.map((m) => ({ user_id: m.sender ?? m.userId, device_id: m.deviceId })),
+                }),
+            );
+            rtc.on(MatrixRTCSessionEvent.EncryptionKeyChanged, (key, index, membership) => {
+                const userId = membership.userId ?? membership.sender;
+                emit("rtc-key", {
+                    user_id: userId,
+                    device_id: membership.deviceId,
+                    index,
+                    key: Buffer.from(key).toString("base64"),
+                    local: userId === client.getUserId() && membership.deviceId === client.getDeviceId(),
+                });
+            });
+            rtc.joinRoomSession(
+                [{ type: "livekit", livekit_service_url: "http://127.0.0.1:9/livekit", livekit_alias: opts.room }],
+                undefined,
+                { manageMediaKeys: true, callIntent: "audio", useKeyDelay: 0, keyRotationGracePeriodMs: 0 },
+            );
+            emit("rtc-joined", { room_id: opts.room });
+        },
+        async "rtc-leave"() {
+            if (!rtc) throw new Error("not joined");
+            const ok = await rtc.leaveRoomSession(5000);
+            emit("rtc-left", { ok });
+        },
+        async quit() {
+            emit("bye", {});
+            client.stopClient();
+            media.stop();
+            setTimeout(() => process.exit(0), 50);
+        },
+    };
+
+    const readline = await import("node:readline");
+    const rl = readline.createInterface({ input: process.stdin });
+    rl.on("line", async (line) => {
+        if (!line.trim()) return;
+        let c;
+        try {
+            c = JSON.parse(line);
+        } catch {
+            emit("error", { message: `not JSON: ${line}` });
+            return;
+        }
+        const f = commands[c.cmd];
+        if (!f) return emit("error", { cmd: c.cmd, message: "unknown command" });
+        try {
+            await f(c);
+            emit("ok", { cmd: c.cmd });
+        } catch (e) {
+            emit("error", { cmd: c.cmd, message: String(e?.message ?? e) });
+        }
+    });
+    rl.on("close", () => commands.quit());
+}
+
+/** js-sdk's loggers force DEBUG on creation: filter through the method factory instead. */
+function quietLogger(logger) {
+    const level = process.env.JS_PEER_LOG ?? "warn";
+    const order = ["trace", "debug", "info", "warn", "error"];
+    const min = order.indexOf(level);
+    const orig = logger.methodFactory;
+    logger.methodFactory = function (methodName, logLevel, loggerName) {
+        const raw = orig.call(this, methodName, logLevel, loggerName);
+        return order.indexOf(methodName) >= min ? raw : () => {};
+    };
+    if (typeof logger.rebuild === "function") logger.rebuild();
+    else logger.setLevel(logger.getLevel());
+}
+
+const main = verb === "setup" ? setup : verb === "peer" ? peer : null;
+if (!main) {
+    console.error("usage: js-peer.mjs setup --hs URL | peer --hs URL --user-id U --device-id D --token T --room R");
+    process.exit(2);
+}
+main().catch((e) => {
+    emit("fatal", { message: String(e?.stack ?? e) });
+    process.exit(1);
+});
