@@ -37,9 +37,21 @@ struct Pending {
     retrying: bool,
     /// Not emitted yet: waits behind a retrying send to the same room.
     held: bool,
+    /// A later state event for the same state key was sent while this one was in flight: if
+    /// this one fails it is not retried (a retry would overwrite the newer state).
+    superseded: bool,
 }
 
 impl Pending {
+    fn state_key(&self) -> Option<(&RoomId, &str, &str)> {
+        match &self.kind {
+            SendKind::StateEvent { room_id, event_type, state_key, .. } => {
+                Some((room_id, event_type.as_str(), state_key.as_str()))
+            }
+            _ => None,
+        }
+    }
+
     fn room(&self) -> Option<&RoomId> {
         match &self.kind {
             SendKind::RoomEvent { room_id, .. }
@@ -88,7 +100,15 @@ impl SendTable {
             retry_at: None,
             retrying: false,
             held: false,
+            superseded: false,
         };
+        if let Some(key) = p.state_key() {
+            for q in self.pending.values_mut() {
+                if q.state_key() == Some(key) && !q.held && !q.retrying {
+                    q.superseded = true;
+                }
+            }
+        }
         p.held = p.room().is_some_and(|room| self.room_blocked(room));
         if !p.held {
             out.push_back(Output::Send(SendRequest { id, txn_id: p.txn_id.clone(), kind: p.kind.clone() }));
@@ -154,6 +174,13 @@ impl SendTable {
     ) -> SendVerdict {
         let Some(p) = self.pending.get_mut(&id) else { return SendVerdict::Nothing };
         if p.held {
+            return SendVerdict::Nothing;
+        }
+        if p.superseded {
+            // The newer state event for the same key went out after this one: retrying this one
+            // would overwrite it (a join retried after the leave leaves a ghost membership).
+            let p = self.pending.remove(&id).expect("entry checked above");
+            self.release(p.room().cloned(), out);
             return SendVerdict::Nothing;
         }
         // Hangups and rejects get twice the retries: a lost hangup leaves the peer ringing.
@@ -283,6 +310,30 @@ mod tests {
             })
             .collect();
         assert_eq!(ids, vec![first, second], "retry first, then the held send");
+    }
+
+    /// Found by `cargo xtask sim` (mesh, seed 17): a join that failed after the leave went out
+    /// was retried and left a ghost membership behind.
+    #[test]
+    fn a_state_event_superseded_while_in_flight_is_not_retried() {
+        let state = |content: serde_json::Value| SendKind::StateEvent {
+            room_id: RoomId::from("!r"),
+            event_type: "com.famedly.call.member".into(),
+            state_key: "@a:x".into(),
+            content,
+        };
+        let mut t = SendTable::default();
+        let mut out = VecDeque::new();
+        let join =
+            t.send(&mut out, None, SendPurpose::Other, "g", state(serde_json::json!({"memberships": [1]})));
+        let leave =
+            t.send(&mut out, None, SendPurpose::Other, "g", state(serde_json::json!({"memberships": []})));
+        assert_eq!(out.drain(..).count(), 2, "both go out at once");
+        t.sent(leave, &mut out);
+        assert_eq!(t.failed(join, Timestamp(0), true, None, 5, &mut out), SendVerdict::Nothing);
+        assert_eq!(t.next_retry(), None, "the stale join is not retried");
+        assert_eq!(t.len(), 0);
+        assert!(out.is_empty());
     }
 
     #[test]
