@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use crate::group::GroupOp;
-use crate::ids::{CallId, GroupCallId, RequestId, RoomId, Timestamp};
+use crate::ids::{CallId, DeviceId, GroupCallId, RequestId, RoomId, Timestamp, UserId};
 use crate::output::{Output, SendKind, SendRequest};
 
 /// What a send was for, so a final failure can be acted on.
@@ -220,6 +220,35 @@ impl SendTable {
         }
     }
 
+    /// Removes `recipients` from pending to-device sends of `event_type` for `room` (not out yet, waiting
+    /// for a retry, or in flight: a retry must not reach them any more). A send left without
+    /// recipients is dropped, or not retried if it is in flight.
+    pub(crate) fn drop_recipients(
+        &mut self,
+        room: &RoomId,
+        event_type: &str,
+        recipients: &[(UserId, DeviceId)],
+    ) {
+        let mut emptied = Vec::new();
+        for (id, p) in self.pending.iter_mut() {
+            let SendKind::ToDevice { event_type: t, messages, room_id, .. } = &mut p.kind else { continue };
+            if t != event_type || room_id.as_ref() != Some(room) {
+                continue;
+            }
+            messages.retain(|m| !recipients.iter().any(|(u, d)| m.user_id == *u && m.device_id == *d));
+            if messages.is_empty() {
+                if p.held || p.retry_at.is_some() {
+                    emptied.push(*id);
+                } else {
+                    p.superseded = true;
+                }
+            }
+        }
+        for id in emptied {
+            self.pending.remove(&id);
+        }
+    }
+
     /// Re-emits every send whose retry time has come.
     pub(crate) fn fire(&mut self, now: Timestamp, out: &mut VecDeque<Output>) {
         for (id, p) in self.pending.iter_mut() {
@@ -334,6 +363,42 @@ mod tests {
         assert_eq!(t.next_retry(), None, "the stale join is not retried");
         assert_eq!(t.len(), 0);
         assert!(out.is_empty());
+    }
+
+    /// Found by `cargo xtask sim` (sfu, seed 3): a key send that failed was retried to a
+    /// member who had left meanwhile.
+    #[test]
+    fn a_key_send_is_not_retried_to_a_member_who_left() {
+        use crate::output::{ToDeviceEncryption, ToDeviceMessage};
+        let msg = |d: &str| ToDeviceMessage {
+            user_id: UserId::from("@u:x"),
+            device_id: DeviceId::from(d),
+            content: serde_json::json!({}),
+        };
+        let keys = |to: Vec<ToDeviceMessage>| SendKind::ToDevice {
+            event_type: "io.element.call.encryption_keys".into(),
+            room_id: Some(RoomId::from("!r")),
+            messages: to,
+            encryption: ToDeviceEncryption::Required,
+        };
+        let mut t = SendTable::default();
+        let mut out = VecDeque::new();
+        let both = t.send(&mut out, None, SendPurpose::Other, "k", keys(vec![msg("A"), msg("B")]));
+        let only_b = t.send(&mut out, None, SendPurpose::Other, "k", keys(vec![msg("B")]));
+        out.clear();
+        t.failed(both, Timestamp(0), true, None, 5, &mut out);
+        // B leaves while the first send waits for its retry and the second is in flight.
+        let b = (UserId::from("@u:x"), DeviceId::from("B"));
+        t.drop_recipients(&RoomId::from("!r"), "io.element.call.encryption_keys", &[b]);
+        t.fire(Timestamp(10_000), &mut out);
+        let Some(Output::Send(SendRequest { kind: SendKind::ToDevice { messages, .. }, .. })) =
+            out.pop_front()
+        else {
+            panic!("the retry goes out")
+        };
+        assert_eq!(messages, vec![msg("A")], "only to A");
+        assert_eq!(t.failed(only_b, Timestamp(0), true, None, 5, &mut out), SendVerdict::Nothing);
+        assert_eq!(t.next_retry(), None, "the send only for B is not retried");
     }
 
     #[test]

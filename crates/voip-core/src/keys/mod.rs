@@ -181,6 +181,10 @@ impl KeyManager {
         for k in &leavers {
             self.remote.remove(k);
         }
+        // A key send still pending (waiting for a retry) must not reach a member who left.
+        if !leavers.is_empty() {
+            ctx.sends.drop_recipients(&self.group.room_id, self.transport.keys_event_type(), &leavers);
+        }
 
         if !self.joined {
             self.joined = true;
