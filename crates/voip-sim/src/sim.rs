@@ -4,6 +4,15 @@
 //! Every message travels with a latency; the homeserver echoes room events back to every member
 //! device, the sender's own included, as a real server does. `step()` handles the earliest pending
 //! thing (a delivery or a device deadline); `run_until_idle()` steps until nothing is left.
+//!
+//! Faults, all drawn from the simulation's seed: per-message jitter (to-device messages overtake
+//! each other; room timelines stay ordered), duplicated deliveries, failing sends, lost requests
+//! or responses ([`Faults::drop`]: the adapter reports a retryable timeout, the core retries with
+//! the same transaction id and the homeserver de-duplicates), per-device clock skew, sync gaps
+//! ([`Sim::stall_sync`]: deliveries wait, then arrive as one [`Input::SyncBatch`]), partitions
+//! ([`Sim::partition`]: sends fail and deliveries wait, timers keep running), network outages
+//! ([`Sim::set_offline`]) and crashes ([`Sim::crash`] / [`Sim::restart`]: state lost, the
+//! memberships and delayed leaves it left behind stay on the homeserver).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
@@ -23,7 +32,8 @@ use crate::media::FakeMedia;
 pub struct DeviceIdx(pub usize);
 
 /// Seeded network faults applied to every delivery.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Faults {
     /// Extra random delay per message, uniformly in `0..=jitter_ms` (reorders messages).
     pub jitter_ms: u64,
@@ -31,6 +41,13 @@ pub struct Faults {
     pub send_failure: f64,
     /// Probability that a delivered message is delivered twice.
     pub duplicate: f64,
+    /// Probability that a send times out: either the request or the response is lost (a coin
+    /// flip). The adapter reports a retryable failure either way; the core retries with the same
+    /// transaction id and the homeserver de-duplicates room and to-device sends by it.
+    pub drop: f64,
+    /// Each device's clock differs from the homeserver's by a random offset in
+    /// `-clock_skew_ms..=clock_skew_ms`, drawn when the device is added.
+    pub clock_skew_ms: u64,
 }
 
 /// One simulated device.
@@ -46,8 +63,26 @@ pub struct Device {
     pub outputs: Vec<(Timestamp, Output)>,
     /// Errors returned by `handle`.
     pub errors: Vec<(Timestamp, voip_core::Error)>,
-    /// Whether the device is offline (crashed): deliveries to it are lost.
+    /// Whether the device is offline (no network or crashed): its timers stall, deliveries to it
+    /// wait on the homeserver.
     pub offline: bool,
+    /// Whether the device's process is down ([`Sim::crash`]) until [`Sim::restart`].
+    pub crashed: bool,
+    /// Offset of the device's clock from the homeserver's, ms.
+    pub skew_ms: i64,
+    /// Partitioned from the homeserver until then: sends fail, deliveries wait, timers run.
+    pub partitioned_until: Option<Timestamp>,
+    /// Its sync is stalled until then: deliveries wait, then arrive as one batch.
+    pub sync_stalled_until: Option<Timestamp>,
+    /// How many times its core was replaced (app restarts).
+    pub generation: u32,
+}
+
+impl Device {
+    /// Whether deliveries currently reach the device.
+    pub fn reachable(&self) -> bool {
+        !self.offline && self.partitioned_until.is_none() && self.sync_stalled_until.is_none()
+    }
 }
 
 /// The simulation.
@@ -80,6 +115,30 @@ pub struct Sim {
     pub delayed_events: bool,
     /// Deliveries waiting for an offline device, in order.
     offline_inbox: BTreeMap<DeviceIdx, Vec<(u64, Input)>>,
+    /// Outcomes of room and to-device sends by (device, transaction id): a retried transaction
+    /// is answered with the first outcome and not delivered again.
+    txns: BTreeMap<(DeviceIdx, String), SendOutcome>,
+    /// Counts of injected faults, for reports.
+    pub injected: Injected,
+}
+
+/// How many faults a simulation injected.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Injected {
+    /// Sends that failed before reaching the homeserver.
+    pub failed_sends: u64,
+    /// Requests lost on the way to the homeserver.
+    pub lost_requests: u64,
+    /// Responses lost on the way back (the send took effect).
+    pub lost_responses: u64,
+    /// Retried transactions the homeserver de-duplicated.
+    pub deduplicated: u64,
+    /// Duplicated deliveries.
+    pub duplicated: u64,
+    /// Sends refused during a partition.
+    pub partitioned_sends: u64,
+    /// Deliveries released late as one sync batch.
+    pub batched: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -114,7 +173,14 @@ impl Sim {
             next_delay_id: 0,
             delayed_events: true,
             offline_inbox: BTreeMap::new(),
+            txns: BTreeMap::new(),
+            injected: Injected::default(),
         }
+    }
+
+    /// The device's own clock (the homeserver's plus its skew).
+    pub fn local_now(&self, d: DeviceIdx) -> Timestamp {
+        shift(self.now, self.devices[d.0].skew_ms)
     }
 
     /// The virtual clock.
@@ -125,6 +191,8 @@ impl Sim {
     /// Adds a device; its core is seeded from the simulation's seed.
     pub fn add_device(&mut self, user: &str, device: &str, config: Config) -> DeviceIdx {
         let seed = seed_from_u64(self.rng.next_u64());
+        let skew = self.faults.clock_skew_ms;
+        let skew_ms = if skew == 0 { 0 } else { (self.rng.next_u64() % (2 * skew + 1)) as i64 - skew as i64 };
         self.devices.push(Device {
             voip: Voip::new(config, LocalDevice::new(user, device), seed),
             media: FakeMedia::new(),
@@ -132,6 +200,11 @@ impl Sim {
             outputs: Vec::new(),
             errors: Vec::new(),
             offline: false,
+            crashed: false,
+            skew_ms,
+            partitioned_until: None,
+            sync_stalled_until: None,
+            generation: 0,
         });
         DeviceIdx(self.devices.len() - 1)
     }
@@ -141,20 +214,10 @@ impl Sim {
     pub fn replace_device(&mut self, d: DeviceIdx, config: Config) {
         let local = self.devices[d.0].voip.local_device().clone();
         // The old process is gone: its media engine's reports and its send results die with it.
-        let dead: Vec<u64> = self
-            .queue
-            .iter()
-            .filter(|Reverse((_, _, to))| *to == d)
-            .map(|Reverse((_, seq, _))| *seq)
-            .filter(|seq| {
-                matches!(self.inflight.get(seq), Some(Input::Media { .. } | Input::SendResult { .. }))
-            })
-            .collect();
-        for seq in dead {
-            self.inflight.remove(&seq);
-        }
+        self.kill_local_inflight(d);
         let seed = seed_from_u64(self.rng.next_u64());
         self.devices[d.0].voip = Voip::new(config, local, seed);
+        self.devices[d.0].generation += 1;
         self.devices[d.0].media = FakeMedia::new();
         let rooms: Vec<(RoomId, Vec<UserId>)> =
             self.rooms.iter().map(|(r, m)| (r.clone(), m.iter().cloned().collect())).collect();
@@ -232,7 +295,7 @@ impl Sim {
         call_type: voip_core::CallType,
         signalling: voip_core::Signalling,
     ) -> CallId {
-        let now = self.now;
+        let now = self.local_now(from);
         let id = self.devices[from.0]
             .voip
             .place_call(
@@ -274,14 +337,15 @@ impl Sim {
 
     /// Feeds a command now; returns the core's result.
     pub fn command(&mut self, d: DeviceIdx, command: Command) -> Result<(), voip_core::Error> {
-        let r = self.devices[d.0].voip.handle(self.now, Input::Command(command));
+        let now = self.local_now(d);
+        let r = self.devices[d.0].voip.handle(now, Input::Command(command));
         self.drain(d);
         r
     }
 
     /// Feeds any input now.
     pub fn feed(&mut self, d: DeviceIdx, input: Input) {
-        let now = self.now;
+        let now = self.local_now(d);
         let dev = &mut self.devices[d.0];
         if let Err(e) = dev.voip.handle(now, input) {
             dev.errors.push((now, e));
@@ -301,10 +365,136 @@ impl Sim {
     /// online (what waited is delivered, in order, as a sync would).
     pub fn set_offline(&mut self, d: DeviceIdx, offline: bool) {
         self.devices[d.0].offline = offline;
-        if !offline {
+        if self.devices[d.0].reachable() {
             for (seq, input) in self.offline_inbox.remove(&d).unwrap_or_default() {
                 self.inflight.insert(seq, input);
                 self.queue.push(Reverse((self.now, seq, d)));
+            }
+        }
+    }
+
+    /// Stalls `d`'s sync for `ms`: deliveries to it wait on the homeserver and then arrive
+    /// together, room and to-device events as one [`Input::SyncBatch`] (a gappy sync). Its
+    /// timers and sends go on.
+    pub fn stall_sync(&mut self, d: DeviceIdx, ms: u64) {
+        let until = self.now.plus(ms);
+        let dev = &mut self.devices[d.0];
+        dev.sync_stalled_until = Some(dev.sync_stalled_until.map_or(until, |u| u.max(until)));
+    }
+
+    /// Partitions `d` from the homeserver for `ms`: its sends fail with a retryable network
+    /// error, deliveries to it wait (and arrive as one batch when the partition heals); its
+    /// timers go on.
+    pub fn partition(&mut self, d: DeviceIdx, ms: u64) {
+        let until = self.now.plus(ms);
+        let dev = &mut self.devices[d.0];
+        dev.partitioned_until = Some(dev.partitioned_until.map_or(until, |u| u.max(until)));
+    }
+
+    /// Crashes `d`'s app: its process is gone (timers stop, media reports and send results in
+    /// flight are lost); what it put on the homeserver (memberships, delayed leaves) stays, and
+    /// deliveries to it wait there. [`Sim::restart`] brings it back with a fresh core.
+    pub fn crash(&mut self, d: DeviceIdx) {
+        self.kill_local_inflight(d);
+        let dev = &mut self.devices[d.0];
+        dev.offline = true;
+        dev.crashed = true;
+    }
+
+    /// Restarts a crashed (or running) device with a fresh core: it learns the room members and
+    /// the current room state, then gets what waited for it (timeline and to-device events) as
+    /// one sync batch.
+    pub fn restart(&mut self, d: DeviceIdx, config: Config) {
+        let held = self.offline_inbox.remove(&d).unwrap_or_default();
+        {
+            let dev = &mut self.devices[d.0];
+            dev.offline = false;
+            dev.crashed = false;
+            dev.partitioned_until = None;
+            dev.sync_stalled_until = None;
+        }
+        self.replace_device(d, config);
+        // The initial sync carries the current state; older state and member changes are moot.
+        let rest: Vec<Input> = held
+            .into_iter()
+            .map(|(_, i)| i)
+            .filter(|i| matches!(i, Input::RoomEvent(_) | Input::ToDevice(_)))
+            .collect();
+        self.feed_batched(d, rest);
+    }
+
+    /// Feeds held deliveries: runs of room and to-device events as one [`Input::SyncBatch`]
+    /// each, anything else on its own, in order.
+    fn feed_batched(&mut self, d: DeviceIdx, inputs: Vec<Input>) {
+        let mut room_events = Vec::new();
+        let mut to_device = Vec::new();
+        for input in inputs {
+            match input {
+                Input::RoomEvent(e) => room_events.push(e),
+                Input::ToDevice(e) => to_device.push(e),
+                other => {
+                    self.flush_batch(d, &mut room_events, &mut to_device);
+                    self.feed(d, other);
+                }
+            }
+        }
+        self.flush_batch(d, &mut room_events, &mut to_device);
+    }
+
+    fn flush_batch(
+        &mut self,
+        d: DeviceIdx,
+        room_events: &mut Vec<RoomEvent>,
+        to_device: &mut Vec<ToDeviceEvent>,
+    ) {
+        if room_events.is_empty() && to_device.is_empty() {
+            return;
+        }
+        self.injected.batched += (room_events.len() + to_device.len()) as u64;
+        let input = Input::SyncBatch {
+            room_events: std::mem::take(room_events),
+            to_device: std::mem::take(to_device),
+        };
+        self.feed(d, input);
+    }
+
+    /// Drops media reports and send results on their way to `d` (its process died).
+    fn kill_local_inflight(&mut self, d: DeviceIdx) {
+        let dead: Vec<u64> = self
+            .queue
+            .iter()
+            .filter(|Reverse((_, _, to))| *to == d)
+            .map(|Reverse((_, seq, _))| *seq)
+            .filter(|seq| {
+                matches!(self.inflight.get(seq), Some(Input::Media { .. } | Input::SendResult { .. }))
+            })
+            .collect();
+        for seq in dead {
+            self.inflight.remove(&seq);
+        }
+        if let Some(inbox) = self.offline_inbox.get_mut(&d) {
+            inbox.retain(|(_, i)| !matches!(i, Input::Media { .. } | Input::SendResult { .. }));
+        }
+    }
+
+    /// Heals partitions and ends sync stalls that are due, delivering what waited.
+    fn heal(&mut self) {
+        for i in 0..self.devices.len() {
+            let d = DeviceIdx(i);
+            let dev = &mut self.devices[i];
+            let mut released = false;
+            if dev.partitioned_until.is_some_and(|u| u <= self.now) {
+                dev.partitioned_until = None;
+                released = true;
+            }
+            if dev.sync_stalled_until.is_some_and(|u| u <= self.now) {
+                dev.sync_stalled_until = None;
+                released = true;
+            }
+            if released && self.devices[i].reachable() {
+                let held: Vec<Input> =
+                    self.offline_inbox.remove(&d).unwrap_or_default().into_iter().map(|(_, i)| i).collect();
+                self.feed_batched(d, held);
             }
         }
     }
@@ -317,7 +507,12 @@ impl Sim {
         } else {
             0
         };
-        let copies = if network && self.chance(self.faults.duplicate) { 2 } else { 1 };
+        let copies = if network && self.chance(self.faults.duplicate) {
+            self.injected.duplicated += 1;
+            2
+        } else {
+            1
+        };
         let mut at = self.now.plus(delay + jitter);
         if let Input::RoomEvent(e) = &input {
             let last = self.timeline_clock.entry((to, e.room_id.clone())).or_default();
@@ -350,16 +545,57 @@ impl Sim {
                     }
                 }
                 Output::Send(req) => {
-                    let fail = self.chance(self.faults.send_failure);
-                    let result = if fail {
-                        SendOutcome::Failed { retryable: true, error: "simulated 502".into(), errcode: None }
-                    } else {
-                        self.route(d, req.kind)
-                    };
+                    let result = self.send(d, req.txn_id, req.kind);
                     self.deliver(d, Input::SendResult { id: req.id, result }, self.latency_ms);
                 }
             }
         }
+    }
+
+    /// One send through the faulty network to the homeserver, as the adapter reports it.
+    fn send(&mut self, d: DeviceIdx, txn_id: String, kind: SendKind) -> SendOutcome {
+        let timeout =
+            || SendOutcome::Failed { retryable: true, error: "simulated timeout".into(), errcode: None };
+        if self.devices[d.0].partitioned_until.is_some() {
+            self.injected.partitioned_sends += 1;
+            return SendOutcome::Failed {
+                retryable: true,
+                error: "simulated network unreachable".into(),
+                errcode: None,
+            };
+        }
+        if self.chance(self.faults.send_failure) {
+            self.injected.failed_sends += 1;
+            return SendOutcome::Failed { retryable: true, error: "simulated 502".into(), errcode: None };
+        }
+        let lost = self.chance(self.faults.drop);
+        let response_lost = lost && self.rng.next_u64() % 2 == 0;
+        if lost && !response_lost {
+            self.injected.lost_requests += 1;
+            return timeout();
+        }
+        // Room and to-device sends carry the transaction id; the homeserver answers a retried
+        // transaction with the first outcome (state events are idempotent by themselves).
+        let txn = matches!(kind, SendKind::RoomEvent { .. } | SendKind::ToDevice { .. });
+        let key = (d, txn_id);
+        let outcome = match self.txns.get(&key) {
+            Some(first) if txn => {
+                self.injected.deduplicated += 1;
+                first.clone()
+            }
+            _ => {
+                let outcome = self.route(d, kind);
+                if txn && matches!(outcome, SendOutcome::Sent { .. }) {
+                    self.txns.insert(key, outcome.clone());
+                }
+                outcome
+            }
+        };
+        if response_lost {
+            self.injected.lost_responses += 1;
+            return timeout();
+        }
+        outcome
     }
 
     /// The homeserver: room events to every member device (echo included), to-device to one.
@@ -523,23 +759,27 @@ impl Sim {
         }
     }
 
-    /// The earliest pending thing: a delivery or a device deadline.
-    fn next_time(&self) -> Option<Timestamp> {
+    /// The earliest pending thing: a delivery, a device deadline, a healing partition or sync
+    /// gap, a delayed event.
+    pub fn next_time(&self) -> Option<Timestamp> {
         let q = self.queue.peek().map(|Reverse((at, _, _))| *at);
         let d = self
             .devices
             .iter()
             .filter(|d| !d.offline)
-            .filter_map(|d| d.voip.next_deadline().map(|x| x.at))
+            .filter_map(|d| d.voip.next_deadline().map(|x| shift(x.at, -d.skew_ms)))
             .min();
+        let heals =
+            self.devices.iter().flat_map(|d| [d.partitioned_until, d.sync_stalled_until]).flatten().min();
         let delayed = self.delayed.values().map(|d| d.fire_at).min();
-        [q, d, delayed].into_iter().flatten().min()
+        [q, d, heals, delayed].into_iter().flatten().min()
     }
 
     /// Handles everything due at the earliest pending time. Returns false when idle.
     pub fn step(&mut self) -> bool {
         let Some(at) = self.next_time() else { return false };
         self.now = self.now.max(at);
+        self.heal();
         self.fire_delayed();
         let mut held = Vec::new();
         while let Some(Reverse((at, _, _))) = self.queue.peek() {
@@ -549,7 +789,7 @@ impl Sim {
             let Reverse((_, seq, to)) = self.queue.pop().expect("peeked");
             // Deliveries cancelled by a device restart have no input left.
             let Some(input) = self.inflight.remove(&seq) else { continue };
-            if self.devices[to.0].offline {
+            if !self.devices[to.0].reachable() {
                 // Like /sync after a network outage: it arrives once the device is back.
                 held.push((seq, to, input));
             } else {
@@ -563,7 +803,8 @@ impl Sim {
             if self.devices[i].offline {
                 continue;
             }
-            if self.devices[i].voip.next_deadline().is_some_and(|d| d.at <= self.now) {
+            let local = self.local_now(DeviceIdx(i));
+            if self.devices[i].voip.next_deadline().is_some_and(|d| d.at <= local) {
                 self.feed(DeviceIdx(i), Input::Tick);
             }
         }
@@ -659,6 +900,11 @@ impl Sim {
     pub fn media_event(&mut self, d: DeviceIdx, call_id: &CallId, event: MediaEvent) {
         self.feed(d, Input::Media { call_id: call_id.clone(), event });
     }
+}
+
+/// `t` moved by `ms` (either way), saturating.
+fn shift(t: Timestamp, ms: i64) -> Timestamp {
+    Timestamp(t.0.saturating_add_signed(ms))
 }
 
 fn forbidden() -> SendOutcome {

@@ -221,7 +221,7 @@ fn run_scenario(n: usize, seed: u64, faults: Faults, actions: Vec<Action>) -> Re
 
 fn faults() -> impl Strategy<Value = Faults> {
     (0u64..300, prop_oneof![Just(0.0), 0.0f64..0.2], prop_oneof![Just(0.0), 0.0f64..0.3])
-        .prop_map(|(jitter_ms, send_failure, duplicate)| Faults { jitter_ms, send_failure, duplicate })
+        .prop_map(|(jitter_ms, send_failure, duplicate)| Faults { jitter_ms, send_failure, duplicate, ..Faults::default() })
 }
 
 proptest! {

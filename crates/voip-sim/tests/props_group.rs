@@ -35,7 +35,7 @@ fn join(sim: &mut Sim, d: DeviceIdx) {
 
 fn run(n: usize, seed: u64, jitter_ms: u64, actions: Vec<Action>) -> Result<(), TestCaseError> {
     let mut sim = Sim::new(seed);
-    sim.faults = Faults { jitter_ms, send_failure: 0.0, duplicate: 0.0 };
+    sim.faults = Faults { jitter_ms, ..Faults::default() };
     let users: Vec<String> = (0..n).map(|i| format!("@u{i}:example.org")).collect();
     let user_refs: Vec<&str> = users.iter().map(String::as_str).collect();
     let devs: Vec<DeviceIdx> =
