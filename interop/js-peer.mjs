@@ -180,11 +180,13 @@ async function peer() {
     };
 
     client.on(CallEventHandlerEvent.Incoming, (c) => {
-        // --busy: what Element Web does when a call comes in during another one.
+        // --busy: refuse a call that comes in during another one. js-sdk has no busy policy of
+        // its own; m.call.reject is what stops a js-sdk caller (it ignores an m.call.hangup
+        // from a callee it has not chosen yet, see docs/interop.md).
         if (opts.busy && call && call.state !== CallState.Ended) {
             emit("incoming", { call_id: c.callId, from: c.getOpponentMember?.()?.userId ?? null, busy: true });
             watch(c, "incoming");
-            c.hangup(CallErrorCode.UserBusy, false);
+            c.reject();
             return;
         }
         incoming = c;

@@ -15,6 +15,12 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("conformance") => conformance::run(&args[1..]),
         Some("test") => test::run(&args[1..]),
+        Some("interop") => {
+            // `cargo xtask interop …`: interop with the real matrix-js-sdk (docs/interop.md).
+            #[path = "interop.rs"]
+            mod interop;
+            interop::run(&args[1..])
+        }
         other => {
             eprintln!("usage: cargo xtask <conformance|test> …  (got {other:?})");
             return ExitCode::from(2);

@@ -1,0 +1,742 @@
+//! `cargo xtask interop [--scenario PAT] [--under rust|js] [--list] [--no-install] [--rig PATH] [--keep]`:
+//! interoperability with the real matrix-js-sdk (issue #9; see docs/interop.md).
+//!
+//! 1. `npm ci` in `interop/` (pinned matrix-js-sdk 43.0.0 and 40.2.0, @roamhq/wrtc 0.10.0);
+//! 2. builds `synapse-rig` (and the Rust peer for `--under rust`) outside the namespace;
+//! 3. creates a network namespace with `lo` and a veth end carrying 127.0.0.2 (libwebrtc ignores
+//!    loopback when a real interface exists; inside the namespace both stacks gather loopback
+//!    candidates), starts Synapse inside it;
+//! 4. runs every scenario: one process per peer, commands and events as JSON lines
+//!    (`interop/js-peer.mjs`, `interop/rust-peer`), asserting on the events.
+//!
+//! "Under test" is the side whose behaviour we check against js-sdk: the Rust library (default)
+//! or js-sdk itself (`--under js`, a self-test of the harness: both sides are js-sdk).
+//! Peer logs go to `<target>/interop/<scenario>/`.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use serde_json::{json, Value};
+
+/// How long any single expected event may take before the scenario fails (a bound, not a
+/// latency assertion: call set-up takes about 1 s on an idle machine).
+const WAIT: Duration = Duration::from_secs(30);
+/// Audio packets each way that count as "media flows" (50 packets/s with 20 ms Opus frames).
+const PACKETS: u64 = 25;
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| crate::root().join("target"))
+}
+
+fn status(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
+    let st = cmd.status().with_context(|| format!("running {what}"))?;
+    if !st.success() {
+        bail!("{what} failed ({st})");
+    }
+    Ok(())
+}
+
+fn cargo_build(args: &[&str]) -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    println!("==> cargo {}", args.join(" "));
+    status(Command::new(cargo).args(args).current_dir(crate::root()), "cargo build")
+}
+
+/// The kind of a peer process.
+#[derive(Clone, Debug, PartialEq)]
+enum Kind {
+    /// matrix-js-sdk; `sdk` is "43" or "40", `trickle` selects the browser-like candidate style.
+    Js { sdk: &'static str, trickle: bool },
+    /// The Rust library (`interop/rust-peer`).
+    Rust,
+}
+
+impl Kind {
+    fn label(&self) -> String {
+        match self {
+            Kind::Js { sdk, trickle } => format!("js{sdk}-{}", if *trickle { "trickle" } else { "sdp" }),
+            Kind::Rust => "rust".into(),
+        }
+    }
+}
+
+/// Everything a scenario needs from the environment.
+struct Env {
+    ns: String,
+    hs: String,
+    interop: PathBuf,
+    rust_peer: Option<PathBuf>,
+    logs: PathBuf,
+}
+
+/// Users and rooms made by `js-peer.mjs setup`.
+struct Setup {
+    users: Vec<Value>,
+    rooms: Vec<String>,
+}
+
+impl Env {
+    fn in_ns(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns]).arg(program);
+        c
+    }
+
+    fn setup(&self, users: &str, pairs: &str, encrypted: bool) -> anyhow::Result<Setup> {
+        let mut c = self.in_ns("node");
+        c.arg(self.interop.join("js-peer.mjs")).args(["setup", "--hs", &self.hs, "--users", users]);
+        if !pairs.is_empty() {
+            c.args(["--pairs", pairs]);
+        }
+        if encrypted {
+            c.arg("--encrypted");
+        }
+        let out = c.stderr(Stdio::inherit()).output().context("js-peer.mjs setup")?;
+        if !out.status.success() {
+            bail!("js-peer.mjs setup failed ({})", out.status);
+        }
+        let v: Value = serde_json::from_slice(&out.stdout).context("setup output")?;
+        let users = v["users"].as_array().cloned().unwrap_or_default();
+        let rooms = v["rooms"]
+            .as_array()
+            .map(|r| r.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default();
+        Ok(Setup { users, rooms })
+    }
+
+    /// Spawns one peer for `user` (index into the setup) with `room` as its default room.
+    fn peer(
+        &self,
+        scenario: &str,
+        name: &str,
+        kind: &Kind,
+        user: &Value,
+        room: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Peer> {
+        let dir = self.logs.join(scenario.replace('/', "_"));
+        std::fs::create_dir_all(&dir)?;
+        let mut c = match kind {
+            Kind::Js { .. } => {
+                let mut c = self.in_ns("node");
+                c.arg(self.interop.join("js-peer.mjs"));
+                c
+            }
+            Kind::Rust => self.in_ns(self.rust_peer.as_ref().context("the Rust peer was not built")?),
+        };
+        c.args(["peer", "--hs", &self.hs, "--room", room]);
+        for (flag, key) in
+            [("--user-id", "user_id"), ("--device-id", "device_id"), ("--token", "access_token")]
+        {
+            c.arg(flag).arg(user[key].as_str().unwrap_or_default());
+        }
+        if let Kind::Js { sdk, trickle } = kind {
+            c.args(["--sdk", sdk, "--candidates", if *trickle { "trickle" } else { "sdp" }]);
+        }
+        c.args(extra);
+        c.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(File::create(dir.join(format!("{name}.stderr.log")))?);
+        let mut child = c.spawn().with_context(|| format!("spawning peer {name}"))?;
+        let stdin = child.stdin.take().context("peer stdin")?;
+        let stdout = child.stdout.take().context("peer stdout")?;
+        let (tx, rx) = channel();
+        let mut log = File::create(dir.join(format!("{name}.events.jsonl")))?;
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = writeln!(log, "{line}");
+                let v = serde_json::from_str::<Value>(&line)
+                    .unwrap_or_else(|_| json!({"ev": "raw", "line": line}));
+                if tx.send(v).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut p = Peer {
+            name: name.to_owned(),
+            user_id: user["user_id"].as_str().unwrap_or_default().to_owned(),
+            child,
+            stdin,
+            rx,
+            events: Vec::new(),
+            mark: 0,
+        };
+        p.wait("ready", |e| ev(e, "ready"))?;
+        Ok(p)
+    }
+}
+
+fn ev(e: &Value, name: &str) -> bool {
+    e["ev"] == name
+}
+
+/// One peer process, speaking the JSON-lines protocol.
+struct Peer {
+    name: String,
+    user_id: String,
+    child: Child,
+    stdin: ChildStdin,
+    rx: Receiver<Value>,
+    events: Vec<Value>,
+    /// `wait` looks at events from here on.
+    mark: usize,
+}
+
+impl Peer {
+    fn cmd(&mut self, c: Value) -> anyhow::Result<()> {
+        writeln!(self.stdin, "{c}").with_context(|| format!("{}: writing {c}", self.name))?;
+        self.stdin.flush()?;
+        Ok(())
+    }
+
+    /// Only events after this point count for the next `wait`s.
+    fn mark(&mut self) {
+        self.drain();
+        self.mark = self.events.len();
+    }
+
+    fn drain(&mut self) {
+        while let Ok(e) = self.rx.try_recv() {
+            self.events.push(e);
+        }
+    }
+
+    /// The first event since the mark that matches; fails on `fatal` or after `WAIT`.
+    fn wait(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
+        let deadline = Instant::now() + WAIT;
+        let mut i = self.mark;
+        loop {
+            while i < self.events.len() {
+                let e = &self.events[i];
+                i += 1;
+                if pred(e) {
+                    return Ok(e.clone());
+                }
+                if ev(e, "fatal") {
+                    bail!("{}: peer died: {}", self.name, e["message"]);
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(e) => self.events.push(e),
+                Err(RecvTimeoutError::Timeout) => bail!("{}: no `{what}` within {WAIT:?}", self.name),
+                Err(RecvTimeoutError::Disconnected) => bail!("{}: exited before `{what}`", self.name),
+            }
+        }
+    }
+
+    /// Asks for stats until at least `PACKETS` more audio packets were sent and received than in
+    /// `base`; returns the last counters.
+    fn audio_flows(&mut self, base: (u64, u64)) -> anyhow::Result<(u64, u64)> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let (sent, recv) = self.counters()?;
+            if sent >= base.0 + PACKETS && recv >= base.1 + PACKETS {
+                return Ok((sent, recv));
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{}: audio does not flow both ways: sent {sent}, received {recv} (base {base:?})",
+                    self.name
+                );
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    /// The current (sent, received) audio packet counters.
+    fn counters(&mut self) -> anyhow::Result<(u64, u64)> {
+        self.mark();
+        self.cmd(json!({"cmd": "stats"}))?;
+        let s = self.wait("stats", |e| ev(e, "stats"))?;
+        Ok((s["sent"].as_u64().unwrap_or(0), s["received"].as_u64().unwrap_or(0)))
+    }
+
+    /// Waits for the call to be connected (js-sdk's `connected` can flap; see docs/interop.md).
+    fn connected(&mut self) -> anyhow::Result<String> {
+        let e = self.wait("connected", |e| ev(e, "state") && e["state"] == "connected")?;
+        Ok(e["call_id"].as_str().unwrap_or_default().to_owned())
+    }
+
+    fn ended(&mut self) -> anyhow::Result<Value> {
+        self.wait("ended", |e| ev(e, "ended"))
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.cmd(json!({"cmd": "quit"}));
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A scenario: name and the function that runs it with (under-test kind, js kind).
+type Run = fn(&Env, &str, &Kind, &Kind) -> anyhow::Result<()>;
+
+fn scenarios() -> Vec<(&'static str, Run, &'static [&'static str])> {
+    // name, runner, js variants (sdk version + candidate style)
+    const BOTH: &[&str] = &["43-sdp", "43-trickle"];
+    const OLD: &[&str] = &["40-sdp", "40-trickle"];
+    vec![
+        ("u-calls-j", u_calls_j as Run, BOTH),
+        ("j-calls-u", j_calls_u, BOTH),
+        ("j-rejects", j_rejects, BOTH),
+        ("u-busy", u_busy, BOTH),
+        ("glare", glare, BOTH),
+        ("hold-by-u", hold_by_u, BOTH),
+        ("hold-by-j", hold_by_j, BOTH),
+        ("sdk40-u-calls-j", u_calls_j, OLD),
+        ("sdk40-j-calls-u", j_calls_u, OLD),
+        ("rtc-keys", rtc_keys, &["43-sdp"]),
+    ]
+}
+
+fn js_kind(variant: &str) -> Kind {
+    let (sdk, style) = variant.split_once('-').unwrap_or(("43", "sdp"));
+    Kind::Js { sdk: if sdk == "40" { "40" } else { "43" }, trickle: style == "trickle" }
+}
+
+/// U calls J in the shared room; J answers; audio both ways; J hangs up; both see the end.
+fn u_calls_j(env: &Env, sc: &str, u: &Kind, j: &Kind) -> anyhow::Result<()> {
+    let s = env.setup("u,j", "", false)?;
+    let mut pu = env.peer(sc, "u", u, &s.users[0], &s.rooms[0], &[])?;
+    let mut pj = env.peer(sc, "j", j, &s.users[1], &s.rooms[0], &[])?;
+    pu.cmd(json!({"cmd": "call", "to": pj.user_id}))?;
+    pj.wait("incoming", |e| ev(e, "incoming"))?;
+    pj.cmd(json!({"cmd": "answer"}))?;
+    let a = pu.connected()?;
+    let b = pj.connected()?;
+    ensure_eq(&a, &b, "call ids")?;
+    check_candidate_style(&mut pj, j)?;
+    pu.audio_flows((0, 0))?;
+    pj.audio_flows((0, 0))?;
+    pj.cmd(json!({"cmd": "hangup"}))?;
+    pj.ended()?;
+    let e = pu.ended()?;
+    ensure_eq(e["reason"].as_str().unwrap_or(""), "user_hangup", "U's hangup reason")
+}
+
+/// J calls U; U answers; audio both ways; U hangs up.
+fn j_calls_u(env: &Env, sc: &str, u: &Kind, j: &Kind) -> anyhow::Result<()> {
+    let s = env.setup("j,u", "", false)?;
+    let mut pj = env.peer(sc, "j", j, &s.users[0], &s.rooms[0], &[])?;
+    let mut pu = env.peer(sc, "u", u, &s.users[1], &s.rooms[0], &[])?;
+    pj.cmd(json!({"cmd": "call", "to": pu.user_id}))?;
+    pu.wait("incoming", |e| ev(e, "incoming"))?;
+    pu.cmd(json!({"cmd": "answer"}))?;
+    let a = pu.connected()?;
+    let b = pj.connected()?;
+    ensure_eq(&a, &b, "call ids")?;
+    check_candidate_style(&mut pj, j)?;
+    pu.audio_flows((0, 0))?;
+    pj.audio_flows((0, 0))?;
+    pu.cmd(json!({"cmd": "hangup"}))?;
+    pu.ended()?;
+    let e = pj.ended()?;
+    ensure_eq(e["reason"].as_str().unwrap_or(""), "user_hangup", "J's hangup reason")?;
+    ensure_eq(e["party"].as_str().unwrap_or(""), "remote", "J's hangup party")
+}
+
+/// U calls J; J rejects (m.call.reject); U's call ends, J never connected.
+fn j_rejects(env: &Env, sc: &str, u: &Kind, j: &Kind) -> anyhow::Result<()> {
+    let s = env.setup("u,j", "", false)?;
+    let mut pu = env.peer(sc, "u", u, &s.users[0], &s.rooms[0], &[])?;
+    let mut pj = env.peer(sc, "j", j, &s.users[1], &s.rooms[0], &[])?;
+    pu.cmd(json!({"cmd": "call", "to": pj.user_id}))?;
+    pj.wait("incoming", |e| ev(e, "incoming"))?;
+    pj.cmd(json!({"cmd": "reject"}))?;
+    pj.wait("m.call.reject sent", |e| ev(e, "sent") && e["type"] == "m.call.reject")?;
+    pu.ended()?;
+    pu.mark();
+    pj.mark();
+    if pu.events.iter().chain(&pj.events).any(|e| ev(e, "state") && e["state"] == "connected") {
+        bail!("a rejected call connected");
+    }
+    Ok(())
+}
+
+/// U is in a call with J; K (js) calls U in another room; K's call ends at once (with reason
+/// `user_busy` when U is matrix-voip-rs); U's first call is unaffected (audio still flows).
+fn u_busy(env: &Env, sc: &str, u: &Kind, j: &Kind) -> anyhow::Result<()> {
+    let s = env.setup("u,j,k", "0-2", false)?;
+    let mut pu = env.peer(sc, "u", u, &s.users[0], &s.rooms[0], &["--busy"])?;
+    let mut pj = env.peer(sc, "j", j, &s.users[1], &s.rooms[0], &[])?;
+    let mut pk = env.peer(sc, "k", j, &s.users[2], &s.rooms[1], &[])?;
+    pu.cmd(json!({"cmd": "call", "to": pj.user_id}))?;
+    pj.wait("incoming", |e| ev(e, "incoming"))?;
+    pj.cmd(json!({"cmd": "answer"}))?;
+    pu.connected()?;
+    pj.connected()?;
+    let base = pu.audio_flows((0, 0))?;
+    pk.cmd(json!({"cmd": "call", "to": pu.user_id}))?;
+    // The caller must stop ringing (not ring until the invite lifetime ends) ...
+    let e = pk.ended()?;
+    // ... and, from matrix-voip-rs (README: "busy: caller is told"), learn why.
+    if *u == Kind::Rust {
+        ensure_eq(e["reason"].as_str().unwrap_or(""), "user_busy", "K's hangup reason")?;
+    }
+    pu.audio_flows(base)?;
+    pj.cmd(json!({"cmd": "hangup"}))?;
+    pu.ended()?;
+    Ok(())
+}
+
+/// U and J call each other at the same time: both end up in one connected call (the lower call
+/// id wins) with audio both ways.
+fn glare(env: &Env, sc: &str, u: &Kind, j: &Kind) -> anyhow::Result<()> {
+    let s = env.setup("u,j", "", false)?;
+    let mut pu = env.peer(sc, "u", u, &s.users[0], &s.rooms[0], &[])?;
+    let mut pj = env.peer(sc, "j", j, &s.users[1], &s.rooms[0], &[])?;
+    pu.cmd(json!({"cmd": "call", "to": pj.user_id}))?;
+    pj.cmd(json!({"cmd": "call", "to": pu.user_id}))?;
+    let a = pu.connected()?;
+    let b = pj.connected()?;
+    ensure_eq(&a, &b, "the call both sides kept")?;
+    pu.audio_flows((0, 0))?;
+    pj.audio_flows((0, 0))?;
+    pj.cmd(json!({"cmd": "hangup"}))?;
+    pu.wait("ended", |e| ev(e, "ended") && e["call_id"] == a.as_str())?;
+    Ok(())
+}
+
+fn hold_by_u(env: &Env, sc: &str, u: &Kind, j: &Kind) -> anyhow::Result<()> {
+    hold(env, sc, u, j, true)
+}
+
+fn hold_by_j(env: &Env, sc: &str, u: &Kind, j: &Kind) -> anyhow::Result<()> {
+    hold(env, sc, u, j, false)
+}
+
+/// U calls J; the holder puts the other on hold, both see it; unhold; audio flows again.
+fn hold(env: &Env, sc: &str, u: &Kind, j: &Kind, u_holds: bool) -> anyhow::Result<()> {
+    let s = env.setup("u,j", "", false)?;
+    let mut pu = env.peer(sc, "u", u, &s.users[0], &s.rooms[0], &[])?;
+    let mut pj = env.peer(sc, "j", j, &s.users[1], &s.rooms[0], &[])?;
+    pu.cmd(json!({"cmd": "call", "to": pj.user_id}))?;
+    pj.wait("incoming", |e| ev(e, "incoming"))?;
+    pj.cmd(json!({"cmd": "answer"}))?;
+    pu.connected()?;
+    pj.connected()?;
+    pu.audio_flows((0, 0))?;
+    let (holder, other) = if u_holds { (&mut pu, &mut pj) } else { (&mut pj, &mut pu) };
+    holder.mark();
+    other.mark();
+    holder.cmd(json!({"cmd": "hold"}))?;
+    holder.wait("remote_on_hold", |e| ev(e, "hold") && e["remote_on_hold"] == true)?;
+    other.wait("local_on_hold", |e| ev(e, "hold") && e["local_on_hold"] == true)?;
+    holder.mark();
+    other.mark();
+    let base = other.counters()?;
+    holder.cmd(json!({"cmd": "unhold"}))?;
+    holder.wait("remote_on_hold=false", |e| ev(e, "hold") && e["remote_on_hold"] == false)?;
+    other.wait("local_on_hold=false", |e| ev(e, "hold") && e["local_on_hold"] == false)?;
+    other.audio_flows(base)?;
+    holder.cmd(json!({"cmd": "hangup"}))?;
+    other.ended()?;
+    Ok(())
+}
+
+/// MatrixRTC (Element Call dialect, js-sdk's MatrixRTCSession with Rust crypto): U, J and K
+/// join; everyone sees the other two; media keys arrive both ways over Olm to-device; K leaves;
+/// U and J see it and each receives the other's rotated key.
+fn rtc_keys(env: &Env, sc: &str, u: &Kind, j: &Kind) -> anyhow::Result<()> {
+    let s = env.setup("u,j,k", "", true)?;
+    let mut pu = env.peer(sc, "u", u, &s.users[0], &s.rooms[0], &["--crypto"])?;
+    let mut pj = env.peer(sc, "j", j, &s.users[1], &s.rooms[0], &["--crypto"])?;
+    let mut pk = env.peer(sc, "k", j, &s.users[2], &s.rooms[0], &["--crypto"])?;
+    let ids: Vec<(String, String)> = s
+        .users
+        .iter()
+        .map(|x| {
+            (x["user_id"].as_str().unwrap_or("").to_owned(), x["device_id"].as_str().unwrap_or("").to_owned())
+        })
+        .collect();
+    for p in [&mut pu, &mut pj, &mut pk] {
+        p.cmd(json!({"cmd": "rtc-join"}))?;
+    }
+    let all = ids.clone();
+    for p in [&mut pu, &mut pj, &mut pk] {
+        p.wait("all three members", |e| ev(e, "rtc-members") && members_are(e, &all))?;
+    }
+    // Keys from each other member, over to-device.
+    for (p, me) in [(&mut pu, 0), (&mut pj, 1), (&mut pk, 2)] {
+        for (i, (uid, did)) in ids.iter().enumerate() {
+            if i != me {
+                p.wait(&format!("key from {uid}"), |e| key_from(e, uid, did, -1))?;
+            }
+        }
+    }
+    // Last key index seen from the other one, before the leave.
+    let last = |p: &mut Peer, (uid, did): &(String, String)| -> i64 {
+        p.drain();
+        p.events
+            .iter()
+            .filter(|e| key_from(e, uid, did, -1))
+            .filter_map(|e| e["index"].as_i64())
+            .max()
+            .unwrap_or(-1)
+    };
+    let u_had = last(&mut pu, &ids[1]);
+    let j_had = last(&mut pj, &ids[0]);
+    pu.mark();
+    pj.mark();
+    pk.cmd(json!({"cmd": "rtc-leave"}))?;
+    pk.wait("rtc-left", |e| ev(e, "rtc-left"))?;
+    let two = ids[..2].to_vec();
+    pu.wait("K gone", |e| ev(e, "rtc-members") && members_are(e, &two))?;
+    pj.wait("K gone", |e| ev(e, "rtc-members") && members_are(e, &two))?;
+    let (juid, jdid) = &ids[1];
+    let (uuid, udid) = &ids[0];
+    pu.wait("J's rotated key", |e| key_from(e, juid, jdid, after(u_had)))?;
+    pj.wait("U's rotated key", |e| key_from(e, uuid, udid, after(j_had)))?;
+    drop(pk);
+    Ok(())
+}
+
+/// A rotated key has a higher index than any seen before (-1: none seen).
+fn after(had: i64) -> i64 {
+    had + 1
+}
+
+fn members_are(e: &Value, want: &[(String, String)]) -> bool {
+    let Some(m) = e["members"].as_array() else { return false };
+    let mut got: Vec<(String, String)> = m
+        .iter()
+        .map(|x| {
+            (x["user_id"].as_str().unwrap_or("").to_owned(), x["device_id"].as_str().unwrap_or("").to_owned())
+        })
+        .collect();
+    got.sort();
+    let mut want = want.to_vec();
+    want.sort();
+    got == want
+}
+
+/// A remote key event from `uid`/`did` with index >= `min_index` (-1: any).
+fn key_from(e: &Value, uid: &str, did: &str, min_index: i64) -> bool {
+    ev(e, "rtc-key")
+        && e["local"] == false
+        && e["user_id"] == uid
+        && e["device_id"] == did
+        && e["index"].as_i64().unwrap_or(-1) >= min_index
+}
+
+/// The js peer's wire check: in trickle style its SDPs carry no candidates and it sent
+/// m.call.candidates; in SDP style its offer/answer carried candidates.
+fn check_candidate_style(p: &mut Peer, kind: &Kind) -> anyhow::Result<()> {
+    let Kind::Js { trickle, .. } = kind else { return Ok(()) };
+    p.drain();
+    let sdp_sends: Vec<&Value> = p
+        .events
+        .iter()
+        .filter(|e| ev(e, "sent") && (e["type"] == "m.call.invite" || e["type"] == "m.call.answer"))
+        .collect();
+    if sdp_sends.is_empty() {
+        bail!("{}: sent no invite or answer", p.name);
+    }
+    let in_sdp: u64 = sdp_sends.iter().filter_map(|e| e["sdp_candidates"].as_u64()).sum();
+    if *trickle {
+        if in_sdp != 0 {
+            bail!("{}: trickle style but {in_sdp} candidates in the SDP", p.name);
+        }
+        p.wait("m.call.candidates sent", |e| ev(e, "sent") && e["type"] == "m.call.candidates")?;
+    } else if in_sdp == 0 {
+        bail!("{}: SDP style but no candidates in the SDP", p.name);
+    }
+    Ok(())
+}
+
+fn ensure_eq(a: &str, b: &str, what: &str) -> anyhow::Result<()> {
+    if a != b {
+        bail!("{what} differ: {a:?} vs {b:?}");
+    }
+    Ok(())
+}
+
+/// The network namespace, deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn create(name: &str) -> anyhow::Result<Netns> {
+        let _ = Command::new("ip").args(["netns", "del", name]).stderr(Stdio::null()).status();
+        status(Command::new("ip").args(["netns", "add", name]), "ip netns add (needs root)")?;
+        let ns = Netns(name.to_owned());
+        let ip = |args: &[&str]| status(Command::new("ip").args(["-n", name]).args(args), "ip");
+        ip(&["link", "set", "lo", "up"])?;
+        // A veth pair that stays inside the namespace: gives libwebrtc a non-loopback interface
+        // (Chromium gathers nothing with lo alone; wrtc and webrtc-rs use 127.0.0.2 and lo).
+        ip(&["link", "add", "vi0", "type", "veth", "peer", "name", "vi1"])?;
+        ip(&["addr", "add", "127.0.0.2/32", "dev", "vi0"])?;
+        ip(&["link", "set", "vi0", "up"])?;
+        ip(&["link", "set", "vi1", "up"])?;
+        Ok(ns)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// Synapse inside the namespace, stopped on drop.
+struct NsSynapse {
+    rig: PathBuf,
+    data: String,
+    keep: bool,
+}
+
+impl Drop for NsSynapse {
+    fn drop(&mut self) {
+        let mut c = Command::new(&self.rig);
+        c.args(["stop", "--data", &self.data]);
+        if !self.keep {
+            c.arg("--rm");
+        }
+        let _ = c.status();
+    }
+}
+
+fn npm_ci(interop: &Path) -> anyhow::Result<()> {
+    let node = Command::new("node").arg("--version").output();
+    let major = node
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|v| v.trim().trim_start_matches('v').split('.').next().and_then(|m| m.parse::<u32>().ok()));
+    match major {
+        Some(m) if m >= 20 => {}
+        Some(m) => bail!("Node {m} found; the interop peers need Node >= 20 (see docs/interop.md)"),
+        None => bail!("`node` not found; install Node >= 20 with npm (see docs/interop.md)"),
+    }
+    println!("==> npm ci (interop/)");
+    status(
+        Command::new("npm").args(["ci", "--no-audit", "--no-fund", "--loglevel=error"]).current_dir(interop),
+        "npm ci",
+    )
+}
+
+pub(crate) fn run(args: &[String]) -> anyhow::Result<bool> {
+    let flag = |f: &str| args.iter().any(|a| a == f);
+    let value = |f: &str| args.iter().position(|a| a == f).and_then(|i| args.get(i + 1)).cloned();
+    let filter = value("--scenario");
+    let under = value("--under").unwrap_or_else(|| "rust".into());
+    let under_kind = match under.as_str() {
+        "rust" => Kind::Rust,
+        "js" => Kind::Js { sdk: "43", trickle: false },
+        other => bail!("--under rust|js (got {other})"),
+    };
+    let mut plan = Vec::new();
+    for (name, run, variants) in scenarios() {
+        for v in variants {
+            let full = format!("{name}/{v}");
+            if filter.as_deref().is_none_or(|f| full.contains(f)) {
+                plan.push((full, run, js_kind(v)));
+            }
+        }
+    }
+    if flag("--list") {
+        for (name, _, _) in &plan {
+            println!("{name}");
+        }
+        return Ok(true);
+    }
+    if plan.is_empty() {
+        bail!("no scenario matches {filter:?} (see --list)");
+    }
+    let t0 = Instant::now();
+    let root = crate::root();
+    let interop = root.join("interop");
+    if !flag("--no-install") {
+        npm_ci(&interop)?;
+    }
+    let target = target_dir();
+    let rig = match value("--rig") {
+        Some(prebuilt) => PathBuf::from(prebuilt),
+        None => {
+            cargo_build(&[
+                "build",
+                "-q",
+                "-p",
+                "voip-testkit",
+                "--no-default-features",
+                "--bin",
+                "synapse-rig",
+            ])?;
+            target.join("debug/synapse-rig")
+        }
+    };
+    let rust_peer = if under_kind == Kind::Rust {
+        cargo_build(&["build", "-q", "-p", "rust-peer"])?;
+        Some(target.join("debug/rust-peer"))
+    } else {
+        None
+    };
+    println!("==> Synapse venv");
+    status(Command::new(&rig).arg("install"), "synapse-rig install")?;
+
+    let pid = std::process::id();
+    let ns = Netns::create(&format!("voip-interop-{pid}"))?;
+    let data = format!("/dev/shm/voip-interop-{pid}");
+    println!("==> Synapse in namespace {}", ns.0);
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.0])
+        .arg(&rig)
+        .args(["start", "--data", &data])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("synapse-rig start")?;
+    let synapse = NsSynapse { rig: rig.clone(), data: data.clone(), keep: flag("--keep") };
+    if !out.status.success() {
+        bail!("synapse-rig start failed ({})", out.status);
+    }
+    let env_lines: BTreeMap<String, String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            l.trim().strip_prefix("export ")?.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned()))
+        })
+        .collect();
+    let hs =
+        env_lines.get("SYNAPSE_URL").cloned().ok_or_else(|| anyhow!("synapse-rig printed no SYNAPSE_URL"))?;
+    let env = Env { ns: ns.0.clone(), hs, interop, rust_peer, logs: target.join("interop") };
+    let setup_time = t0.elapsed();
+
+    let (mut passed, mut failed) = (0, 0);
+    for (name, run, jk) in &plan {
+        let t = Instant::now();
+        let label = format!("{name} [{} vs {}]", under_kind.label(), jk.label());
+        match run(&env, name, &under_kind, jk) {
+            Ok(()) => {
+                passed += 1;
+                println!("ok    {label} ({:.1} s)", t.elapsed().as_secs_f64());
+            }
+            Err(e) => {
+                failed += 1;
+                println!("FAIL  {label} ({:.1} s): {e:#}", t.elapsed().as_secs_f64());
+                println!("      logs: {}", env.logs.join(name.replace('/', "_")).display());
+            }
+        }
+    }
+    drop(synapse);
+    drop(ns);
+    println!(
+        "interop: {passed} passed, {failed} failed (set-up {:.0} s, total {:.0} s)",
+        setup_time.as_secs_f64(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(failed == 0)
+}
