@@ -134,6 +134,10 @@ pub(crate) struct KeyManager {
     rotate_at: Option<Timestamp>,
     remote: BTreeMap<DeviceKey, RemoteKeys>,
     buffered: VecDeque<Buffered>,
+    /// `sent_ts` of our last key send: strictly increasing, so that receivers order two keys
+    /// sent within one millisecond and delivered out of order (found by the simulator, sfu
+    /// seed 17).
+    last_sent_ts: Timestamp,
 }
 
 impl KeyManager {
@@ -159,6 +163,7 @@ impl KeyManager {
             rotate_at: None,
             remote: BTreeMap::new(),
             buffered: VecDeque::new(),
+            last_sent_ts: Timestamp(0),
         }
     }
 
@@ -329,6 +334,9 @@ impl KeyManager {
         tracing::debug!(group = %self.group, now = ctx.now.0, "left: keys forgotten");
         self.joined = false;
         self.left = true;
+        // Key sends still waiting for a retry stay unsent (found by the simulator, sfu seed 6).
+        let all: Vec<DeviceKey> = self.members.keys().cloned().collect();
+        ctx.sends.drop_recipients(&self.group.room_id, self.transport.keys_event_type(), &all);
         self.members.clear();
         self.latest = None;
         self.in_use = None;
@@ -428,7 +436,9 @@ impl KeyManager {
         if targets.is_empty() || keys.is_empty() {
             return;
         }
-        for content in self.transport.keys_contents(&self.group, &self.local, keys, ctx.now) {
+        let sent_ts = ctx.now.max(self.last_sent_ts.plus(1));
+        self.last_sent_ts = sent_ts;
+        for content in self.transport.keys_contents(&self.group, &self.local, keys, sent_ts) {
             let messages = targets
                 .iter()
                 .map(|(user_id, device_id)| ToDeviceMessage {
