@@ -73,11 +73,20 @@ pub(crate) enum SendVerdict {
 
 #[derive(Debug, Default)]
 pub(crate) struct SendTable {
+    /// Part of every transaction id that tells this process from earlier ones of the same
+    /// device: the homeserver de-duplicates by transaction id per device, so a restarted app
+    /// counting from 1 again would have its sends dropped (found by the simulator, sfu seed 17).
+    session: String,
     next_id: u64,
     pending: BTreeMap<RequestId, Pending>,
 }
 
 impl SendTable {
+    /// A table whose transaction ids carry `session`.
+    pub(crate) fn with_session(session: String) -> SendTable {
+        SendTable { session, ..SendTable::default() }
+    }
+
     /// Mints an id and queues the send.
     pub(crate) fn send(
         &mut self,
@@ -89,7 +98,11 @@ impl SendTable {
     ) -> RequestId {
         self.next_id += 1;
         let id = RequestId(self.next_id);
-        let txn_id = format!("{txn_prefix}.{}", self.next_id);
+        let txn_id = if self.session.is_empty() {
+            format!("{txn_prefix}.{}", self.next_id)
+        } else {
+            format!("{txn_prefix}.{}.{}", self.session, self.next_id)
+        };
         let mut p = Pending {
             call_id,
             group: None,

@@ -15,7 +15,7 @@
 pub(crate) mod membership;
 pub(crate) mod mesh;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -102,6 +102,9 @@ pub(crate) struct GroupCall {
     pub(crate) state: GroupCallState,
     created_ts: Option<Timestamp>,
     pub(crate) participants: BTreeSet<Participant>,
+    /// When each MatrixRTC participant joined: a newer `created` for the same participant is a
+    /// rejoin (an app restart keeps Element Call's `@user:server:DEVICE` member id).
+    rtc_created: BTreeMap<Participant, Timestamp>,
     own_present: bool,
     delayed_supported: Option<bool>,
     delay_id: Option<String>,
@@ -173,6 +176,7 @@ impl GroupCall {
             state: GroupCallState::Joining,
             created_ts: None,
             participants: BTreeSet::new(),
+            rtc_created: BTreeMap::new(),
             own_present: false,
             delayed_supported,
             delay_id: None,
@@ -553,6 +557,23 @@ impl GroupCall {
         }
         let now: BTreeSet<Participant> =
             members.iter().filter(|m| !is_us(m)).map(|m| m.participant.clone()).collect();
+        let created: BTreeMap<Participant, Timestamp> = members
+            .iter()
+            .filter(|m| !is_us(m) && m.dialect != MembershipDialect::Famedly)
+            .map(|m| (m.participant.clone(), m.created))
+            .collect();
+        let rejoined: Vec<Participant> = created
+            .iter()
+            .filter(|(p, c)| self.rtc_created.get(*p).is_some_and(|old| old < *c))
+            .map(|(p, _)| p.clone())
+            .collect();
+        self.rtc_created = created;
+        if !rejoined.is_empty() {
+            // A member that restarted lost our key (found by the simulator, sfu seed 17).
+            if let Some(keys) = self.keys.as_mut().filter(|k| k.is_joined()) {
+                keys.resend_current(ctx, &rejoined);
+            }
+        }
         let joined_now: Vec<Participant> = now.difference(&self.participants).cloned().collect();
         let left_now: Vec<Participant> = self.participants.difference(&now).cloned().collect();
         // Keys start with our join, before our membership is confirmed (famedly pre-shares

@@ -328,6 +328,15 @@ impl KeyManager {
         ctx.sends.send(ctx.out, None, SendPurpose::Other, TXN_PREFIX, kind);
     }
 
+    /// Members that joined again under the same identity (an app restart): they lost our key,
+    /// send them the one in use.
+    pub(crate) fn resend_current(&mut self, ctx: &mut Ctx<'_>, to: &[Participant]) {
+        let Some(entry) = self.latest.as_ref().map(|k| k.entry.clone()) else { return };
+        let to: Vec<DeviceKey> = to.iter().map(device_key).collect();
+        tracing::debug!(members = to.len(), index = entry.index, "rejoined members: current key");
+        self.send_keys(ctx, &[entry], &to);
+    }
+
     /// We leave: forget every key (ours, the members', the buffered ones), cancel the timers;
     /// nothing more is sent and everything received is ignored until a new join.
     pub(crate) fn leave(&mut self, ctx: &mut Ctx<'_>) {
