@@ -23,7 +23,7 @@ use voip_core::{Input, SendKind, SendOutcome, SendRequest, ToDeviceEncryption, T
 
 use crate::extras::{DelayedEvent, DelayedEventRequest, StateEventRequest};
 use crate::inbound::{self, CallMemberState};
-use crate::retry::{self, classify, Failure, RetryPolicy};
+use crate::retry::{self, classify, Counters, Failure, RetryPolicy, SendStats};
 use crate::turn::TurnState;
 
 /// Options of a [`MatrixAdapter`].
@@ -77,6 +77,7 @@ pub(crate) struct Inner {
     handlers: Mutex<Vec<EventHandlerHandle>>,
     pub(crate) turn: tokio::sync::Mutex<TurnState>,
     pub(crate) delayed_events_supported: tokio::sync::OnceCell<bool>,
+    pub(crate) counters: Counters,
 }
 
 /// The matrix-sdk adapter of a [`voip_core::Voip`]: feeds it inputs and executes its sends.
@@ -125,6 +126,7 @@ impl MatrixAdapter {
             handlers: Mutex::new(Vec::new()),
             turn: tokio::sync::Mutex::new(TurnState::default()),
             delayed_events_supported: tokio::sync::OnceCell::new(),
+            counters: Counters::default(),
         });
         let adapter = Self { inner, lanes: Arc::new(Lanes::default()) };
         adapter.register_handlers();
@@ -229,6 +231,12 @@ impl MatrixAdapter {
             }
             Err(e) => tracing::warn!("cannot read /versions: {e}"),
         }
+    }
+
+    /// Counters of this adapter's send attempts so far (429s, transient failures, retries,
+    /// requests given up), shared by all its clones.
+    pub fn send_stats(&self) -> SendStats {
+        self.inner.counters.snapshot()
     }
 
     /// The client this adapter drives.
@@ -390,7 +398,7 @@ impl MatrixAdapter {
             Err(f) => return f.into_outcome(),
         };
         let txn: OwnedTransactionId = txn_id.into();
-        let result = retry::retry(policy, event_type, |_| {
+        let result = retry::retry_counted(policy, event_type, Some(&self.inner.counters), |_| {
             let room = room.clone();
             let content = content.clone();
             let txn = txn.clone();
@@ -506,7 +514,7 @@ impl MatrixAdapter {
             map.entry(user).or_default().insert(DeviceIdOrAllDevices::DeviceId(device), raw);
         }
         let client = self.inner.client.clone();
-        retry::retry(policy, event_type, |_| {
+        retry::retry_counted(policy, event_type, Some(&self.inner.counters), |_| {
             let request =
                 send_event_to_device::v3::Request::new_raw(event_type.into(), txn_id.into(), map.clone());
             let client = client.clone();
@@ -532,7 +540,7 @@ impl MatrixAdapter {
         let strategy = self.inner.options.collect_strategy.clone();
         // Devices still to reach; a retry only targets the ones that failed.
         let pending = Arc::new(Mutex::new(pending));
-        retry::retry(policy, event_type, |_| {
+        retry::retry_counted(policy, event_type, Some(&self.inner.counters), |_| {
             let pending = pending.clone();
             let enc = enc.clone();
             let strategy = strategy.clone();

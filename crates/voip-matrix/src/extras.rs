@@ -113,7 +113,7 @@ impl MatrixAdapter {
             let room = room_id(&req.room_id)?;
             let body = raw(&req.content)?;
             let client = self.inner.client.clone();
-            retry::retry(self.policy(req.critical), &req.event_type, |_| {
+            retry::retry_counted(self.policy(req.critical), &req.event_type, Some(&self.inner.counters), |_| {
                 let request = send_state_event::v3::Request::new_raw(
                     room.clone(),
                     req.event_type.as_str().into(),
@@ -154,7 +154,7 @@ impl MatrixAdapter {
         match &req.event {
             DelayedEvent::State { event_type, state_key, content } => {
                 let body = raw(content)?;
-                retry::retry(self.policy(true), event_type, |_| {
+                retry::retry_counted(self.policy(true), event_type, Some(&self.inner.counters), |_| {
                     let request = delayed_state_event::unstable::Request::new_raw(
                         room.clone(),
                         state_key.clone(),
@@ -176,7 +176,7 @@ impl MatrixAdapter {
             }
             DelayedEvent::Message { event_type, content, txn_id } => {
                 let body = raw(content)?;
-                retry::retry(self.policy(false), event_type, |_| {
+                retry::retry_counted(self.policy(false), event_type, Some(&self.inner.counters), |_| {
                     let request = delayed_message_event::unstable::Request::new_raw(
                         room.clone(),
                         txn_id.as_str().into(),
@@ -210,7 +210,7 @@ impl MatrixAdapter {
         };
         // Sending a leave now must not be lost; restarts are frequent and cheap to miss once.
         let critical = action == DelayedAction::Send;
-        retry::retry(self.policy(critical), action_name, |_| {
+        retry::retry_counted(self.policy(critical), action_name, Some(&self.inner.counters), |_| {
             let a = match action {
                 DelayedAction::Restart => update_delayed_event::unstable::UpdateAction::Restart,
                 DelayedAction::Send => update_delayed_event::unstable::UpdateAction::Send,

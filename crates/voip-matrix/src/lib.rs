@@ -43,7 +43,7 @@ pub use extras::{
     DelayedAction, DelayedEvent, DelayedEventRequest, OpenIdToken, StateEventRequest, MSC4140_FEATURE,
 };
 pub use inbound::CallMemberState;
-pub use retry::{Failure, RetryPolicy};
+pub use retry::{Failure, RetryPolicy, SendStats};
 pub use turn::TurnServers;
 
 /// Errors of the adapter's direct (non-core) operations.

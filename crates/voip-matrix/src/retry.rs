@@ -1,6 +1,7 @@
 //! Retry with back-off: classification of failures and the bounded retry loop.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use matrix_sdk::ruma::api::error::{ErrorKind, RetryAfter};
@@ -151,9 +152,65 @@ impl Default for RetryPolicy {
     }
 }
 
+/// Counters of an adapter's send attempts since it was created (shared by its clones), from
+/// [`crate::MatrixAdapter::send_stats`]: to see that a homeserver's rate limits really bit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SendStats {
+    /// Attempts answered with 429 `M_LIMIT_EXCEEDED`.
+    pub rate_limited: u64,
+    /// Attempts that failed with a network error or a 5xx.
+    pub transient: u64,
+    /// Attempts the adapter retried after a failure.
+    pub retried: u64,
+    /// Requests whose last failure was reported to the core (the core may retry them itself).
+    pub given_up: u64,
+}
+
+/// The atomic counters behind [`SendStats`].
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    rate_limited: AtomicU64,
+    transient: AtomicU64,
+    retried: AtomicU64,
+    given_up: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn snapshot(&self) -> SendStats {
+        SendStats {
+            rate_limited: self.rate_limited.load(Ordering::Relaxed),
+            transient: self.transient.load(Ordering::Relaxed),
+            retried: self.retried.load(Ordering::Relaxed),
+            given_up: self.given_up.load(Ordering::Relaxed),
+        }
+    }
+
+    fn failed(&self, failure: &Failure) {
+        match failure {
+            Failure::RateLimited { .. } => self.rate_limited.fetch_add(1, Ordering::Relaxed),
+            Failure::Transient(_) => self.transient.fetch_add(1, Ordering::Relaxed),
+            Failure::Permanent { .. } => 0,
+        };
+    }
+}
+
 /// Runs `attempt` until it succeeds or `policy` says to stop; returns the value or the last
 /// failure.
-pub async fn retry<T, F, Fut>(policy: RetryPolicy, what: &str, mut attempt: F) -> Result<T, Failure>
+pub async fn retry<T, F, Fut>(policy: RetryPolicy, what: &str, attempt: F) -> Result<T, Failure>
+where
+    F: FnMut(u32) -> Fut,
+    Fut: Future<Output = Result<T, Failure>>,
+{
+    retry_counted(policy, what, None, attempt).await
+}
+
+/// [`retry`], counting every failed attempt in `counters`.
+pub(crate) async fn retry_counted<T, F, Fut>(
+    policy: RetryPolicy,
+    what: &str,
+    counters: Option<&Counters>,
+    mut attempt: F,
+) -> Result<T, Failure>
 where
     F: FnMut(u32) -> Fut,
     Fut: Future<Output = Result<T, Failure>>,
@@ -163,14 +220,27 @@ where
     loop {
         match attempt(n).await {
             Ok(v) => return Ok(v),
-            Err(failure) => match policy.next_delay(n, &failure, start.elapsed()) {
-                Some(delay) => {
-                    tracing::debug!(what, attempt = n, ?delay, ?failure, "send failed, retrying");
-                    tokio::time::sleep(delay).await;
-                    n += 1;
+            Err(failure) => {
+                if let Some(c) = counters {
+                    c.failed(&failure);
                 }
-                None => return Err(failure),
-            },
+                match policy.next_delay(n, &failure, start.elapsed()) {
+                    Some(delay) => {
+                        if let Some(c) = counters {
+                            c.retried.fetch_add(1, Ordering::Relaxed);
+                        }
+                        tracing::debug!(what, attempt = n, ?delay, ?failure, "send failed, retrying");
+                        tokio::time::sleep(delay).await;
+                        n += 1;
+                    }
+                    None => {
+                        if let Some(c) = counters {
+                            c.given_up.fetch_add(1, Ordering::Relaxed);
+                        }
+                        return Err(failure);
+                    }
+                }
+            }
         }
     }
 }
@@ -275,6 +345,28 @@ mod tests {
         .await;
         assert_eq!(r, Ok(3));
         assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn counters_see_every_failed_attempt() {
+        let counters = Counters::default();
+        let p = RetryPolicy { max_attempts: 3, base_delay: Duration::from_millis(1), ..RetryPolicy::DEFAULT };
+        let limited = || Failure::RateLimited { retry_after: Some(Duration::from_millis(1)), error: String::new() };
+        let r = retry_counted(p, "t", Some(&counters), |n| async move {
+            match n {
+                1 => Err(limited()),
+                2 => Err(transient()),
+                _ => Ok(n),
+            }
+        })
+        .await;
+        assert_eq!(r, Ok(3));
+        let r: Result<(), _> = retry_counted(p, "t", Some(&counters), |_| async { Err(limited()) }).await;
+        assert!(matches!(r, Err(Failure::RateLimited { .. })));
+        assert_eq!(
+            counters.snapshot(),
+            SendStats { rate_limited: 4, transient: 1, retried: 4, given_up: 1 }
+        );
     }
 
     #[tokio::test]

@@ -9,7 +9,7 @@ use matrix_sdk::Client;
 use serde_json::{json, Value};
 use sha1::Sha1;
 
-use crate::{rig, synapse};
+use crate::{rig, synapse, Synapse};
 
 /// A registered user.
 #[derive(Clone, Debug)]
@@ -24,25 +24,59 @@ pub struct TestUser {
     pub access_token: String,
     /// Whether the user is a server admin.
     pub admin: bool,
+    /// Base URL of the user's homeserver ([`login`] logs in there).
+    pub homeserver: String,
 }
 
 /// Registers a user named `name` plus a random suffix (names stay unique on a shared instance),
 /// through `/_synapse/admin/v1/register` (HMAC-SHA1 with the shared secret).
 pub async fn register_user(name: &str) -> Result<TestUser> {
-    register(name, false).await
+    register(synapse(), name, false).await
 }
 
 /// Like [`register_user`], but the user is a server admin (for admin-API helpers).
 pub async fn register_admin(name: &str) -> Result<TestUser> {
-    register(name, true).await
+    register(synapse(), name, true).await
+}
+
+/// Like [`register_user`], on the homeserver `hs` (e.g. [`crate::tight_synapse()`] or a
+/// [`rig::Instance`] through [`Synapse::of`]).
+pub async fn register_user_on(hs: &Synapse, name: &str) -> Result<TestUser> {
+    register(hs, name, false).await
 }
 
 fn http() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().expect("reqwest client")
 }
 
-async fn register(name: &str, admin: bool) -> Result<TestUser> {
-    let hs = synapse();
+async fn register(hs: &Synapse, name: &str, admin: bool) -> Result<TestUser> {
+    // A rate-limited server may refuse a burst of registrations for a moment.
+    let mut attempt = 0;
+    loop {
+        match register_once(hs, name, admin).await {
+            Err(RegisterError::Limited(wait)) if attempt < 20 => {
+                attempt += 1;
+                tokio::time::sleep(wait).await;
+            }
+            Err(RegisterError::Limited(_)) => bail!("register {name}: still rate-limited after {attempt} tries"),
+            Err(RegisterError::Other(e)) => return Err(e),
+            Ok(user) => return Ok(user),
+        }
+    }
+}
+
+enum RegisterError {
+    Limited(Duration),
+    Other(anyhow::Error),
+}
+
+impl<E: Into<anyhow::Error>> From<E> for RegisterError {
+    fn from(e: E) -> Self {
+        RegisterError::Other(e.into())
+    }
+}
+
+async fn register_once(hs: &Synapse, name: &str, admin: bool) -> std::result::Result<TestUser, RegisterError> {
     let localpart = format!("{}-{}", name.to_lowercase(), rig::random_hex(3));
     let password = rig::random_hex(12);
     let url = format!("{}/_synapse/admin/v1/register", hs.url);
@@ -65,8 +99,12 @@ async fn register(name: &str, admin: bool) -> Result<TestUser> {
         .await?;
     let status = resp.status();
     let body: Value = resp.json().await?;
+    if status.as_u16() == 429 {
+        let ms = body["retry_after_ms"].as_u64().unwrap_or(500);
+        return Err(RegisterError::Limited(Duration::from_millis(ms.max(50))));
+    }
     if !status.is_success() {
-        bail!("register {localpart}: {status} {body}");
+        return Err(anyhow::anyhow!("register {localpart}: {status} {body}").into());
     }
     Ok(TestUser {
         user_id: body["user_id"].as_str().context("no user_id")?.to_owned(),
@@ -74,6 +112,7 @@ async fn register(name: &str, admin: bool) -> Result<TestUser> {
         password,
         access_token: body["access_token"].as_str().unwrap_or_default().to_owned(),
         admin,
+        homeserver: hs.url.clone(),
     })
 }
 
@@ -85,8 +124,7 @@ pub async fn override_ratelimit(
     per_second: u32,
     burst_count: u32,
 ) -> Result<()> {
-    let hs = synapse();
-    let url = format!("{}/_synapse/admin/v1/users/{}/override_ratelimit", hs.url, user_id);
+    let url = format!("{}/_synapse/admin/v1/users/{}/override_ratelimit", admin.homeserver, user_id);
     let resp = http()
         .post(&url)
         .bearer_auth(&admin.access_token)
@@ -99,11 +137,10 @@ pub async fn override_ratelimit(
     Ok(())
 }
 
-/// A logged-in client for `user` with its own in-memory stores; each call logs in a new device
-/// (`device_id` chosen or generated). Does not sync: see [`Syncing`].
+/// A logged-in client for `user` on the user's homeserver, with its own in-memory stores; each
+/// call logs in a new device (`device_id` chosen or generated). Does not sync: see [`Syncing`].
 pub async fn login(user: &TestUser, device_id: Option<&str>) -> Result<Client> {
-    let hs = synapse();
-    let client = Client::builder().homeserver_url(&hs.url).build().await.context("build client")?;
+    let client = Client::builder().homeserver_url(&user.homeserver).build().await.context("build client")?;
     let mut req = client.matrix_auth().login_username(&user.user_id, &user.password);
     if let Some(d) = device_id {
         req = req.device_id(d);
@@ -127,14 +164,21 @@ pub struct Syncing {
 
 impl Syncing {
     /// Runs one `sync_once` (uploads device keys, loads initial state), then keeps syncing in a
-    /// spawned task with a 2 s long-poll timeout.
+    /// spawned task: `sync_once` in a loop with a 2 s long-poll timeout, each request starting as
+    /// soon as the previous response is processed. (`Client::sync` instead sleeps 1 s before
+    /// any request that follows the previous one within a second, which delays every event of a
+    /// burst such as a call set-up by up to a second.) The loop survives a homeserver that goes
+    /// away: after an error it waits 250 ms and syncs on from the stored token.
     pub async fn start(client: &Client) -> Result<Self> {
         client.sync_once(SyncSettings::default()).await.context("first sync")?;
         let c = client.clone();
         let task = tokio::spawn(async move {
-            let settings = SyncSettings::default().timeout(Duration::from_secs(2));
-            if let Err(e) = c.sync(settings).await {
-                tracing::warn!("sync loop ended: {e}");
+            loop {
+                let settings = SyncSettings::default().timeout(Duration::from_secs(2));
+                if let Err(e) = c.sync_once(settings).await {
+                    tracing::debug!("sync failed, syncing again: {e}");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
             }
         });
         Ok(Self { task })

@@ -8,7 +8,13 @@
 //!   logged-in `matrix_sdk::Client` with its own in-memory stores (a new device per call).
 //! * `Syncing` runs a client's sync loop in the background for the duration of a test.
 //!
-//! Those three need the default feature `client`; without it the crate is only the rig ([`rig`],
+//! * [`tight_synapse()`] is a second instance with tight rate limits ([`rig::Limits::Tight`]),
+//!   always started by this process on first use (also when `SYNAPSE_URL` is set), and
+//!   [`rig::Instance`] an instance a test controls fully (stop, kill, restart on the same data
+//!   and port). `register_user_on(&hs, ..)` registers users there; `login` follows the user's
+//!   homeserver.
+//!
+//! The client helpers need the default feature `client`; without it the crate is only the rig ([`rig`],
 //! [`synapse()`]), which builds without matrix-sdk.
 //!
 //! See `README.md` in this crate for the commands.
@@ -37,6 +43,18 @@ pub struct Synapse {
     pub server_name: String,
     /// Whether this process started it (otherwise it is a shared instance from the environment).
     pub owned: bool,
+}
+
+impl Synapse {
+    /// The description of a running [`rig::Instance`] (owned by this process).
+    pub fn of(instance: &rig::Instance) -> Synapse {
+        Synapse {
+            url: instance.url().to_owned(),
+            reg_secret: instance.reg_secret().to_owned(),
+            server_name: "localhost".into(),
+            owned: true,
+        }
+    }
 }
 
 static SYNAPSE: OnceLock<std::result::Result<Synapse, String>> = OnceLock::new();
@@ -79,4 +97,20 @@ fn init() -> Result<Synapse> {
         server_name: "localhost".into(),
         owned: true,
     })
+}
+
+static TIGHT: OnceLock<std::result::Result<(rig::Instance, Synapse), String>> = OnceLock::new();
+
+/// A second homeserver for this test process, with tight rate limits ([`rig::Limits::Tight`]):
+/// started on first use (blocking; panics when it cannot be), whatever `SYNAPSE_URL` says, with
+/// its own data dir and port, and stopped with its data deleted when the process exits.
+pub fn tight_synapse() -> &'static Synapse {
+    let init = || rig::Instance::start(rig::Limits::Tight).map(|i| {
+        let s = Synapse::of(&i);
+        (i, s)
+    });
+    match TIGHT.get_or_init(|| init().map_err(|e| format!("{e:#}"))) {
+        Ok((_, s)) => s,
+        Err(e) => panic!("voip-testkit: no rate-limited Synapse available: {e}"),
+    }
 }

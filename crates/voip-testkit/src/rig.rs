@@ -42,7 +42,8 @@ disable_existing_loggers: false
 
 /// Watchdog used when the instance belongs to one process: starts Synapse, then stops it
 /// (SIGTERM, SIGKILL after 10 s) as soon as the owning process is gone, and removes the data dir
-/// when `$3` is `rm`.
+/// when `$3` is `rm` and the owner is gone (an owner that stopped Synapse itself, e.g. to restart
+/// it on the same data, keeps the data; [`Instance`] deletes it when dropped).
 const WATCHDOG: &str = r#"
 owner=$1; data=$2; rm=$3; shift 3
 "$@" >"$data/stdout.log" 2>&1 </dev/null &
@@ -54,7 +55,7 @@ i=0
 while kill -0 "$child" 2>/dev/null && [ "$i" -lt 20 ]; do sleep 0.5; i=$((i+1)); done
 kill -KILL "$child" 2>/dev/null
 wait "$child" 2>/dev/null
-if [ "$rm" = rm ]; then rm -rf "$data"; fi
+if [ "$rm" = rm ] && ! kill -0 "$owner" 2>/dev/null; then rm -rf "$data"; fi
 "#;
 
 /// Where the cached virtualenv lives.
@@ -219,6 +220,92 @@ fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// The `rc_*` rate limits written into an instance's config.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Limits {
+    /// Every limiter at 10 000/s with a burst of 10 000: effectively off (tests that need a 429
+    /// override one user's `rc_message` through the admin API).
+    #[default]
+    Generous,
+    /// Tight limits for rate-limit tests ([`TIGHT_LIMITS_YAML`]): messages (room events, state
+    /// events and delayed-event scheduling) 0.5/s with a burst of 2 per user; delayed-event
+    /// management (MSC4140 restart/cancel/send) 0.5/s burst 2; logins 1/s burst 4 (per address
+    /// and per account); joins, invites, room creation 1/s burst 3; cross-user key requests
+    /// 0.5/s burst 2. Synapse 1.163.2 has no other limiter on to-device messages.
+    Tight,
+}
+
+const GENEROUS_LIMITS_YAML: &str = r#"# (per_second: 0 does NOT disable a limiter; use big numbers.)
+rc_message:              {per_second: 10000, burst_count: 10000}
+rc_registration:         {per_second: 10000, burst_count: 10000}
+rc_registration_token_validity: {per_second: 10000, burst_count: 10000}
+rc_login:
+  address:               {per_second: 10000, burst_count: 10000}
+  account:               {per_second: 10000, burst_count: 10000}
+  failed_attempts:       {per_second: 10000, burst_count: 10000}
+rc_joins:
+  local:                 {per_second: 10000, burst_count: 10000}
+  remote:                {per_second: 10000, burst_count: 10000}
+rc_joins_per_room:       {per_second: 10000, burst_count: 10000}
+rc_invites:
+  per_room:              {per_second: 10000, burst_count: 10000}
+  per_user:              {per_second: 10000, burst_count: 10000}
+  per_issuer:            {per_second: 10000, burst_count: 10000}
+rc_3pid_validation:      {per_second: 10000, burst_count: 10000}
+rc_third_party_invite:   {per_second: 10000, burst_count: 10000}
+rc_key_requests:         {per_second: 10000, burst_count: 10000}  # only limiter on to-device (m.room_key_request)
+rc_room_creation:        {per_second: 10000, burst_count: 10000}
+rc_delayed_event_mgmt:   {per_second: 10000, burst_count: 10000}
+rc_presence:
+  per_user:              {per_second: 10000, burst_count: 10000}
+rc_profile:              {per_second: 10000, burst_count: 10000}
+rc_user_directory:       {per_second: 10000, burst_count: 10000}
+rc_media_create:         {per_second: 10000, burst_count: 10000}
+rc_reports:              {per_second: 10000, burst_count: 10000}
+rc_admin_redaction:      {per_second: 10000, burst_count: 10000}
+"#;
+
+/// The `rc_*` block of [`Limits::Tight`].
+pub const TIGHT_LIMITS_YAML: &str = r#"# Tight: every user's third quick message (room event, state event, delayed-event scheduling)
+# gets a 429 with retry_after_ms ~2 s.
+rc_message:              {per_second: 0.5, burst_count: 2}
+rc_registration:         {per_second: 1, burst_count: 5}
+rc_registration_token_validity: {per_second: 1, burst_count: 5}
+rc_login:
+  address:               {per_second: 1, burst_count: 4}
+  account:               {per_second: 1, burst_count: 4}
+  failed_attempts:       {per_second: 1, burst_count: 4}
+rc_joins:
+  local:                 {per_second: 1, burst_count: 3}
+  remote:                {per_second: 1, burst_count: 3}
+rc_joins_per_room:       {per_second: 1, burst_count: 3}
+rc_invites:
+  per_room:              {per_second: 1, burst_count: 3}
+  per_user:              {per_second: 1, burst_count: 3}
+  per_issuer:            {per_second: 1, burst_count: 3}
+rc_3pid_validation:      {per_second: 1, burst_count: 3}
+rc_third_party_invite:   {per_second: 1, burst_count: 3}
+rc_key_requests:         {per_second: 0.5, burst_count: 2}  # only limiter on to-device (m.room_key_request)
+rc_room_creation:        {per_second: 1, burst_count: 3}
+rc_delayed_event_mgmt:   {per_second: 0.5, burst_count: 2}
+rc_presence:
+  per_user:              {per_second: 1, burst_count: 3}
+rc_profile:              {per_second: 1, burst_count: 3}
+rc_user_directory:       {per_second: 1, burst_count: 3}
+rc_media_create:         {per_second: 1, burst_count: 3}
+rc_reports:              {per_second: 1, burst_count: 3}
+rc_admin_redaction:      {per_second: 1, burst_count: 3}
+"#;
+
+impl Limits {
+    fn yaml(self) -> &'static str {
+        match self {
+            Limits::Generous => GENEROUS_LIMITS_YAML,
+            Limits::Tight => TIGHT_LIMITS_YAML,
+        }
+    }
+}
+
 /// How to start an instance.
 #[derive(Clone, Debug)]
 pub struct StartOptions {
@@ -227,10 +314,12 @@ pub struct StartOptions {
     /// Stop Synapse when the process with this PID is gone (a `sh` watchdog). `None` leaves it
     /// running until [`stop`].
     pub owner_pid: Option<u32>,
-    /// With `owner_pid`: delete the data dir after stopping.
+    /// With `owner_pid`: delete the data dir after stopping (once the owner is gone).
     pub remove_data_on_exit: bool,
     /// Readiness timeout (default 60 s; `SYNAPSE_START_TIMEOUT` seconds overrides).
     pub timeout: Duration,
+    /// The rate limits (default [`Limits::Generous`]).
+    pub limits: Limits,
 }
 
 impl StartOptions {
@@ -241,6 +330,7 @@ impl StartOptions {
             owner_pid: None,
             remove_data_on_exit: false,
             timeout: start_timeout(),
+            limits: Limits::Generous,
         }
     }
 
@@ -251,7 +341,14 @@ impl StartOptions {
             owner_pid: Some(std::process::id()),
             remove_data_on_exit: true,
             timeout: start_timeout(),
+            limits: Limits::Generous,
         }
+    }
+
+    /// The same with other rate limits.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
     }
 }
 
@@ -286,10 +383,45 @@ impl Started {
             self.data_dir.display()
         )
     }
+
+    /// The port of [`Started::url`].
+    pub fn port(&self) -> u16 {
+        self.url.rsplit(':').next().and_then(|p| p.parse().ok()).expect("url has a port")
+    }
+}
+
+/// Port and secrets of an instance: kept across restarts so clients and tokens stay valid.
+#[derive(Clone, Debug)]
+struct Identity {
+    port: u16,
+    reg: String,
+    mac: String,
+    form: String,
+    turn: String,
+}
+
+impl Identity {
+    fn fresh() -> std::io::Result<Identity> {
+        Ok(Identity {
+            port: TcpListener::bind("127.0.0.1:0")?.local_addr()?.port(),
+            reg: random_hex(16),
+            mac: random_hex(16),
+            form: random_hex(16),
+            turn: random_hex(16),
+        })
+    }
 }
 
 /// Installs (if needed) and starts Synapse; waits until `/_matrix/client/versions` answers.
 pub fn start(opts: &StartOptions) -> Result<Started> {
+    start_with(opts, None).map(|(started, _identity, child)| {
+        // The Child handle is dropped without waiting: the process keeps running.
+        drop(child);
+        started
+    })
+}
+
+fn start_with(opts: &StartOptions, identity: Option<&Identity>) -> Result<(Started, Identity, Child)> {
     let python = ensure_installed()?;
     let data = &opts.data_dir;
     fs::create_dir_all(data).with_context(|| format!("create {}", data.display()))?;
@@ -300,10 +432,19 @@ pub fn start(opts: &StartOptions) -> Result<Started> {
         }
     }
     let mut last_err = None;
-    for _attempt in 0..3 {
-        match start_once(&python, &data, opts) {
-            Ok(s) => return Ok(s),
-            Err(StartError::PortInUse) => last_err = Some(anyhow::anyhow!("port in use 3 times")),
+    for attempt in 0..5 {
+        // A restart keeps its port (the old listener may need a moment to go); a fresh start
+        // picks another free port when the chosen one was taken meanwhile.
+        let id = match identity {
+            Some(id) => id.clone(),
+            None => Identity::fresh()?,
+        };
+        match start_once(&python, &data, opts, &id) {
+            Ok((s, child)) => return Ok((s, id, child)),
+            Err(StartError::PortInUse) => {
+                last_err = Some(anyhow::anyhow!("port {} in use {} times", id.port, attempt + 1));
+                std::thread::sleep(Duration::from_millis(500));
+            }
             Err(StartError::Other(e)) => return Err(e),
         }
     }
@@ -327,17 +468,22 @@ impl From<std::io::Error> for StartError {
     }
 }
 
-fn start_once(python: &Path, data: &Path, opts: &StartOptions) -> std::result::Result<Started, StartError> {
-    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let reg_secret = random_hex(16);
+fn start_once(
+    python: &Path,
+    data: &Path,
+    opts: &StartOptions,
+    id: &Identity,
+) -> std::result::Result<(Started, Child), StartError> {
+    let port = id.port;
     let d = data.display().to_string();
     let config = CONFIG_TEMPLATE
+        .replace("@RATE_LIMITS@", opts.limits.yaml())
         .replace("@DATA@", &d)
         .replace("@PORT@", &port.to_string())
-        .replace("@SECRET_REG@", &reg_secret)
-        .replace("@SECRET_MAC@", &random_hex(16))
-        .replace("@SECRET_FORM@", &random_hex(16))
-        .replace("@SECRET_TURN@", &random_hex(16));
+        .replace("@SECRET_REG@", &id.reg)
+        .replace("@SECRET_MAC@", &id.mac)
+        .replace("@SECRET_FORM@", &id.form)
+        .replace("@SECRET_TURN@", &id.turn);
     let config_path = data.join("homeserver.yaml");
     fs::write(&config_path, config)?;
     fs::write(data.join("log.config"), LOG_CONFIG.replace("@DATA@", &d))?;
@@ -409,11 +555,9 @@ fn start_once(python: &Path, data: &Path, opts: &StartOptions) -> std::result::R
     }
     let startup = t0.elapsed();
     let pid = read_pid(data).context("no synapse.pid")?;
-    let started = Started { url, reg_secret, pid, data_dir: data.to_owned(), startup };
+    let started = Started { url, reg_secret: id.reg.clone(), pid, data_dir: data.to_owned(), startup };
     fs::write(data.join("synapse.env"), started.env_lines())?;
-    // The Child handle is dropped without waiting: the process keeps running.
-    drop(child);
-    Ok(started)
+    Ok((started, child))
 }
 
 fn read_pid(data: &Path) -> Option<u32> {
@@ -468,4 +612,100 @@ fn http_get_status(port: u16, path: &str) -> Option<u16> {
     let n = s.read(&mut buf).ok()?;
     let head = std::str::from_utf8(&buf[..n]).ok()?;
     head.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// An instance this process controls: its own data dir, port, secrets and rate limits. It can be
+/// stopped and started again on the same data, port and secrets (clients, users and access
+/// tokens stay valid), and it is stopped and its data deleted when dropped. While it runs, a
+/// watchdog stops it if this process dies.
+#[derive(Debug)]
+pub struct Instance {
+    opts: StartOptions,
+    identity: Identity,
+    started: Started,
+    /// The watchdog (`sh`) while Synapse runs.
+    child: Option<Child>,
+}
+
+impl Instance {
+    /// Starts a fresh instance owned by this process, with `limits`, in a new data dir.
+    pub fn start(limits: Limits) -> Result<Instance> {
+        let opts = StartOptions::owned_by_this_process().with_limits(limits);
+        let (started, identity, child) = start_with(&opts, None)?;
+        tracing_note(&started, "started");
+        Ok(Instance { opts, identity, started, child: Some(child) })
+    }
+
+    /// The running (or last running) instance.
+    pub fn started(&self) -> &Started {
+        &self.started
+    }
+
+    /// The base URL (unchanged across restarts).
+    pub fn url(&self) -> &str {
+        &self.started.url
+    }
+
+    /// The `registration_shared_secret` (unchanged across restarts).
+    pub fn reg_secret(&self) -> &str {
+        &self.started.reg_secret
+    }
+
+    /// Whether Synapse is running.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some() && alive(self.started.pid)
+    }
+
+    /// Stops Synapse (SIGTERM, SIGKILL after 10 s); the data stays. Returns whether it was
+    /// running.
+    pub fn stop(&mut self) -> Result<bool> {
+        let was = stop(&self.started.data_dir)?;
+        if let Some(mut child) = self.child.take() {
+            // The watchdog notices Synapse is gone within 0.5 s and exits (keeping the data,
+            // since this process is alive).
+            let _ = child.wait();
+        }
+        Ok(was)
+    }
+
+    /// Kills Synapse with SIGKILL (a crash: no clean shutdown); the data stays.
+    pub fn kill(&mut self) {
+        kill(self.started.pid, "KILL");
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+        let _ = fs::remove_file(self.started.data_dir.join("synapse.pid"));
+    }
+
+    /// Starts Synapse again on the same data dir, port and secrets (stopping it first if it
+    /// runs).
+    pub fn restart(&mut self) -> Result<&Started> {
+        if self.child.is_some() {
+            self.stop()?;
+        }
+        let (started, _, child) = start_with(&self.opts, Some(&self.identity))?;
+        tracing_note(&started, "restarted");
+        self.started = started;
+        self.child = Some(child);
+        Ok(&self.started)
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = self.stop();
+        if self.opts.remove_data_on_exit {
+            let _ = fs::remove_dir_all(&self.started.data_dir);
+        }
+    }
+}
+
+fn tracing_note(s: &Started, what: &str) {
+    eprintln!(
+        "voip-testkit: Synapse {SYNAPSE_VERSION} {what} at {} (pid {}, data {}, ready in {:.1} s)",
+        s.url,
+        s.pid,
+        s.data_dir.display(),
+        s.startup.as_secs_f64()
+    );
 }

@@ -1,14 +1,16 @@
 //! 1:1 calls end to end: real `voip_core::Voip` machines on each device, driven through the
 //! adapter and a real Synapse, media faked by voip-sim's engine.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
 use tokio::sync::Notify;
+use voip_core::media::{ConnectionState, MediaEvent};
 use voip_core::{
     CallId, CallState, CallType, Command, Config, EndReason, Event, Initiator, Input, LocalDevice, Output,
-    RoomId, Signalling, Timestamp, UserId,
+    RequestId, RoomId, SendKind, SendOutcome, Signalling, Timestamp, UserId,
 };
 use voip_matrix::MatrixAdapter;
 use voip_sim::FakeMedia;
@@ -23,13 +25,29 @@ pub(crate) struct State {
     pub(crate) voip: voip_core::Voip,
     media: FakeMedia,
     pub(crate) events: Vec<Event>,
+    /// Calls whose media path is gone (the peer died): the fake engine's reconnects are dropped.
+    cut: BTreeSet<CallId>,
+    /// Every request the core asked to send: what it was (event type, or the kind).
+    pub(crate) sends: BTreeMap<RequestId, String>,
+    /// The last result the core received for each request.
+    pub(crate) results: BTreeMap<RequestId, SendOutcome>,
+}
+
+fn label(kind: &SendKind) -> String {
+    match kind {
+        SendKind::RoomEvent { event_type, .. } => event_type.clone(),
+        SendKind::StateEvent { event_type, .. } => format!("state {event_type}"),
+        SendKind::DelayedStateEvent { event_type, .. } => format!("delayed {event_type}"),
+        SendKind::UpdateDelayedEvent { action, .. } => format!("update delayed {action:?}"),
+        SendKind::ToDevice { event_type, .. } => format!("to-device {event_type}"),
+    }
 }
 
 /// A device running a core: inputs from the adapter, sends to the adapter, media to a fake.
 pub(crate) struct Phone {
     pub(crate) peer_user: String,
     pub(crate) state: Arc<Mutex<State>>,
-    adapter: MatrixAdapter,
+    pub(crate) adapter: MatrixAdapter,
     wake: Arc<Notify>,
     task: tokio::task::JoinHandle<()>,
     pub(crate) _peer: Peer,
@@ -38,9 +56,19 @@ pub(crate) struct Phone {
 fn drain(st: &mut State, adapter: &MatrixAdapter) {
     while let Some(out) = st.voip.poll() {
         match out {
-            Output::Send(req) => adapter.submit(req),
+            Output::Send(req) => {
+                st.sends.insert(req.id, label(&req.kind));
+                adapter.submit(req)
+            }
             Output::Media { call_id, command } => {
                 for event in st.media.execute(&call_id, command) {
+                    let reconnect = matches!(
+                        event,
+                        MediaEvent::ConnectionState { state: ConnectionState::Connected | ConnectionState::Checking }
+                    );
+                    if reconnect && st.cut.contains(&call_id) {
+                        continue;
+                    }
                     let input = Input::Media { call_id: call_id.clone(), event };
                     if let Err(e) = st.voip.handle(now(), input) {
                         panic!("media input rejected: {e}");
@@ -61,7 +89,14 @@ impl Phone {
         let local = LocalDevice::new(peer.user_id(), peer.device_id());
         let seed = voip_core::seed_from_u64(now().0);
         let voip = voip_core::Voip::new(config, local, seed);
-        let state = Arc::new(Mutex::new(State { voip, media: FakeMedia::new(), events: Vec::new() }));
+        let state = Arc::new(Mutex::new(State {
+            voip,
+            media: FakeMedia::new(),
+            events: Vec::new(),
+            cut: BTreeSet::new(),
+            sends: BTreeMap::new(),
+            results: BTreeMap::new(),
+        }));
         let wake = Arc::new(Notify::new());
         let adapter = peer.adapter.clone();
         let mut inputs = std::mem::replace(&mut peer.inputs, tokio::sync::mpsc::channel(1).1);
@@ -77,6 +112,9 @@ impl Phone {
                     _ = wk.notified() => continue,
                 };
                 let mut s = st.lock().unwrap();
+                if let Input::SendResult { id, result } = &input {
+                    s.results.insert(*id, result.clone());
+                }
                 if let Err(e) = s.voip.handle(now(), input) {
                     tracing::warn!("input rejected: {e}");
                 }
@@ -99,7 +137,36 @@ impl Phone {
         self.with(|v| v.handle(now(), Input::Command(command))).expect("command accepted");
     }
 
-    fn place_call(&self, room: &str, invitee: &str, device: Option<&str>, signalling: Signalling) -> CallId {
+    /// The media path of `call` is gone (the remote process died): the engine reports
+    /// `disconnected` and never reconnects, so the core's ICE timers must end the call.
+    pub(crate) fn cut_media(&self, call: &CallId) {
+        let mut s = self.state.lock().unwrap();
+        s.cut.insert(call.clone());
+        for event in s.media.force_state(call, ConnectionState::Disconnected) {
+            let input = Input::Media { call_id: call.clone(), event };
+            if let Err(e) = s.voip.handle(now(), input) {
+                panic!("media input rejected: {e}");
+            }
+        }
+        drain(&mut s, &self.adapter);
+        drop(s);
+        self.wake.notify_one();
+    }
+
+    /// Waits until every request the core made has a result, and returns them as
+    /// `(what, outcome)`.
+    pub(crate) async fn settled_sends(&self) -> Result<Vec<(String, SendOutcome)>> {
+        voip_testkit::wait_for(&format!("{}: every send result", self.peer_user), TIMEOUT, || {
+            let s = self.state.lock().unwrap();
+            let done = s.sends.keys().all(|id| s.results.contains_key(id)).then(|| {
+                s.sends.iter().map(|(id, what)| (what.clone(), s.results[id].clone())).collect::<Vec<_>>()
+            });
+            async move { done }
+        })
+        .await
+    }
+
+    pub(crate) fn place_call(&self, room: &str, invitee: &str, device: Option<&str>, signalling: Signalling) -> CallId {
         self.with(|v| {
             v.place_call(
                 now(),
@@ -121,7 +188,7 @@ impl Phone {
         .await
     }
 
-    async fn incoming(&self) -> Result<CallId> {
+    pub(crate) async fn incoming(&self) -> Result<CallId> {
         self.wait("incoming call", |e| match e {
             Event::IncomingCall { call_id, .. } => Some(call_id.clone()),
             _ => None,
@@ -129,7 +196,7 @@ impl Phone {
         .await
     }
 
-    async fn state_reached(&self, call: &CallId, state: CallState) -> Result<()> {
+    pub(crate) async fn state_reached(&self, call: &CallId, state: CallState) -> Result<()> {
         self.wait(&format!("{call} {state:?}"), |e| match e {
             Event::StateChanged { call_id, state: s } if call_id == call && *s == state => Some(()),
             _ => None,
@@ -137,7 +204,7 @@ impl Phone {
         .await
     }
 
-    async fn ended(&self, call: &CallId) -> Result<(EndReason, Initiator)> {
+    pub(crate) async fn ended(&self, call: &CallId) -> Result<(EndReason, Initiator)> {
         self.wait(&format!("{call} ended"), |e| match e {
             Event::CallEnded { call_id, reason, initiator } if call_id == call => {
                 Some((reason.clone(), *initiator))
@@ -167,7 +234,7 @@ async fn dm_phones() -> Result<(Phone, Phone, String)> {
 }
 
 /// Places a call from `a` to `b` and answers it; both reach `Connected`.
-async fn connect(a: &Phone, b: &Phone, room: &str) -> Result<(CallId, CallId)> {
+pub(crate) async fn connect(a: &Phone, b: &Phone, room: &str) -> Result<(CallId, CallId)> {
     let call = a.place_call(room, &b.peer_user, None, Signalling::Room);
     let incoming = b.incoming().await?;
     assert_eq!(incoming, call, "same call id on both sides");

@@ -11,7 +11,7 @@ use voip_core::{
 use crate::calls::Phone;
 use crate::{room_with, Peer, TIMEOUT};
 
-fn join_command(room: &str, dialect: MembershipDialect) -> Command {
+pub(crate) fn join_command(room: &str, dialect: MembershipDialect) -> Command {
     let focus = match dialect {
         MembershipDialect::Famedly => Focus::Mesh,
         _ => Focus::Livekit {
@@ -31,13 +31,13 @@ fn join_command(room: &str, dialect: MembershipDialect) -> Command {
     }
 }
 
-fn members(phone: &Phone, room: &str) -> BTreeSet<String> {
+pub(crate) fn members(phone: &Phone, room: &str) -> BTreeSet<String> {
     let st = phone.state.lock().unwrap();
     let info = st.voip.group_call(&GroupCallId::room_call(RoomId::from(room)));
     info.members.into_iter().map(|m| m.participant.user_id.0).collect()
 }
 
-async fn wait_members(phone: &Phone, room: &str, expected: &[&str]) -> Result<()> {
+pub(crate) async fn wait_members(phone: &Phone, room: &str, expected: &[&str]) -> Result<()> {
     let expected: BTreeSet<String> = expected.iter().map(|s| s.to_string()).collect();
     voip_testkit::wait_for(&format!("{} sees {expected:?}", phone.peer_user), TIMEOUT, || {
         let ok = members(phone, room) == expected;

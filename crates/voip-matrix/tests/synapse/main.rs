@@ -5,6 +5,7 @@
 #![recursion_limit = "256"]
 
 mod calls;
+mod faults;
 mod group;
 mod plumbing;
 
@@ -42,7 +43,13 @@ impl Peer {
         Peer::device(&user, None).await
     }
 
-    /// Another device of `user`.
+    /// A new user with one device on the homeserver `hs` (not the shared one).
+    pub async fn new_on(hs: &voip_testkit::Synapse, name: &str) -> Result<Peer> {
+        let user = voip_testkit::register_user_on(hs, name).await?;
+        Peer::device(&user, None).await
+    }
+
+    /// Another device of `user` (on the user's homeserver).
     pub async fn device(user: &TestUser, device_id: Option<&str>) -> Result<Peer> {
         let client = voip_testkit::login(user, device_id).await?;
         // The adapter's handlers must exist before the first sync to see the initial state.
@@ -91,11 +98,25 @@ impl Peer {
 /// `creator` makes a private room with `others` invited (encrypted or not) and every other
 /// user joins; returns the room id once the creator has seen all of them join.
 pub async fn room_with(creator: &mut Peer, others: &[&Peer], encrypted: bool) -> Result<String> {
+    let invite: Vec<String> = others.iter().map(|p| p.user_id()).collect();
+    let room_id = create_room(creator, &invite, encrypted).await?;
+    for p in others {
+        join(&p.client, &room_id).await?;
+    }
+    let rid = room_id.to_string();
+    for p in others {
+        creator.expect_member(&rid, &p.user_id(), Membership::Join).await?;
+    }
+    Ok(rid)
+}
+
+/// `creator` makes a private room (a DM when one user is invited) with `invite` invited, where
+/// every member may send group-call membership state; nobody joins yet.
+pub async fn create_room(creator: &Peer, invite: &[String], encrypted: bool) -> Result<OwnedRoomId> {
     let mut req = CreateRoomRequest::new();
     req.preset = Some(RoomPreset::PrivateChat);
-    req.is_direct = others.len() == 1;
-    req.invite =
-        others.iter().map(|p| OwnedUserId::try_from(p.user_id().as_str())).collect::<Result<_, _>>()?;
+    req.is_direct = invite.len() == 1;
+    req.invite = invite.iter().map(|u| OwnedUserId::try_from(u.as_str())).collect::<Result<_, _>>()?;
     if encrypted {
         req.initial_state = vec![InitialStateEvent::with_empty_state_key(
             RoomEncryptionEventContent::with_recommended_defaults(),
@@ -110,18 +131,10 @@ pub async fn room_with(creator: &mut Peer, others: &[&Peer], encrypted: bool) ->
         .cast_unchecked(),
     );
     let room = creator.client.create_room(req).await.context("create room")?;
-    let room_id = room.room_id().to_owned();
-    for p in others {
-        join(&p.client, &room_id).await?;
-    }
-    let rid = room_id.to_string();
-    for p in others {
-        creator.expect_member(&rid, &p.user_id(), Membership::Join).await?;
-    }
-    Ok(rid)
+    Ok(room.room_id().to_owned())
 }
 
-async fn join(client: &Client, room_id: &OwnedRoomId) -> Result<()> {
+pub async fn join(client: &Client, room_id: &OwnedRoomId) -> Result<()> {
     // The invite may not have reached this client's sync yet; joining by id works regardless.
     client.join_room_by_id(room_id).await.context("join")?;
     voip_testkit::wait_for("joined room in store", TIMEOUT, || async {
