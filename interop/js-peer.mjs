@@ -15,6 +15,7 @@
 //           rtc-left, bye. Each has "ev" and "t" (ms since start).
 
 import { setupShim } from "./lib/shim.mjs";
+import { startPeer } from "./lib/peer-core.mjs";
 
 const t0 = Date.now();
 const emit = (ev, fields = {}) => process.stdout.write(JSON.stringify({ ev, t: Date.now() - t0, ...fields }) + "\n");
@@ -118,198 +119,17 @@ async function peer() {
     const sdk = await import(sdkName);
     const { CallEvent, CallState, CallErrorCode } = await import(`${sdkName}/lib/webrtc/call.js`);
     const { CallEventHandlerEvent } = await import(`${sdkName}/lib/webrtc/callEventHandler.js`);
+    const { MatrixRTCSessionEvent } = await import(`${sdkName}/lib/matrixrtc/MatrixRTCSession.js`);
     const { logger } = await import(`${sdkName}/lib/logger.js`);
     quietLogger(logger);
-
-    const client = sdk.createClient({
-        baseUrl: opts.hs,
-        userId: opts["user-id"],
-        deviceId: opts["device-id"],
-        accessToken: opts.token,
-        useE2eForGroupCall: false,
-        timelineSupport: false,
-    });
-    if (opts.crypto) await client.initRustCrypto({ useIndexedDB: false });
-
-    // Report what goes on the wire, so the harness can check the candidate style.
-    const sendEvent = client.sendEvent.bind(client);
-    client.sendEvent = (roomId, ...rest) => {
-        const [type, content] = typeof rest[0] === "string" && typeof rest[1] === "object" ? rest : rest.slice(1);
-        if (typeof type === "string" && type.startsWith("m.call.")) {
-            const sdp = content?.offer?.sdp ?? content?.answer?.sdp ?? content?.description?.sdp ?? "";
-            emit("sent", {
-                type,
-                call_id: content?.call_id,
-                sdp_candidates: sdp.split("\r\n").filter((l) => l.startsWith("a=candidate:")).length,
-                candidates: Array.isArray(content?.candidates) ? content.candidates.length : undefined,
-                reason: content?.reason,
-            });
-        }
-        return sendEvent(roomId, ...rest);
-    };
-    const encryptAndSendToDevice = client.encryptAndSendToDevice?.bind(client);
-    if (encryptAndSendToDevice) {
-        client.encryptAndSendToDevice = (type, targets, content) => {
-            emit("sent-to-device", { type, encrypted: true, targets: targets.length ?? undefined });
-            return encryptAndSendToDevice(type, targets, content);
-        };
-    }
-
-    let call = null; // the current MatrixCall
-    let incoming = null; // an incoming call not yet answered or rejected
-    let rtc = null; // the MatrixRTCSession
-
-    const watch = (c, direction) => {
-        emit("call", { call_id: c.callId, direction, peer: c.getOpponentMember?.()?.userId ?? c.invitee ?? null });
-        c.on(CallEvent.State, (state, old) => emit("state", { call_id: c.callId, state, old }));
-        c.on(CallEvent.RemoteHoldUnhold, (onHold) => emit("hold", { call_id: c.callId, remote_on_hold: onHold }));
-        c.on(CallEvent.LocalHoldUnhold, (onHold) => emit("hold", { call_id: c.callId, local_on_hold: onHold }));
-        c.on(CallEvent.Replaced, (n) => {
-            emit("replaced", { call_id: c.callId, by: n.callId });
-            if (call === c) call = n;
-            watch(n, "replacement");
-        });
-        c.on(CallEvent.Hangup, () =>
-            emit("ended", {
-                call_id: c.callId,
-                reason: c.hangupReason ?? null,
-                party: c.hangupParty ?? null,
-            }),
-        );
-        c.on(CallEvent.Error, (e) => emit("error", { call_id: c.callId, code: e.code, message: String(e.message) }));
-    };
-
-    client.on(CallEventHandlerEvent.Incoming, (c) => {
-        // --busy: refuse a call that comes in during another one. js-sdk has no busy policy of
-        // its own; m.call.reject is what stops a js-sdk caller (it ignores an m.call.hangup
-        // from a callee it has not chosen yet, see docs/interop.md).
-        if (opts.busy && call && call.state !== CallState.Ended) {
-            emit("incoming", { call_id: c.callId, from: c.getOpponentMember?.()?.userId ?? null, busy: true });
-            watch(c, "incoming");
-            c.reject();
-            return;
-        }
-        incoming = c;
-        emit("incoming", { call_id: c.callId, from: c.getOpponentMember?.()?.userId ?? null, room_id: c.roomId });
-        watch(c, "incoming");
-        // Glare: js-sdk answers the replacement itself; keep track of the newest call.
-        if (call && call.state !== CallState.Ended && c.callId !== call.callId) emit("glare-incoming", { call_id: c.callId });
-        c.on(CallEvent.State, (s) => {
-            if (s === CallState.Connected || s === CallState.Connecting) call = c;
-        });
-    });
-
-    const ready = new Promise((resolve) => {
-        client.on("sync", (state) => {
-            if (state === "PREPARED" || state === "SYNCING") resolve();
-        });
-    });
-    await client.startClient({ initialSyncLimit: 1, lazyLoadMembers: false });
-    await ready;
-    // Incoming invites are handled only after the first sync (callEventHandler starts on it).
-    emit("ready", {
-        user_id: client.getUserId(),
-        device_id: client.getDeviceId(),
-        sdk: sdkName === "matrix-js-sdk" ? "43" : "40",
-        candidates: trickle ? "trickle" : "sdp",
-        voip: client.supportsVoip(),
-    });
-
-    const stats = async (c) => {
-        let sent = 0;
-        let received = 0;
-        if (c?.peerConn) {
-            const report = await c.peerConn.getStats();
-            report.forEach((s) => {
-                if (s.type === "outbound-rtp" && (s.kind ?? s.mediaType) === "audio") sent += s.packetsSent ?? 0;
-                if (s.type === "inbound-rtp" && (s.kind ?? s.mediaType) === "audio") received += s.packetsReceived ?? 0;
-            });
-        }
-        return { sent, received };
-    };
-
-    const room = () => client.getRoom(opts.room);
-
-    const commands = {
-        async call(c) {
-            const mc = client.createCall(c.room ?? opts.room, c.to ? { invitee: c.to } : undefined);
-            if (!mc) throw new Error("createCall returned null (no VoIP support)");
-            if (c.to) mc.invitee = c.to;
-            call = mc;
-            watch(mc, "outgoing");
-            await mc.placeVoiceCall();
-        },
-        async answer() {
-            if (!incoming) throw new Error("no incoming call");
-            call = incoming;
-            incoming = null;
-            await call.answer(true, false);
-        },
-        async reject() {
-            if (!incoming) throw new Error("no incoming call");
-            incoming.reject();
-            incoming = null;
-        },
-        async hangup() {
-            if (!call) throw new Error("no call");
-            call.hangup(CallErrorCode.UserHangup, false);
-        },
-        async hold() {
-            if (!call) throw new Error("no call");
-            call.setRemoteOnHold(true);
-        },
-        async unhold() {
-            if (!call) throw new Error("no call");
-            call.setRemoteOnHold(false);
-        },
-        async stats() {
-            const s = await stats(call);
-            emit("stats", {
-                call_id: call?.callId ?? null,
-                state: call?.state ?? null,
-                local_on_hold: call?.isLocalOnHold?.() ?? false,
-                remote_on_hold: call?.isRemoteOnHold?.() ?? false,
-                ...s,
-            });
-        },
-        async "rtc-join"() {
-            const r = room();
-            if (!r) throw new Error(`room ${opts.room} not known`);
-            const { MatrixRTCSessionEvent } = await import(`${sdkName}/lib/matrixrtc/MatrixRTCSession.js`);
-            rtc = client.matrixRTC.getRoomSession(r);
-            rtc.on(MatrixRTCSessionEvent.MembershipsChanged, (_old, memberships) =>
-                emit("rtc-members", {
-                    members: memberships.map((m) => ({ user_id: m.sender ?? m.userId, device_id: m.deviceId })),
-                }),
-            );
-            rtc.on(MatrixRTCSessionEvent.EncryptionKeyChanged, (key, index, membership) => {
-                const userId = membership.userId ?? membership.sender;
-                emit("rtc-key", {
-                    user_id: userId,
-                    device_id: membership.deviceId,
-                    index,
-                    key: Buffer.from(key).toString("base64"),
-                    local: userId === client.getUserId() && membership.deviceId === client.getDeviceId(),
-                });
-            });
-            rtc.joinRoomSession(
-                [{ type: "livekit", livekit_service_url: "http://127.0.0.1:9/livekit", livekit_alias: opts.room }],
-                undefined,
-                { manageMediaKeys: true, callIntent: "audio", useKeyDelay: 0, keyRotationGracePeriodMs: 0 },
-            );
-            emit("rtc-joined", { room_id: opts.room });
-        },
-        async "rtc-leave"() {
-            if (!rtc) throw new Error("not joined");
-            const ok = await rtc.leaveRoomSession(5000);
-            emit("rtc-left", { ok });
-        },
-        async quit() {
-            emit("bye", {});
-            client.stopClient();
-            media.stop();
-            setTimeout(() => process.exit(0), 50);
-        },
+    const m = { CallEvent, CallState, CallErrorCode, CallEventHandlerEvent, MatrixRTCSessionEvent };
+    const sdkLabel = sdkName === "matrix-js-sdk" ? "43" : "40";
+    const commands = await startPeer({ sdk, m, sdkLabel, opts, emit });
+    const quit = commands.quit;
+    commands.quit = async () => {
+        await quit();
+        media.stop();
+        setTimeout(() => process.exit(0), 50);
     };
 
     const readline = await import("node:readline");

@@ -1,4 +1,5 @@
-//! `cargo xtask interop [--scenario PAT] [--under rust|js] [--list] [--no-install] [--rig PATH] [--keep]`:
+//! `cargo xtask interop [--scenario PAT] [--under rust|js] [--list] [--no-install] [--no-chromium]
+//! [--rig PATH] [--keep]`:
 //! interoperability with the real matrix-js-sdk (issue #9; see docs/interop.md).
 //!
 //! 1. `npm ci` in `interop/` (pinned matrix-js-sdk 43.0.0 and 40.2.0, @roamhq/wrtc 0.10.0);
@@ -53,6 +54,8 @@ fn cargo_build(args: &[&str]) -> anyhow::Result<()> {
 enum Kind {
     /// matrix-js-sdk; `sdk` is "43" or "40", `trickle` selects the browser-like candidate style.
     Js { sdk: &'static str, trickle: bool },
+    /// matrix-js-sdk 43 in headless Chromium (`interop/browser-peer.mjs`, Debian's chromium).
+    Browser,
     /// The Rust library (`interop/rust-peer`).
     Rust,
 }
@@ -61,6 +64,7 @@ impl Kind {
     fn label(&self) -> String {
         match self {
             Kind::Js { sdk, trickle } => format!("js{sdk}-{}", if *trickle { "trickle" } else { "sdp" }),
+            Kind::Browser => "chromium".into(),
             Kind::Rust => "rust".into(),
         }
     }
@@ -126,6 +130,11 @@ impl Env {
             Kind::Js { .. } => {
                 let mut c = self.in_ns("node");
                 c.arg(self.interop.join("js-peer.mjs"));
+                c
+            }
+            Kind::Browser => {
+                let mut c = self.in_ns("node");
+                c.arg(self.interop.join("browser-peer.mjs"));
                 c
             }
             Kind::Rust => self.in_ns(self.rust_peer.as_ref().context("the Rust peer was not built")?),
@@ -303,10 +312,15 @@ fn scenarios() -> Vec<(&'static str, Run, &'static [&'static str])> {
         ("sdk40-u-calls-j", u_calls_j, OLD),
         ("sdk40-j-calls-u", j_calls_u, OLD),
         ("rtc-keys", rtc_keys, &["43-sdp"]),
+        ("chromium-u-calls-j", u_calls_j, &["chromium"]),
+        ("chromium-j-calls-u", j_calls_u, &["chromium"]),
     ]
 }
 
 fn js_kind(variant: &str) -> Kind {
+    if variant == "chromium" {
+        return Kind::Browser;
+    }
     let (sdk, style) = variant.split_once('-').unwrap_or(("43", "sdp"));
     Kind::Js { sdk: if sdk == "40" { "40" } else { "43" }, trickle: style == "trickle" }
 }
@@ -539,7 +553,11 @@ fn key_from(e: &Value, uid: &str, did: &str, min_index: i64) -> bool {
 /// The js peer's wire check: in trickle style its SDPs carry no candidates and it sent
 /// m.call.candidates; in SDP style its offer/answer carried candidates.
 fn check_candidate_style(p: &mut Peer, kind: &Kind) -> anyhow::Result<()> {
-    let Kind::Js { trickle, .. } = kind else { return Ok(()) };
+    let trickle = match kind {
+        Kind::Js { trickle, .. } => *trickle,
+        // Chromium decides by itself (its invites carry no candidates, its answers some).
+        Kind::Browser | Kind::Rust => return Ok(()),
+    };
     p.drain();
     let sdp_sends: Vec<&Value> = p
         .events
@@ -550,7 +568,7 @@ fn check_candidate_style(p: &mut Peer, kind: &Kind) -> anyhow::Result<()> {
         bail!("{}: sent no invite or answer", p.name);
     }
     let in_sdp: u64 = sdp_sends.iter().filter_map(|e| e["sdp_candidates"].as_u64()).sum();
-    if *trickle {
+    if trickle {
         if in_sdp != 0 {
             bail!("{}: trickle style but {in_sdp} candidates in the SDP", p.name);
         }
@@ -630,6 +648,22 @@ fn npm_ci(interop: &Path) -> anyhow::Result<()> {
     )
 }
 
+/// Debian's chromium package for the browser scenarios (about 350 MB, 2 minutes, once).
+fn ensure_chromium() -> anyhow::Result<()> {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    if Path::new(&chromium).exists() {
+        return Ok(());
+    }
+    println!("==> apt-get install chromium (browser scenarios; skip them with --no-chromium)");
+    status(Command::new("apt-get").args(["update", "-q"]), "apt-get update")?;
+    status(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "chromium"])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+        "apt-get install chromium",
+    )
+}
+
 pub(crate) fn run(args: &[String]) -> anyhow::Result<bool> {
     let flag = |f: &str| args.iter().any(|a| a == f);
     let value = |f: &str| args.iter().position(|a| a == f).and_then(|i| args.get(i + 1)).cloned();
@@ -644,6 +678,9 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<bool> {
     for (name, run, variants) in scenarios() {
         for v in variants {
             let full = format!("{name}/{v}");
+            if flag("--no-chromium") && *v == "chromium" {
+                continue;
+            }
             if filter.as_deref().is_none_or(|f| full.contains(f)) {
                 plan.push((full, run, js_kind(v)));
             }
@@ -663,6 +700,9 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<bool> {
     let interop = root.join("interop");
     if !flag("--no-install") {
         npm_ci(&interop)?;
+        if plan.iter().any(|(_, _, k)| *k == Kind::Browser) {
+            ensure_chromium()?;
+        }
     }
     let target = target_dir();
     let rig = match value("--rig") {
