@@ -185,6 +185,9 @@ async fn synapse_restart_in_a_one_to_one_call_hangup_sent_while_down_arrives() -
     let room = room_with(&mut alice, &[&bob], true).await?;
     let (alice, bob) = (Phone::new(alice), Phone::new(bob));
     let (call, _) = connect(&alice, &bob, &room).await?;
+    // The set-up is complete on the wire (select_answer included) before the server goes.
+    nothing_lost(&alice).await?;
+    nothing_lost(&bob).await?;
 
     let instance = stop(instance).await?;
     // Hung up while the homeserver is down: the adapter keeps retrying the hangup.
@@ -220,6 +223,8 @@ async fn synapse_restart_in_a_group_call_members_stay_and_a_leave_after_it_arriv
     }
     wait_members(&alice, &room, &[&b]).await?;
     wait_members(&bob, &room, &[&a]).await?;
+    nothing_lost(&alice).await?;
+    nothing_lost(&bob).await?;
 
     let instance = stop(instance).await?;
     let instance = restart(instance).await?;
@@ -264,11 +269,15 @@ impl ChildPeer {
         let stdout = process.stdout.take().context("child stdout")?;
         let (tx, lines) = mpsc::unbounded_channel();
         std::thread::spawn(move || {
+            // libtest may print `test faults::child_peer ... ` before a report on the same line.
             for line in std::io::BufReader::new(stdout).lines().map_while(|l| l.ok()) {
-                if let Some(l) = line.strip_prefix(CHILD_PREFIX) {
-                    if tx.send(l.to_owned()).is_err() {
-                        return;
+                match line.find(CHILD_PREFIX) {
+                    Some(i) => {
+                        if tx.send(line[i + CHILD_PREFIX.len()..].to_owned()).is_err() {
+                            return;
+                        }
                     }
+                    None => eprintln!("child peer: {line}"),
                 }
             }
         });
