@@ -172,7 +172,8 @@ struct LocalTrack {
 pub(crate) struct CallTask {
     call_id: CallId,
     config: Arc<WebrtcConfig>,
-    ice_servers: Vec<crate::config::IceServer>,
+    /// The engine's current ICE servers, read when the peer connection is built.
+    ice_servers: Arc<Mutex<Vec<crate::config::IceServer>>>,
     events: MediaEventSender,
     shared: SharedRef,
     counters: Arc<Counters>,
@@ -202,7 +203,7 @@ impl CallTask {
     pub(crate) fn new(
         call_id: CallId,
         config: Arc<WebrtcConfig>,
-        ice_servers: Vec<crate::config::IceServer>,
+        ice_servers: Arc<Mutex<Vec<crate::config::IceServer>>>,
         events: MediaEventSender,
         shared: SharedRef,
         counters: Arc<Counters>,
@@ -313,7 +314,8 @@ impl CallTask {
     }
 
     fn rtc_ice_servers(&self) -> Vec<RTCIceServer> {
-        self.ice_servers
+        let servers = self.ice_servers.lock().map(|s| s.clone()).unwrap_or_default();
+        servers
             .iter()
             .map(|s| RTCIceServer {
                 urls: s.urls.clone(),
@@ -778,7 +780,7 @@ impl CallTask {
                 kind,
                 track_id,
                 sink,
-                self.config.sink.clone(),
+                self.config.sink.clone().map(|app| (self.call_id.clone(), app)),
                 self.pc_tx.clone(),
             ),
         );
@@ -873,14 +875,14 @@ async fn run_source(
     }
 }
 
-/// Reads a remote track into its sink until it ends.
+/// Reads a remote track into its sink (and the app's, with the call id) until it ends.
 async fn run_sink(
     track: Arc<dyn TrackRemote>,
     stream_id: StreamId,
     kind: MediaKind,
     track_id: String,
     sink: Arc<TrackSink>,
-    app_sink: Option<Arc<dyn MediaSink>>,
+    app_sink: Option<(CallId, Arc<dyn MediaSink>)>,
     pc_tx: mpsc::UnboundedSender<PcEvent>,
 ) {
     while let Some(event) = track.poll().await {
@@ -896,8 +898,8 @@ async fn run_sink(
                     arrived: Instant::now(),
                 };
                 sink.record(&packet);
-                if let Some(app) = &app_sink {
-                    app.on_packet(&stream_id, kind, &packet);
+                if let Some((call_id, app)) = &app_sink {
+                    app.on_call_packet(call_id, &stream_id, kind, &packet);
                 }
             }
             TrackRemoteEvent::OnEnded => break,

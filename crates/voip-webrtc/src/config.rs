@@ -41,6 +41,20 @@ pub struct TurnServerResponse {
     pub ttl: u64,
 }
 
+impl IceServer {
+    /// A TURN (or STUN) server from the fields of a `/voip/turnServer` response, e.g. from
+    /// voip-matrix's `TurnServers`: `IceServer::turn(t.uris.clone(), &t.username, &t.password)`.
+    pub fn turn(uris: Vec<String>, username: impl Into<String>, password: impl Into<String>) -> Self {
+        IceServer { urls: uris, username: username.into(), credential: password.into() }
+    }
+}
+
+impl From<&TurnServerResponse> for IceServer {
+    fn from(t: &TurnServerResponse) -> Self {
+        IceServer::turn(t.uris.clone(), &t.username, &t.password)
+    }
+}
+
 impl From<TurnServerResponse> for IceServer {
     fn from(t: TurnServerResponse) -> Self {
         IceServer { urls: t.uris, username: t.username, credential: t.password }

@@ -15,6 +15,7 @@ mod webrtc_engine;
 pub use config::{IceServer, MdnsMode, TurnServerResponse, WebrtcConfig};
 pub use engine::{media_event_channel, MediaEngine, MediaEventReceiver, MediaEventSender};
 pub use error::{Error, Result};
+pub use media::echo::{Echo, EchoSource};
 pub use media::sink::{MediaSink, ReceivedPacket, SinkStats, TrackSink};
 pub use media::source::{BundledMedia, ClipSource, EncodedFrame, MediaSource, SourceFactory, ToneSource};
 pub use runtime::{NetworkSwitch, Resources};

@@ -61,7 +61,8 @@ struct CallHandle {
 
 struct Inner {
     config: Arc<WebrtcConfig>,
-    ice_servers: Mutex<Vec<IceServer>>,
+    /// Shared with every call task; read when a call builds its peer connection.
+    ice_servers: Arc<Mutex<Vec<IceServer>>>,
     events: MediaEventSender,
     calls: Mutex<HashMap<CallId, CallHandle>>,
     /// Calls that were closed: late commands for them are dropped instead of starting a new
@@ -106,7 +107,7 @@ impl WebrtcEngine {
         let runtime = Arc::new(EngineRuntime::new(counters.clone(), config.network.clone()));
         WebrtcEngine {
             inner: Arc::new(Inner {
-                ice_servers: Mutex::new(config.ice_servers.clone()),
+                ice_servers: Arc::new(Mutex::new(config.ice_servers.clone())),
                 config: Arc::new(config),
                 events,
                 calls: Mutex::new(HashMap::new()),
@@ -125,12 +126,24 @@ impl WebrtcEngine {
         (Self::new(config, tx), rx)
     }
 
-    /// Replaces the ICE servers used by peer connections created from now on (e.g. after
-    /// refreshing the homeserver's TURN credentials).
+    /// Replaces the ICE servers used by peer connections built from now on (at the next
+    /// `CreatePeer` of any call, also of a call whose task already exists), e.g. after refreshing
+    /// the homeserver's TURN credentials before their TTL ends. Peer connections that already
+    /// exist keep the servers they were built with.
+    ///
+    /// From the homeserver's `/voip/turnServer` response: [`TurnServerResponse`] converts with
+    /// `into()`; from separate fields (voip-matrix's `TurnServers`) use [`IceServer::turn`].
+    ///
+    /// [`TurnServerResponse`]: crate::TurnServerResponse
     pub fn set_ice_servers(&self, servers: Vec<IceServer>) {
         if let Ok(mut s) = self.inner.ice_servers.lock() {
             *s = servers;
         }
+    }
+
+    /// The ICE servers the next peer connection will be built with.
+    pub fn ice_servers(&self) -> Vec<IceServer> {
+        self.inner.ice_servers.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
     /// The switch that black-holes this engine's UDP traffic.
@@ -302,7 +315,7 @@ impl MediaEngine for WebrtcEngine {
         let handle = calls.entry(call_id.clone()).or_insert_with(|| {
             let (tx, rx) = mpsc::unbounded_channel();
             let shared: SharedRef = Arc::new(Mutex::new(Shared::default()));
-            let ice_servers = self.inner.ice_servers.lock().map(|s| s.clone()).unwrap_or_default();
+            let ice_servers = self.inner.ice_servers.clone();
             let task = CallTask::new(
                 call_id.clone(),
                 self.inner.config.clone(),

@@ -8,6 +8,7 @@
 //! * `black.ivf`: one black 160×120 VP8 keyframe, sent while a video track is disabled.
 
 pub mod container;
+pub mod echo;
 pub mod opus;
 pub mod sink;
 pub mod source;

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use voip_core::media::MediaKind;
-use voip_core::StreamId;
+use voip_core::{CallId, StreamId};
 
 use super::opus::{self, OPUS_SILENCE};
 use super::source::is_bundled_tone_packet;
@@ -34,12 +34,29 @@ pub struct ReceivedPacket {
     pub arrived: Instant,
 }
 
-/// An app-provided consumer of remote media (a decoder, a recorder, a jitter buffer).
+/// An app-provided consumer of remote media (a decoder, a recorder, a jitter buffer, an echo:
+/// [`crate::media::echo::Echo`]).
 ///
-/// Called from the track's receive task for every RTP packet; must not block.
+/// Called from the track's receive task for every RTP packet; must not block. The engine calls
+/// [`MediaSink::on_call_packet`], whose default forwards to [`MediaSink::on_packet`]: a sink
+/// that serves several calls implements `on_call_packet` (and `on_packet` as a no-op).
 pub trait MediaSink: Send + Sync + 'static {
     /// A packet arrived on the remote track `kind` of stream `stream_id`.
     fn on_packet(&self, stream_id: &StreamId, kind: MediaKind, packet: &ReceivedPacket);
+
+    /// A packet arrived on the remote track `kind` of stream `stream_id` of call `call_id`.
+    /// The payload is the raw RTP payload: one Opus packet for audio, a VP8 payload (with its
+    /// descriptor) for video.
+    fn on_call_packet(
+        &self,
+        call_id: &CallId,
+        stream_id: &StreamId,
+        kind: MediaKind,
+        packet: &ReceivedPacket,
+    ) {
+        let _ = call_id;
+        self.on_packet(stream_id, kind, packet);
+    }
 }
 
 /// Counters of one remote track.
