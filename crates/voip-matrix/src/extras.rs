@@ -113,22 +113,27 @@ impl MatrixAdapter {
             let room = room_id(&req.room_id)?;
             let body = raw(&req.content)?;
             let client = self.inner.client.clone();
-            retry::retry_counted(self.policy(req.critical), &req.event_type, Some(&self.inner.counters), |_| {
-                let request = send_state_event::v3::Request::new_raw(
-                    room.clone(),
-                    req.event_type.as_str().into(),
-                    req.state_key.clone(),
-                    body.clone(),
-                );
-                let client = client.clone();
-                async move {
-                    client
-                        .send(request)
-                        .with_request_config(RequestConfig::new().disable_retry())
-                        .await
-                        .map_err(|e| classify_http(&e))
-                }
-            })
+            retry::retry_counted(
+                self.policy(req.critical),
+                &req.event_type,
+                Some(&self.inner.counters),
+                |_| {
+                    let request = send_state_event::v3::Request::new_raw(
+                        room.clone(),
+                        req.event_type.as_str().into(),
+                        req.state_key.clone(),
+                        body.clone(),
+                    );
+                    let client = client.clone();
+                    async move {
+                        client
+                            .send(request)
+                            .with_request_config(RequestConfig::new().disable_retry())
+                            .await
+                            .map_err(|e| classify_http(&e))
+                    }
+                },
+            )
             .await
         }
         .await;

@@ -351,7 +351,8 @@ mod tests {
     async fn counters_see_every_failed_attempt() {
         let counters = Counters::default();
         let p = RetryPolicy { max_attempts: 3, base_delay: Duration::from_millis(1), ..RetryPolicy::DEFAULT };
-        let limited = || Failure::RateLimited { retry_after: Some(Duration::from_millis(1)), error: String::new() };
+        let limited =
+            || Failure::RateLimited { retry_after: Some(Duration::from_millis(1)), error: String::new() };
         let r = retry_counted(p, "t", Some(&counters), |n| async move {
             match n {
                 1 => Err(limited()),
@@ -363,10 +364,7 @@ mod tests {
         assert_eq!(r, Ok(3));
         let r: Result<(), _> = retry_counted(p, "t", Some(&counters), |_| async { Err(limited()) }).await;
         assert!(matches!(r, Err(Failure::RateLimited { .. })));
-        assert_eq!(
-            counters.snapshot(),
-            SendStats { rate_limited: 4, transient: 1, retried: 4, given_up: 1 }
-        );
+        assert_eq!(counters.snapshot(), SendStats { rate_limited: 4, transient: 1, retried: 4, given_up: 1 });
     }
 
     #[tokio::test]

@@ -58,7 +58,9 @@ async fn register(hs: &Synapse, name: &str, admin: bool) -> Result<TestUser> {
                 attempt += 1;
                 tokio::time::sleep(wait).await;
             }
-            Err(RegisterError::Limited(_)) => bail!("register {name}: still rate-limited after {attempt} tries"),
+            Err(RegisterError::Limited(_)) => {
+                bail!("register {name}: still rate-limited after {attempt} tries")
+            }
             Err(RegisterError::Other(e)) => return Err(e),
             Ok(user) => return Ok(user),
         }
@@ -76,7 +78,11 @@ impl<E: Into<anyhow::Error>> From<E> for RegisterError {
     }
 }
 
-async fn register_once(hs: &Synapse, name: &str, admin: bool) -> std::result::Result<TestUser, RegisterError> {
+async fn register_once(
+    hs: &Synapse,
+    name: &str,
+    admin: bool,
+) -> std::result::Result<TestUser, RegisterError> {
     let localpart = format!("{}-{}", name.to_lowercase(), rig::random_hex(3));
     let password = rig::random_hex(12);
     let url = format!("{}/_synapse/admin/v1/register", hs.url);

@@ -105,10 +105,12 @@ static TIGHT: OnceLock<std::result::Result<(rig::Instance, Synapse), String>> = 
 /// started on first use (blocking; panics when it cannot be), whatever `SYNAPSE_URL` says, with
 /// its own data dir and port, and stopped with its data deleted when the process exits.
 pub fn tight_synapse() -> &'static Synapse {
-    let init = || rig::Instance::start(rig::Limits::Tight).map(|i| {
-        let s = Synapse::of(&i);
-        (i, s)
-    });
+    let init = || {
+        rig::Instance::start(rig::Limits::Tight).map(|i| {
+            let s = Synapse::of(&i);
+            (i, s)
+        })
+    };
     match TIGHT.get_or_init(|| init().map_err(|e| format!("{e:#}"))) {
         Ok((_, s)) => s,
         Err(e) => panic!("voip-testkit: no rate-limited Synapse available: {e}"),

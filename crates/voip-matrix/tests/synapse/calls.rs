@@ -64,7 +64,9 @@ fn drain(st: &mut State, adapter: &MatrixAdapter) {
                 for event in st.media.execute(&call_id, command) {
                     let reconnect = matches!(
                         event,
-                        MediaEvent::ConnectionState { state: ConnectionState::Connected | ConnectionState::Checking }
+                        MediaEvent::ConnectionState {
+                            state: ConnectionState::Connected | ConnectionState::Checking
+                        }
                     );
                     if reconnect && st.cut.contains(&call_id) {
                         continue;
@@ -166,7 +168,13 @@ impl Phone {
         .await
     }
 
-    pub(crate) fn place_call(&self, room: &str, invitee: &str, device: Option<&str>, signalling: Signalling) -> CallId {
+    pub(crate) fn place_call(
+        &self,
+        room: &str,
+        invitee: &str,
+        device: Option<&str>,
+        signalling: Signalling,
+    ) -> CallId {
         self.with(|v| {
             v.place_call(
                 now(),

@@ -14,8 +14,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use tokio::sync::mpsc;
 use voip_core::{
-    CallState, Command, Config, EndReason, Event, GroupCallState, Initiator, Membership,
-    MembershipDialect, RoomId, SendOutcome, Signalling,
+    CallState, Command, Config, EndReason, Event, GroupCallState, Initiator, Membership, MembershipDialect,
+    RoomId, SendOutcome, Signalling,
 };
 use voip_testkit::rig::{Instance, Limits};
 use voip_testkit::{Synapse, TestUser};
@@ -81,9 +81,7 @@ async fn nothing_lost(phone: &Phone) -> Result<usize> {
 
 fn sent(phone: &Phone, what: &str) -> bool {
     let s = phone.state.lock().unwrap();
-    s.sends
-        .iter()
-        .any(|(id, w)| w == what && matches!(s.results.get(id), Some(SendOutcome::Sent { .. })))
+    s.sends.iter().any(|(id, w)| w == what && matches!(s.results.get(id), Some(SendOutcome::Sent { .. })))
 }
 
 // ---------------------------------------------------------------------------------------------
