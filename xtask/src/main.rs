@@ -21,6 +21,12 @@ fn main() -> ExitCode {
             mod interop;
             interop::run(&args[1..])
         }
+        Some("sim") => {
+            // `cargo xtask sim …`: seeded fault scenarios with invariant checks (docs/simulation.md).
+            #[path = "sim.rs"]
+            mod sim;
+            sim::run(&args[1..])
+        }
         other => {
             eprintln!("usage: cargo xtask <conformance|test> …  (got {other:?})");
             return ExitCode::from(2);

@@ -99,5 +99,7 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<bool> {
     println!("\n==> conformance fixtures");
     let fixtures_ok = crate::conformance::run(&[])?;
     cargo(&["run", "-q", "-p", "voip-sim", "--example", "demo"], &none)?;
+    // A bounded run of the fault scenarios (docs/simulation.md): a few seconds.
+    cargo(&["run", "-q", "-p", "voip-sim", "--bin", "sim", "--", "--seeds", "16"], &none)?;
     Ok(fixtures_ok)
 }

@@ -2,7 +2,7 @@
 //! that the inputs found so far replay as ordinary tests (`tests/fuzz_corpus.rs`).
 //!
 //! Every function takes raw bytes and panics only when an oracle is broken:
-//! - [`wire_call`]: `m.call.*` parsing; what parses, written back out, parses to the same thing;
+//! - [`wire_call`]: `m.call.*` parsing; what parses, written back out, parses and writes the same;
 //! - [`wire_member`]: membership parsing of every dialect; entries within the list limit;
 //! - [`wire_keys`]: media-key parsing; every accepted key within the length and index limits;
 //! - [`handle`]: the core's input handler fed a JSON list of [`Input`]s on a device with a live
@@ -17,8 +17,11 @@ use voip_core::{
     Signalling, Timestamp, UserId, Voip,
 };
 
+/// A harness: raw bytes in, a panic when an oracle breaks.
+pub type Harness = fn(&[u8]);
+
 /// The fuzz targets, by name (the names of `fuzz/fuzz_targets/*.rs`).
-pub const TARGETS: [(&str, fn(&[u8])); 4] =
+pub const TARGETS: [(&str, Harness); 4] =
     [("wire_call", wire_call), ("wire_member", wire_member), ("wire_keys", wire_keys), ("handle", handle)];
 
 /// Event types the call target picks from.
@@ -54,9 +57,17 @@ fn split<'a>(data: &'a [u8], types: &[&'a str]) -> Option<(&'a str, Value)> {
 pub fn wire_call(data: &[u8]) {
     let Some((event_type, content)) = split(data, &CALL_TYPES) else { return };
     let Ok((common, event)) = call::parse(event_type, &content) else { return };
+    // What we write parses, and writing what we parsed from it gives it back (the writer
+    // normalises: version "1", default lifetime, ...; after that nothing may change).
     let out = call::to_content(&common, &event);
     let again = call::parse(event.event_type(), &out);
-    assert_eq!(again, Ok((common, event)), "{event_type} does not round-trip: {content} -> {out}");
+    let Ok((c2, e2)) = again else {
+        panic!("{event_type}: our own output does not parse: {out} ({again:?})")
+    };
+    assert_eq!(e2.event_type(), event.event_type());
+    assert_eq!(c2.call_id, common.call_id);
+    let out2 = call::to_content(&c2, &e2);
+    assert_eq!(out2, out, "{event_type} does not round-trip: {content} -> {out} -> {out2}");
 }
 
 /// Membership parsing stays within its limits.

@@ -336,8 +336,17 @@ impl Checker {
         let points = |info: &CallInfo, other: &voip_core::LocalDevice| {
             info.peer_user == other.user_id && info.peer_device.as_ref().is_none_or(|d| *d == other.device_id)
         };
-        let known = ia.peer_device.is_some() && ib.peer_device.is_some();
-        points(ia, lb) && points(ib, la) && (known || enders == 2)
+        // Without a known peer device, the other side is an end only if it is its user's only
+        // device (else it may be a sibling that rang and never answered).
+        let only_device = |info: &CallInfo, other: &voip_core::LocalDevice| {
+            info.peer_device.is_some()
+                || (0..sim.len())
+                    .filter(|j| sim.device(DeviceIdx(*j)).voip.local_device().user_id == other.user_id)
+                    .count()
+                    == 1
+        };
+        let _ = enders;
+        points(ia, lb) && points(ib, la) && only_device(ia, lb) && only_device(ib, la)
     }
 
     /// Liveness once everything is quiet: no live call left, no send pending, no peer
@@ -366,7 +375,7 @@ impl Checker {
 }
 
 /// Whether the homeserver's room state has an unexpired membership of `p` in `group`.
-fn server_live(sim: &Sim, group: &GroupCallId, p: &Participant) -> bool {
+pub fn server_live(sim: &Sim, group: &GroupCallId, p: &Participant) -> bool {
     let now = sim.now();
     [member::FAMEDLY_MEMBER, member::RTC_MEMBER].iter().any(|t| {
         sim.room_state(&group.room_id, t).iter().filter(|ev| ev.sender == p.user_id).any(|ev| {

@@ -25,10 +25,11 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 use serde::{Deserialize, Serialize};
 use voip_core::{
-    CallState, CallType, Command, Config, Focus, GroupCallId, MembershipDialect, RoomId, Signalling, UserId,
+    CallState, CallType, Command, Config, Focus, GroupCallId, MembershipDialect, Participant, RoomId,
+    Signalling, UserId,
 };
 
-use crate::invariants::{Checker, Violation};
+use crate::invariants::{server_live, Checker, Violation};
 use crate::{DeviceIdx, Faults, Sim};
 
 /// Which scenario.
@@ -448,10 +449,8 @@ impl<'a> Run<'a> {
         let n = self.devs.len();
         let alive = |i: &usize| *i < n;
         match *a {
-            Action::Place { from, to, video } if alive(&from) => {
-                if !self.crashed.contains(&from) {
-                    self.place(from, to, video);
-                }
+            Action::Place { from, to, video } if alive(&from) && !self.crashed.contains(&from) => {
+                self.place(from, to, video);
             }
             Action::Glare { a, b } if alive(&a) && alive(&b) => {
                 let (ua, ub) = (self.trace.devices[a], self.trace.devices[b]);
@@ -494,10 +493,9 @@ impl<'a> Run<'a> {
             }
             Action::Partition { dev, ms } if alive(&dev) => self.sim.partition(self.devs[dev], ms),
             Action::SyncGap { dev, ms } if alive(&dev) => self.sim.stall_sync(self.devs[dev], ms),
-            Action::Crash { dev } if alive(&dev) => {
-                if self.crashed.insert(dev) {
-                    self.sim.crash(self.devs[dev]);
-                }
+            Action::Crash { dev } if alive(&dev) && !self.crashed.contains(&dev) => {
+                self.crashed.insert(dev);
+                self.sim.crash(self.devs[dev]);
             }
             Action::Restart { dev } if alive(&dev) => self.restart(dev),
             Action::Wait { ms } => self.advance(ms)?,
@@ -581,12 +579,22 @@ impl<'a> Run<'a> {
                     format!("device {i}: calls with {peers:?}, expected {expected:?}"),
                 ));
             }
-            let members: BTreeSet<String> =
-                dev.voip.group_call(&group).members.into_iter().map(|m| m.participant.device_id.0).collect();
-            if members != others {
+            // Everyone present, and those a crash left behind until their membership expires.
+            let members: BTreeSet<Participant> =
+                dev.voip.group_call(&group).members.into_iter().map(|m| m.participant).collect();
+            let shown: BTreeSet<String> = members.iter().map(|p| p.device_id.0.clone()).collect();
+            let left_behind: BTreeSet<String> = members
+                .iter()
+                .filter(|p| server_live(&self.sim, &group, p))
+                .map(|p| p.device_id.0.clone())
+                .collect();
+            let missing: Vec<&String> = others.difference(&shown).collect();
+            let extra: Vec<&String> =
+                shown.difference(&others).filter(|d| !left_behind.contains(*d)).collect();
+            if !missing.is_empty() || !extra.is_empty() {
                 return Err(self.violation(
                     "members_converge",
-                    format!("device {i} sees {members:?}, present are {others:?}"),
+                    format!("device {i} sees {shown:?}, present are {others:?}"),
                 ));
             }
         }

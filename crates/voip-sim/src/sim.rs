@@ -569,7 +569,7 @@ impl Sim {
             return SendOutcome::Failed { retryable: true, error: "simulated 502".into(), errcode: None };
         }
         let lost = self.chance(self.faults.drop);
-        let response_lost = lost && self.rng.next_u64() % 2 == 0;
+        let response_lost = lost && self.rng.next_u64().is_multiple_of(2);
         if lost && !response_lost {
             self.injected.lost_requests += 1;
             return timeout();

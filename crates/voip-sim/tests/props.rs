@@ -7,6 +7,9 @@
 //! - at most one live call between two devices at any time;
 //! - after a call ended, its device sends nothing new for it and issues no media command for it;
 //! - no input, however malformed, panics the core.
+//!
+//! The invariants shared with `cargo xtask sim` run through `voip_sim::invariants::Checker`
+//! after every action and every final step.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -16,6 +19,7 @@ use voip_core::{
     CallId, CallType, Command, Config, EndReason, Event, Initiator, Input, LocalDevice, Output, RoomEvent,
     RoomId, Signalling, Timestamp, ToDeviceEvent, UserId, Voip,
 };
+use voip_sim::invariants::Checker;
 use voip_sim::{DeviceIdx, Faults, Sim};
 
 const ROOM: &str = "!room:example.org";
@@ -115,6 +119,9 @@ fn check_silence_after_end(sim: &Sim, d: DeviceIdx) -> Result<(), TestCaseError>
 }
 
 fn run_scenario(n: usize, seed: u64, faults: Faults, actions: Vec<Action>) -> Result<(), TestCaseError> {
+    // The invariants shared with `cargo xtask sim` (one live call per pair, both ends agree,
+    // nothing rings forever, ...), checked after every action.
+    let mut checker = Checker::new();
     let mut sim = Sim::new(seed);
     sim.faults = faults;
     let devs: Vec<DeviceIdx> =
@@ -178,6 +185,7 @@ fn run_scenario(n: usize, seed: u64, faults: Faults, actions: Vec<Action>) -> Re
             Action::Wait { ms } => sim.advance(ms),
         }
         check_one_call_per_pair(&sim, n)?;
+        checker.check(&sim).map_err(|v| TestCaseError::fail(v.to_string()))?;
     }
     // The users are done: everyone hangs up whatever is live, then all timers run out.
     for d in &devs {
@@ -185,7 +193,13 @@ fn run_scenario(n: usize, seed: u64, faults: Faults, actions: Vec<Action>) -> Re
             let _ = sim.command(*d, Command::Hangup { call_id, reason: None });
         }
     }
-    sim.run_until_idle(1_000_000);
+    for _ in 0..1_000_000 {
+        if !sim.step() {
+            break;
+        }
+        checker.check(&sim).map_err(|v| TestCaseError::fail(v.to_string()))?;
+    }
+    checker.check_settled(&sim).map_err(|v| TestCaseError::fail(v.to_string()))?;
     for d in &devs {
         let dev = sim.device(*d);
         prop_assert!(dev.voip.calls().is_empty(), "live calls left: {:?}", dev.voip.calls());
@@ -220,8 +234,14 @@ fn run_scenario(n: usize, seed: u64, faults: Faults, actions: Vec<Action>) -> Re
 }
 
 fn faults() -> impl Strategy<Value = Faults> {
-    (0u64..300, prop_oneof![Just(0.0), 0.0f64..0.2], prop_oneof![Just(0.0), 0.0f64..0.3])
-        .prop_map(|(jitter_ms, send_failure, duplicate)| Faults { jitter_ms, send_failure, duplicate, ..Faults::default() })
+    (0u64..300, prop_oneof![Just(0.0), 0.0f64..0.2], prop_oneof![Just(0.0), 0.0f64..0.3]).prop_map(
+        |(jitter_ms, send_failure, duplicate)| Faults {
+            jitter_ms,
+            send_failure,
+            duplicate,
+            ..Faults::default()
+        },
+    )
 }
 
 proptest! {
