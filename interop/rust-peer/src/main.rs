@@ -1,0 +1,321 @@
+//! `rust-peer`: one matrix-voip-rs device per process for the matrix-js-sdk interop harness
+//! (`cargo xtask interop`, docs/interop.md). It speaks the same JSON-lines protocol as
+//! `interop/js-peer.mjs`: commands on stdin, events on stdout, logs on stderr.
+//!
+//! ```text
+//! rust-peer peer --hs URL --user-id @u:localhost --device-id DEV --token TOKEN --room !r:localhost
+//!                [--busy-signal hangup|reject] [--crypto] [--busy]
+//! ```
+//!
+//! It is built on the public API of the `voip` crate only: a `Voip` from a matrix-sdk `Client`
+//! (session restored from the access token the harness registered) with the webrtc-rs engine.
+
+#![recursion_limit = "256"]
+
+use std::sync::{Arc, Mutex};
+
+use anyhow::{anyhow, bail, Context};
+use matrix_sdk::authentication::matrix::MatrixSession;
+use matrix_sdk::config::SyncSettings;
+use matrix_sdk::store::RoomLoadSettings;
+use matrix_sdk::Client;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use voip::core::BusySignal;
+use voip::core::{RoomId, UserId};
+use voip::webrtc::WebrtcConfig;
+use voip::{Call, CallEvent, CallType, Config, GroupCall, GroupCallBackend, GroupCallEvent, Initiator, Voip};
+
+/// Writes one protocol event (stdout is the protocol; nothing else goes there).
+fn emit(t0: std::time::Instant, ev: &str, mut fields: Value) {
+    if let Value::Object(m) = &mut fields {
+        m.insert("ev".into(), json!(ev));
+        m.insert("t".into(), json!(t0.elapsed().as_millis() as u64));
+    }
+    println!("{fields}");
+}
+
+struct Args {
+    hs: String,
+    user_id: String,
+    device_id: String,
+    token: String,
+    room: String,
+    busy_signal: BusySignal,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) != Some("peer") {
+        bail!("usage: rust-peer peer --hs URL --user-id U --device-id D --token T --room R");
+    }
+    let value = |f: &str| args.iter().position(|a| a == f).and_then(|i| args.get(i + 1)).cloned();
+    let need = |f: &str| value(f).ok_or_else(|| anyhow!("missing {f}"));
+    Ok(Args {
+        hs: need("--hs")?,
+        user_id: need("--user-id")?,
+        device_id: need("--device-id")?,
+        token: need("--token")?,
+        room: need("--room")?,
+        busy_signal: match value("--busy-signal").as_deref() {
+            Some("reject") => BusySignal::Reject,
+            _ => Config::default().busy_signal,
+        },
+    })
+}
+
+/// What the peer is doing: the current call, an unanswered incoming one, the group call.
+#[derive(Default)]
+struct State {
+    call: Option<Call>,
+    incoming: Option<Call>,
+    group: Option<GroupCall>,
+}
+
+type Shared = Arc<Mutex<State>>;
+
+fn lock(s: &Shared) -> std::sync::MutexGuard<'_, State> {
+    s.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn initiator(i: &Initiator) -> &'static str {
+    match i {
+        Initiator::Remote => "remote",
+        _ => "local",
+    }
+}
+
+/// Reports a call's events as protocol events, in the js peer's vocabulary.
+fn watch(t0: std::time::Instant, state: Shared, call: Call, direction: &'static str) {
+    let id = call.id().to_string();
+    emit(
+        t0,
+        "call",
+        json!({"call_id": id, "direction": direction, "peer": call.remote_user().map(|u| u.to_string())}),
+    );
+    let mut events = call.events();
+    tokio::spawn(async move {
+        while let Some(e) = events.next().await {
+            match e {
+                CallEvent::StateChanged(s) => emit(
+                    t0,
+                    "state",
+                    json!({"call_id": id, "state": serde_json::to_value(s).unwrap_or(Value::Null)}),
+                ),
+                // js-sdk's words: "remote on hold" = we hold the peer; "local on hold" = held by it.
+                CallEvent::HoldChanged { local_hold, remote_hold } => emit(
+                    t0,
+                    "hold",
+                    json!({"call_id": id, "remote_on_hold": local_hold, "local_on_hold": remote_hold}),
+                ),
+                CallEvent::Replaced { new_call } => {
+                    emit(t0, "replaced", json!({"call_id": id, "by": new_call.id().to_string()}));
+                    lock(&state).call = Some(new_call.clone());
+                    watch(t0, state.clone(), new_call, "replacement");
+                }
+                CallEvent::Ended { reason, initiator: who } => emit(
+                    t0,
+                    "ended",
+                    json!({"call_id": id, "reason": reason.wire_reason(), "party": initiator(&who)}),
+                ),
+                _ => {}
+            }
+        }
+    });
+}
+
+fn watch_group(t0: std::time::Instant, me: (String, String), group: &GroupCall) {
+    let mut events = group.events();
+    tokio::spawn(async move {
+        while let Some(e) = events.next().await {
+            match e {
+                GroupCallEvent::ParticipantsChanged { participants, .. } => {
+                    // js-sdk lists its own membership too; the library never lists ours.
+                    let mut members: Vec<Value> = participants
+                        .iter()
+                        .map(|p| json!({"user_id": p.user_id.to_string(), "device_id": p.device_id.to_string()}))
+                        .collect();
+                    members.push(json!({"user_id": me.0, "device_id": me.1}));
+                    emit(t0, "rtc-members", json!({"members": members}));
+                }
+                GroupCallEvent::EncryptionKey { participant, local, index, key } => emit(
+                    t0,
+                    "rtc-key",
+                    json!({
+                        "user_id": participant.user_id.to_string(),
+                        "device_id": participant.device_id.to_string(),
+                        "index": index,
+                        "key": key,
+                        "local": local,
+                    }),
+                ),
+                GroupCallEvent::StateChanged(s) => emit(t0, "rtc-state", json!({"state": format!("{s:?}")})),
+                _ => {}
+            }
+        }
+    });
+}
+
+async fn command(
+    t0: std::time::Instant,
+    voip: &Voip,
+    args: &Args,
+    state: &Shared,
+    c: &Value,
+) -> anyhow::Result<()> {
+    let current = || lock(state).call.clone().context("no call");
+    match c["cmd"].as_str().unwrap_or("") {
+        "call" => {
+            let to = c["to"].as_str().context("call: no `to`")?;
+            let room = RoomId::from(c["room"].as_str().unwrap_or(&args.room));
+            let call = voip.invite_to_call(&room, CallType::Voice, &UserId::from(to), None)?;
+            lock(state).call = Some(call.clone());
+            watch(t0, state.clone(), call, "outgoing");
+        }
+        "answer" => {
+            let call = lock(state).incoming.take().context("no incoming call")?;
+            lock(state).call = Some(call.clone());
+            call.answer()?;
+        }
+        "reject" => lock(state).incoming.take().context("no incoming call")?.reject(true)?,
+        "hangup" => current()?.hangup()?,
+        "hold" => current()?.set_hold(true)?,
+        "unhold" => current()?.set_hold(false)?,
+        "stats" => {
+            let call = lock(state).call.clone();
+            let (mut sent, mut received) = (0, 0);
+            if let (Some(call), Some(engine)) = (&call, voip.webrtc()) {
+                if let Ok(s) = engine.stats(call.id()).await {
+                    sent = s.packets_sent;
+                    received = s.packets_received;
+                }
+            }
+            emit(
+                t0,
+                "stats",
+                json!({
+                    "call_id": call.as_ref().map(|c| c.id().to_string()),
+                    "state": call.as_ref().map(|c| serde_json::to_value(c.state()).unwrap_or(Value::Null)),
+                    "sent": sent,
+                    "received": received,
+                }),
+            );
+        }
+        "rtc-join" => {
+            let room = RoomId::from(args.room.as_str());
+            let backend =
+                GroupCallBackend::LiveKit { service_url: "http://127.0.0.1:9/livekit".into(), alias: None };
+            let group = voip.fetch_or_create_group_call(&room, backend, "m.call", "m.room");
+            watch_group(t0, (args.user_id.clone(), args.device_id.clone()), &group);
+            group.enter()?;
+            lock(state).group = Some(group);
+            emit(t0, "rtc-joined", json!({"room_id": args.room}));
+        }
+        "rtc-leave" => {
+            let group = lock(state).group.clone().context("not joined")?;
+            group.leave()?;
+            emit(t0, "rtc-left", json!({"ok": true}));
+        }
+        other => bail!("unknown command {other:?}"),
+    }
+    Ok(())
+}
+
+async fn run(t0: std::time::Instant) -> anyhow::Result<()> {
+    let args = parse_args()?;
+    let client = Client::builder().homeserver_url(&args.hs).build().await.context("build client")?;
+    let session: MatrixSession = serde_json::from_value(json!({
+        "user_id": args.user_id, "device_id": args.device_id, "access_token": args.token,
+    }))?;
+    client
+        .matrix_auth()
+        .restore_session(session, RoomLoadSettings::default())
+        .await
+        .context("restore session")?;
+    let config = Config::default().with_busy_signal(args.busy_signal);
+    // Inside the harness's namespace the only addresses are loopback ones (127.0.0.1, and
+    // 127.0.0.2 on the veth): gather loopback candidates.
+    let voip = Voip::from_client(&client)?.config(config).webrtc(WebrtcConfig::loopback()).build()?;
+    let state: Shared = Arc::default();
+
+    let mut incoming = voip.incoming_calls();
+    {
+        let state = state.clone();
+        tokio::spawn(async move {
+            while let Some(call) = incoming.next().await {
+                emit(
+                    t0,
+                    "incoming",
+                    json!({
+                        "call_id": call.id().to_string(),
+                        "from": call.remote_user().map(|u| u.to_string()),
+                        "room_id": call.room_id().map(|r| r.to_string()),
+                    }),
+                );
+                lock(&state).incoming = Some(call.clone());
+                watch(t0, state.clone(), call, "incoming");
+            }
+        });
+    }
+    let mut missed = voip.missed_calls();
+    tokio::spawn(async move {
+        while let Ok(m) = missed.recv().await {
+            emit(t0, "missed", json!({"call_id": m.call_id.to_string(), "reason": m.reason.wire_reason()}));
+        }
+    });
+
+    client.sync_once(SyncSettings::default()).await.context("first sync")?;
+    let c = client.clone();
+    tokio::spawn(async move {
+        loop {
+            let settings = SyncSettings::default().timeout(std::time::Duration::from_secs(2));
+            if let Err(e) = c.sync(settings).await {
+                tracing::debug!("sync failed, syncing again: {e}");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+    });
+    emit(
+        t0,
+        "ready",
+        json!({"user_id": args.user_id, "device_id": args.device_id, "sdk": "matrix-voip-rs", "voip": true}),
+    );
+
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    while let Some(line) = lines.next_line().await? {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let Ok(c) = serde_json::from_str::<Value>(&line) else {
+            emit(t0, "error", json!({"message": format!("not JSON: {line}")}));
+            continue;
+        };
+        if c["cmd"] == "quit" {
+            break;
+        }
+        match command(t0, &voip, &args, &state, &c).await {
+            Ok(()) => emit(t0, "ok", json!({"cmd": c["cmd"]})),
+            Err(e) => emit(t0, "error", json!({"cmd": c["cmd"], "message": format!("{e:#}")})),
+        }
+    }
+    emit(t0, "bye", json!({}));
+    voip.shutdown().await;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RUST_PEER_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,matrix_sdk=warn,webrtc=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let t0 = std::time::Instant::now();
+    if let Err(e) = run(t0).await {
+        emit(t0, "fatal", json!({"message": format!("{e:#}")}));
+        std::process::exit(1);
+    }
+    std::process::exit(0);
+}
