@@ -34,7 +34,7 @@ use webrtc::rtp_transceiver::RtpSender;
 use crate::config::{MdnsMode, WebrtcConfig};
 use crate::engine::MediaEventSender;
 use crate::media::sink::{MediaSink, ReceivedPacket, TrackSink};
-use crate::media::source::MediaSource;
+use crate::media::source::{EncodedFrame, MediaSource};
 use crate::runtime::{Counters, EngineRuntime, Guard};
 use crate::sdp;
 
@@ -838,6 +838,31 @@ fn random_ssrc(seed: &str) -> u32 {
     (h as u32) ^ ((h >> 32) as u32)
 }
 
+/// How long a local track waits after its source had no frame.
+const NO_FRAME_RETRY: Duration = Duration::from_millis(10);
+
+/// Hands one frame to webrtc-rs if the negotiated direction lets the track send.
+async fn send_frame(track: &TrackLocalStaticSample, ssrc: u32, gate: &SendGate, frame: EncodedFrame) {
+    if !gate.may_send.load(Ordering::SeqCst) {
+        return;
+    }
+    let Some(pt) = gate.payload_type() else { return };
+    let sample = Sample {
+        data: frame.data,
+        timestamp: Instant::now(),
+        duration: frame.duration,
+        packet_timestamp: 0,
+        prev_dropped_packets: 0,
+        prev_padding_packets: 0,
+    };
+    match track.sample_writer(ssrc, pt).write_sample(&sample).await {
+        Ok(()) => {
+            gate.frames_sent.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => debug!(error = %e, "write_sample"),
+    }
+}
+
 /// Paces a source into a local track.
 async fn run_source(
     track: Arc<TrackLocalStaticSample>,
@@ -847,26 +872,16 @@ async fn run_source(
 ) {
     let mut next = tokio::time::Instant::now();
     loop {
-        let Some(frame) = source.next_frame(gate.enabled()) else { break };
-        if gate.may_send.load(Ordering::SeqCst) {
-            if let Some(pt) = gate.payload_type() {
-                let sample = Sample {
-                    data: frame.data,
-                    timestamp: Instant::now(),
-                    duration: frame.duration,
-                    packet_timestamp: 0,
-                    prev_dropped_packets: 0,
-                    prev_padding_packets: 0,
-                };
-                match track.sample_writer(ssrc, pt).write_sample(&sample).await {
-                    Ok(()) => {
-                        gate.frames_sent.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(e) => debug!(error = %e, "write_sample"),
-                }
+        // `None` means nothing to send this tick (the `MediaSource` contract): ask again later.
+        let wait = match source.next_frame(gate.enabled()) {
+            Some(frame) => {
+                let duration = frame.duration;
+                send_frame(&track, ssrc, &gate, frame).await;
+                duration.max(Duration::from_millis(1))
             }
-        }
-        next += frame.duration.max(Duration::from_millis(1));
+            None => NO_FRAME_RETRY,
+        };
+        next += wait;
         let now = tokio::time::Instant::now();
         if next + Duration::from_millis(200) < now {
             next = now;

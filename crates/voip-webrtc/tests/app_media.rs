@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::Pair;
 use voip_core::media::{CallType, Candidate, ConnectionState, MediaCommand, MediaKind, StreamPurpose};
 use voip_core::CallId;
-use voip_webrtc::{Echo, IceServer, WebrtcConfig};
+use voip_webrtc::{Echo, EncodedFrame, IceServer, MediaSource, SourceFactory, WebrtcConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ice_servers_set_at_runtime_apply_to_peers_built_afterwards() {
@@ -79,4 +79,46 @@ async fn an_echo_engine_sends_each_caller_its_own_audio_back() {
     assert!(bot_sent.iter().all(|l| l.kind == MediaKind::Audio && l.frames_sent > 0));
     p.hang_up_and_check_no_leaks().await;
     assert!(echo.calls().is_empty(), "the call's echo buffer went with the call");
+}
+
+/// A capture that has a frame only every other time it is asked.
+struct Gappy(bool);
+
+impl MediaSource for Gappy {
+    fn next_frame(&mut self, _enabled: bool) -> Option<EncodedFrame> {
+        self.0 = !self.0;
+        self.0.then(|| EncodedFrame {
+            data: bytes::Bytes::from_static(&voip_webrtc::media::opus::OPUS_SILENCE),
+            duration: Duration::from_millis(20),
+        })
+    }
+}
+
+struct GappyDevices;
+
+impl SourceFactory for GappyDevices {
+    fn create(
+        &self,
+        _call_id: &CallId,
+        _stream_id: &voip_core::StreamId,
+        _purpose: StreamPurpose,
+        _kind: MediaKind,
+    ) -> voip_webrtc::Result<Box<dyn MediaSource>> {
+        Ok(Box::new(Gappy(false)))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_without_a_frame_this_tick_keeps_its_track_going() {
+    let a_cfg = WebrtcConfig::loopback().with_sources(std::sync::Arc::new(GappyDevices));
+    let mut p = Pair::new(a_cfg, WebrtcConfig::loopback());
+    p.connect(CallType::Voice).await;
+    let call = p.call.clone();
+    let arrived = p
+        .pump_until(Duration::from_secs(10), |p| {
+            p.b.remote(&call, "a-user", MediaKind::Audio).is_some_and(|t| t.stats.opus_silence >= 20)
+        })
+        .await;
+    assert!(arrived, "{:?}", p.b.remote(&call, "a-user", MediaKind::Audio));
+    p.hang_up_and_check_no_leaks().await;
 }

@@ -32,7 +32,8 @@ pub struct EncodedFrame {
 /// negotiated to send.
 pub trait MediaSource: Send + 'static {
     /// The next frame. `enabled == false` means the track is muted or the call is on hold:
-    /// return silence / a black frame (as libwebrtc does), or `None` to send nothing this tick.
+    /// return silence / a black frame (as libwebrtc does), or `None` to send nothing this tick
+    /// (the engine asks again 10 ms later; the track keeps going).
     fn next_frame(&mut self, enabled: bool) -> Option<EncodedFrame>;
 }
 
