@@ -167,6 +167,16 @@ async fn stop(mut instance: Instance) -> Result<Instance> {
     .await?
 }
 
+/// SIGKILL: a crash, no clean shutdown.
+async fn crash(mut instance: Instance) -> Result<Instance> {
+    tokio::task::spawn_blocking(move || {
+        assert!(instance.is_running(), "Synapse was running");
+        instance.kill();
+        Ok(instance)
+    })
+    .await?
+}
+
 async fn restart(mut instance: Instance) -> Result<Instance> {
     tokio::task::spawn_blocking(move || {
         instance.restart()?;
@@ -176,7 +186,7 @@ async fn restart(mut instance: Instance) -> Result<Instance> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn synapse_restart_in_a_one_to_one_call_hangup_sent_while_down_arrives() -> Result<()> {
+async fn synapse_crash_and_restart_in_a_one_to_one_call_hangup_sent_while_down_arrives() -> Result<()> {
     let (instance, hs) = own_synapse().await?;
     let mut alice = Peer::new_on(&hs, "alice").await?;
     let bob = Peer::new_on(&hs, "bob").await?;
@@ -187,7 +197,7 @@ async fn synapse_restart_in_a_one_to_one_call_hangup_sent_while_down_arrives() -
     nothing_lost(&alice).await?;
     nothing_lost(&bob).await?;
 
-    let instance = stop(instance).await?;
+    let instance = crash(instance).await?;
     // Hung up while the homeserver is down: the adapter keeps retrying the hangup.
     alice.with(|v| v.hangup(now(), call.clone())).expect("hangup");
     assert_eq!(alice.ended(&call).await?, (EndReason::UserHangup, Initiator::LocalUser));
