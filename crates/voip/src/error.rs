@@ -1,0 +1,28 @@
+//! Errors of the public API.
+
+/// Why a call to the API failed. Input from the network never surfaces here: the runtime logs
+/// and counts what it ignores ([`crate::Voip::counters`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VoipError {
+    /// The core refused the command (unknown call, wrong state, calling ourselves, …).
+    #[error(transparent)]
+    Core(#[from] voip_core::Error),
+    /// The runtime has stopped ([`crate::Voip::shutdown`], or its input channel closed).
+    #[error("the voip runtime has stopped")]
+    Stopped,
+    /// `build` was called outside a tokio runtime.
+    #[error("no tokio runtime: build the Voip inside one")]
+    NoRuntime,
+    /// The builder was given no media engine.
+    #[error("no media engine: call VoipBuilder::media_engine or VoipBuilder::webrtc")]
+    NoMediaEngine,
+    /// The matrix-sdk client has no session.
+    #[cfg(feature = "matrix")]
+    #[error("the matrix-sdk client is not logged in")]
+    NotLoggedIn,
+    /// A homeserver request made by the API itself failed.
+    #[cfg(feature = "matrix")]
+    #[error(transparent)]
+    Matrix(#[from] voip_matrix::AdapterError),
+}

@@ -1,0 +1,85 @@
+//! Matrix calls for Rust: 1:1 calls (`m.call.*`), group calls in famedly's and Element Call's
+//! (MatrixRTC) membership formats, mesh and LiveKit SFU backends, media keys — on matrix-sdk and
+//! webrtc-rs, driven by the sans-IO state machine of [`voip_core`].
+//!
+//! A [`Voip`] runs one tokio task that owns the core: it feeds the core what the homeserver
+//! sends (through a [`Transport`]: matrix-sdk with feature `matrix`, or the in-process
+//! [`local::LocalHomeserver`]), what the media engine reports (webrtc-rs with feature `webrtc`,
+//! or any [`core::media::MediaEngine`]) and timer ticks, and executes what the core asks for.
+//! Apps hold cheap handles: [`Call`] and [`GroupCall`].
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), voip::VoipError> {
+//! use voip::core::media::{MediaCommand, MediaEngine};
+//! use voip::{local::LocalHomeserver, CallType, VoipBuilder};
+//!
+//! # struct NoMedia;
+//! # impl MediaEngine for NoMedia { fn execute(&self, _: voip::core::CallId, _: MediaCommand) {} }
+//! let hs = LocalHomeserver::new();
+//! let room = hs.create_room(&["@alice:local", "@bob:local"]);
+//! let start = |user: &str, device: &str| {
+//!     let c = hs.connect(user, device);
+//!     let (_tx, media_events) = tokio::sync::mpsc::unbounded_channel();
+//!     // A real app: `.webrtc(WebrtcConfig::default())` or `Voip::from_client(&client)?`.
+//!     VoipBuilder::new(c.device, c.transport, c.inputs)
+//!         .media_engine(std::sync::Arc::new(NoMedia), media_events)
+//!         .build()
+//! };
+//! let alice = start("@alice:local", "ALICE")?;
+//! let bob = start("@bob:local", "BOB")?;
+//! let mut incoming = bob.incoming_calls();
+//!
+//! let call = alice.invite_to_call(&room, CallType::Voice, &"@bob:local".into(), None)?;
+//! # // Without a media engine the invite is never sent; stop here in this example.
+//! # if false {
+//! let ringing = incoming.next().await.expect("bob's phone rings");
+//! ringing.answer()?;
+//! # }
+//! call.hangup()?;
+//! # alice.shutdown().await; bob.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! Feature flags: `matrix` (default; `Voip::from_client`), `webrtc` (default;
+//! `VoipBuilder::webrtc`).
+#![deny(missing_docs)]
+#![warn(unreachable_pub, missing_debug_implementations)]
+
+mod call;
+mod error;
+mod feed;
+mod group;
+pub mod local;
+#[cfg(feature = "matrix")]
+mod matrix;
+mod runtime;
+mod transport;
+#[cfg(feature = "webrtc")]
+mod with_webrtc;
+
+pub use call::{Call, CallEvent, CallEvents};
+pub use error::VoipError;
+pub use feed::Subscription;
+pub use group::{GroupCall, GroupCallBackend, GroupCallEvent, GroupCallEvents};
+pub use runtime::{IncomingCalls, MediaEvents, MissedCall, Voip, VoipBuilder};
+pub use transport::{Inputs, Transport};
+
+pub use voip_core::{
+    CallDirection, CallState, CallType, Config, EndReason, GroupCallState, Initiator, MembershipDialect,
+    NotificationType, Participant,
+};
+
+/// The sans-IO core (all its types).
+pub use voip_core as core;
+/// The matrix-sdk adapter.
+#[cfg(feature = "matrix")]
+pub use voip_matrix as matrix_adapter;
+/// The webrtc-rs media engine.
+#[cfg(feature = "webrtc")]
+pub use voip_webrtc as webrtc;
+
+/// Wall-clock time as the core counts it (ms since the Unix epoch).
+pub(crate) fn now() -> voip_core::Timestamp {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    voip_core::Timestamp(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64))
+}
