@@ -243,6 +243,8 @@ async fn run(t0: std::time::Instant) -> anyhow::Result<()> {
         let state = state.clone();
         tokio::spawn(async move {
             while let Some(call) = incoming.next().await {
+                // Stored before it is reported: the harness may answer as soon as it reads it.
+                lock(&state).incoming = Some(call.clone());
                 emit(
                     t0,
                     "incoming",
@@ -252,7 +254,6 @@ async fn run(t0: std::time::Instant) -> anyhow::Result<()> {
                         "room_id": call.room_id().map(|r| r.to_string()),
                     }),
                 );
-                lock(&state).incoming = Some(call.clone());
                 watch(t0, state.clone(), call, "incoming");
             }
         });
