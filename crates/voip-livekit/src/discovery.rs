@@ -40,7 +40,8 @@ pub enum RtcTransport {
 /// are skipped.
 pub fn parse_rtc_transports(body: &Value) -> Vec<RtcTransport> {
     let Some(list) = body.get("rtc_transports").and_then(Value::as_array) else { return Vec::new() };
-    let s = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned);
+    let s =
+        |v: &Value, k: &str| v.get(k).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned);
     list.iter()
         .take(32)
         .filter_map(|t| {
@@ -193,7 +194,10 @@ mod tests {
             scope: "m.room".into(),
             foci: vec![
                 Focus::Mesh,
-                Focus::Livekit { livekit_service_url: Some(url.into()), livekit_alias: alias.map(Into::into) },
+                Focus::Livekit {
+                    livekit_service_url: Some(url.into()),
+                    livekit_alias: alias.map(Into::into),
+                },
             ],
             focus_selection: None,
             created: Timestamp(1),
@@ -238,7 +242,10 @@ mod tests {
         let t = pick(MembershipDialect::MatrixRtc, &hs, &rtc, Some(&cfg)).unwrap();
         assert_eq!((t.focus.service_url.as_str(), t.source), ("https://hs-jwt", TransportSource::Homeserver));
         let t = pick(MembershipDialect::MatrixRtc, &hs[..1], &rtc, Some(&cfg)).unwrap();
-        assert_eq!((t.focus.service_url.as_str(), t.source), ("https://member-jwt", TransportSource::Membership));
+        assert_eq!(
+            (t.focus.service_url.as_str(), t.source),
+            ("https://member-jwt", TransportSource::Membership)
+        );
         let t = pick(MembershipDialect::MatrixRtc, &[], &[], Some(&cfg)).unwrap();
         assert_eq!(t.source, TransportSource::Config);
         assert_eq!(pick(MembershipDialect::MatrixRtc, &hs[..1], &[], None), None);

@@ -122,7 +122,13 @@ mod tests {
     use super::*;
     use voip_core::{DeviceId, UserId};
 
-    fn m(user: &str, created: u64, sel: Option<FocusSelection>, url: &str, d: MembershipDialect) -> MemberInfo {
+    fn m(
+        user: &str,
+        created: u64,
+        sel: Option<FocusSelection>,
+        url: &str,
+        d: MembershipDialect,
+    ) -> MemberInfo {
         MemberInfo {
             participant: Participant {
                 user_id: UserId::from(user),
@@ -154,9 +160,15 @@ mod tests {
             m("@mid:x", 20, Some(MultiSfu), "https://b", d),
             m("@odd:x", 25, None, "https://d", d),
         ];
-        assert_eq!(urls(&member_transports(&members)), [Some("https://a"), Some("https://a"), Some("https://b"), None]);
+        assert_eq!(
+            urls(&member_transports(&members)),
+            [Some("https://a"), Some("https://a"), Some("https://b"), None]
+        );
         // The oldest asks for oldest_membership: it uses its own.
-        let members = [m("@o:x", 1, Some(OldestMembership), "https://o", d), m("@n:x", 2, Some(MultiSfu), "https://n", d)];
+        let members = [
+            m("@o:x", 1, Some(OldestMembership), "https://o", d),
+            m("@n:x", 2, Some(MultiSfu), "https://n", d),
+        ];
         assert_eq!(urls(&member_transports(&members)), [Some("https://o"), Some("https://n")]);
     }
 
@@ -166,7 +178,10 @@ mod tests {
         let members = [m("@b:x", 20, None, "https://b", f), m("@a:x", 10, None, "https://a", f)];
         assert_eq!(urls(&member_transports(&members)), [Some("https://a"), Some("https://a")]);
         let s = MembershipDialect::Sticky;
-        let members = [m("@b:x", 20, Some(FocusSelection::MultiSfu), "https://b", s), m("@a:x", 10, None, "https://a", s)];
+        let members = [
+            m("@b:x", 20, Some(FocusSelection::MultiSfu), "https://b", s),
+            m("@a:x", 10, None, "https://a", s),
+        ];
         assert_eq!(urls(&member_transports(&members)), [Some("https://b"), Some("https://a")]);
         assert!(member_transports(&[]).is_empty());
     }
@@ -199,7 +214,10 @@ mod tests {
         // We are the oldest and someone follows oldest_membership: it publishes on our SFU.
         let own_old = OwnMembership { created: Some(Timestamp(1)), ..own };
         let plan = sfu_plan(&own_old, &others[1..2]);
-        assert_eq!(plan.subscribe.keys().map(|f| f.service_url.as_str()).collect::<Vec<_>>(), ["https://mine"]);
+        assert_eq!(
+            plan.subscribe.keys().map(|f| f.service_url.as_str()).collect::<Vec<_>>(),
+            ["https://mine"]
+        );
         assert_eq!(plan.services().len(), 1);
     }
 }

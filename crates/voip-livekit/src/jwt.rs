@@ -192,7 +192,8 @@ pub struct VideoGrant {
 /// learns its room and identity from it).
 pub fn decode_claims(jwt: &str) -> Result<JwtClaims, JwtError> {
     let mut parts = jwt.split('.');
-    let (Some(_header), Some(payload), Some(_sig), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(_header), Some(payload), Some(_sig), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(JwtError::InvalidJwt("not three dot-separated parts".into()));
     };
@@ -246,7 +247,8 @@ impl fmt::Debug for LivekitCredentials {
 impl LivekitCredentials {
     /// When to fetch new credentials: `margin` before expiry (never, if the token has no `exp`).
     pub fn refresh_at(&self, margin: Duration) -> Option<SystemTime> {
-        self.expires_at.map(|at| at.checked_sub(margin).unwrap_or(UNIX_EPOCH))
+        self.expires_at
+            .map(|at| UNIX_EPOCH + at.duration_since(UNIX_EPOCH).unwrap_or_default().saturating_sub(margin))
     }
 
     /// Whether these credentials are due for refresh at `now`.
@@ -528,7 +530,10 @@ mod tests {
     fn claims_are_read_and_bad_tokens_are_errors() {
         let jwt = jwt_with(&json!({"sub": "id1", "exp": 100, "video": {"room": "r1", "roomJoin": true}}));
         let c = decode_claims(&jwt).unwrap();
-        assert_eq!((c.sub.as_str(), c.video.room.as_str(), c.exp, c.video.room_join), ("id1", "r1", Some(100), true));
+        assert_eq!(
+            (c.sub.as_str(), c.video.room.as_str(), c.exp, c.video.room_join),
+            ("id1", "r1", Some(100), true)
+        );
         for bad in [
             "".to_owned(),
             "a.b".into(),

@@ -31,8 +31,8 @@ pub mod keys;
 pub mod matrix;
 
 pub use discovery::{
-    choose_own_transport, fetch_rtc_transports, parse_rtc_transports, DiscoveryError, LivekitFocus, OwnTransport,
-    RtcTransport, TransportSource,
+    choose_own_transport, fetch_rtc_transports, parse_rtc_transports, DiscoveryError, LivekitFocus,
+    OwnTransport, RtcTransport, TransportSource,
 };
 pub use focus::{member_transports, sfu_plan, MemberTransport, OwnMembership, SfuPlan};
 pub use jwt::{
@@ -40,6 +40,6 @@ pub use jwt::{
     OpenIdToken, TokenEndpoint, TokenKeeper, TokenRequest,
 };
 pub use keys::{
-    apply_encryption_key, derive_frame_key, ratchet_key_material, AppliedKey, IdentityScheme, InMemoryKeyProvider,
-    KeyDerivation, KeyError, KeyProvider, KeyProviderOptions,
+    apply_encryption_key, derive_frame_key, ratchet_key_material, AppliedKey, IdentityScheme,
+    InMemoryKeyProvider, KeyDerivation, KeyError, KeyProvider, KeyProviderOptions,
 };
