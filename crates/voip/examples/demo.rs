@@ -374,6 +374,7 @@ async fn livekit(t: &Timeline, world: &World, people: &[Person]) -> Result<()> {
     for g in &groups[..2] {
         g.leave()?;
     }
+    t.step("everyone has left", until(|| groups.iter().all(|g| !g.is_active()))).await?;
     Ok(())
 }
 

@@ -369,7 +369,13 @@ async fn run(
         let sleep = deadline.map_or(Duration::from_secs(3600), |at| Duration::from_millis(at.since(now())));
         let input = tokio::select! {
             biased;
-            _ = &mut stop => break,
+            _ = &mut stop => {
+                // Results of sends completed during shutdown still reach the core.
+                while let Some(input) = inputs.try_recv() {
+                    let _ = shared.handle(input);
+                }
+                break;
+            }
             i = inputs.recv() => match i {
                 Some(i) => i,
                 None => {
@@ -534,17 +540,18 @@ impl Voip {
         self.inner.adapter.as_ref()
     }
 
-    /// Stops the runtime task. Sends already queued in the transport still complete (the
-    /// matrix adapter waits for them). Calls in progress are not hung up: hang up first.
+    /// Stops the runtime. With matrix signalling, sends already queued (a hangup, a leave) are
+    /// completed first and their results handled by the core; then the task stops and the media
+    /// engine closes everything. Calls in progress are not hung up: hang up first.
     pub async fn shutdown(&self) {
+        #[cfg(feature = "matrix")]
+        if let Some(adapter) = &self.inner.adapter {
+            adapter.shutdown().await;
+        }
         let stop = self.inner.stop.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some((tx, task)) = stop {
             let _ = tx.send(());
             let _ = task.await;
-        }
-        #[cfg(feature = "matrix")]
-        if let Some(adapter) = &self.inner.adapter {
-            adapter.shutdown().await;
         }
         #[cfg(feature = "webrtc")]
         if let Some(engine) = &self.inner.webrtc {

@@ -39,6 +39,15 @@ impl Inputs {
     }
 }
 
+impl Inputs {
+    pub(crate) fn try_recv(&mut self) -> Option<Input> {
+        match self {
+            Inputs::Bounded(rx) => rx.try_recv().ok(),
+            Inputs::Unbounded(rx) => rx.try_recv().ok(),
+        }
+    }
+}
+
 impl From<mpsc::Receiver<Input>> for Inputs {
     fn from(rx: mpsc::Receiver<Input>) -> Self {
         Inputs::Bounded(rx)
