@@ -446,8 +446,16 @@ fn start_with(opts: &StartOptions, identity: Option<&Identity>) -> Result<(Start
                 last_err = Some(anyhow::anyhow!("port {} in use {} times", id.port, attempt + 1));
                 std::thread::sleep(Duration::from_millis(500));
             }
-            Err(StartError::Other(e)) => return Err(e),
+            Err(StartError::Other(e)) => {
+                last_err = Some(e);
+                break;
+            }
         }
+    }
+    // A fresh instance that never came up: its watchdog keeps the data while this process lives,
+    // so delete it here (a failed restart leaves it to the `Instance`).
+    if identity.is_none() && opts.remove_data_on_exit {
+        let _ = fs::remove_dir_all(&data);
     }
     Err(last_err.unwrap_or_else(|| anyhow::anyhow!("start failed")))
 }
