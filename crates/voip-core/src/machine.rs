@@ -1434,6 +1434,18 @@ impl Voip {
         })
     }
 
+    /// Our own participant in a group call we have joined (user, device and the membership id
+    /// we announced): what a LiveKit JWT request and our own media key are keyed by. `None` if we
+    /// are not in it.
+    pub fn local_participant(&self, group: &GroupCallId) -> Option<crate::ids::Participant> {
+        let g = self.groups.get(group)?;
+        Some(crate::ids::Participant {
+            user_id: self.local.user_id.clone(),
+            device_id: self.local.device_id.clone(),
+            member_id: g.member_id.clone(),
+        })
+    }
+
     /// A snapshot of a group call (joined or only observed).
     pub fn group_call(&self, group: &GroupCallId) -> GroupCallInfo {
         let me = (&self.local.user_id, &self.local.device_id);
