@@ -173,9 +173,12 @@ async fn bad_json_with_delay_fields_is_retried_once_without_them() {
     assert_eq!(requests(&strict).await.len(), 1);
 }
 
+/// An answer and what the client must make of it.
+type Case = (ResponseTemplate, fn(&JwtError) -> bool);
+
 #[tokio::test]
 async fn http_errors_are_typed() {
-    let cases: [(ResponseTemplate, fn(&JwtError) -> bool); 6] = [
+    let cases: [Case; 6] = [
         (
             err(401, "M_UNAUTHORIZED"),
             |e| matches!(e, JwtError::Unauthorized { errcode, .. } if errcode == "M_UNAUTHORIZED"),
@@ -210,7 +213,7 @@ async fn http_errors_are_typed() {
 async fn malformed_answers_are_errors_not_panics() {
     let bad_jwt = |jwt: &str| ResponseTemplate::new(200).set_body_json(json!({"url": "wss://x", "jwt": jwt}));
     let no_room = AccessToken::with_api_key(KEY, SECRET).with_identity("id").to_jwt().unwrap();
-    let cases: Vec<(ResponseTemplate, fn(&JwtError) -> bool)> = vec![
+    let cases: Vec<Case> = vec![
         (ResponseTemplate::new(200).set_body_string("<html>"), |e| matches!(e, JwtError::InvalidResponse(_))),
         (ResponseTemplate::new(200).set_body_json(json!({"url": "wss://x"})), |e| {
             matches!(e, JwtError::InvalidResponse(_))
