@@ -6,7 +6,8 @@
 //! to move the clock first); `advance_ms` moves the clock and ticks; `expect` takes the next
 //! output and matches it as a JSON subset, optionally capturing values for later steps
 //! (`{{name}}` in any later string); `expect_error` matches the last input's error;
-//! `expect_none` asserts that no output is left; `expect_call` matches a call snapshot.
+//! `expect_none` asserts that no output is left; `expect_call` matches a call snapshot;
+//! `expect_media_keys` matches the media keys of an SFU group call (`Voip::media_keys`).
 
 use std::collections::BTreeMap;
 use std::collections::VecDeque;
@@ -14,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use serde_json::Value;
-use voip_core::{seed_from_u64, CallId, Config, Input, LocalDevice, Timestamp, Voip};
+use voip_core::{seed_from_u64, CallId, Config, GroupCallId, Input, LocalDevice, RoomId, Timestamp, Voip};
 
 /// One fixture file.
 #[derive(Debug, Deserialize)]
@@ -79,6 +80,10 @@ pub struct Step {
     /// `{"call_id": "...", ...subset of the call snapshot}`, or `{"call_id": "...", "gone": true}`.
     #[serde(default)]
     pub expect_call: Option<Value>,
+    /// `{"room_id": "...", "call_id": "...", ...subset of the media keys}` (`local`: `[index,
+    /// key]`; `remote`: `[[participant, index, key], ...]`).
+    #[serde(default)]
+    pub expect_media_keys: Option<Value>,
     /// A note for readers.
     #[serde(default)]
     pub comment: Option<String>,
@@ -218,6 +223,25 @@ pub fn run(fx: &Fixture) -> Result<(), FixtureError> {
                         .map_err(|m| fail(i, format!("call snapshot: {m}: {actual}")))?;
                 }
             }
+        }
+        if let Some(expected) = &step.expect_media_keys {
+            let mut expected = substitute(expected, &vars);
+            let field = |name: &str| {
+                expected
+                    .get(name)
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+                    .ok_or_else(|| fail(i, format!("expect_media_keys needs {name}")))
+            };
+            let group = GroupCallId { room_id: RoomId::from(field("room_id")?), call_id: field("call_id")? };
+            if let Some(o) = expected.as_object_mut() {
+                o.remove("room_id");
+                o.remove("call_id");
+            }
+            let keys =
+                voip.media_keys(&group).ok_or_else(|| fail(i, "no media keys for the group".into()))?;
+            let actual = serde_json::to_value(keys).expect("media keys serialize");
+            subset(&expected, &actual).map_err(|m| fail(i, format!("media keys: {m}: {actual}")))?;
         }
     }
     Ok(())

@@ -13,7 +13,10 @@
 //!   this room and call, from a current member device. Keys from a device that is not a member
 //!   (yet) are kept `pending_key_ttl_ms` (at most `max_pending_keys`) and applied if its
 //!   membership arrives in time. A key equal to the one held at its index is a duplicate; a key
-//!   whose `sent_ts` is older than the one held at its index is stale; both are ignored.
+//!   whose `sent_ts` is older than the one held at its index is stale; both are ignored. The
+//!   current key of a member is the one with the newest `sent_ts`; without timestamps (famedly)
+//!   a key less than half a ring behind the current index arrived late: it is held at its index
+//!   but does not become the current key.
 //! - **Requests** (famedly) are answered, with our latest key, only for current member devices.
 //!
 //! Security: every key leaves in one [`SendKind::ToDevice`] with
@@ -89,6 +92,14 @@ pub(crate) enum KeyIgnored {
 struct LocalKey {
     entry: KeyEntry,
     created: Timestamp,
+}
+
+/// Whether `index` is behind `latest` on a ring of `ring_size` indices: less than half a ring
+/// before it (a famedly sender counts its index up by one per key, modulo the ring).
+fn ring_behind(latest: u32, index: u32, ring_size: u32) -> bool {
+    let ring = ring_size.max(1);
+    let back = (latest % ring + ring - index % ring) % ring;
+    back != 0 && back < ring.div_ceil(2)
 }
 
 /// What we hold of one member device's keys.
@@ -496,6 +507,13 @@ impl KeyManager {
             held.ring.insert(e.index, (e.key.clone(), content.sent_ts));
             let newest = match (&held.latest, content.sent_ts) {
                 (Some((_, _, Some(latest_ts))), Some(t)) => t >= *latest_ts,
+                // No timestamps (famedly): the sender's index counts up around its ring, so a
+                // key less than half a ring behind the latest one is an older key that arrived
+                // late (a retried send; found by the simulator, sfu seed 209). It is still held
+                // at its index (media frames name their key index) but is not the current key.
+                (Some((latest_index, _, None)), None) => {
+                    !ring_behind(*latest_index, e.index, self.config.ring_size)
+                }
                 _ => true,
             };
             if newest {
@@ -845,6 +863,18 @@ mod tests {
         h.with(|ctx| km.handle_timeout(ctx));
         let (_, keys) = h.drain();
         assert_eq!(keys.iter().map(|k| (k.local, k.index)).collect::<Vec<_>>(), vec![(true, 1)]);
+    }
+
+    #[test]
+    fn ring_behind_is_less_than_half_a_ring_back() {
+        assert!(ring_behind(5, 4, 16));
+        assert!(ring_behind(0, 14, 16), "around the wrap");
+        assert!(ring_behind(6, 15, 16), "7 back");
+        assert!(!ring_behind(6, 14, 16), "8 back: half a ring is ahead");
+        assert!(!ring_behind(4, 4, 16), "the same index (the ring wrapped) is not behind");
+        assert!(!ring_behind(4, 5, 16));
+        assert!(ring_behind(0, 255, 256) && !ring_behind(0, 128, 256));
+        assert!(!ring_behind(0, 0, 0), "a zero ring never panics");
     }
 
     #[test]
