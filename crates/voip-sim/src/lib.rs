@@ -18,4 +18,4 @@ pub mod scenario;
 mod sim;
 
 pub use media::{sdp_call_type, FakeMedia};
-pub use sim::{Device, DeviceIdx, Faults, Injected, Sim};
+pub use sim::{Device, DeviceIdx, Faults, Injected, Sim, ICE_DISCONNECTED_AFTER_MS, ICE_FAILED_AFTER_MS};

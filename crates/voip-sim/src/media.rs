@@ -17,6 +17,8 @@ struct Peer {
     remote_set: bool,
     connected: bool,
     closed: bool,
+    /// The remote end's process died: ICE never connects again.
+    remote_gone: bool,
     on_hold: bool,
     /// The remote description accepts media from us (not `sendonly`/`inactive`).
     remote_receives: bool,
@@ -137,6 +139,25 @@ impl FakeMedia {
         out
     }
 
+    /// The other end of `call_id` died (its app crashed): nothing answers this connection's
+    /// ICE checks any more, so it never connects again (ICE restarts included). Returns whether
+    /// it was connected until now (and so will see ICE go `Disconnected`, then `Failed`).
+    /// A connection the core creates for this call later is dead from the start.
+    pub fn remote_died(&mut self, call_id: &CallId) -> bool {
+        let peer = self.peers.entry(call_id.clone()).or_default();
+        if peer.closed || peer.remote_gone {
+            return false;
+        }
+        peer.remote_gone = true;
+        peer.connected
+    }
+
+    /// The calls whose peer connection is open and has a local description (this device is an
+    /// end of the call, not a sibling that only rang).
+    pub fn negotiating_calls(&self) -> Vec<CallId> {
+        self.peers.iter().filter(|(_, p)| !p.closed && p.local_set).map(|(c, _)| c.clone()).collect()
+    }
+
     /// Forces a connection-state change (to simulate ICE failure or recovery).
     pub fn force_state(&mut self, call_id: &CallId, state: ConnectionState) -> Vec<MediaEvent> {
         let Some(peer) = self.peers.get_mut(call_id) else { return Vec::new() };
@@ -155,7 +176,7 @@ impl FakeMedia {
 
 impl Peer {
     fn maybe_connect(&mut self, out: &mut Vec<MediaEvent>) {
-        if self.local_set && self.remote_set && !self.connected {
+        if self.local_set && self.remote_set && !self.connected && !self.remote_gone {
             self.connected = true;
             out.push(MediaEvent::ConnectionState { state: ConnectionState::Checking });
             out.push(MediaEvent::ConnectionState { state: ConnectionState::Connected });

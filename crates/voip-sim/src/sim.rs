@@ -120,7 +120,17 @@ pub struct Sim {
     txns: BTreeMap<(DeviceIdx, String), SendOutcome>,
     /// Counts of injected faults, for reports.
     pub injected: Injected,
+    /// ICE state changes due on connections whose other end crashed: (when, device, call, state).
+    ice_changes: Vec<(Timestamp, DeviceIdx, CallId, ConnectionState)>,
+    /// Calls an end of which crashed, and that end: a peer connection to it never connects.
+    dead_ends: BTreeMap<CallId, Vec<(UserId, voip_core::DeviceId)>>,
 }
+
+/// After the other end of a connected peer connection dies, ICE reports `Disconnected` once no
+/// consent check has been answered for this long (webrtc-rs' ICE agent default 5 s)…
+pub const ICE_DISCONNECTED_AFTER_MS: u64 = 5_000;
+/// …and `Failed` this much later (webrtc-rs' default failed timeout, 25 s).
+pub const ICE_FAILED_AFTER_MS: u64 = 25_000;
 
 /// How many faults a simulation injected.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -139,6 +149,9 @@ pub struct Injected {
     pub partitioned_sends: u64,
     /// Deliveries released late as one sync batch.
     pub batched: u64,
+    /// Connected peer connections whose other end crashed (ICE then goes `Disconnected` and
+    /// `Failed` on this end).
+    pub dead_peer_connections: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -175,6 +188,8 @@ impl Sim {
             offline_inbox: BTreeMap::new(),
             txns: BTreeMap::new(),
             injected: Injected::default(),
+            ice_changes: Vec::new(),
+            dead_ends: BTreeMap::new(),
         }
     }
 
@@ -394,11 +409,67 @@ impl Sim {
     /// Crashes `d`'s app: its process is gone (timers stop, media reports and send results in
     /// flight are lost); what it put on the homeserver (memberships, delayed leaves) stays, and
     /// deliveries to it wait there. [`Sim::restart`] brings it back with a fresh core.
+    ///
+    /// Its peer connections die with it: on the other end of each connected one, ICE goes
+    /// `Disconnected` after [`ICE_DISCONNECTED_AFTER_MS`] and `Failed` [`ICE_FAILED_AFTER_MS`]
+    /// later, and never connects again (as a real ICE agent does when consent checks stop being
+    /// answered).
     pub fn crash(&mut self, d: DeviceIdx) {
         self.kill_local_inflight(d);
+        self.fail_peer_connections_of(d);
         let dev = &mut self.devices[d.0];
         dev.offline = true;
         dev.crashed = true;
+    }
+
+    /// Marks `d` a dead end of every call it negotiated media for, and schedules ICE failure on
+    /// the other end of those connections.
+    fn fail_peer_connections_of(&mut self, d: DeviceIdx) {
+        let local = self.devices[d.0].voip.local_device().clone();
+        for call_id in self.devices[d.0].media.negotiating_calls() {
+            self.dead_ends
+                .entry(call_id.clone())
+                .or_default()
+                .push((local.user_id.clone(), local.device_id.clone()));
+            for e in (0..self.devices.len()).filter(|e| *e != d.0).map(DeviceIdx) {
+                self.check_dead_end(e, &call_id);
+            }
+        }
+    }
+
+    /// If `call_id` on `e` is a call with an end that crashed, its connection is dead: it never
+    /// connects, and if connected it goes `Disconnected`, then `Failed`.
+    fn check_dead_end(&mut self, e: DeviceIdx, call_id: &CallId) {
+        let Some(dead) = self.dead_ends.get(call_id) else { return };
+        let Some(info) = self.devices[e.0].voip.call(call_id) else { return };
+        let to_dead = dead.iter().any(|(user, device)| {
+            info.peer_user == *user && info.peer_device.as_ref().is_none_or(|p| p == device)
+        });
+        if !to_dead || !self.devices[e.0].media.remote_died(call_id) {
+            return;
+        }
+        self.injected.dead_peer_connections += 1;
+        let disconnected = self.now.plus(ICE_DISCONNECTED_AFTER_MS);
+        let failed = disconnected.plus(ICE_FAILED_AFTER_MS);
+        self.ice_changes.push((disconnected, e, call_id.clone(), ConnectionState::Disconnected));
+        self.ice_changes.push((failed, e, call_id.clone(), ConnectionState::Failed));
+    }
+
+    /// Reports the ICE state changes that are due (a device that crashed meanwhile has a fresh
+    /// media engine without that connection: nothing to report).
+    fn report_ice_changes(&mut self) {
+        let now = self.now;
+        let (due, later): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.ice_changes).into_iter().partition(|c| c.0 <= now);
+        self.ice_changes = later;
+        for (_, e, call_id, state) in due {
+            if self.devices[e.0].crashed {
+                continue;
+            }
+            for event in self.devices[e.0].media.force_state(&call_id, state) {
+                self.deliver(e, Input::Media { call_id: call_id.clone(), event }, 0);
+            }
+        }
     }
 
     /// Restarts a crashed (or running) device with a fresh core: it learns the room members and
@@ -538,6 +609,7 @@ impl Sim {
             match out {
                 Output::Event(e) => self.devices[d.0].events.push((now, e)),
                 Output::Media { call_id, command } => {
+                    self.check_dead_end(d, &call_id);
                     let events = self.devices[d.0].media.execute(&call_id, command);
                     for event in events {
                         let input = Input::Media { call_id: call_id.clone(), event };
@@ -772,7 +844,8 @@ impl Sim {
         let heals =
             self.devices.iter().flat_map(|d| [d.partitioned_until, d.sync_stalled_until]).flatten().min();
         let delayed = self.delayed.values().map(|d| d.fire_at).min();
-        [q, d, heals, delayed].into_iter().flatten().min()
+        let ice = self.ice_changes.iter().map(|c| c.0).min();
+        [q, d, heals, delayed, ice].into_iter().flatten().min()
     }
 
     /// Handles everything due at the earliest pending time. Returns false when idle.
@@ -781,6 +854,7 @@ impl Sim {
         self.now = self.now.max(at);
         self.heal();
         self.fire_delayed();
+        self.report_ice_changes();
         let mut held = Vec::new();
         while let Some(Reverse((at, _, _))) = self.queue.peek() {
             if *at > self.now {
