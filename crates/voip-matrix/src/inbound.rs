@@ -9,11 +9,13 @@ use voip_core::{DeviceId, Membership, RoomEvent, RoomId, RoomMember, Timestamp, 
 pub const CALL_MEMBER_TYPES: &[&str] =
     &["org.matrix.msc3401.call.member", "m.call.member", "com.famedly.call.member"];
 
-/// To-device types forwarded besides the `m.call.*` ones: group-call media keys.
+/// To-device types forwarded besides the `m.call.*` ones: group-call media keys, with the names
+/// the core parses (famedly's documentation calls them `com.famedly.call.encryption_keys(.request)`,
+/// but its SDK sends `com.famedly.call.member.encryption_keys(_request)`).
 pub const KEY_TO_DEVICE_TYPES: &[&str] = &[
-    "io.element.call.encryption_keys",
-    "com.famedly.call.encryption_keys",
-    "com.famedly.call.encryption_keys.request",
+    voip_core::wire::keys::types::ELEMENT_CALL_KEYS,
+    voip_core::wire::keys::types::FAMEDLY_KEYS,
+    voip_core::wire::keys::types::FAMEDLY_KEYS_REQUEST,
 ];
 
 /// Whether a to-device message of this type carries media keys (never sent in clear).
@@ -174,6 +176,11 @@ mod tests {
         let cm = json!({"type": "com.famedly.call.member", "state_key": "@b:hs", "sender": "@b:hs", "content": {"memberships": []}});
         assert_eq!(call_member_from_json("!r:hs", &cm).unwrap().state_key, "@b:hs");
         assert!(is_media_key_type("io.element.call.encryption_keys"));
+        // The types famedly's SDK really sends reach the core.
+        assert!(is_forwarded_to_device_type("com.famedly.call.member.encryption_keys"));
+        assert!(is_forwarded_to_device_type("com.famedly.call.member.encryption_keys_request"));
+        assert!(is_forwarded_to_device_type("io.element.call.encryption_keys"));
+        assert!(!is_forwarded_to_device_type("com.famedly.call.encryption_keys"));
         assert!(!is_media_key_type("m.call.invite"));
     }
 }
