@@ -21,6 +21,12 @@ fn main() -> ExitCode {
             mod interop;
             interop::run(&args[1..])
         }
+        Some("bench") => {
+            // `cargo xtask bench …`: call set-up, group join, key rotation vs js-sdk (docs/benchmarks.md).
+            #[path = "bench.rs"]
+            mod bench;
+            bench::run(&args[1..])
+        }
         Some("sim") => {
             // `cargo xtask sim …`: seeded fault scenarios with invariant checks (docs/simulation.md).
             #[path = "sim.rs"]

@@ -1,0 +1,303 @@
+//! `cargo xtask bench [--calls N] [--no-groups] [--no-js] [--no-install]`: what users feel, side
+//! by side with the anchor, in one run on the same machine (issue #10, docs/benchmarks.md).
+//!
+//! 1. builds `synapse-rig` and the `voip` example `setup_bench` (debug, as the tests);
+//! 2. `npm ci` in `interop/` unless its `node_modules` exists (or `--no-install`);
+//! 3. creates a network namespace (root: wrtc ignores `lo` when a real interface exists) and
+//!    starts one Synapse in it;
+//! 4. runs, inside it and one after the other, `setup_bench` (raw room-event delivery, N Rust
+//!    calls, with `--groups` the 4-member mesh and 8-member SFU joins and the key rotation) and
+//!    `bench/js-setup.mjs` (N matrix-js-sdk calls on Node + wrtc);
+//! 5. prints the results table with ratios (also written to `bench/results/summary.md`), keeps
+//!    the raw JSON in `bench/results/`, and draws `docs/setup-time.svg`.
+//!
+//! The floor is two raw room-event deliveries (medians, measured in this run) plus the webrtc-rs
+//! loopback handshake to first packet (voip-webrtc's `media_start` bench, 67.4 ms, not rerun).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{anyhow, bail, Context};
+use serde_json::Value;
+
+/// voip-webrtc `media_start` bench, voice (docs/benchmarks.md, issue #5): mean ms.
+const BARE_HANDSHAKE_MS: f64 = 67.4;
+
+const STEPS: [&str; 8] = [
+    "invite_received",
+    "answer_sent",
+    "answer_received",
+    "caller_connected",
+    "callee_connected",
+    "caller_first_packet",
+    "callee_first_packet",
+    "total",
+];
+
+fn status(c: &mut Command, what: &str) -> anyhow::Result<()> {
+    let s = c.status().with_context(|| format!("running {what}"))?;
+    if !s.success() {
+        bail!("{what} failed ({s})");
+    }
+    Ok(())
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| crate::root().join("target"))
+}
+
+fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    status(Command::new(cargo).args(args).current_dir(crate::root()), &format!("cargo {}", args.join(" ")))
+}
+
+/// A network namespace with `lo` and an inside-only veth pair, deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn create(name: &str) -> anyhow::Result<Netns> {
+        let _ = Command::new("ip").args(["netns", "del", name]).stderr(Stdio::null()).status();
+        status(Command::new("ip").args(["netns", "add", name]), "ip netns add (needs root)")?;
+        let ns = Netns(name.to_owned());
+        let ip = |args: &[&str]| status(Command::new("ip").args(["-n", name]).args(args), "ip");
+        ip(&["link", "set", "lo", "up"])?;
+        ip(&["link", "add", "vb0", "type", "veth", "peer", "name", "vb1"])?;
+        ip(&["addr", "add", "127.0.0.2/32", "dev", "vb0"])?;
+        ip(&["link", "set", "vb0", "up"])?;
+        ip(&["link", "set", "vb1", "up"])?;
+        Ok(ns)
+    }
+
+    fn exec(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.0]).arg(program).current_dir(crate::root());
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// Synapse started by `synapse-rig` in the namespace, stopped (and its data removed) on drop.
+struct Synapse {
+    rig: PathBuf,
+    data: String,
+}
+
+impl Drop for Synapse {
+    fn drop(&mut self) {
+        let _ = Command::new(&self.rig).args(["stop", "--data", &self.data, "--rm"]).status();
+    }
+}
+
+/// (median, p95) by nearest rank; NaN for no samples.
+fn median_p95(xs: &[f64]) -> (f64, f64) {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let rank = |q: f64| v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+    (rank(0.5), rank(0.95))
+}
+
+fn step(results: &Value, name: &str) -> Vec<f64> {
+    results["calls"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|c| c[name].as_f64()).collect())
+        .unwrap_or_default()
+}
+
+fn read_json(p: &Path) -> anyhow::Result<Value> {
+    let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))
+}
+
+/// A horizontal strip plot of the set-up totals per implementation, with the floor as a line.
+fn svg(rows: &[(&str, Vec<f64>)], floor: f64) -> String {
+    let max = rows.iter().flat_map(|(_, v)| v.iter().copied()).fold(floor, f64::max) * 1.1;
+    let (w, left, right, row_h, top) = (760.0, 170.0, 30.0, 60.0, 40.0);
+    let h = top + row_h * rows.len() as f64 + 50.0;
+    let x = |ms: f64| left + (w - left - right) * ms / max;
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" \
+         font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{left}\" y=\"20\" font-size=\"14\">1:1 call set-up: invite → connected with media both \
+         ways (ms)</text>\n"
+    );
+    for (i, (name, v)) in rows.iter().enumerate() {
+        let y = top + row_h * (i as f64 + 0.5);
+        let (med, p95) = median_p95(v);
+        s += &format!("<text x=\"10\" y=\"{:.1}\">{name}</text>\n", y + 4.0);
+        for (j, ms) in v.iter().enumerate() {
+            let jitter = ((j * 7) % 11) as f64 - 5.0;
+            s += &format!(
+                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3.5\" fill=\"#3573b9\" fill-opacity=\"0.6\"/>\n",
+                x(*ms),
+                y + jitter
+            );
+        }
+        for (val, label, color) in [(med, "median", "#d62728"), (p95, "p95", "#ff7f0e")] {
+            if val.is_finite() {
+                s += &format!(
+                    "<line x1=\"{0:.1}\" x2=\"{0:.1}\" y1=\"{1:.1}\" y2=\"{2:.1}\" stroke=\"{color}\" \
+                     stroke-width=\"2\"/>\n<text x=\"{0:.1}\" y=\"{3:.1}\" fill=\"{color}\" \
+                     text-anchor=\"middle\">{label} {val:.0}</text>\n",
+                    x(val),
+                    y - 14.0,
+                    y + 14.0,
+                    if label == "median" { y - 18.0 } else { y + 26.0 }
+                );
+            }
+        }
+    }
+    let bottom = top + row_h * rows.len() as f64;
+    s += &format!(
+        "<line x1=\"{0:.1}\" x2=\"{0:.1}\" y1=\"{top}\" y2=\"{bottom}\" stroke=\"#2ca02c\" \
+         stroke-dasharray=\"4 3\"/>\n<text x=\"{0:.1}\" y=\"{1:.1}\" fill=\"#2ca02c\" \
+         text-anchor=\"middle\">floor {floor:.0}</text>\n",
+        x(floor),
+        bottom + 14.0
+    );
+    s += &format!(
+        "<line x1=\"{left}\" x2=\"{}\" y1=\"{bottom}\" y2=\"{bottom}\" stroke=\"black\"/>\n",
+        w - right
+    );
+    let tick = if max > 2000.0 { 500.0 } else { 250.0 };
+    let mut t = 0.0;
+    while t <= max {
+        s += &format!(
+            "<line x1=\"{0:.1}\" x2=\"{0:.1}\" y1=\"{bottom}\" y2=\"{1}\" stroke=\"black\"/>\n\
+             <text x=\"{0:.1}\" y=\"{2}\" text-anchor=\"middle\">{t:.0}</text>\n",
+            x(t),
+            bottom + 5.0,
+            bottom + 30.0
+        );
+        t += tick;
+    }
+    s + "</svg>\n"
+}
+
+fn fmt_ratio(a: f64, b: f64) -> String {
+    if a.is_finite() && b.is_finite() && b > 0.0 {
+        format!("{:.2}x", a / b)
+    } else {
+        "–".into()
+    }
+}
+
+pub(crate) fn run(args: &[String]) -> anyhow::Result<bool> {
+    let flag = |f: &str| args.iter().any(|a| a == f);
+    let calls: usize = match args.iter().position(|a| a == "--calls") {
+        Some(i) => args.get(i + 1).context("--calls N")?.parse().context("--calls N")?,
+        None => 10,
+    };
+    let root = crate::root();
+    let target = target_dir();
+    println!("==> building synapse-rig and the setup_bench example");
+    cargo(&["build", "-q", "-p", "voip-testkit", "--no-default-features", "--bin", "synapse-rig"])?;
+    cargo(&["build", "-q", "-p", "voip", "--example", "setup_bench"])?;
+    let rig = target.join("debug/synapse-rig");
+    let rust_bench = target.join("debug/examples/setup_bench");
+    let js = !flag("--no-js");
+    if js && !flag("--no-install") && !root.join("interop/node_modules").is_dir() {
+        status(
+            Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(root.join("interop")),
+            "npm ci in interop/",
+        )?;
+    }
+    status(Command::new(&rig).arg("install"), "synapse-rig install")?;
+
+    let pid = std::process::id();
+    let ns = Netns::create(&format!("voip-bench-{pid}"))?;
+    let data = format!("/dev/shm/voip-bench-{pid}");
+    println!("==> Synapse in namespace {}", ns.0);
+    let out = ns.exec(&rig).args(["start", "--data", &data]).stderr(Stdio::inherit()).output()?;
+    let _synapse = Synapse { rig: rig.clone(), data: data.clone() };
+    if !out.status.success() {
+        bail!("synapse-rig start failed ({})", out.status);
+    }
+    let env: BTreeMap<String, String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.trim().strip_prefix("export ")?.split_once('=')?;
+            Some((k.to_owned(), v.trim_matches(|c| c == '"' || c == '\'').to_owned()))
+        })
+        .collect();
+    let hs = env.get("SYNAPSE_URL").ok_or_else(|| anyhow!("synapse-rig printed no SYNAPSE_URL"))?;
+    let secret = env.get("SYNAPSE_REG_SECRET").ok_or_else(|| anyhow!("no SYNAPSE_REG_SECRET"))?;
+
+    let results = root.join("bench/results");
+    std::fs::create_dir_all(&results)?;
+    let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let rust_json = results.join("rust.json");
+    println!("==> Rust: {calls} calls through Synapse");
+    let mut c = ns.exec(&rust_bench);
+    c.args(["--homeserver", hs, "--registration-secret", secret, "--calls", &calls.to_string()]);
+    c.arg("--out").arg(&rust_json);
+    if !flag("--no-groups") {
+        c.arg("--groups");
+    }
+    status(&mut c, "setup_bench")?;
+    let rust = read_json(&rust_json)?;
+    let js_res = if js {
+        println!("==> matrix-js-sdk: {calls} calls through the same Synapse");
+        let js_json = results.join("js.json");
+        let mut c = ns.exec("node");
+        c.args(["bench/js-setup.mjs", "--hs", hs, "--calls", &calls.to_string()]).arg("--out").arg(&js_json);
+        status(&mut c, "bench/js-setup.mjs")?;
+        Some(read_json(&js_json)?)
+    } else {
+        None
+    };
+    let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+
+    let raw: Vec<f64> =
+        rust["raw_ms"].as_array().map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default();
+    let (raw_med, raw_p95) = median_p95(&raw);
+    let floor = 2.0 * raw_med + BARE_HANDSHAKE_MS;
+    let mut md = format!(
+        "Run {} calls each, load average before `{}`, after `{}`.\n\n\
+         | step, ms since the invite (median / p95) | Rust (voip) | matrix-js-sdk | Rust / js-sdk (median) |\n\
+         |---|---|---|---|\n",
+        calls,
+        load_before.trim(),
+        load_after.trim()
+    );
+    for s in STEPS {
+        let (rm, rp) = median_p95(&step(&rust, s));
+        let (jm, jp) = js_res.as_ref().map(|j| median_p95(&step(j, s))).unwrap_or((f64::NAN, f64::NAN));
+        md += &format!("| {s} | {rm:.0} / {rp:.0} | {jm:.0} / {jp:.0} | {} |\n", fmt_ratio(rm, jm));
+    }
+    let (rm, _) = median_p95(&step(&rust, "total"));
+    md += &format!(
+        "\nRaw room event A→B: {raw_med:.0} / {raw_p95:.0} ms. Floor = 2 × {raw_med:.0} + {BARE_HANDSHAKE_MS} \
+         (webrtc-rs handshake, media_start bench) = {floor:.0} ms. Rust set-up median / floor: {} \
+         (target ≤ 1.5x); Rust / js-sdk median: {} (target ≤ 0.4x).\n",
+        fmt_ratio(rm, floor),
+        js_res.as_ref().map(|j| fmt_ratio(rm, median_p95(&step(j, "total")).0)).unwrap_or_else(|| "–".into())
+    );
+    if let Some(g) = rust["groups"].as_object() {
+        md += &format!(
+            "\nGroup join, mesh 4 members (enter → audio on every pair): {:.0} ms; SFU mode 8 members \
+             (enter → every member has every key): {:.0} ms; key rotation after one of 8 leaves (→ all 7 \
+             use a new key all others have): {:.0} ms.\n",
+            g["mesh4_join_ms"].as_f64().unwrap_or(f64::NAN),
+            g["sfu8_join_ms"].as_f64().unwrap_or(f64::NAN),
+            g["sfu_rotation_ms"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
+    println!("\n{md}");
+    std::fs::write(results.join("summary.md"), &md)?;
+    let mut rows = vec![("Rust (voip)", step(&rust, "total"))];
+    if let Some(j) = &js_res {
+        rows.push(("matrix-js-sdk (Node)", step(j, "total")));
+    }
+    std::fs::write(root.join("docs/setup-time.svg"), svg(&rows, floor))?;
+    println!("wrote bench/results/summary.md and docs/setup-time.svg");
+    Ok(true)
+}
