@@ -240,6 +240,21 @@ impl KeyManager {
             }
         }
         self.apply_buffered(ctx);
+        // A device that joined again with a new session (an app restart): its keys were
+        // forgotten with the old session. famedly key events name no session, so the new
+        // session's first key may have arrived before its membership and been forgotten with
+        // the old one (found by the simulator, sfu seed 213): ask it for its key (famedly
+        // members answer requests from members with their latest key; Element Call keys name
+        // their member and wait in the buffer instead, and nothing is sent).
+        let rejoined: Vec<Participant> = joiners
+            .iter()
+            .filter(|k| leavers.contains(k))
+            .filter_map(|k| self.members.get(k).cloned())
+            .collect();
+        if !rejoined.is_empty() && self.transport.request_content(&self.group, &self.local).is_some() {
+            tracing::debug!(members = rejoined.len(), "members with a new session: asking for their key");
+            self.request_keys(ctx, &rejoined);
+        }
     }
 
     /// A received to-device event of either transport's key or key-request type. `sender_device`
