@@ -106,6 +106,8 @@ pub struct Sim {
     /// Last delivery time per (device, room): a room timeline reaches each device in order,
     /// whatever the jitter (to-device messages, in contrast, may overtake each other).
     timeline_clock: BTreeMap<(DeviceIdx, RoomId), Timestamp>,
+    /// Last to-device delivery time per (device, sender, sender device).
+    to_device_clock: BTreeMap<(DeviceIdx, UserId, Option<voip_core::DeviceId>), Timestamp>,
     /// Room state: (room, type, state key) → the current state event.
     state: BTreeMap<(RoomId, String, String), StateEvent>,
     /// MSC4140 delayed state events by `delay_id`.
@@ -181,6 +183,7 @@ impl Sim {
             rng: ChaCha20Rng::seed_from_u64(seed),
             next_event_id: 0,
             timeline_clock: BTreeMap::new(),
+            to_device_clock: BTreeMap::new(),
             state: BTreeMap::new(),
             delayed: BTreeMap::new(),
             next_delay_id: 0,
@@ -587,6 +590,17 @@ impl Sim {
         let mut at = self.now.plus(delay + jitter);
         if let Input::RoomEvent(e) = &input {
             let last = self.timeline_clock.entry((to, e.room_id.clone())).or_default();
+            at = at.max(*last);
+            *last = at;
+        }
+        if let Input::ToDevice(e) = &input {
+            // The homeserver's to-device inbox is one ordered stream per device: messages from
+            // one sender device arrive in the order the homeserver took them (messages from
+            // different senders may still overtake each other). Found by the simulator (sfu
+            // seed 213): two processes of one restarted device sent keys at one index, and only
+            // the order tells which is current.
+            let key = (to, e.sender.clone(), e.sender_device.clone());
+            let last = self.to_device_clock.entry(key).or_default();
             at = at.max(*last);
             *last = at;
         }
