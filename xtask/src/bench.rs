@@ -1,4 +1,4 @@
-//! `cargo xtask bench [--calls N] [--no-groups] [--no-js] [--no-install]`: what users feel, side
+//! `cargo xtask bench [--calls N] [--no-groups] [--no-js] [--no-install] [--no-build]`: what users feel, side
 //! by side with the anchor, in one run on the same machine (issue #10, docs/benchmarks.md).
 //!
 //! 1. builds `synapse-rig` and the `voip` example `setup_bench` (debug, as the tests);
@@ -198,9 +198,11 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<bool> {
     };
     let root = crate::root();
     let target = target_dir();
-    println!("==> building synapse-rig and the setup_bench example");
-    cargo(&["build", "-q", "-p", "voip-testkit", "--no-default-features", "--bin", "synapse-rig"])?;
-    cargo(&["build", "-q", "-p", "voip", "--example", "setup_bench"])?;
+    if !flag("--no-build") {
+        println!("==> building synapse-rig and the setup_bench example");
+        cargo(&["build", "-q", "-p", "voip-testkit", "--no-default-features", "--bin", "synapse-rig"])?;
+        cargo(&["build", "-q", "-p", "voip", "--example", "setup_bench"])?;
+    }
     let rig = target.join("debug/synapse-rig");
     let rust_bench = target.join("debug/examples/setup_bench");
     let js = !flag("--no-js");
