@@ -20,8 +20,8 @@ pub enum GlareBehaviour {
 pub enum BusySignal {
     /// Send `m.call.hangup` with reason `user_busy` (the reason is visible to the caller).
     HangupUserBusy,
-    /// Send `m.call.reject` (stops every device of the callee; js-sdk callers stop ringing on
-    /// it whatever their state).
+    /// Send `m.call.reject` with reason `user_busy` (stops every device of the callee; js-sdk
+    /// callers stop ringing on it and end with its reason). The default.
     Reject,
 }
 
@@ -60,7 +60,9 @@ pub struct Config {
     pub glare: GlareBehaviour,
     /// Refuse new incoming calls while another call is connecting or connected. Default true.
     pub busy_when_in_call: bool,
-    /// How a busy device refuses. Default [`BusySignal::HangupUserBusy`].
+    /// How a busy device refuses. Default [`BusySignal::Reject`] (`m.call.reject` with reason
+    /// `user_busy`): matrix-js-sdk callers ignore a hangup from a callee they have not selected
+    /// yet and would ring on until the invite expires (found by `cargo xtask interop`).
     pub busy_signal: BusySignal,
     /// Advertise `m.call.transferee` in `capabilities`. Default false.
     pub transferee: bool,
@@ -104,7 +106,7 @@ impl Default for Config {
             max_send_retries: 5,
             glare: GlareBehaviour::AutoAnswer,
             busy_when_in_call: true,
-            busy_signal: BusySignal::HangupUserBusy,
+            busy_signal: BusySignal::Reject,
             transferee: false,
             orphan_candidates_ms: 60_000,
             ended_call_memory_ms: 600_000,

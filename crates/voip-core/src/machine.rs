@@ -783,7 +783,7 @@ impl Voip {
             CallEvent::Candidates { candidates } => {
                 self.stash_orphan(&source, call_id, common.party_id, candidates);
             }
-            CallEvent::Hangup { .. } | CallEvent::Reject if *source.sender != self.local.user_id => {
+            CallEvent::Hangup { .. } | CallEvent::Reject { .. } if *source.sender != self.local.user_id => {
                 // A hangup for a call we never saw: remember it, so its invite, if it arrives
                 // late, does not ring (js-sdk does the same).
                 self.counters.duplicates += 1;
@@ -932,7 +932,9 @@ impl Voip {
             .unwrap_or_else(|| !(self.config.busy_when_in_call && self.calls.values().any(Call::is_engaged)))
         {
             let refusal = match (self.config.busy_signal, common.version) {
-                (BusySignal::Reject, CallVersion::V1) => CallEvent::Reject,
+                (BusySignal::Reject, CallVersion::V1) => {
+                    CallEvent::Reject { reason: Some(EndReason::UserBusy.wire_reason().to_owned()) }
+                }
                 _ => CallEvent::Hangup { reason: Some(EndReason::UserBusy.wire_reason().to_owned()) },
             };
             Call::refuse(
@@ -1201,7 +1203,7 @@ impl Voip {
                 &source.room_id,
                 (source.sender, Some(device)),
                 Signalling::ToDevice,
-                CallEvent::Reject, // The group fields let the caller route the refusal (js-sdk and famedly drop
+                CallEvent::Reject { reason: None }, // The group fields let the caller route the refusal (js-sdk and famedly drop
                 // to-device call events without them).
                 Some(GroupLink {
                     group: group.clone(),

@@ -595,7 +595,7 @@ impl Call {
             // A ringing callee declines with reject (version 1) or hangup (version 0); the caller
             // will see `rejected`, so that is what we report too.
             CallState::Ringing if self.peer_is_v1() => {
-                self.send(ctx, CallEvent::Reject, SendPurpose::Ending);
+                self.send(ctx, CallEvent::Reject { reason: None }, SendPurpose::Ending);
                 let reason = if reason == EndReason::UserHangup { EndReason::Rejected } else { reason };
                 self.end(ctx, reason, initiator, false);
                 return;

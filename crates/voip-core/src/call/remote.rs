@@ -155,7 +155,7 @@ impl Call {
                 self.end(ctx, EndReason::AnsweredElsewhere, Initiator::Remote, false);
                 Applied
             }
-            CallEvent::Reject => match self.direction {
+            CallEvent::Reject { reason } => match self.direction {
                 CallDirection::Outgoing if self.state == CallState::InviteSent => {
                     if sender.user != &self.peer_user || !self.device_matches(sender) {
                         return Ign(Ignored::NotFromPeer);
@@ -166,7 +166,13 @@ impl Call {
                         let event = CallEvent::SelectAnswer { selected_party_id: p.to_owned() };
                         self.send(ctx, event, SendPurpose::Ending);
                     }
-                    self.end(ctx, EndReason::Rejected, Initiator::Remote, false);
+                    // A busy refusal says so (js-sdk reads the same field).
+                    let why = if reason.as_deref() == Some(EndReason::UserBusy.wire_reason()) {
+                        EndReason::UserBusy
+                    } else {
+                        EndReason::Rejected
+                    };
+                    self.end(ctx, why, Initiator::Remote, false);
                     Applied
                 }
                 CallDirection::Outgoing => Ign(Ignored::WrongState),

@@ -194,7 +194,10 @@ pub enum CallEvent {
         selected_party_id: String,
     },
     /// `m.call.reject`
-    Reject,
+    Reject {
+        /// `reason` (not in the spec; js-sdk ends an `invite_sent` call with it, e.g. `user_busy`).
+        reason: Option<String>,
+    },
     /// `m.call.hangup`
     Hangup {
         /// Reason, if given.
@@ -234,7 +237,7 @@ impl CallEvent {
             CallEvent::Answer { .. } => types::ANSWER,
             CallEvent::Candidates { .. } => types::CANDIDATES,
             CallEvent::SelectAnswer { .. } => types::SELECT_ANSWER,
-            CallEvent::Reject => types::REJECT,
+            CallEvent::Reject { .. } => types::REJECT,
             CallEvent::Hangup { .. } => types::HANGUP,
             CallEvent::Negotiate { .. } => types::NEGOTIATE,
             CallEvent::SdpStreamMetadataChanged { .. } => types::SDP_STREAM_METADATA_CHANGED,
@@ -298,7 +301,7 @@ pub fn parse(event_type: &str, content: &Value) -> Result<(Common, CallEvent), W
         types::SELECT_ANSWER => {
             CallEvent::SelectAnswer { selected_party_id: f.id_req("selected_party_id")?.to_owned() }
         }
-        types::REJECT => CallEvent::Reject,
+        types::REJECT => CallEvent::Reject { reason: f.str_opt("reason", MAX_ID_LEN)?.map(str::to_owned) },
         types::HANGUP => CallEvent::Hangup { reason: f.str_opt("reason", MAX_ID_LEN)?.map(str::to_owned) },
         types::NEGOTIATE => {
             let description = match f.nested("description")? {
@@ -506,7 +509,11 @@ pub fn to_content(common: &Common, event: &CallEvent) -> Value {
         CallEvent::SelectAnswer { selected_party_id } => {
             m.insert("selected_party_id".into(), json!(selected_party_id));
         }
-        CallEvent::Reject => {}
+        CallEvent::Reject { reason } => {
+            if let Some(r) = reason {
+                m.insert("reason".into(), json!(r));
+            }
+        }
         CallEvent::Hangup { reason } => {
             m.insert("reason".into(), json!(reason.as_deref().unwrap_or("user_hangup")));
         }
@@ -627,7 +634,8 @@ mod tests {
             },
             CallEvent::Candidates { candidates: vec![Candidate::end_of_candidates()] },
             CallEvent::SelectAnswer { selected_party_id: "p2".into() },
-            CallEvent::Reject,
+            CallEvent::Reject { reason: None },
+            CallEvent::Reject { reason: Some("user_busy".into()) },
             CallEvent::Hangup { reason: Some("user_busy".into()) },
             CallEvent::Negotiate {
                 description: SessionDescription::answer("v=0"),
