@@ -25,4 +25,11 @@ pub enum VoipError {
     #[cfg(feature = "matrix")]
     #[error(transparent)]
     Matrix(#[from] voip_matrix::AdapterError),
+    /// The group call is not a LiveKit call, or we have not entered it.
+    #[error("not in a LiveKit group call: {0}")]
+    NotLiveKit(&'static str),
+    /// The JWT service refused or failed.
+    #[cfg(feature = "livekit")]
+    #[error(transparent)]
+    LiveKit(#[from] voip_livekit::JwtError),
 }

@@ -90,7 +90,7 @@ struct Settings {
 /// A handle on a room's group call. Cheap to clone.
 #[derive(Clone)]
 pub struct GroupCall {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     id: GroupCallId,
     backend: GroupCallBackend,
     application: String,

@@ -41,7 +41,8 @@
 //! ```
 //!
 //! Feature flags: `matrix` (default; `Voip::from_client`), `webrtc` (default;
-//! `VoipBuilder::webrtc`).
+//! `VoipBuilder::webrtc`), `livekit` (`GroupCall::livekit_credentials`,
+//! `VoipBuilder::livekit_key_provider`).
 #![deny(missing_docs)]
 #![warn(unreachable_pub, missing_debug_implementations)]
 
@@ -49,6 +50,8 @@ mod call;
 mod error;
 mod feed;
 mod group;
+#[cfg(feature = "livekit")]
+mod livekit;
 pub mod local;
 #[cfg(feature = "matrix")]
 mod matrix;
@@ -71,6 +74,9 @@ pub use voip_core::{
 
 /// The sans-IO core (all its types).
 pub use voip_core as core;
+/// LiveKit SFU mode: JWT service client, key providers, transport discovery.
+#[cfg(feature = "livekit")]
+pub use voip_livekit as livekit_sfu;
 /// The matrix-sdk adapter.
 #[cfg(feature = "matrix")]
 pub use voip_matrix as matrix_adapter;

@@ -60,6 +60,8 @@ pub(crate) struct Shared {
     state: Mutex<State>,
     wake: Notify,
     local: LocalDevice,
+    #[cfg(feature = "matrix")]
+    pub(crate) adapter: Option<voip_matrix::MatrixAdapter>,
 }
 
 impl Shared {
@@ -320,9 +322,15 @@ impl VoipBuilder {
             key_sinks: self.key_sinks,
             stopped: false,
         };
-        let shared = Arc::new(Shared { state: Mutex::new(state), wake: Notify::new(), local: self.local });
+        let shared = Arc::new(Shared {
+            state: Mutex::new(state),
+            wake: Notify::new(),
+            local: self.local,
+            #[cfg(feature = "matrix")]
+            adapter: self.adapter,
+        });
         #[cfg(feature = "matrix")]
-        if let Some(adapter) = &self.adapter {
+        if let Some(adapter) = &shared.adapter {
             crate::matrix::replay_known_rooms(adapter);
             #[cfg(feature = "webrtc")]
             if let Some(engine) = &self.webrtc {
@@ -337,8 +345,6 @@ impl VoipBuilder {
                 stop: Mutex::new(Some((stop_tx, task))),
                 #[cfg(feature = "webrtc")]
                 webrtc: self.webrtc,
-                #[cfg(feature = "matrix")]
-                adapter: self.adapter,
             }),
         })
     }
@@ -407,8 +413,6 @@ struct VoipInner {
     stop: Mutex<Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)>>,
     #[cfg(feature = "webrtc")]
     webrtc: Option<voip_webrtc::WebrtcEngine>,
-    #[cfg(feature = "matrix")]
-    adapter: Option<voip_matrix::MatrixAdapter>,
 }
 
 /// Calls for one Matrix device: the handle apps keep. Cheap to clone; clones share the runtime.
@@ -537,7 +541,7 @@ impl Voip {
     /// The matrix-sdk adapter, when built with `Voip::from_client`.
     #[cfg(feature = "matrix")]
     pub fn matrix(&self) -> Option<&voip_matrix::MatrixAdapter> {
-        self.inner.adapter.as_ref()
+        self.inner.shared.adapter.as_ref()
     }
 
     /// Stops the runtime. With matrix signalling, sends already queued (a hangup, a leave) are
@@ -545,7 +549,7 @@ impl Voip {
     /// engine closes everything. Calls in progress are not hung up: hang up first.
     pub async fn shutdown(&self) {
         #[cfg(feature = "matrix")]
-        if let Some(adapter) = &self.inner.adapter {
+        if let Some(adapter) = &self.inner.shared.adapter {
             adapter.shutdown().await;
         }
         let stop = self.inner.stop.lock().unwrap_or_else(|e| e.into_inner()).take();
