@@ -1,8 +1,9 @@
 //! `cargo xtask test`: what CI runs, in order, stopping at the first failure:
 //! format check, clippy with `-D warnings`, one shared real Synapse on loopback (installed into a
 //! cached virtualenv on first use by `voip-testkit`'s rig), every test of the workspace against
-//! it, the doc tests, the conformance fixtures, and the demo. Synapse is stopped however the run
-//! ends.
+//! it, the doc tests, the demo against that Synapse, the conformance fixtures, the demo on the
+//! in-process homeserver (both on real webrtc-rs media) and a bounded fault simulation. Synapse
+//! is stopped however the run ends.
 //!
 //! `--no-lint` skips format and clippy (for a quick local run).
 
@@ -95,10 +96,26 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<bool> {
     let synapse = Synapse::start()?;
     cargo(&["test", "--workspace", "--all-targets"], &synapse.env)?;
     cargo(&["test", "--workspace", "--doc"], &synapse.env)?;
+    // The demo against the real homeserver too (it registers its own users).
+    let (url, secret) = (synapse.env["SYNAPSE_URL"].clone(), synapse.env["SYNAPSE_REG_SECRET"].clone());
+    let homeserver_demo = [
+        "run",
+        "-q",
+        "-p",
+        "voip",
+        "--example",
+        "demo",
+        "--",
+        "--homeserver",
+        &url,
+        "--registration-secret",
+        &secret,
+    ];
+    cargo(&homeserver_demo, &none)?;
     drop(synapse);
     println!("\n==> conformance fixtures");
     let fixtures_ok = crate::conformance::run(&[])?;
-    cargo(&["run", "-q", "-p", "voip-sim", "--example", "demo"], &none)?;
+    cargo(&["run", "-q", "-p", "voip", "--example", "demo"], &none)?;
     // A bounded run of the fault scenarios (docs/simulation.md): a few seconds.
     cargo(&["run", "-q", "-p", "voip-sim", "--bin", "sim", "--", "--seeds", "16"], &none)?;
     Ok(fixtures_ok)
