@@ -105,10 +105,11 @@ async function oneCall(alice, bob) {
     const t0 = now();
     const rings = bob.next("incoming call", (e) => e.ev === "incoming");
     const aConn = alice.next("caller connected", (e) => e.ev === "state" && e.state === "connected");
-    const bConn = bob.next("callee connected", (e) => e.ev === "state" && e.state === "connected");
     const answered = alice.next("answer received", (e) => e.ev === "state" && e.state === "connecting");
     alice.send({ cmd: "call" });
     const ring = await rings;
+    // Only this call's events (a late event of the previous call must not count).
+    const bConn = bob.next("callee connected", (e) => e.ev === "state" && e.state === "connected" && e.call_id === ring.call_id);
     bob.send({ cmd: "answer" });
     const marks = { invite_received: ring.at - t0, answer_sent: now() - t0 };
     const [a, b, ans] = await Promise.all([aConn, bConn, answered]);
