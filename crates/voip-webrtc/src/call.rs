@@ -192,6 +192,8 @@ pub(crate) struct CallTask {
     remote_description_set: bool,
     /// The last remote offer, to compute the answer's directions.
     remote_offer: Option<String>,
+    /// Our DTLS role (`a=setup:`) once an exchange settled it; later answers keep it.
+    dtls_setup: Option<sdp::DtlsSetup>,
     pending_remote_candidates: Vec<Candidate>,
     reported_remote: BTreeSet<(StreamId, MediaKind)>,
     sink_tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -230,6 +232,7 @@ impl CallTask {
             local_ufrag: None,
             remote_description_set: false,
             remote_offer: None,
+            dtls_setup: None,
             pending_remote_candidates: Vec::new(),
             reported_remote: BTreeSet::new(),
             sink_tasks: Vec::new(),
@@ -476,7 +479,21 @@ impl CallTask {
         pc: &Arc<dyn PeerConnection>,
         fallback: RTCSessionDescription,
     ) {
-        let applied = pc.local_description().await.unwrap_or(fallback);
+        self.report_local_description_with(pc, fallback, None).await;
+    }
+
+    /// Reports the applied local description, with its `a=setup:` lines set to `setup` if given.
+    async fn report_local_description_with(
+        &mut self,
+        pc: &Arc<dyn PeerConnection>,
+        fallback: RTCSessionDescription,
+        setup: Option<sdp::DtlsSetup>,
+    ) {
+        let mut applied = pc.local_description().await.unwrap_or(fallback);
+        if let Some(sdp) = setup.and_then(|role| sdp::with_setup(&applied.sdp, role)) {
+            debug!(role = ?setup, "answer keeps the established DTLS role");
+            applied.sdp = sdp;
+        }
         self.local_mid = sdp::first_mid(&applied.sdp);
         self.local_ufrag =
             applied.sdp.lines().find_map(|l| l.trim_end().strip_prefix("a=ice-ufrag:").map(str::to_owned));
@@ -525,7 +542,18 @@ impl CallTask {
         if let Err(e) = pc.set_local_description(answer.clone()).await {
             return self.fail(MediaOperation::CreateAnswer, e);
         }
-        self.report_local_description(&pc, answer).await;
+        if self.dtls_setup.is_none() {
+            self.dtls_setup = sdp::answer_setup(&answer.sdp);
+        }
+        // webrtc-rs 0.21.1 answers every offer with its configured answering role (`active`),
+        // also a re-offer when we were the original offerer and so the DTLS server. The
+        // association keeps its roles (RFC 8842 §5.5, RFC 9429 §5.3.2) and libwebrtc rejects a
+        // flipped answer ("Failed to set SSL role for the transport"). webrtc-rs only reads the
+        // roles of the first exchange (it starts its DTLS transport once) and refuses a local
+        // answer other than the one it created, so the settled role is written into the answer
+        // we send, not into the one we apply.
+        let keep = self.dtls_setup;
+        self.report_local_description_with(&pc, answer, keep).await;
         self.refresh_send_state().await;
     }
 
@@ -547,6 +575,8 @@ impl CallTask {
         if description.sdp_type == SdpType::Offer {
             self.remote_offer = Some(description.sdp.clone());
         }
+        let description_type = description.sdp_type;
+        let remote_setup = sdp::answer_setup(&description.sdp);
         let parsed = match description.sdp_type {
             SdpType::Offer => RTCSessionDescription::offer(description.sdp),
             SdpType::Answer => RTCSessionDescription::answer(description.sdp),
@@ -559,6 +589,10 @@ impl CallTask {
             return self.fail(MediaOperation::SetRemoteDescription, e);
         }
         self.remote_description_set = true;
+        if description_type == SdpType::Answer && self.dtls_setup.is_none() {
+            // The remote answered our offer: we take the other end of its role.
+            self.dtls_setup = remote_setup.map(sdp::DtlsSetup::opposite);
+        }
         let pending = std::mem::take(&mut self.pending_remote_candidates);
         if !pending.is_empty() {
             self.add_remote_candidates(pending).await;

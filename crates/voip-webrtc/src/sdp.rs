@@ -1,5 +1,6 @@
-//! The little SDP reading the adapter needs: mids for local candidates and the stream ids of
-//! remote tracks. Lenient: lines it does not understand are skipped.
+//! The little SDP reading the adapter needs: mids for local candidates, the stream ids of
+//! remote tracks and the DTLS role (`a=setup:`). Lenient: lines it does not understand are
+//! skipped.
 
 use std::collections::BTreeSet;
 
@@ -77,6 +78,65 @@ pub(crate) fn announced_tracks(sdp: &str) -> BTreeSet<(StreamId, MediaKind)> {
         .collect()
 }
 
+/// A DTLS role settled by an answer (RFC 8842 §5.1): `a=setup:active` is the DTLS client,
+/// `a=setup:passive` the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DtlsSetup {
+    /// `a=setup:active`.
+    Active,
+    /// `a=setup:passive`.
+    Passive,
+}
+
+impl DtlsSetup {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            DtlsSetup::Active => "active",
+            DtlsSetup::Passive => "passive",
+        }
+    }
+
+    /// The role of the other end of the association.
+    pub(crate) fn opposite(self) -> Self {
+        match self {
+            DtlsSetup::Active => DtlsSetup::Passive,
+            DtlsSetup::Passive => DtlsSetup::Active,
+        }
+    }
+}
+
+/// The role an answer's first `a=setup:` line gives its author; `None` for `actpass`,
+/// `holdconn` or no line (not a settled role).
+pub(crate) fn answer_setup(sdp: &str) -> Option<DtlsSetup> {
+    let value = sdp.lines().find_map(|l| l.trim_end().strip_prefix("a=setup:"))?;
+    match value.trim() {
+        "active" => Some(DtlsSetup::Active),
+        "passive" => Some(DtlsSetup::Passive),
+        _ => None,
+    }
+}
+
+/// The SDP with every `a=setup:` line set to `role`, line endings kept; `None` if nothing
+/// had to change.
+pub(crate) fn with_setup(sdp: &str, role: DtlsSetup) -> Option<String> {
+    let wanted = role.as_str();
+    let mut changed = false;
+    let mut out = String::with_capacity(sdp.len());
+    for line in sdp.split_inclusive('\n') {
+        let body = line.trim_end_matches(['\r', '\n']);
+        match body.strip_prefix("a=setup:") {
+            Some(value) if value.trim() != wanted => {
+                changed = true;
+                out.push_str("a=setup:");
+                out.push_str(wanted);
+                out.push_str(&line[body.len()..]);
+            }
+            _ => out.push_str(line),
+        }
+    }
+    changed.then_some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,5 +160,24 @@ m=video 0 UDP/TLS/RTP/SAVPF 96\r\na=mid:3\r\na=msid:gone v3\r\n";
         assert!(announced.contains(&(StreamId::from("user1"), MediaKind::Video)));
         assert!(announced.contains(&(StreamId::from("screen1"), MediaKind::Video)));
         assert_eq!(announced.len(), 3, "the rejected section announces nothing");
+    }
+
+    #[test]
+    fn reads_and_rewrites_the_dtls_setup() {
+        let answer = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=setup:active\r\na=mid:0\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=setup:active\r\na=mid:1\r\n";
+        assert_eq!(answer_setup(answer), Some(DtlsSetup::Active));
+        assert_eq!(answer_setup("v=0\r\na=setup:actpass\r\n"), None);
+        assert_eq!(answer_setup("v=0\r\n"), None);
+        assert_eq!(DtlsSetup::Active.opposite(), DtlsSetup::Passive);
+        assert_eq!(with_setup(answer, DtlsSetup::Active), None, "nothing to change");
+        let passive = with_setup(answer, DtlsSetup::Passive).unwrap();
+        assert_eq!(passive, answer.replace("a=setup:active", "a=setup:passive"));
+        assert_eq!(answer_setup(&passive), Some(DtlsSetup::Passive));
+        // Bare `\n` line endings and a last line without one survive.
+        assert_eq!(
+            with_setup("v=0\na=setup:active", DtlsSetup::Passive).as_deref(),
+            Some("v=0\na=setup:passive")
+        );
     }
 }

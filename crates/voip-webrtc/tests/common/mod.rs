@@ -142,25 +142,40 @@ impl Pair {
                 }
             })
             .await;
-        assert!(ok, "no local description from {}", if of_a { "a" } else { "b" });
+        let side = if of_a { &self.a } else { &self.b };
+        assert!(ok, "no local description from {}; failures {:?}", side.name, side.failures());
         let side = if of_a { &mut self.a } else { &mut self.b };
         side.last_description.take().expect("checked above")
     }
 
     /// Offer from A, answer from B, both applied.
     pub async fn negotiate(&mut self, ice_restart: bool) {
-        self.a.exec(&self.call, MediaCommand::CreateOffer { ice_restart });
-        let offer = self.take_description(true).await;
+        self.negotiate_from(true, ice_restart).await;
+    }
+
+    /// Offer from A (`a_offers`) or B, answer from the other, both applied; returns both.
+    pub async fn negotiate_from(
+        &mut self,
+        a_offers: bool,
+        ice_restart: bool,
+    ) -> (SessionDescription, SessionDescription) {
+        let call = self.call.clone();
+        let offerer = if a_offers { &self.a } else { &self.b };
+        offerer.exec(&call, MediaCommand::CreateOffer { ice_restart });
+        let offer = self.take_description(a_offers).await;
         if std::env::var("DUMP_SDP").is_ok() {
             eprintln!("OFFER\n{}", offer.sdp);
         }
-        self.b.exec(&self.call, MediaCommand::SetRemoteDescription { description: offer });
-        self.b.exec(&self.call, MediaCommand::CreateAnswer);
-        let answer = self.take_description(false).await;
+        let answerer = if a_offers { &self.b } else { &self.a };
+        answerer.exec(&call, MediaCommand::SetRemoteDescription { description: offer.clone() });
+        answerer.exec(&call, MediaCommand::CreateAnswer);
+        let answer = self.take_description(!a_offers).await;
         if std::env::var("DUMP_SDP").is_ok() {
             eprintln!("ANSWER\n{}", answer.sdp);
         }
-        self.a.exec(&self.call, MediaCommand::SetRemoteDescription { description: answer });
+        let offerer = if a_offers { &self.a } else { &self.b };
+        offerer.exec(&call, MediaCommand::SetRemoteDescription { description: answer.clone() });
+        (offer, answer)
     }
 
     /// A calls B with usermedia streams `a-user` / `b-user` and waits for both to connect.
