@@ -1,7 +1,9 @@
-//! `cargo xtask bench [--calls N] [--no-groups] [--no-js] [--no-install] [--no-build]`: what users feel, side
-//! by side with the anchor, in one run on the same machine (issue #10, docs/benchmarks.md).
+//! `cargo xtask bench [--calls N] [--debug] [--no-groups] [--no-js] [--no-install] [--no-build]
+//! [--no-handshake]`: what users feel, side by side with the anchor, in one run on the same
+//! machine (issue #10, docs/benchmarks.md).
 //!
-//! 1. builds `synapse-rig` and the `voip` example `setup_bench` (debug, as the tests);
+//! 1. builds `synapse-rig` and the `voip` example `setup_bench` (release, as an app ships;
+//!    `--debug`: the test build);
 //! 2. `npm ci` in `interop/` unless its `node_modules` exists (or `--no-install`);
 //! 3. creates a network namespace (root: wrtc ignores `lo` when a real interface exists) and
 //!    starts one Synapse in it;
@@ -12,7 +14,8 @@
 //!    the raw JSON in `bench/results/`, and draws `docs/setup-time.svg`.
 //!
 //! The floor is two raw room-event deliveries (medians, measured in this run) plus the webrtc-rs
-//! loopback handshake to first packet (voip-webrtc's `media_start` bench, 67.4 ms, not rerun).
+//! loopback handshake to first packet (voip-webrtc's `media_start` voice bench, run in this run
+//! before the calls; `--no-handshake` uses its last recorded median instead).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,8 +24,20 @@ use std::process::{Command, Stdio};
 use anyhow::{anyhow, bail, Context};
 use serde_json::Value;
 
-/// voip-webrtc `media_start` bench, voice (docs/benchmarks.md, issue #5): mean ms.
-const BARE_HANDSHAKE_MS: f64 = 67.4;
+/// voip-webrtc `media_start` bench, voice (docs/benchmarks.md, issue #5): mean ms, used only
+/// with `--no-handshake`.
+const RECORDED_HANDSHAKE_MS: f64 = 67.4;
+
+/// Runs voip-webrtc's `media_start` voice bench (criterion, optimised) and returns its median in
+/// ms, from criterion's `estimates.json`.
+fn bare_handshake_ms(target: &Path) -> anyhow::Result<f64> {
+    println!("==> webrtc-rs loopback handshake (voip-webrtc media_start bench, voice)");
+    cargo(&["bench", "-q", "-p", "voip-webrtc", "--bench", "media_start", "--", "voice"])?;
+    let est = target.join("criterion/descriptions_set_to_media_flowing/voice/new/estimates.json");
+    let v = read_json(&est)?;
+    let ns = v["median"]["point_estimate"].as_f64().ok_or_else(|| anyhow!("no median in {}", est.display()))?;
+    Ok(ns / 1e6)
+}
 
 const STEPS: [&str; 8] = [
     "invite_received",
@@ -198,13 +213,19 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<bool> {
     };
     let root = crate::root();
     let target = target_dir();
+    let profile = if flag("--debug") { "debug" } else { "release" };
     if !flag("--no-build") {
-        println!("==> building synapse-rig and the setup_bench example");
+        println!("==> building synapse-rig and the setup_bench example ({profile})");
         cargo(&["build", "-q", "-p", "voip-testkit", "--no-default-features", "--bin", "synapse-rig"])?;
-        cargo(&["build", "-q", "-p", "voip", "--example", "setup_bench"])?;
+        let mut build = vec!["build", "-q", "-p", "voip", "--example", "setup_bench"];
+        if profile == "release" {
+            build.push("--release");
+        }
+        cargo(&build)?;
     }
     let rig = target.join("debug/synapse-rig");
-    let rust_bench = target.join("debug/examples/setup_bench");
+    let rust_bench = target.join(profile).join("examples/setup_bench");
+    let handshake = if flag("--no-handshake") { RECORDED_HANDSHAKE_MS } else { bare_handshake_ms(&target)? };
     let js = !flag("--no-js");
     if js && !flag("--no-install") && !root.join("interop/node_modules").is_dir() {
         status(
@@ -261,9 +282,9 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<bool> {
     let raw: Vec<f64> =
         rust["raw_ms"].as_array().map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default();
     let (raw_med, raw_p95) = median_p95(&raw);
-    let floor = 2.0 * raw_med + BARE_HANDSHAKE_MS;
+    let floor = 2.0 * raw_med + handshake;
     let mut md = format!(
-        "Run {} calls each, load average before `{}`, after `{}`.\n\n\
+        "Run {} calls each (Rust: {profile} build), load average before `{}`, after `{}`.\n\n\
          | step, ms since the invite (median / p95) | Rust (voip) | matrix-js-sdk | Rust / js-sdk (median) |\n\
          |---|---|---|---|\n",
         calls,
@@ -277,9 +298,10 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<bool> {
     }
     let (rm, _) = median_p95(&step(&rust, "total"));
     md += &format!(
-        "\nRaw room event A→B: {raw_med:.0} / {raw_p95:.0} ms. Floor = 2 × {raw_med:.0} + {BARE_HANDSHAKE_MS} \
-         (webrtc-rs handshake, media_start bench) = {floor:.0} ms. Rust set-up median / floor: {} \
+        "\nRaw room event A→B: {raw_med:.0} / {raw_p95:.0} ms. Floor = 2 × {raw_med:.0} + {handshake:.1} \
+         (webrtc-rs handshake, media_start bench{}) = {floor:.0} ms. Rust set-up median / floor: {} \
          (target ≤ 1.5x); Rust / js-sdk median: {} (target ≤ 0.4x).\n",
+        if flag("--no-handshake") { ", recorded" } else { ", this run" },
         fmt_ratio(rm, floor),
         js_res.as_ref().map(|j| fmt_ratio(rm, median_p95(&step(j, "total")).0)).unwrap_or_else(|| "–".into())
     );

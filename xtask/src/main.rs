@@ -34,7 +34,7 @@ fn main() -> ExitCode {
             sim::run(&args[1..])
         }
         other => {
-            eprintln!("usage: cargo xtask <conformance|test> …  (got {other:?})");
+            eprintln!("usage: cargo xtask <test|conformance|sim|interop|bench> …  (got {other:?})");
             return ExitCode::from(2);
         }
     };

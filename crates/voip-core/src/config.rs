@@ -42,9 +42,16 @@ pub struct Config {
     /// `lifetime` written on our `m.call.negotiate`; an unanswered renegotiation is abandoned after
     /// it. Default 10 000.
     pub negotiate_lifetime_ms: u64,
-    /// Local candidates gathered after the invite/answer went out are batched for this long
-    /// before one `m.call.candidates` is sent. Gathering completion flushes at once. Default 100.
+    /// Local candidates gathered after the first batch of a gathering round are batched for
+    /// this long before one `m.call.candidates` is sent. Gathering completion flushes at once.
+    /// Default 100.
     pub candidate_batch_ms: u64,
+    /// The first batch of a gathering round (the host candidates, usually gathered within a few
+    /// milliseconds of the offer or answer) waits only this long, counted from the invite or
+    /// answer going out or from its first candidate, whichever is later: it queues behind the
+    /// invite or answer on the room's send lane anyway, and the peer's ICE cannot start without
+    /// it. Default 20.
+    pub candidate_first_batch_ms: u64,
     /// After ICE reports `disconnected`, wait this long before restarting ICE. Default 2 000.
     pub ice_restart_delay_ms: u64,
     /// How many ICE restarts a call may make (counter reset when ICE connects) before it is hung
@@ -100,6 +107,7 @@ impl Default for Config {
             default_remote_lifetime_ms: 60_000,
             negotiate_lifetime_ms: 10_000,
             candidate_batch_ms: 100,
+            candidate_first_batch_ms: 20,
             ice_restart_delay_ms: 2_000,
             max_ice_restarts: 3,
             ice_failed_timeout_ms: 30_000,
@@ -135,6 +143,13 @@ impl Config {
     #[must_use]
     pub fn with_candidate_batch_ms(mut self, ms: u64) -> Self {
         self.candidate_batch_ms = ms;
+        self
+    }
+
+    /// Sets [`Config::candidate_first_batch_ms`].
+    #[must_use]
+    pub fn with_candidate_first_batch_ms(mut self, ms: u64) -> Self {
+        self.candidate_first_batch_ms = ms;
         self
     }
 

@@ -16,6 +16,8 @@ pub(crate) struct Candidates {
     eoc_sent: bool,
     /// The invite or answer went out, so candidates may follow.
     signalled: bool,
+    /// A batch went out since gathering (re)started: later batches wait the longer window.
+    batch_sent: bool,
     pub(crate) remote_description_set: bool,
     remote: BTreeMap<Option<String>, Vec<Candidate>>,
 }
@@ -48,6 +50,16 @@ impl Candidates {
         !self.local.is_empty()
     }
 
+    /// How long the batch being started waits: the first one of a gathering round `first_ms`
+    /// (it queues behind the invite or answer anyway), later ones `later_ms`.
+    pub(crate) fn batch_window(&self, first_ms: u64, later_ms: u64) -> u64 {
+        if self.batch_sent {
+            later_ms
+        } else {
+            first_ms
+        }
+    }
+
     /// The batch to send now, with end-of-candidates once gathering is complete.
     pub(crate) fn take_local(&mut self) -> Option<Vec<Candidate>> {
         if !self.signalled {
@@ -58,6 +70,9 @@ impl Candidates {
             batch.push(Candidate::end_of_candidates());
             self.eoc_sent = true;
         }
+        if !batch.is_empty() {
+            self.batch_sent = true;
+        }
         (!batch.is_empty()).then_some(batch)
     }
 
@@ -66,6 +81,7 @@ impl Candidates {
         self.local.clear();
         self.gathering_complete = false;
         self.eoc_sent = false;
+        self.batch_sent = false;
     }
 
     pub(crate) fn clear(&mut self) {

@@ -831,8 +831,7 @@ impl Call {
             }
             MediaEvent::LocalCandidate { candidate } => {
                 if self.cands.push_local(candidate) {
-                    self.timers
-                        .set_if_unset(TimerKind::CandidateFlush, ctx.now.plus(ctx.config.candidate_batch_ms));
+                    self.arm_candidate_flush(ctx);
                 }
             }
             MediaEvent::GatheringComplete => {
@@ -951,8 +950,15 @@ impl Call {
         if self.cands.set_signalled() {
             self.flush_candidates(ctx);
         } else if self.cands.has_local() {
-            self.timers.set_if_unset(TimerKind::CandidateFlush, ctx.now.plus(ctx.config.candidate_batch_ms));
+            self.arm_candidate_flush(ctx);
         }
+    }
+
+    /// Starts the batch window for queued local candidates unless one is running.
+    fn arm_candidate_flush(&mut self, ctx: &mut Ctx<'_>) {
+        let window =
+            self.cands.batch_window(ctx.config.candidate_first_batch_ms, ctx.config.candidate_batch_ms);
+        self.timers.set_if_unset(TimerKind::CandidateFlush, ctx.now.plus(window));
     }
 
     fn flush_candidates(&mut self, ctx: &mut Ctx<'_>) {
