@@ -253,6 +253,7 @@ class Member {
         this.log = []; // the worker's stderr, last lines (shown on failure)
         this.local = []; // own keys in use: {key, index, at}
         this.received = new Map(); // sender id -> Map(index:key -> first arrival time)
+        this.memberships = []; // {n, at}: the session's membership count after each change
         this.exited = null;
         const args = [fileURLToPath(import.meta.url), "--worker", "--hs", hs, "--user-id", user.user_id,
             "--device-id", user.device_id, "--token", user.access_token, "--room", room, "--expect", String(expect)];
@@ -280,6 +281,7 @@ class Member {
                     if (!m.has(k)) m.set(k, ev.at);
                 }
             }
+            if (ev.ev === "members") this.memberships.push({ n: ev.n, at: ev.at });
             if (ev.ev === "fatal") fail(`worker ${user.user_id}: ${ev.message}`);
             this.waiters = this.waiters.filter((w) => !w(ev));
             onChange();
@@ -337,6 +339,12 @@ function until(what, check) {
         onChange();
         void what;
     });
+}
+
+/** When every member in `ms` had first seen exactly `n` memberships after `since` (ms after it). */
+function allSaw(ms, n, since) {
+    const ats = ms.map((m) => m.memberships.find((x) => x.at >= since && x.n === n)?.at);
+    return ats.every((a) => a !== undefined) ? Math.round((Math.max(...ats) - since) * 10) / 10 : null;
 }
 
 /** Join complete: the latest event time among "own key" and "a key from each other member". */
@@ -466,6 +474,8 @@ async function coordinator() {
         crypto: "rust (initRustCrypto, in-memory)",
         processes: n,
         use_key_delay_ms: useKeyDelay === undefined ? "js-sdk default (1000)" : Number(useKeyDelay),
+        join_all_memberships_seen_ms: allSaw(members, n, t0),
+        rotation_leave_seen_ms: allSaw(rest, n - 1, t1),
         rotation_first_new_key_received_ms: Math.round(firstNewKeyMs * 10) / 10,
         key_index_before: indexBefore,
         key_index_after: indexAfter,
