@@ -9,7 +9,8 @@
 //!    starts one Synapse in it;
 //! 4. runs, inside it and one after the other, `setup_bench` (raw room-event delivery, N Rust
 //!    calls, with `--groups` the 4-member mesh and 8-member SFU joins and the key rotation) and
-//!    `bench/js-setup.mjs` (N matrix-js-sdk calls on Node + wrtc);
+//!    `bench/js-setup.mjs` (N matrix-js-sdk calls on Node + wrtc) and, with the groups,
+//!    `bench/js-groups.mjs` (8 js-sdk MatrixRTC members in SFU mode: join and key rotation);
 //! 5. prints the results table with ratios (also written to `bench/results/summary.md`), keeps
 //!    the raw JSON in `bench/results/`, and draws `docs/setup-time.svg`.
 //!
@@ -263,7 +264,7 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<bool> {
     c.args(["--homeserver", hs, "--registration-secret", secret, "--calls", &calls.to_string()]);
     c.arg("--out").arg(&rust_json);
     if !flag("--no-groups") {
-        c.arg("--groups");
+        c.arg("--groups").arg("--synapse-log").arg(format!("{data}/homeserver.log"));
     }
     status(&mut c, "setup_bench")?;
     let rust = read_json(&rust_json)?;
@@ -274,6 +275,16 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<bool> {
         c.args(["bench/js-setup.mjs", "--hs", hs, "--calls", &calls.to_string()]).arg("--out").arg(&js_json);
         status(&mut c, "bench/js-setup.mjs")?;
         Some(read_json(&js_json)?)
+    } else {
+        None
+    };
+    let js_groups = if js && !flag("--no-groups") {
+        println!("==> matrix-js-sdk: SFU-mode group of 8 (join, key rotation) on the same Synapse");
+        let out = results.join("js-groups.json");
+        let mut c = ns.exec("node");
+        c.args(["bench/js-groups.mjs", "--hs", hs, "--reg-secret", secret, "--members", "8"]).arg("--out").arg(&out);
+        status(&mut c, "bench/js-groups.mjs")?;
+        Some(read_json(&out)?)
     } else {
         None
     };
@@ -306,13 +317,23 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<bool> {
         js_res.as_ref().map(|j| fmt_ratio(rm, median_p95(&step(j, "total")).0)).unwrap_or_else(|| "–".into())
     );
     if let Some(g) = rust["groups"].as_object() {
+        let num = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+        let (jj, jr) = js_groups
+            .as_ref()
+            .map(|j| (num(&j["sfu8_join_ms"]), num(&j["sfu_rotation_ms"])))
+            .unwrap_or((f64::NAN, f64::NAN));
+        let (rj, rr) = (num(&g["sfu8_join_ms"]), num(&g["sfu_rotation_ms"]));
         md += &format!(
-            "\nGroup join, mesh 4 members (enter → audio on every pair): {:.0} ms; SFU mode 8 members \
-             (enter → every member has every key): {:.0} ms; key rotation after one of 8 leaves (→ all 7 \
-             use a new key all others have): {:.0} ms.\n",
-            g["mesh4_join_ms"].as_f64().unwrap_or(f64::NAN),
-            g["sfu8_join_ms"].as_f64().unwrap_or(f64::NAN),
-            g["sfu_rotation_ms"].as_f64().unwrap_or(f64::NAN)
+            "\n| group (one sample each) | Rust (voip) | matrix-js-sdk | Rust / js-sdk |\n|---|---|---|---|\n\
+             | mesh, 4 members: `enter` → audio on every pair | {:.0} | – | – |\n\
+             | SFU mode, 8 members: `enter` → every member has every key | {rj:.0} | {jj:.0} | {} |\n\
+             | key rotation after one of 8 leaves → all 7 use a new key all others have | {rr:.0} | {jr:.0} | {} |\n\
+             \nHTTP requests of all 8 Rust clients from the leave until 1 s after the rotation (Synapse's \
+             log, `/sync` excluded): {}.\n",
+            num(&g["mesh4_join_ms"]),
+            fmt_ratio(rj, jj),
+            fmt_ratio(rr, jr),
+            g["sfu_rotation_requests"]
         );
     }
     println!("\n{md}");

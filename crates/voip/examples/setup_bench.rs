@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo run -p voip --example setup_bench -- --homeserver URL --registration-secret S \
-//!     [--calls 10] [--groups] [--out results.json]
+//!     [--calls 10] [--groups] [--synapse-log homeserver.log] [--out results.json]
 //! ```
 //!
 //! * **raw**: N plain Megolm room events Alice → Bob, each timed from the start of the send
@@ -18,7 +18,8 @@
 //! * **groups** (`--groups`): a 4-member mesh call, from every member's `enter` until every
 //!   pair is connected with audio both ways; an 8-member LiveKit-mode (SFU) call, from `enter`
 //!   until every member has everyone's media key; then one member leaves and the time until every
-//!   remaining member uses a new key that all the others have.
+//!   remaining member uses a new key that all the others have; with `--synapse-log PATH`
+//!   (Synapse's `homeserver.log`) also the HTTP requests the clients made for it.
 //!
 //! Times are wall-clock milliseconds, observed by polling every 2 ms. The results are printed
 //! as a table and, with `--out`, written as JSON for `cargo xtask bench`.
@@ -221,9 +222,46 @@ async fn mesh_join(hs: &voip_testkit::Synapse) -> Result<f64> {
     Ok(t)
 }
 
+/// The homeserver's access log (Synapse's `homeserver.log`), to count the HTTP requests clients
+/// made in a window. `None` without `--synapse-log`.
+struct AccessLog(Option<std::path::PathBuf>);
+
+impl AccessLog {
+    fn len(&self) -> u64 {
+        self.0.as_ref().and_then(|p| std::fs::metadata(p).ok()).map_or(0, |m| m.len())
+    }
+
+    /// The requests other than `/sync` logged after byte `from`, per kind (`sendToDevice`,
+    /// `send`, `state`, `keys/claim`, `keys/query`, `delayed_events`, other paths) and in total.
+    fn requests_since(&self, from: u64) -> Value {
+        let Some(path) = &self.0 else { return Value::Null };
+        let Ok(bytes) = std::fs::read(path) else { return Value::Null };
+        let text = String::from_utf8_lossy(bytes.get(from as usize..).unwrap_or_default());
+        let mut kinds: BTreeMap<String, u64> = BTreeMap::new();
+        for line in text.lines().filter(|l| l.contains("Processed request")) {
+            let Some(req) = line.split('"').nth(1) else { continue };
+            let mut parts = req.split_whitespace();
+            let (Some(method), Some(path)) = (parts.next(), parts.next()) else { continue };
+            let path = path.split('?').next().unwrap_or(path);
+            if path.ends_with("/sync") {
+                continue;
+            }
+            let kind = ["sendToDevice", "/send/", "/state/", "keys/claim", "keys/query", "delayed_events"]
+                .into_iter()
+                .find(|k| path.contains(k))
+                .map(|k| k.trim_matches('/').to_owned())
+                .unwrap_or_else(|| path.rsplit("/v3/").next().unwrap_or(path).to_owned());
+            *kinds.entry(format!("{method} {kind}")).or_default() += 1;
+        }
+        let total: u64 = kinds.values().sum();
+        json!({ "total": total, "by_kind": kinds })
+    }
+}
+
 /// LiveKit mode with 8 members: `enter` → everyone has everyone's key; then one leaves →
-/// every remaining member uses a new key that all the others have.
-async fn sfu_join_and_rotation(hs: &voip_testkit::Synapse) -> Result<(f64, f64)> {
+/// every remaining member uses a new key that all the others have; the HTTP requests (other
+/// than `/sync`) every client made from the leave until one second after the rotation.
+async fn sfu_join_and_rotation(hs: &voip_testkit::Synapse, log: &AccessLog) -> Result<(f64, f64, Value)> {
     let names = ["s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8"];
     let ps = people(hs, &names).await?;
     let room = room_of(&ps).await?;
@@ -252,6 +290,9 @@ async fn sfu_join_and_rotation(hs: &voip_testkit::Synapse) -> Result<(f64, f64)>
     let rest = &groups[..names.len() - 1];
     let before: Vec<String> =
         rest.iter().map(|g| g.media_keys().and_then(|k| k.local).map(|l| l.1).unwrap_or_default()).collect();
+    // Let the join's last requests land in the log before the window opens.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let log_from = log.len();
     let t1 = Instant::now();
     groups[names.len() - 1].leave()?;
     let rotation = bounded("sfu: every remaining member uses a new key everyone has", async {
@@ -272,13 +313,15 @@ async fn sfu_join_and_rotation(hs: &voip_testkit::Synapse) -> Result<(f64, f64)>
         }
     })
     .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let requests = log.requests_since(log_from);
     for g in rest {
         g.leave()?;
     }
     for p in &ps {
         p.voip.shutdown().await;
     }
-    Ok((join, rotation))
+    Ok((join, rotation, requests))
 }
 
 async fn run() -> Result<()> {
@@ -307,11 +350,18 @@ async fn run() -> Result<()> {
     let mut groups = json!(null);
     if args.iter().any(|a| a == "--groups") {
         let mesh = mesh_join(&hs).await?;
-        let (sfu, rotation) = sfu_join_and_rotation(&hs).await?;
+        let log = AccessLog(arg(&args, "--synapse-log").map(Into::into));
+        let (sfu, rotation, requests) = sfu_join_and_rotation(&hs, &log).await?;
         println!(
-            "mesh join (4): {mesh:.0} ms, sfu join (8): {sfu:.0} ms, key rotation (7 left): {rotation:.0} ms"
+            "mesh join (4): {mesh:.0} ms, sfu join (8): {sfu:.0} ms, key rotation (7 left): {rotation:.0} ms, \
+             requests {requests}"
         );
-        groups = json!({ "mesh4_join_ms": mesh, "sfu8_join_ms": sfu, "sfu_rotation_ms": rotation });
+        groups = json!({
+            "mesh4_join_ms": mesh,
+            "sfu8_join_ms": sfu,
+            "sfu_rotation_ms": rotation,
+            "sfu_rotation_requests": requests,
+        });
     }
 
     let steps = [
