@@ -169,6 +169,29 @@ struct LocalTrack {
 }
 
 /// The call task's state.
+/// After a local candidate, how long the first description waits for another one of the same
+/// gathering burst before it is reported.
+const CANDIDATE_LULL: Duration = Duration::from_millis(2);
+
+/// The call's first local description, applied but not yet reported: it waits for the
+/// candidates gathered at once, so that its SDP carries them.
+struct PendingReport {
+    pc: Arc<dyn PeerConnection>,
+    fallback: RTCSessionDescription,
+    setup: Option<sdp::DtlsSetup>,
+    /// When to report: `latest`, or sooner after a lull in a candidate burst.
+    report_at: tokio::time::Instant,
+    latest: tokio::time::Instant,
+}
+
+/// Sleeps until `at` (forever without one; the `select!` branch is disabled then anyway).
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 pub(crate) struct CallTask {
     call_id: CallId,
     config: Arc<WebrtcConfig>,
@@ -187,6 +210,8 @@ pub(crate) struct CallTask {
     local_description_reported: bool,
     held_candidates: Vec<Candidate>,
     gathering_complete_held: bool,
+    /// The first description, waiting for the candidates gathered at once.
+    pending_report: Option<PendingReport>,
     local_mid: Option<(String, u32)>,
     local_ufrag: Option<String>,
     remote_description_set: bool,
@@ -228,6 +253,7 @@ impl CallTask {
             local_description_reported: false,
             held_candidates: Vec::new(),
             gathering_complete_held: false,
+            pending_report: None,
             local_mid: None,
             local_ufrag: None,
             remote_description_set: false,
@@ -245,8 +271,10 @@ impl CallTask {
     pub(crate) async fn run(mut self, mut commands: mpsc::UnboundedReceiver<CallInput>) {
         let Some(mut pc_rx) = self.pc_rx.take() else { return };
         loop {
+            let report_at = self.pending_report.as_ref().map(|p| p.report_at);
             tokio::select! {
                 biased;
+                () = sleep_until_opt(report_at), if report_at.is_some() => self.finish_pending_report().await,
                 input = commands.recv() => match input {
                     Some(CallInput::Media(MediaCommand::Close)) | None => break,
                     Some(CallInput::Media(cmd)) => self.execute(cmd).await,
@@ -474,14 +502,6 @@ impl CallTask {
         info!(%stream_id, "local stream removed");
     }
 
-    async fn report_local_description(
-        &mut self,
-        pc: &Arc<dyn PeerConnection>,
-        fallback: RTCSessionDescription,
-    ) {
-        self.report_local_description_with(pc, fallback, None).await;
-    }
-
     /// Reports the applied local description, with its `a=setup:` lines set to `setup` if given.
     async fn report_local_description_with(
         &mut self,
@@ -501,12 +521,19 @@ impl CallTask {
             webrtc::peer_connection::RTCSdpType::Answer => SdpType::Answer,
             _ => SdpType::Offer,
         };
+        let in_sdp: BTreeSet<String> = sdp::candidates(&applied.sdp).into_iter().map(str::to_owned).collect();
+        if !in_sdp.is_empty() {
+            debug!(candidates = in_sdp.len(), "local description carries candidates");
+        }
         self.emit(MediaEvent::LocalDescription {
             description: SessionDescription { sdp_type, sdp: applied.sdp },
         });
         self.local_description_reported = true;
         for c in std::mem::take(&mut self.held_candidates) {
-            self.emit(MediaEvent::LocalCandidate { candidate: c });
+            // The description may carry it already (`a=candidate:`); do not trickle it twice.
+            if !in_sdp.contains(c.candidate.trim()) {
+                self.emit(MediaEvent::LocalCandidate { candidate: c });
+            }
         }
         if std::mem::take(&mut self.gathering_complete_held) {
             self.emit(MediaEvent::GatheringComplete);
@@ -529,7 +556,29 @@ impl CallTask {
         if let Err(e) = pc.set_local_description(offer.clone()).await {
             return self.fail(MediaOperation::CreateOffer, e);
         }
-        self.report_local_description(&pc, offer).await;
+        self.report_or_wait(pc, offer, None).await;
+    }
+
+    /// Reports a local description now, or, for the call's first one, once the candidates
+    /// gathered at once are in it (`WebrtcConfig::with_sdp_candidates_wait`).
+    async fn report_or_wait(
+        &mut self,
+        pc: Arc<dyn PeerConnection>,
+        fallback: RTCSessionDescription,
+        setup: Option<sdp::DtlsSetup>,
+    ) {
+        let wait = self.config.sdp_candidates_wait;
+        if self.local_description_reported || wait.is_zero() || self.gathering_complete_held {
+            return self.report_local_description_with(&pc, fallback, setup).await;
+        }
+        let latest = tokio::time::Instant::now() + wait;
+        self.pending_report = Some(PendingReport { pc, fallback, setup, report_at: latest, latest });
+    }
+
+    async fn finish_pending_report(&mut self) {
+        if let Some(p) = self.pending_report.take() {
+            self.report_local_description_with(&p.pc, p.fallback, p.setup).await;
+        }
     }
 
     async fn create_answer(&mut self) {
@@ -553,7 +602,7 @@ impl CallTask {
         // answer other than the one it created, so the settled role is written into the answer
         // we send, not into the one we apply.
         let keep = self.dtls_setup;
-        self.report_local_description_with(&pc, answer, keep).await;
+        self.report_or_wait(pc, answer, keep).await;
         self.refresh_send_state().await;
     }
 
@@ -752,6 +801,10 @@ impl CallTask {
                     self.emit(MediaEvent::LocalCandidate { candidate });
                 } else {
                     self.held_candidates.push(candidate);
+                    if let Some(p) = &mut self.pending_report {
+                        // Candidates gathered at once come in a burst: report after a short lull.
+                        p.report_at = p.latest.min(tokio::time::Instant::now() + CANDIDATE_LULL);
+                    }
                 }
             }
             PcEvent::GatheringComplete => {
@@ -759,6 +812,9 @@ impl CallTask {
                     self.emit(MediaEvent::GatheringComplete);
                 } else {
                     self.gathering_complete_held = true;
+                    if self.pending_report.is_some() {
+                        self.finish_pending_report().await;
+                    }
                 }
             }
             PcEvent::State(state) => {

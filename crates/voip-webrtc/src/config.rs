@@ -83,6 +83,7 @@ pub struct WebrtcConfig {
     pub(crate) mdns: MdnsMode,
     pub(crate) ice_check_interval: Duration,
     pub(crate) prflx_wait: Duration,
+    pub(crate) sdp_candidates_wait: Duration,
     pub(crate) ice_disconnected_timeout: Option<Duration>,
     pub(crate) ice_failed_timeout: Option<Duration>,
     pub(crate) ice_keepalive_interval: Option<Duration>,
@@ -100,6 +101,7 @@ impl fmt::Debug for WebrtcConfig {
             .field("mdns", &self.mdns)
             .field("ice_check_interval", &self.ice_check_interval)
             .field("prflx_wait", &self.prflx_wait)
+            .field("sdp_candidates_wait", &self.sdp_candidates_wait)
             .field("ice_disconnected_timeout", &self.ice_disconnected_timeout)
             .field("ice_failed_timeout", &self.ice_failed_timeout)
             .field("app_sink", &self.sink.is_some())
@@ -110,7 +112,8 @@ impl fmt::Debug for WebrtcConfig {
 impl Default for WebrtcConfig {
     /// Production defaults: bind every interface (`0.0.0.0:0`, loopback skipped), mDNS
     /// query-only and non-fatal, ICE checks every 50 ms, no peer-reflexive nomination wait,
-    /// webrtc-rs's ICE timeouts, bundled test media as the source.
+    /// host candidates in the first offer or answer (up to 30 ms of waiting), webrtc-rs's ICE
+    /// timeouts, bundled test media as the source.
     fn default() -> Self {
         WebrtcConfig {
             ice_servers: Vec::new(),
@@ -119,6 +122,7 @@ impl Default for WebrtcConfig {
             mdns: MdnsMode::QueryOnly,
             ice_check_interval: Duration::from_millis(50),
             prflx_wait: Duration::ZERO,
+            sdp_candidates_wait: Duration::from_millis(30),
             ice_disconnected_timeout: None,
             ice_failed_timeout: None,
             ice_keepalive_interval: None,
@@ -174,6 +178,20 @@ impl WebrtcConfig {
     #[must_use]
     pub fn with_prflx_wait(mut self, wait: Duration) -> Self {
         self.prflx_wait = wait;
+        self
+    }
+
+    /// How long a call's first offer or answer may wait for the local candidates gathered at
+    /// once (host candidates: usually within a few milliseconds) so that it carries them in
+    /// its SDP; later candidates (server-reflexive, relay) trickle as `m.call.candidates`.
+    /// Over Matrix this takes one event off the set-up's critical path: the peer can start
+    /// ICE checks as soon as it has the invite or answer, and its own invite or answer does
+    /// not queue behind our candidates in the homeserver. The description is reported as soon
+    /// as gathering completes or 2 ms pass without a new candidate, at most after `wait`.
+    /// `Duration::ZERO`: report at once and trickle every candidate. Default 30 ms.
+    #[must_use]
+    pub fn with_sdp_candidates_wait(mut self, wait: Duration) -> Self {
+        self.sdp_candidates_wait = wait;
         self
     }
 

@@ -78,6 +78,11 @@ pub(crate) fn announced_tracks(sdp: &str) -> BTreeSet<(StreamId, MediaKind)> {
         .collect()
 }
 
+/// The candidates an SDP carries (`a=candidate:` lines), as `candidate:…` strings.
+pub(crate) fn candidates(sdp: &str) -> BTreeSet<&str> {
+    sdp.lines().filter_map(|l| l.trim().strip_prefix("a=")).filter(|l| l.starts_with("candidate:")).collect()
+}
+
 /// A DTLS role settled by an answer (RFC 8842 §5.1): `a=setup:active` is the DTLS client,
 /// `a=setup:passive` the server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -160,6 +165,17 @@ m=video 0 UDP/TLS/RTP/SAVPF 96\r\na=mid:3\r\na=msid:gone v3\r\n";
         assert!(announced.contains(&(StreamId::from("user1"), MediaKind::Video)));
         assert!(announced.contains(&(StreamId::from("screen1"), MediaKind::Video)));
         assert_eq!(announced.len(), 3, "the rejected section announces nothing");
+    }
+
+    #[test]
+    fn reads_the_candidates_of_an_sdp() {
+        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\n\
+a=candidate:1 1 udp 2130706431 127.0.0.1 5000 typ host\r\na=candidate:2 1 udp 1 192.0.2.1 6000 typ srflx raddr 0.0.0.0 rport 0\r\n\
+a=end-of-candidates\r\n";
+        let found = candidates(sdp);
+        assert_eq!(found.len(), 2);
+        assert!(found.contains("candidate:1 1 udp 2130706431 127.0.0.1 5000 typ host"));
+        assert!(candidates("v=0\r\na=mid:0\r\n").is_empty());
     }
 
     #[test]

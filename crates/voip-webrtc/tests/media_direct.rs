@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use common::Pair;
 use voip_core::media::{CallType, MediaCommand, MediaEvent, MediaKind};
+use voip_webrtc::WebrtcConfig;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn voice_call_carries_valid_opus_both_ways() {
@@ -29,14 +30,35 @@ async fn voice_call_carries_valid_opus_both_ways() {
         assert!(side
             .events
             .contains(&MediaEvent::RemoteTrack { stream_id: stream.into(), kind: MediaKind::Audio }));
-        // Candidates came after the description, with the real mid.
+        // The first description carries the host candidate gathered at once
+        // (`WebrtcConfig::with_sdp_candidates_wait`); anything trickled came after it, with the
+        // real mid, and is not one the description already had.
+        let descriptions: Vec<&str> = side
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                MediaEvent::LocalDescription { description } => Some(description.sdp.as_str()),
+                _ => None,
+            })
+            .collect();
+        let in_sdp: Vec<&str> = descriptions[0]
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("a="))
+            .filter(|l| l.starts_with("candidate:"))
+            .collect();
+        assert!(
+            in_sdp.iter().any(|c| c.contains("127.0.0.1") && c.contains("typ host")),
+            "{}: no host candidate in the first description:\n{}",
+            side.name,
+            descriptions[0]
+        );
         let first_desc = side.events.iter().position(|e| matches!(e, MediaEvent::LocalDescription { .. }));
-        let first_cand = side.events.iter().position(|e| matches!(e, MediaEvent::LocalCandidate { .. }));
-        assert!(first_desc < first_cand, "{}: candidate before description", side.name);
-        for e in &side.events {
+        for (i, e) in side.events.iter().enumerate() {
             if let MediaEvent::LocalCandidate { candidate } = e {
+                assert!(Some(i) > first_desc, "{}: candidate before the description", side.name);
                 assert_eq!(candidate.sdp_mid.as_deref(), Some("0"));
                 assert!(candidate.candidate.contains("127.0.0.1"), "{}", candidate.candidate);
+                assert!(!in_sdp.contains(&candidate.candidate.as_str()), "{}: trickled twice", side.name);
             }
         }
         assert!(side.failures().is_empty(), "{}: {:?}", side.name, side.failures());
@@ -68,7 +90,10 @@ async fn voice_call_carries_valid_opus_both_ways() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offer_carries_the_stream_id_as_msid_and_remote_candidates_may_come_first() {
-    let mut p = Pair::loopback();
+    // Pure trickle (no candidates in the descriptions), so that B really gets A's candidates
+    // only as candidates, before A's offer.
+    let trickle_only = || WebrtcConfig::loopback().with_sdp_candidates_wait(Duration::ZERO);
+    let mut p = Pair::new(trickle_only(), trickle_only());
     // No trickle: B gets A's candidates before its remote description (the engine buffers).
     p.trickle = false;
     let call = p.call.clone();
@@ -96,6 +121,12 @@ async fn offer_carries_the_stream_id_as_msid_and_remote_candidates_may_come_firs
                 _ => None,
             })
             .collect();
+    assert!(!candidates.is_empty(), "A trickled no candidate");
+    assert!(
+        !offer.sdp.contains("a=candidate:"),
+        "trickle only, yet the offer has candidates:\n{}",
+        offer.sdp
+    );
     p.b.exec(&call, MediaCommand::CreatePeer { call_type: CallType::Voice });
     p.b.exec(&call, MediaCommand::AddRemoteCandidates { candidates });
     p.b.exec(&call, MediaCommand::SetRemoteDescription { description: offer });
