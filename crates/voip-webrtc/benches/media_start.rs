@@ -67,7 +67,7 @@ async fn time_to_media(call_type: CallType) -> Duration {
     p.a.exec(&call, MediaCommand::SetRemoteDescription { description: answer });
     let flowing = p.pump_until(Duration::from_secs(20), |p| first_packets(p, call_type).is_some()).await;
     assert!(flowing, "media did not flow: a {:?} b {:?}", p.a.events, p.b.events);
-    assert!(p.a.failures().is_empty() && p.b.failures().is_empty());
+    p.assert_no_failures();
     let last = first_packets(&p, call_type).and_then(|f| f.into_iter().max()).expect("checked above");
     p.a.exec(&call, MediaCommand::Close);
     p.b.exec(&call, MediaCommand::Close);

@@ -74,12 +74,7 @@ async fn rollback_lets_the_polite_side_answer_the_other_offer() {
             >= before + 20)
             .await
     );
-    assert!(
-        p.a.failures().is_empty() && p.b.failures().is_empty(),
-        "{:?} {:?}",
-        p.a.failures(),
-        p.b.failures()
-    );
+    p.assert_no_failures();
     p.hang_up_and_check_no_leaks().await;
 }
 

@@ -238,7 +238,7 @@ async fn hold_stops_media_in_the_held_direction_and_unhold_resumes_it() {
         })
         .await;
     assert!(resumed, "media did not resume both ways after unhold");
-    assert!(p.a.failures().is_empty() && p.b.failures().is_empty());
+    p.assert_no_failures();
     p.hang_up_and_check_no_leaks().await;
 }
 

@@ -85,12 +85,7 @@ async fn offerer_keeps_its_dtls_role_when_answering_a_re_offer() {
         );
     }
     assert!(flows_both_ways(&mut p, 25).await, "media did not flow after the renegotiations");
-    assert!(
-        p.a.failures().is_empty() && p.b.failures().is_empty(),
-        "{:?} {:?}",
-        p.a.failures(),
-        p.b.failures()
-    );
+    p.assert_no_failures();
     p.hang_up_and_check_no_leaks().await;
 }
 
@@ -116,11 +111,6 @@ async fn answerer_keeps_its_dtls_role_in_later_exchanges_either_way() {
     assert_eq!(setup(&answer.sdp), b_role, "B's answer after roles alternated");
 
     assert!(flows_both_ways(&mut p, 25).await, "media did not flow after the renegotiations");
-    assert!(
-        p.a.failures().is_empty() && p.b.failures().is_empty(),
-        "{:?} {:?}",
-        p.a.failures(),
-        p.b.failures()
-    );
+    p.assert_no_failures();
     p.hang_up_and_check_no_leaks().await;
 }

@@ -217,6 +217,16 @@ impl Pair {
         assert!(connected, "not connected: a {:?} b {:?}", self.a.states(), self.b.states());
     }
 
+    /// Neither engine reported a failed media operation.
+    pub fn assert_no_failures(&self) {
+        assert!(
+            self.a.failures().is_empty() && self.b.failures().is_empty(),
+            "a: {:?}, b: {:?}",
+            self.a.failures(),
+            self.b.failures()
+        );
+    }
+
     /// Closes both sides and checks that every task and socket is gone.
     pub async fn hang_up_and_check_no_leaks(&mut self) {
         assert!(self.a.engine.resources().udp_sockets > 0, "sockets were open during the call");
