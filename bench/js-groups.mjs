@@ -49,6 +49,8 @@ import { writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { createInterface } from "node:readline";
+import { api, createRoom, quietLogger } from "../interop/lib/homeserver.mjs";
+import { polyfillPromiseWithResolvers } from "../interop/lib/node-compat.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const sdkDir = join(here, "..", "interop", "node_modules", "matrix-js-sdk");
@@ -71,22 +73,11 @@ async function worker() {
     const emit = (ev, fields = {}) => process.stdout.write(JSON.stringify({ ev, at: now(), ...fields }) + "\n");
     // js-sdk logs through console.*: keep stdout for the protocol.
     for (const k of ["log", "info", "debug", "trace", "warn"]) console[k] = (...a) => console.error(...a);
-    if (!Promise.withResolvers) {
-        // js-sdk >= 37.6 targets Node 22; Node 20 lacks this.
-        Promise.withResolvers = function () {
-            let resolve;
-            let reject;
-            const promise = new Promise((a, b) => {
-                resolve = a;
-                reject = b;
-            });
-            return { promise, resolve, reject };
-        };
-    }
+    polyfillPromiseWithResolvers();
     const lib = (p) => import(pathToFileURL(join(sdkDir, "lib", p)).href);
     const sdk = await lib("index.js");
     const { MatrixRTCSessionEvent } = await lib("matrixrtc/MatrixRTCSession.js");
-    quietLogger((await lib("logger.js")).logger);
+    quietLogger((await lib("logger.js")).logger, process.env.JS_GROUPS_LOG ?? "warn");
 
     const [hs, userId, deviceId, token, roomId] = ["--hs", "--user-id", "--device-id", "--token", "--room"].map(
         (n) => opt(n),
@@ -157,32 +148,8 @@ async function worker() {
     rl.on("close", () => process.exit(0));
 }
 
-/** js-sdk's loggers force DEBUG on creation: filter through the method factory instead. */
-function quietLogger(logger) {
-    const level = process.env.JS_GROUPS_LOG ?? "warn";
-    const order = ["trace", "debug", "info", "warn", "error"];
-    const min = order.indexOf(level);
-    const orig = logger.methodFactory;
-    logger.methodFactory = function (methodName, logLevel, loggerName) {
-        const raw = orig.call(this, methodName, logLevel, loggerName);
-        return order.indexOf(methodName) >= min ? raw : () => {};
-    };
-    if (typeof logger.rebuild === "function") logger.rebuild();
-    else logger.setLevel(logger.getLevel());
-}
-
 // ---------------------------------------------------------------------------------------------
 // Coordinator.
-
-async function api(hs, method, path, body, token) {
-    const res = await fetch(hs + path, {
-        method,
-        headers: { "content-type": "application/json", ...(token ? { authorization: `Bearer ${token}` } : {}) },
-        body: body === undefined ? undefined : JSON.stringify(body),
-    });
-    const json = await res.json().catch(() => ({}));
-    return { status: res.status, json };
-}
 
 /** Synapse's shared-secret registration (HMAC-SHA1 over nonce, user, password, admin flag). */
 async function register(hs, secret, localpart) {
@@ -207,41 +174,6 @@ async function register(hs, secret, localpart) {
         if (r.status !== 200) throw new Error(`register ${localpart}: ${r.status} ${JSON.stringify(r.json)}`);
         return { user_id: r.json.user_id, device_id: r.json.device_id, access_token: r.json.access_token };
     }
-}
-
-/** One encrypted private room with everybody in it; call-member state open to members. */
-async function createRoom(hs, members) {
-    const [creator, ...others] = members;
-    const callMemberTypes = [
-        "org.matrix.msc3401.call.member",
-        "com.famedly.call.member",
-        "org.matrix.msc3401.call",
-        "org.matrix.msc4143.rtc.member",
-        "m.rtc.slot",
-        "org.matrix.msc4143.rtc.slot",
-    ];
-    const room = await api(
-        hs,
-        "POST",
-        "/_matrix/client/v3/createRoom",
-        {
-            preset: "private_chat",
-            name: "js-groups bench",
-            invite: others.map((u) => u.user_id),
-            power_level_content_override: { events: Object.fromEntries(callMemberTypes.map((t) => [t, 0])) },
-            initial_state: [
-                { type: "m.room.encryption", state_key: "", content: { algorithm: "m.megolm.v1.aes-sha2" } },
-            ],
-        },
-        creator.access_token,
-    );
-    if (room.status !== 200) throw new Error(`createRoom: ${room.status} ${JSON.stringify(room.json)}`);
-    const roomId = room.json.room_id;
-    for (const u of others) {
-        const j = await api(hs, "POST", `/_matrix/client/v3/join/${encodeURIComponent(roomId)}`, {}, u.access_token);
-        if (j.status !== 200) throw new Error(`join ${u.user_id}: ${j.status} ${JSON.stringify(j.json)}`);
-    }
-    return roomId;
 }
 
 /** A member's worker process and what it has reported. */
@@ -422,7 +354,7 @@ async function coordinator() {
     const suffix = Math.random().toString(36).slice(2, 8);
     const users = [];
     for (let i = 1; i <= n; i++) users.push(await register(hs, secret, `jsg${i}-${suffix}`));
-    const room = await createRoom(hs, users);
+    const room = await createRoom(hs, users, { encrypted: true, name: "js-groups bench" });
     members = users.map((u) => new Member(hs, u, room, n, useKeyDelay));
     phaseName = "workers ready";
     phaseMembers = members;

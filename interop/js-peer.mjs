@@ -14,6 +14,7 @@
 // Events:   ready, incoming, state, hold, ended, stats, error, rtc-members, rtc-key, rtc-joined,
 //           rtc-left, bye. Each has "ev" and "t" (ms since start).
 
+import { api, createRoom, quietLogger } from "./lib/homeserver.mjs";
 import { setupShim } from "./lib/shim.mjs";
 import { startPeer } from "./lib/peer-core.mjs";
 
@@ -39,16 +40,6 @@ function args(argv) {
 const opts = args(process.argv.slice(2));
 const verb = opts._[0];
 
-async function api(hs, method, path, body, token) {
-    const res = await fetch(hs + path, {
-        method,
-        headers: { "content-type": "application/json", ...(token ? { authorization: `Bearer ${token}` } : {}) },
-        body: body === undefined ? undefined : JSON.stringify(body),
-    });
-    const json = await res.json().catch(() => ({}));
-    return { status: res.status, json };
-}
-
 async function register(hs, name) {
     const body = { username: name, password: `pw-${name}`, initial_device_display_name: `interop ${name}` };
     let r = await api(hs, "POST", "/_matrix/client/v3/register", body);
@@ -70,46 +61,12 @@ async function setup() {
     const users = [];
     for (const n of names) users.push(await register(hs, `${n}-${suffix}`));
     // One room with everybody, plus one room per extra pair (--pairs 0-2,1-2: indices into users).
-    const rooms = [await createRoom(hs, users)];
+    const encrypted = Boolean(opts.encrypted);
+    const rooms = [await createRoom(hs, users, { encrypted })];
     for (const pair of String(opts.pairs ?? "").split(",").filter(Boolean)) {
-        rooms.push(await createRoom(hs, pair.split("-").map((i) => users[Number(i)])));
+        rooms.push(await createRoom(hs, pair.split("-").map((i) => users[Number(i)]), { encrypted }));
     }
     process.stdout.write(JSON.stringify({ room_id: rooms[0], rooms, users }) + "\n");
-}
-
-async function createRoom(hs, members) {
-    const [creator, ...others] = members;
-    const callMemberTypes = [
-        "org.matrix.msc3401.call.member",
-        "com.famedly.call.member",
-        "org.matrix.msc3401.call",
-        "org.matrix.msc4143.rtc.member",
-        "m.rtc.slot",
-        "org.matrix.msc4143.rtc.slot",
-    ];
-    const room = await api(
-        hs,
-        "POST",
-        "/_matrix/client/v3/createRoom",
-        {
-            preset: "private_chat",
-            name: "interop",
-            invite: others.map((u) => u.user_id),
-            power_level_content_override: { events: Object.fromEntries(callMemberTypes.map((t) => [t, 0])) },
-            // Element Call rooms are encrypted; crypto then tracks the members' devices (Olm to-device).
-            initial_state: opts.encrypted
-                ? [{ type: "m.room.encryption", state_key: "", content: { algorithm: "m.megolm.v1.aes-sha2" } }]
-                : [],
-        },
-        creator.access_token,
-    );
-    if (room.status !== 200) throw new Error(`createRoom: ${room.status} ${JSON.stringify(room.json)}`);
-    const roomId = room.json.room_id;
-    for (const u of others) {
-        const j = await api(hs, "POST", `/_matrix/client/v3/join/${encodeURIComponent(roomId)}`, {}, u.access_token);
-        if (j.status !== 200) throw new Error(`join ${u.user_id}: ${j.status} ${JSON.stringify(j.json)}`);
-    }
-    return roomId;
 }
 
 async function peer() {
@@ -121,7 +78,7 @@ async function peer() {
     const { CallEventHandlerEvent } = await import(`${sdkName}/lib/webrtc/callEventHandler.js`);
     const { MatrixRTCSessionEvent } = await import(`${sdkName}/lib/matrixrtc/MatrixRTCSession.js`);
     const { logger } = await import(`${sdkName}/lib/logger.js`);
-    quietLogger(logger);
+    quietLogger(logger, process.env.JS_PEER_LOG ?? "warn");
     const m = { CallEvent, CallState, CallErrorCode, CallEventHandlerEvent, MatrixRTCSessionEvent };
     const sdkLabel = sdkName === "matrix-js-sdk" ? "43" : "40";
     const commands = await startPeer({ sdk, m, sdkLabel, opts, emit });
@@ -153,20 +110,6 @@ async function peer() {
         }
     });
     rl.on("close", () => commands.quit());
-}
-
-/** js-sdk's loggers force DEBUG on creation: filter through the method factory instead. */
-function quietLogger(logger) {
-    const level = process.env.JS_PEER_LOG ?? "warn";
-    const order = ["trace", "debug", "info", "warn", "error"];
-    const min = order.indexOf(level);
-    const orig = logger.methodFactory;
-    logger.methodFactory = function (methodName, logLevel, loggerName) {
-        const raw = orig.call(this, methodName, logLevel, loggerName);
-        return order.indexOf(methodName) >= min ? raw : () => {};
-    };
-    if (typeof logger.rebuild === "function") logger.rebuild();
-    else logger.setLevel(logger.getLevel());
 }
 
 const main = verb === "setup" ? setup : verb === "peer" ? peer : null;

@@ -9,6 +9,8 @@
 
 import { createRequire } from "node:module";
 
+import { polyfillPromiseWithResolvers } from "./node-compat.mjs";
+
 const require = createRequire(import.meta.url);
 const wrtc = require("@roamhq/wrtc");
 
@@ -16,18 +18,7 @@ const SAMPLE_RATE = 48000;
 const FRAME = SAMPLE_RATE / 100; // 10 ms frames, as RTCAudioSource requires
 
 export function setupShim({ trickle = false } = {}) {
-    if (!Promise.withResolvers) {
-        // js-sdk >= 37.6 targets Node 22; Node 20 lacks this.
-        Promise.withResolvers = function () {
-            let resolve;
-            let reject;
-            const promise = new Promise((a, b) => {
-                resolve = a;
-                reject = b;
-            });
-            return { promise, resolve, reject };
-        };
-    }
+    polyfillPromiseWithResolvers();
 
     const sources = [];
     const timers = [];
