@@ -23,6 +23,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{anyhow, bail, Context};
+
+use crate::netns::{status, Netns};
 use serde_json::Value;
 
 /// voip-webrtc `media_start` bench, voice (docs/benchmarks.md, issue #5): mean ms, used only
@@ -51,14 +53,6 @@ const STEPS: [&str; 8] = [
     "total",
 ];
 
-fn status(c: &mut Command, what: &str) -> anyhow::Result<()> {
-    let s = c.status().with_context(|| format!("running {what}"))?;
-    if !s.success() {
-        bail!("{what} failed ({s})");
-    }
-    Ok(())
-}
-
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| crate::root().join("target"))
 }
@@ -66,36 +60,6 @@ fn target_dir() -> PathBuf {
 fn cargo(args: &[&str]) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     status(Command::new(cargo).args(args).current_dir(crate::root()), &format!("cargo {}", args.join(" ")))
-}
-
-/// A network namespace with `lo` and an inside-only veth pair, deleted on drop.
-struct Netns(String);
-
-impl Netns {
-    fn create(name: &str) -> anyhow::Result<Netns> {
-        let _ = Command::new("ip").args(["netns", "del", name]).stderr(Stdio::null()).status();
-        status(Command::new("ip").args(["netns", "add", name]), "ip netns add (needs root)")?;
-        let ns = Netns(name.to_owned());
-        let ip = |args: &[&str]| status(Command::new("ip").args(["-n", name]).args(args), "ip");
-        ip(&["link", "set", "lo", "up"])?;
-        ip(&["link", "add", "vb0", "type", "veth", "peer", "name", "vb1"])?;
-        ip(&["addr", "add", "127.0.0.2/32", "dev", "vb0"])?;
-        ip(&["link", "set", "vb0", "up"])?;
-        ip(&["link", "set", "vb1", "up"])?;
-        Ok(ns)
-    }
-
-    fn exec(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.0]).arg(program).current_dir(crate::root());
-        c
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
 }
 
 /// Synapse started by `synapse-rig` in the namespace, stopped (and its data removed) on drop.

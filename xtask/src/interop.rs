@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use serde_json::{json, Value};
 
+use crate::netns::{status, Netns};
+
 /// How long any single expected event may take before the scenario fails (a bound, not a
 /// latency assertion: call set-up takes about 1 s on an idle machine).
 const WAIT: Duration = Duration::from_secs(30);
@@ -33,14 +35,6 @@ const PACKETS: u64 = 25;
 
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| crate::root().join("target"))
-}
-
-fn status(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
-    let st = cmd.status().with_context(|| format!("running {what}"))?;
-    if !st.success() {
-        bail!("{what} failed ({st})");
-    }
-    Ok(())
 }
 
 fn cargo_build(args: &[&str]) -> anyhow::Result<()> {
@@ -584,32 +578,6 @@ fn ensure_eq(a: &str, b: &str, what: &str) -> anyhow::Result<()> {
         bail!("{what} differ: {a:?} vs {b:?}");
     }
     Ok(())
-}
-
-/// The network namespace, deleted on drop.
-struct Netns(String);
-
-impl Netns {
-    fn create(name: &str) -> anyhow::Result<Netns> {
-        let _ = Command::new("ip").args(["netns", "del", name]).stderr(Stdio::null()).status();
-        status(Command::new("ip").args(["netns", "add", name]), "ip netns add (needs root)")?;
-        let ns = Netns(name.to_owned());
-        let ip = |args: &[&str]| status(Command::new("ip").args(["-n", name]).args(args), "ip");
-        ip(&["link", "set", "lo", "up"])?;
-        // A veth pair that stays inside the namespace: gives libwebrtc a non-loopback interface
-        // (Chromium gathers nothing with lo alone; wrtc and webrtc-rs use 127.0.0.2 and lo).
-        ip(&["link", "add", "vi0", "type", "veth", "peer", "name", "vi1"])?;
-        ip(&["addr", "add", "127.0.0.2/32", "dev", "vi0"])?;
-        ip(&["link", "set", "vi0", "up"])?;
-        ip(&["link", "set", "vi1", "up"])?;
-        Ok(ns)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
 }
 
 /// Synapse inside the namespace, stopped on drop.

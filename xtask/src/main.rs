@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 mod conformance;
+mod netns;
 mod test;
 
 fn main() -> ExitCode {
