@@ -168,7 +168,6 @@ struct LocalTrack {
     task: tokio::task::JoinHandle<()>,
 }
 
-/// The call task's state.
 /// After a local candidate, how long the first description waits for another one of the same
 /// gathering burst before it is reported.
 const CANDIDATE_LULL: Duration = Duration::from_millis(2);
@@ -192,6 +191,7 @@ async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
     }
 }
 
+/// The call task's state.
 pub(crate) struct CallTask {
     call_id: CallId,
     config: Arc<WebrtcConfig>,
@@ -521,19 +521,23 @@ impl CallTask {
             webrtc::peer_connection::RTCSdpType::Answer => SdpType::Answer,
             _ => SdpType::Offer,
         };
-        let in_sdp: BTreeSet<String> = sdp::candidates(&applied.sdp).into_iter().map(str::to_owned).collect();
-        if !in_sdp.is_empty() {
-            debug!(candidates = in_sdp.len(), "local description carries candidates");
-        }
+        // Held candidates the description already carries (`a=candidate:`) are not trickled.
+        let fresh: Vec<Candidate> = {
+            let in_sdp = sdp::candidates(&applied.sdp);
+            if !in_sdp.is_empty() {
+                debug!(candidates = in_sdp.len(), "local description carries candidates");
+            }
+            std::mem::take(&mut self.held_candidates)
+                .into_iter()
+                .filter(|c| !in_sdp.contains(c.candidate.trim()))
+                .collect()
+        };
         self.emit(MediaEvent::LocalDescription {
             description: SessionDescription { sdp_type, sdp: applied.sdp },
         });
         self.local_description_reported = true;
-        for c in std::mem::take(&mut self.held_candidates) {
-            // The description may carry it already (`a=candidate:`); do not trickle it twice.
-            if !in_sdp.contains(c.candidate.trim()) {
-                self.emit(MediaEvent::LocalCandidate { candidate: c });
-            }
+        for candidate in fresh {
+            self.emit(MediaEvent::LocalCandidate { candidate });
         }
         if std::mem::take(&mut self.gathering_complete_held) {
             self.emit(MediaEvent::GatheringComplete);
