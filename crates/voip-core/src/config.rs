@@ -97,6 +97,8 @@ pub struct Config {
     /// Ended calls are remembered this long so late or replayed events for them are ignored.
     /// Default 600 000.
     pub ended_call_memory_ms: u64,
+    /// A remote invite rings at most this long, whatever `lifetime` it claims. Default 90 000.
+    pub max_remote_lifetime_ms: u64,
 }
 
 impl Default for Config {
@@ -127,6 +129,7 @@ impl Default for Config {
             rtc_refresh_ms: 3_595_000,
             rtc_delayed_leave_ms: 10_000,
             rtc_delayed_restart_ms: 5_000,
+            max_remote_lifetime_ms: 90_000,
         }
     }
 }

@@ -30,7 +30,8 @@ pub enum Input {
         to_device: Vec<ToDeviceEvent>,
     },
     /// A group-call membership state event (`com.famedly.call.member`,
-    /// `org.matrix.msc3401.call.member`), from the room's initial state or a change.
+    /// `org.matrix.msc3401.call.member`), from the room's initial state or a change; also the
+    /// room's `m.room.encryption` (an encrypted room stays encrypted).
     StateEvent(StateEvent),
     /// What the homeserver supports (from `/versions`).
     ServerSupport {
@@ -52,6 +53,13 @@ pub enum Input {
         call_id: CallId,
         /// The report.
         event: MediaEvent,
+    },
+    /// Our `m.ignored_user_list` (account data), whole: these users never ring us and are not
+    /// called in mesh group calls.
+    IgnoredUsers {
+        /// The ignored users.
+        #[serde(default)]
+        users: Vec<UserId>,
     },
     /// Time passed; fire due timers. Equivalent to any other input with the same `now`.
     Tick,
@@ -268,6 +276,13 @@ pub struct RoomEvent {
     /// `unsigned.age` at the time the event was received, if the server sent it.
     #[serde(default)]
     pub age_ms: Option<u64>,
+    /// Whether it arrived Megolm-encrypted. In a room with `m.room.encryption` (see
+    /// [`Input::StateEvent`]) cleartext call events are refused.
+    #[serde(default)]
+    pub encrypted: bool,
+    /// The sending device, as the Megolm session vouches for it, when known.
+    #[serde(default)]
+    pub sender_device: Option<DeviceId>,
 }
 
 /// A state event.
@@ -365,5 +380,12 @@ pub enum SendOutcome {
         /// The Matrix `errcode` (e.g. `M_NOT_FOUND` for a delayed event that already fired).
         #[serde(default)]
         errcode: Option<String>,
+    },
+    /// A delayed event's delay is above the homeserver's maximum (MSC4140: `400` with
+    /// `org.matrix.msc4140.errcode: M_MAX_DELAY_EXCEEDED` and `org.matrix.msc4140.max_delay`).
+    /// Not retried as is; the core schedules again with `max_delay_ms`.
+    MaxDelayExceeded {
+        /// The server's `org.matrix.msc4140.max_delay`, in milliseconds.
+        max_delay_ms: u64,
     },
 }

@@ -1,4 +1,5 @@
 #![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs)]
 #![warn(unreachable_pub, missing_debug_implementations)]
 
@@ -13,6 +14,7 @@ mod keys;
 mod machine;
 pub mod media;
 mod output;
+mod quota;
 mod rng;
 mod sends;
 mod timers;

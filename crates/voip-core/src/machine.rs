@@ -6,11 +6,13 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use crate::call::remote::{Disposition, Ignored, Sender};
+use crate::call::incoming::{self, Gate};
+use crate::call::memory::{EarlyCandidates, EarlyRefused, EndedCalls};
 use crate::call::{glare, Call, CallInfo, GroupLink, Incoming, Outgoing};
 use crate::config::{BusySignal, Config, GlareBehaviour};
 use crate::ctx::Ctx;
 use crate::error::{ApiMisuse, Error};
-use crate::group::membership::MembershipStore;
+use crate::group::membership::{self, Device, MembershipStore};
 use crate::group::{self, GroupCall, GroupCallInfo, GroupCallState, GroupOp, JoinParams};
 use crate::ids::{CallId, DeviceId, GroupCallId, LocalDevice, PartyId, RoomId, Timestamp, UserId};
 use crate::input::{
@@ -18,6 +20,7 @@ use crate::input::{
 };
 use crate::media::{CallType, Candidate, MediaEvent};
 use crate::output::{CallDirection, CallState, EndReason, Event, Initiator, Output};
+use crate::quota::{PerSender, Quota};
 use crate::rng::Rng;
 use crate::sends::{SendTable, SendVerdict};
 use crate::timers::{Deadline, TimerKind};
@@ -29,9 +32,10 @@ use crate::wire::{WireError, WireErrorKind};
 const MESH_RETRY_MS: u64 = 2_000;
 const MESH_MAX_ATTEMPTS: u32 = 3;
 
-/// Most ended call ids remembered, and most unknown calls with buffered candidates.
-const MAX_ENDED: usize = 4096;
-const MAX_ORPHANS: usize = 64;
+/// Mesh invites that overtook their sender's membership: per sender and in all.
+const PENDING_MESH_QUOTA: Quota = Quota { per_sender: 4, total: 64 };
+/// How long such an invite waits.
+const PENDING_MESH_MS: u64 = 10_000;
 
 /// How many received events were applied or refused, by cause. For logs, metrics and tests.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,6 +58,24 @@ pub struct Counters {
     pub wrong_state: u64,
     /// Invites refused because we were busy.
     pub busy: u64,
+    /// Call events refused for want of encryption: to-device call events that were not
+    /// Olm-encrypted (or whose sending device Olm did not vouch for), and cleartext room call
+    /// events in a room with `m.room.encryption`.
+    #[serde(default)]
+    pub unauthenticated: u64,
+    /// Invites from users on our `m.ignored_user_list`.
+    #[serde(default)]
+    pub ignored_users: u64,
+    /// New calls refused because their sender used up its budget of new calls.
+    #[serde(default)]
+    pub rate_limited: u64,
+    /// Membership events written at a state key naming another user (see `docs/security.md`).
+    #[serde(default)]
+    pub foreign_state_keys: u64,
+    /// New membership keys refused because their sender already holds as many as it may in the
+    /// room (or, for sticky ones, because as many are held in total).
+    #[serde(default)]
+    pub memberships_over_limit: u64,
 }
 
 impl Counters {
@@ -67,21 +89,6 @@ impl Counters {
             Disposition::Ignored(Ignored::Expired) => self.expired += 1,
         }
     }
-}
-
-#[derive(Debug)]
-struct Ended {
-    forget_at: Timestamp,
-    /// The user the call was with (or who hung up an unknown call).
-    peer: UserId,
-}
-
-#[derive(Debug)]
-struct Orphan {
-    expires_at: Timestamp,
-    room_id: RoomId,
-    sender: UserId,
-    by_party: Vec<(Option<String>, Vec<Candidate>)>,
 }
 
 /// Where a received call event came from.
@@ -121,8 +128,12 @@ pub struct Voip {
     rng: Rng,
     now: Timestamp,
     calls: BTreeMap<CallId, Call>,
-    ended: BTreeMap<CallId, Ended>,
-    orphans: BTreeMap<CallId, Orphan>,
+    ended: EndedCalls,
+    early: EarlyCandidates,
+    /// Who may ring us (ignored users, per-sender budgets).
+    gate: Gate,
+    /// Rooms with `m.room.encryption`: cleartext call events there are refused.
+    encrypted_rooms: BTreeSet<RoomId>,
     members: BTreeMap<RoomId, BTreeMap<UserId, Membership>>,
     out: VecDeque<Output>,
     sends: SendTable,
@@ -141,11 +152,13 @@ pub struct Voip {
     /// Counter of group joins (see `GroupCall::generation`).
     group_generation: u64,
     /// Mesh invites that overtook their sender's membership.
-    pending_mesh: Vec<PendingMeshInvite>,
+    pending_mesh: PerSender<CallId, PendingMeshInvite>,
     /// Groups whose mesh needs another look (a peer call ended), and when.
     mesh_retry: BTreeMap<GroupCallId, Timestamp>,
-    /// Calls placed per (group, peer, peer session) since the last one that connected.
-    mesh_attempts: BTreeMap<(GroupCallId, UserId, DeviceId, String), u32>,
+    /// Calls placed per (group, peer device) to its current session since the last one that
+    /// connected: (session, attempts). One entry per member device, so a member changing
+    /// sessions cannot grow it.
+    mesh_attempts: BTreeMap<(GroupCallId, UserId, DeviceId), (String, u32)>,
 }
 
 macro_rules! ctx {
@@ -171,8 +184,10 @@ impl Voip {
             rng: Rng::from_seed(seed),
             now: Timestamp(0),
             calls: BTreeMap::new(),
-            ended: BTreeMap::new(),
-            orphans: BTreeMap::new(),
+            ended: EndedCalls::default(),
+            early: EarlyCandidates::default(),
+            gate: Gate::default(),
+            encrypted_rooms: BTreeSet::new(),
             members: BTreeMap::new(),
             out: VecDeque::new(),
             sends: SendTable::with_session(session_tag(&seed)),
@@ -184,7 +199,7 @@ impl Voip {
             delayed_events: None,
             expiry_checked: Timestamp(0),
             group_generation: 0,
-            pending_mesh: Vec::new(),
+            pending_mesh: PerSender::new(PENDING_MESH_QUOTA),
             mesh_retry: BTreeMap::new(),
             mesh_attempts: BTreeMap::new(),
         }
@@ -250,6 +265,7 @@ impl Voip {
             }
             Input::SendResult { id, result } => {
                 let mut errcode = None;
+                let mut max_delay = None;
                 let verdict = match result {
                     SendOutcome::Sent { delay_id, event_id } => {
                         if let Some((group, generation, op)) = self.sends.sent(id, &mut self.out) {
@@ -270,6 +286,12 @@ impl Voip {
                         self.config.max_send_retries,
                         &mut self.out,
                     ),
+                    SendOutcome::MaxDelayExceeded { max_delay_ms } => {
+                        tracing::warn!(%id, max_delay_ms, "delay above the server's maximum");
+                        errcode = Some(group::MAX_DELAY_EXCEEDED.to_owned());
+                        max_delay = Some(max_delay_ms);
+                        self.sends.failed(id, self.now, false, None, 0, &mut self.out)
+                    }
                     SendOutcome::Failed { retryable, error, errcode: code } => {
                         tracing::warn!(%id, %error, retryable, ?code, "send failed");
                         errcode = code;
@@ -289,7 +311,7 @@ impl Voip {
                         call.send_gave_up(&mut ctx!(self), purpose);
                     }
                     if let Some((group, generation, op)) = group {
-                        self.group_failed(&group, generation, op, errcode.as_deref());
+                        self.group_failed(&group, generation, op, errcode.as_deref(), max_delay);
                     }
                 }
                 Ok(())
@@ -298,6 +320,15 @@ impl Voip {
             Input::StateEvent(e) => self.handle_state_event(e),
             Input::ServerSupport { delayed_events } => {
                 self.delayed_events = Some(delayed_events);
+                Ok(())
+            }
+            Input::IgnoredUsers { users } => {
+                self.gate.set_ignored(users);
+                // Mesh: stop calling them.
+                let joined: Vec<GroupCallId> = self.groups.keys().cloned().collect();
+                for g in joined {
+                    self.reconcile_mesh(&g);
+                }
                 Ok(())
             }
             Input::Tick => Ok(()),
@@ -355,13 +386,15 @@ impl Voip {
         if let Some(at) = self.store.next_expiry(self.now) {
             offer(Deadline { at, reason: TimerKind::MembershipExpiry, call_id: None, request_id: None });
         }
-        let housekeeping = self
-            .ended
-            .values()
-            .map(|e| e.forget_at)
-            .chain(self.orphans.values().map(|o| o.expires_at))
-            .chain(self.pending_mesh.iter().map(|p| p.expires_at))
-            .min();
+        let housekeeping = [
+            self.ended.next_expiry(),
+            self.early.next_expiry(),
+            self.pending_mesh.next_expiry(),
+            self.gate.next_expiry(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         if let Some(at) = housekeeping {
             offer(Deadline {
                 at: at.max(self.now),
@@ -603,7 +636,7 @@ impl Voip {
                 Ok(())
             }
             // Engines report late (candidates, state changes) after Close: not an error.
-            None if self.ended.contains_key(&call_id) => Ok(()),
+            None if self.ended.contains(&call_id) => Ok(()),
             None => Err(ApiMisuse::UnknownMediaCall { call_id }.into()),
         }
     }
@@ -618,10 +651,18 @@ impl Voip {
                 .then(|| c.get("call_id").and_then(|v| v.as_str()).map(str::to_owned))
                 .flatten()
         };
+        // Only events that may act at all count (cleartext ones where encryption is required
+        // do not).
         let settled: BTreeSet<(String, UserId)> = room_events
             .iter()
+            .filter(|e| self.room_event_authenticated(e))
             .map(|e| (e.event_type.as_str(), &e.content, &e.sender))
-            .chain(to_device.iter().map(|e| (e.event_type.as_str(), &e.content, &e.sender)))
+            .chain(
+                to_device
+                    .iter()
+                    .filter(|e| self.to_device_sender(e).is_some())
+                    .map(|e| (e.event_type.as_str(), &e.content, &e.sender)),
+            )
             .filter_map(|(t, c, sender)| call_id_of(t, c).map(|id| (id, sender.clone())))
             .collect();
         for e in room_events {
@@ -666,15 +707,32 @@ impl Voip {
         if !wire::is_call_event_type(&e.event_type) {
             return Ok(());
         }
+        if !self.room_event_authenticated(&e) {
+            self.counters.unauthenticated += 1;
+            tracing::warn!(sender = %e.sender, room = %e.room_id, "cleartext call event in an encrypted room refused");
+            return Ok(());
+        }
         let age = e.age_ms.unwrap_or_else(|| self.now.since(e.origin_server_ts));
         let source = Source {
             room_id: e.room_id,
             sender: &e.sender,
-            device: None,
+            device: e.sender_device.as_ref(),
             age_ms: Some(age),
             signalling: Signalling::Room,
         };
         Self::dispatch(self, &e.event_type, &e.content, source, settled)
+    }
+
+    /// Whether a room call event may be acted on: in a room with `m.room.encryption` it must
+    /// have arrived Megolm-encrypted.
+    fn room_event_authenticated(&self, e: &RoomEvent) -> bool {
+        e.encrypted || !self.encrypted_rooms.contains(&e.room_id)
+    }
+
+    /// The sending device of a to-device event as Olm vouches for it: `None` for a cleartext
+    /// event (its `device_id` / `sender_device` claims are never believed).
+    fn to_device_sender<'e>(&self, e: &'e ToDeviceEvent) -> Option<&'e DeviceId> {
+        e.sender_device.as_ref().filter(|_| e.encrypted)
     }
 
     fn handle_to_device(
@@ -690,6 +748,13 @@ impl Voip {
         if !wire::is_call_event_type(&e.event_type) {
             return Ok(());
         }
+        // Only Olm proves who sent a to-device message: a cleartext one (or one whose device Olm
+        // did not name) never creates, changes or ends a call.
+        let Some(device) = self.to_device_sender(&e).cloned() else {
+            self.counters.unauthenticated += 1;
+            tracing::warn!(sender = %e.sender, r#type = %e.event_type, "unauthenticated to-device call event refused");
+            return Ok(());
+        };
         let room = e.content.get("room_id").and_then(|r| r.as_str()).filter(|r| !r.is_empty());
         let Some(room) = room else {
             self.counters.malformed += 1;
@@ -700,13 +765,10 @@ impl Voip {
             }
             .into());
         };
-        // The Olm-verified device wins over the self-asserted `device_id` field.
-        let claimed = e.content.get("device_id").and_then(|d| d.as_str()).map(DeviceId::from);
-        let device = e.sender_device.clone().or(claimed);
         let source = Source {
             room_id: RoomId::from(room),
             sender: &e.sender,
-            device: device.as_ref(),
+            device: Some(&device),
             age_ms: None,
             signalling: Signalling::ToDevice,
         };
@@ -743,6 +805,12 @@ impl Voip {
             }
             let sender = Sender { user: source.sender, device: source.device };
             let ready = if source.signalling == Signalling::ToDevice {
+                // Only the peer's own messages enter its reordering queue: another sender's
+                // `seq` must not move it.
+                if !call.is_peer_device(sender) {
+                    self.counters.not_from_peer += 1;
+                    return Ok(());
+                }
                 call.reorder.push(common, event)
             } else {
                 vec![(common, event)]
@@ -757,11 +825,11 @@ impl Voip {
             }
             return Ok(());
         }
-        if let Some(ended) = self.ended.get(&call_id) {
+        if let Some(peer) = self.ended.peer_of(&call_id) {
             // Late or replayed events of an ended call; an invite is refused only when it
             // comes from the same peer (a spoofed hangup must not block someone else's call).
             if !matches!(event, CallEvent::Invite { .. })
-                || ended.peer == *source.sender
+                || peer == source.sender
                 || *source.sender == self.local.user_id
             {
                 self.counters.duplicates += 1;
@@ -795,16 +863,8 @@ impl Voip {
     }
 
     fn remember_ended(&mut self, call_id: CallId, peer: UserId) {
-        self.orphans.remove(&call_id);
-        self.ended
-            .insert(call_id, Ended { forget_at: self.now.plus(self.config.ended_call_memory_ms), peer });
-        while self.ended.len() > MAX_ENDED {
-            let oldest = self.ended.iter().min_by_key(|(_, e)| e.forget_at).map(|(id, _)| id.clone());
-            match oldest {
-                Some(id) => self.ended.remove(&id),
-                None => break,
-            };
-        }
+        self.early.forget(&call_id);
+        self.ended.remember(call_id, peer, self.now.plus(self.config.ended_call_memory_ms));
     }
 
     fn stash_orphan(
@@ -814,28 +874,23 @@ impl Voip {
         party: Option<String>,
         cands: Vec<Candidate>,
     ) {
-        if !self.orphans.contains_key(&call_id) && self.orphans.len() >= MAX_ORPHANS {
-            let oldest = self.orphans.iter().min_by_key(|(_, o)| o.expires_at).map(|(id, _)| id.clone());
-            if let Some(id) = oldest {
-                self.orphans.remove(&id);
-            }
+        let expires_at = self.now.plus(self.config.orphan_candidates_ms);
+        match self.early.stash(call_id, source.sender, &source.room_id, expires_at, party, cands) {
+            Ok(()) => self.counters.applied += 1,
+            Err(EarlyRefused::NotFromSender) => self.counters.not_from_peer += 1,
+            Err(EarlyRefused::Full) => self.counters.duplicates += 1,
         }
-        let orphan = self.orphans.entry(call_id).or_insert_with(|| Orphan {
-            expires_at: self.now.plus(self.config.orphan_candidates_ms),
-            room_id: source.room_id.clone(),
-            sender: source.sender.clone(),
-            by_party: Vec::new(),
-        });
-        if orphan.sender != *source.sender || orphan.room_id != source.room_id || orphan.by_party.len() >= 16
-        {
-            self.counters.not_from_peer += 1;
-            return;
-        }
-        orphan.by_party.push((party, cands));
-        self.counters.applied += 1;
     }
 
     fn handle_invite(&mut self, source: Source<'_>, common: Common, invite: InviteParts) {
+        if self.gate.is_ignored(source.sender) {
+            self.counters.ignored_users += 1;
+            return;
+        }
+        if !self.invite_room_ok(&source) {
+            self.counters.not_for_us += 1;
+            return;
+        }
         if source.signalling == Signalling::ToDevice && common.to_device.conf_id.is_some() {
             self.handle_mesh_invite(source, common, invite);
             return;
@@ -850,12 +905,7 @@ impl Voip {
             || (invite.invitee.as_deref() == Some(me.user_id.as_str())
                 && invite.invitee_device_id.as_deref() == Some(me.device_id.as_str())
                 && source.device.is_none_or(|d| *d != me.device_id));
-        let member_ok = self
-            .members
-            .get(&source.room_id)
-            .and_then(|m| m.get(sender))
-            .is_none_or(|m| *m == Membership::Join);
-        if !addressed || !own_ok || !member_ok {
+        if !addressed || !own_ok {
             self.counters.not_for_us += 1;
             return;
         }
@@ -864,13 +914,17 @@ impl Voip {
             self.counters.malformed += 1;
             return;
         }
-        let lifetime = invite.lifetime.unwrap_or(self.config.default_remote_lifetime_ms);
+        let lifetime = incoming::lifetime(invite.lifetime, &self.config);
         let remaining = lifetime.saturating_sub(source.age_ms.unwrap_or(0));
         if remaining <= self.config.ring_grace_ms {
             self.counters.expired += 1;
             return;
         }
         let call_id = CallId(common.call_id.clone());
+        if !self.gate.admit_new_call(self.now, sender, &call_id) {
+            self.counters.rate_limited += 1;
+            return;
+        }
         let glare_with = self
             .calls
             .values()
@@ -931,27 +985,30 @@ impl Voip {
             .can_handle_override
             .unwrap_or_else(|| !(self.config.busy_when_in_call && self.calls.values().any(Call::is_engaged)))
         {
-            let refusal = match (self.config.busy_signal, common.version) {
-                (BusySignal::Reject, CallVersion::V1) => {
-                    CallEvent::Reject { reason: Some(EndReason::UserBusy.wire_reason().to_owned()) }
-                }
-                _ => CallEvent::Hangup { reason: Some(EndReason::UserBusy.wire_reason().to_owned()) },
-            };
-            Call::refuse(
-                &mut ctx,
-                &call_id,
-                &source.room_id,
-                (sender, source.device),
-                source.signalling,
-                refusal,
-                None,
-            );
-            ctx.emit(Event::MissedCall {
-                call_id: call_id.clone(),
-                room_id: source.room_id.clone(),
-                caller: sender.clone(),
-                reason: EndReason::UserBusy,
-            });
+            // One busy reply (and one missed-call event) per caller per window.
+            if self.gate.busy_reply_allowed(ctx.now, sender) {
+                let refusal = match (self.config.busy_signal, common.version) {
+                    (BusySignal::Reject, CallVersion::V1) => {
+                        CallEvent::Reject { reason: Some(EndReason::UserBusy.wire_reason().to_owned()) }
+                    }
+                    _ => CallEvent::Hangup { reason: Some(EndReason::UserBusy.wire_reason().to_owned()) },
+                };
+                Call::refuse(
+                    &mut ctx,
+                    &call_id,
+                    &source.room_id,
+                    (sender, source.device),
+                    source.signalling,
+                    refusal,
+                    None,
+                );
+                ctx.emit(Event::MissedCall {
+                    call_id: call_id.clone(),
+                    room_id: source.room_id.clone(),
+                    caller: sender.clone(),
+                    reason: EndReason::UserBusy,
+                });
+            }
             self.counters.busy += 1;
             self.remember_ended(call_id, sender.clone());
             return;
@@ -970,6 +1027,10 @@ impl Voip {
             expires_at: self.now.plus(remaining),
         };
         let mut call = Call::incoming(&mut ctx, incoming);
+        if let (Signalling::ToDevice, Some(seq)) = (source.signalling, common.to_device.seq) {
+            // The caller's next message is the one after its invite.
+            call.reorder.start_after(seq);
+        }
         if let Some((old, our_type, mutes)) = replaced {
             // The user's choices move to the surviving call (spec: one seamless call).
             call.inherit_mutes(mutes);
@@ -979,16 +1040,28 @@ impl Voip {
             }
         }
         // Candidates that arrived before the invite.
-        if let Some(orphan) = self.orphans.remove(&call_id) {
-            if orphan.sender == *sender && orphan.room_id == source.room_id {
-                for (party, cands) in orphan.by_party {
-                    call.candidate_input(&mut ctx, party.as_deref(), cands);
-                }
+        if let Some(early) = self.early.take(&call_id, sender, &source.room_id) {
+            for (party, cands) in early.by_party {
+                call.candidate_input(&mut ctx, party.as_deref(), cands);
             }
         }
         call.ring_or_auto_answer(&mut ctx);
         self.counters.applied += 1;
         self.calls.insert(call_id, call);
+    }
+
+    /// Whether an invite's room allows it to ring: never for a room we have left; for a
+    /// to-device invite (which names its room itself) only when we and the sender are both
+    /// known to be joined to it. A room invite's sender must not be known to have left.
+    fn invite_room_ok(&self, source: &Source<'_>) -> bool {
+        let me = self.membership_of(&source.room_id, &self.local.user_id);
+        let sender = self.membership_of(&source.room_id, source.sender);
+        match source.signalling {
+            Signalling::ToDevice => me == Some(Membership::Join) && sender == Some(Membership::Join),
+            Signalling::Room => {
+                me.is_none_or(|m| m == Membership::Join) && sender.is_none_or(|m| m == Membership::Join)
+            }
+        }
     }
 
     /// Mesh: one call per present member device. Calls to devices that left, or whose
@@ -1022,17 +1095,27 @@ impl Voip {
                 None => call.hangup(&mut ctx, EndReason::UserHangup, Initiator::Library),
             }
         }
+        // Attempt counts only for the group's current member devices.
+        self.mesh_attempts.retain(|(g, user, device), _| {
+            g != group || participants.iter().any(|p| p.user_id == *user && p.device_id == *device)
+        });
         let mut new_calls = Vec::new();
         for p in &participants {
             if covered.contains(&(p.user_id.clone(), p.device_id.clone()))
                 || !group::mesh::we_initiate(ctx.local, p)
+                || self.gate.is_ignored(&p.user_id)
             {
                 continue;
             }
-            let attempts = self
+            let (session, attempts) = self
                 .mesh_attempts
-                .entry((group.clone(), p.user_id.clone(), p.device_id.clone(), p.member_id.clone()))
-                .or_insert(0);
+                .entry((group.clone(), p.user_id.clone(), p.device_id.clone()))
+                .or_insert_with(|| (p.member_id.clone(), 0));
+            if *session != p.member_id {
+                // A new session of that device: a fresh count.
+                *session = p.member_id.clone();
+                *attempts = 0;
+            }
             if *attempts >= MESH_MAX_ATTEMPTS {
                 continue;
             }
@@ -1157,22 +1240,18 @@ impl Voip {
 
     /// Re-evaluates mesh invites that waited for their sender's membership.
     fn retry_pending_mesh(&mut self, group: &GroupCallId) {
-        let now = self.now;
-        let (ready, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending_mesh)
-            .into_iter()
-            .filter(|p| p.expires_at > now)
-            .partition(|p| p.room_id == group.room_id);
-        self.pending_mesh = keep;
-        for p in ready {
+        self.pending_mesh.expire(self.now);
+        let ready = self.pending_mesh.take_where(|_, _, p| p.room_id == group.room_id);
+        for (_, sender, p) in ready {
             let source = Source {
                 room_id: p.room_id.clone(),
-                sender: &p.sender,
+                sender: &sender,
                 device: Some(&p.device),
                 age_ms: None,
                 signalling: Signalling::ToDevice,
             };
             let call_id = CallId(p.common.call_id.clone());
-            if !self.calls.contains_key(&call_id) && !self.ended.contains_key(&call_id) {
+            if !self.calls.contains_key(&call_id) && !self.ended.contains(&call_id) {
                 self.handle_mesh_invite(source, p.common, p.invite);
             }
         }
@@ -1223,23 +1302,24 @@ impl Voip {
             });
         let for_us = common.to_device.dest_session_id.as_deref().is_none_or(|d| d == our_session);
         let Some(member) = member.filter(|_| sessions_ok) else {
-            if for_us && self.pending_mesh.len() < 32 {
+            if for_us {
                 // Addressed to us, but we have not seen the sender's (new) membership yet: the
-                // invite may simply have overtaken it. Keep it until the membership arrives.
-                self.pending_mesh.push(PendingMeshInvite {
-                    expires_at: self.now.plus(10_000),
-                    room_id: source.room_id.clone(),
-                    sender: source.sender.clone(),
-                    device: device.clone(),
-                    common,
-                    invite,
-                });
+                // invite may simply have overtaken it. Keep it until the membership arrives
+                // (bounded per sender).
+                let call_id = CallId(common.call_id.clone());
+                let pending =
+                    PendingMeshInvite { room_id: source.room_id.clone(), device: device.clone(), common, invite };
+                self.pending_mesh.insert(call_id, source.sender.clone(), self.now.plus(PENDING_MESH_MS), pending);
             } else {
                 self.counters.not_for_us += 1;
             }
             return;
         };
         let call_id = CallId(common.call_id.clone());
+        if !self.gate.admit_new_call(self.now, source.sender, &call_id) {
+            self.counters.rate_limited += 1;
+            return;
+        }
         let mut ctx = ctx!(self);
         // A call with this device already exists (it restarted, or both sides called): the
         // new invite replaces it.
@@ -1262,18 +1342,16 @@ impl Voip {
             offer: invite.offer,
             metadata: invite.metadata,
             signalling: Signalling::ToDevice,
-            expires_at: self.now.plus(invite.lifetime.unwrap_or(self.config.default_remote_lifetime_ms)),
+            expires_at: self.now.plus(incoming::lifetime(invite.lifetime, &self.config)),
         };
         let mut call = Call::incoming(&mut ctx, incoming);
         call.group = Some(GroupLink { group, local_session: our_session, remote_session: member.member_id });
         if let Some(seq) = common.to_device.seq {
             call.reorder.start_after(seq);
         }
-        if let Some(orphan) = self.orphans.remove(&call_id) {
-            if orphan.sender == *source.sender {
-                for (party, cands) in orphan.by_party {
-                    call.candidate_input(&mut ctx, party.as_deref(), cands);
-                }
+        if let Some(early) = self.early.take(&call_id, source.sender, &source.room_id) {
+            for (party, cands) in early.by_party {
+                call.candidate_input(&mut ctx, party.as_deref(), cands);
             }
         }
         call.auto_answer = Some(CallType::Video);
@@ -1288,11 +1366,13 @@ impl Voip {
 
     fn handle_member(&mut self, m: RoomMember) {
         let left = !matches!(m.membership, Membership::Join | Membership::Invite);
+        let was_joined = self.membership_of(&m.room_id, &m.user_id).is_none_or(|x| x == Membership::Join);
         self.members.entry(m.room_id.clone()).or_default().insert(m.user_id.clone(), m.membership);
-        let in_room: Vec<GroupCallId> =
-            self.store.groups().into_iter().filter(|g| g.room_id == m.room_id).collect();
-        for g in in_room {
-            self.refresh_group(&g);
+        if was_joined != (m.membership == Membership::Join) {
+            // Only the user's own memberships can change (a user without any: nothing to do).
+            for (g, devices) in self.store.of_user(&m.room_id, &m.user_id) {
+                self.refresh_devices(&g, Some(&devices));
+            }
         }
         if !left {
             return;
@@ -1314,6 +1394,11 @@ impl Voip {
         }
     }
 
+    /// A user's `m.room.member` membership of a room, when we have seen it.
+    fn membership_of(&self, room: &RoomId, user: &UserId) -> Option<Membership> {
+        self.members.get(room).and_then(|m| m.get(user)).copied()
+    }
+
     fn joined_fn(&self, room: &RoomId) -> impl Fn(&UserId) -> bool + '_ {
         let members = self.members.get(room);
         move |u: &UserId| members.and_then(|m| m.get(u)).is_none_or(|m| *m == Membership::Join)
@@ -1321,6 +1406,13 @@ impl Voip {
 
     /// A membership state event.
     fn handle_state_event(&mut self, e: crate::input::StateEvent) -> Result<(), Error> {
+        if e.event_type == "m.room.encryption" && e.state_key.is_empty() {
+            // Encryption cannot be turned off again; any content with an algorithm counts.
+            if e.content.get("algorithm").and_then(|a| a.as_str()).is_some_and(|a| !a.is_empty()) {
+                self.encrypted_rooms.insert(e.room_id);
+            }
+            return Ok(());
+        }
         if !matches!(e.event_type.as_str(), member::FAMEDLY_MEMBER | member::RTC_MEMBER) {
             return Ok(());
         }
@@ -1343,12 +1435,17 @@ impl Voip {
         content: &serde_json::Value,
         origin_ts: Timestamp,
     ) -> Result<(), Error> {
-        match self.store.apply(room, sender, event_type, key, content, origin_ts) {
-            Ok(changed) => {
+        match self.store.apply(room, sender, event_type, key, content, origin_ts, self.now) {
+            Ok(Some(changed)) => {
                 self.counters.applied += 1;
-                for g in changed {
-                    self.refresh_group(&g);
+                for (g, devices) in changed {
+                    self.refresh_devices(&g, Some(&devices));
                 }
+                Ok(())
+            }
+            Ok(None) => {
+                self.counters.memberships_over_limit += 1;
+                tracing::warn!(%sender, "membership refused: its sender holds too many (or too many sticky ones)");
                 Ok(())
             }
             Err(e) => {
@@ -1361,41 +1458,78 @@ impl Voip {
 
     /// Recomputes a group's members and reports changes.
     fn refresh_group(&mut self, group: &GroupCallId) {
-        let members = self.members.get(&group.room_id).cloned();
-        let joined =
-            move |u: &UserId| members.as_ref().and_then(|m| m.get(u)).is_none_or(|m| *m == Membership::Join);
+        self.refresh_devices(group, None);
+    }
+
+    /// Recomputes the memberships of some devices of a group (`None`: all of them) and reports
+    /// changes: the work is proportional to the devices, not to the call.
+    fn refresh_devices(&mut self, group: &GroupCallId, devices: Option<&BTreeSet<Device>>) {
+        let room_members = self.members.get(&group.room_id);
+        let joined = move |u: &UserId| room_members.and_then(|m| m.get(u)).is_none_or(|m| *m == Membership::Join);
         if let Some(g) = self.groups.get_mut(group) {
             let mut ctx = ctx!(self);
-            g.on_members(&mut ctx, &self.store, &joined);
-            self.reconcile_mesh(group);
+            g.on_members(&mut ctx, &self.store, &joined, devices);
+            // `reconcile_mesh` does nothing for a joined or joining SFU call.
+            let sfu = g.focus != crate::wire::member::Focus::Mesh
+                && matches!(g.state, GroupCallState::Joined | GroupCallState::Joining);
+            if !sfu {
+                self.reconcile_mesh(group);
+            }
             self.retry_pending_mesh(group);
             return;
         }
         let me = (&self.local.user_id, &self.local.device_id);
-        // Observed calls: memberships of call applications only (`m.call`, and famedly's
-        // `m.call.audio` / `m.call.video`), not other MatrixRTC applications sharing the slot.
-        let now: BTreeSet<crate::ids::Participant> = self
-            .store
-            .members(group, self.now, None, joined)
-            .into_iter()
-            .filter(|m| m.application == "m.call" || m.application.starts_with("m.call."))
-            .map(|m| m.participant)
-            .filter(|p| (&p.user_id, &p.device_id) != me)
-            .collect();
-        let before = self.observed.get(group).cloned().unwrap_or_default();
-        if now != before {
-            self.out.push_back(Output::Event(Event::ParticipantsChanged {
-                group: group.clone(),
-                joined: now.difference(&before).cloned().collect(),
-                left: before.difference(&now).cloned().collect(),
-                participants: now.iter().cloned().collect(),
-            }));
-            if now.is_empty() {
-                self.observed.remove(group);
-            } else {
-                self.observed.insert(group.clone(), now);
+        let before = self.observed.get(group);
+        let all: BTreeSet<Device>;
+        let devices = match devices {
+            Some(d) => d,
+            None => {
+                all = self
+                    .store
+                    .devices(group)
+                    .cloned()
+                    .chain(before.into_iter().flatten().map(membership::device))
+                    .collect();
+                &all
+            }
+        };
+        let mut joined_now = BTreeSet::new();
+        let mut left_now = BTreeSet::new();
+        for d in devices {
+            // Observed calls: memberships of call applications only (`m.call`, and famedly's
+            // `m.call.audio` / `m.call.video`), not other MatrixRTC applications sharing the slot.
+            let new = Some(d)
+                .filter(|d| (&d.0, &d.1) != me)
+                .and_then(|d| self.store.device_member(group, d, self.now, None, joined))
+                .filter(|m| m.application == "m.call" || m.application.starts_with("m.call."))
+                .map(|m| m.participant);
+            for p in before.into_iter().flat_map(|b| membership::of_device(b, d)) {
+                if Some(p) != new.as_ref() {
+                    left_now.insert(p.clone());
+                }
+            }
+            if let Some(p) = new.filter(|p| !before.is_some_and(|b| b.contains(p))) {
+                joined_now.insert(p);
             }
         }
+        if joined_now.is_empty() && left_now.is_empty() {
+            return;
+        }
+        let set = self.observed.entry(group.clone()).or_default();
+        for p in &left_now {
+            set.remove(p);
+        }
+        set.extend(joined_now.iter().cloned());
+        let participants = set.iter().cloned().collect();
+        if set.is_empty() {
+            self.observed.remove(group);
+        }
+        self.out.push_back(Output::Event(Event::ParticipantsChanged {
+            group: group.clone(),
+            joined: joined_now.into_iter().collect(),
+            left: left_now.into_iter().collect(),
+            participants,
+        }));
     }
 
     fn group_sent(&mut self, group: &GroupCallId, generation: u64, op: GroupOp, sent: group::Sent) {
@@ -1406,10 +1540,17 @@ impl Voip {
         self.collect_left_groups();
     }
 
-    fn group_failed(&mut self, group: &GroupCallId, generation: u64, op: GroupOp, errcode: Option<&str>) {
+    fn group_failed(
+        &mut self,
+        group: &GroupCallId,
+        generation: u64,
+        op: GroupOp,
+        errcode: Option<&str>,
+        max_delay_ms: Option<u64>,
+    ) {
         let mut ctx = ctx!(self);
         if let Some(g) = self.groups.get_mut(group).filter(|g| g.generation == generation) {
-            g.on_failed(&mut ctx, &self.store, op, errcode);
+            g.on_failed(&mut ctx, &self.store, op, errcode, max_delay_ms);
         }
         self.collect_left_groups();
     }
@@ -1513,15 +1654,17 @@ impl Voip {
             self.reconcile_mesh(&g);
         }
         if self.now > self.expiry_checked {
-            for g in self.store.expiring(self.expiry_checked, self.now) {
-                self.refresh_group(&g);
+            // Expired records are purged now (their timer), and only their devices looked at.
+            for (g, devices) in self.store.purge_expired(self.now) {
+                self.refresh_devices(&g, Some(&devices));
             }
             self.expiry_checked = self.now;
         }
         let now = self.now;
-        self.pending_mesh.retain(|p| p.expires_at > now);
-        self.ended.retain(|_, e| e.forget_at > now);
-        self.orphans.retain(|_, o| o.expires_at > now);
+        self.pending_mesh.expire(now);
+        self.ended.expire(now);
+        self.early.expire(now);
+        self.gate.expire(now);
         self.collect_ended();
     }
 
@@ -1534,13 +1677,10 @@ impl Voip {
                     // A mesh call ended while the group goes on: set it up again shortly, if
                     // the peer is still there (bounded per peer session; a call that had
                     // connected resets the count).
-                    let key = (
-                        link.group.clone(),
-                        call.peer_user.clone(),
-                        device.clone(),
-                        link.remote_session.clone(),
-                    );
-                    if call.ever_connected {
+                    let key = (link.group.clone(), call.peer_user.clone(), device.clone());
+                    if call.ever_connected
+                        && self.mesh_attempts.get(&key).is_some_and(|(s, _)| *s == link.remote_session)
+                    {
                         self.mesh_attempts.remove(&key);
                     }
                     if self.groups.contains_key(&link.group) {
@@ -1562,12 +1702,11 @@ pub struct MediaKeys {
     pub remote: Vec<(crate::ids::Participant, u32, String)>,
 }
 
-/// A mesh invite waiting for its sender's membership.
+/// A mesh invite waiting for its sender's membership (its sender is the key's owner in
+/// `Voip::pending_mesh`).
 #[derive(Debug)]
 struct PendingMeshInvite {
-    expires_at: Timestamp,
     room_id: RoomId,
-    sender: UserId,
     device: DeviceId,
     common: Common,
     invite: InviteParts,

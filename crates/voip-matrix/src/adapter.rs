@@ -12,6 +12,7 @@ use matrix_sdk::ruma::api::client::to_device::send_event_to_device;
 use matrix_sdk::ruma::events::{
     AnySyncMessageLikeEvent, AnySyncStateEvent, AnyToDeviceEvent, AnyToDeviceEventContent,
 };
+use matrix_sdk::ruma::events::ignored_user_list::{IgnoredUserListEvent, IgnoredUserListEventContent};
 use matrix_sdk::ruma::serde::Raw;
 use matrix_sdk::ruma::to_device::DeviceIdOrAllDevices;
 use matrix_sdk::ruma::{OwnedDeviceId, OwnedRoomId, OwnedTransactionId, OwnedUserId};
@@ -132,7 +133,10 @@ impl MatrixAdapter {
         adapter.register_handlers();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let a = adapter.clone();
-            rt.spawn(async move { a.announce_server_support().await });
+            rt.spawn(async move {
+                a.announce_server_support().await;
+                a.announce_ignored_users().await;
+            });
         }
         (adapter, rx)
     }
@@ -144,6 +148,14 @@ impl MatrixAdapter {
             handles.extend(self.register_call_handlers());
         }
         let weak = Arc::downgrade(&self.inner);
+        let weak_ignored = Arc::downgrade(&self.inner);
+        handles.push(client.add_event_handler(move |ev: IgnoredUserListEvent| {
+            let weak = weak_ignored.clone();
+            async move {
+                let Some(inner) = weak.upgrade() else { return };
+                let _ = inner.inputs.send(ignored_users_input(&ev.content)).await;
+            }
+        }));
         handles.push(client.add_event_handler(move |raw: Raw<AnySyncStateEvent>, room: Room| {
             let weak = weak.clone();
             async move {
@@ -158,12 +170,14 @@ impl MatrixAdapter {
     fn register_call_handlers(&self) -> [EventHandlerHandle; 2] {
         let client = &self.inner.client;
         let weak = Arc::downgrade(&self.inner);
-        let h1 = client.add_event_handler(move |raw: Raw<AnySyncMessageLikeEvent>, room: Room| {
+        let h1 = client.add_event_handler(
+            move |raw: Raw<AnySyncMessageLikeEvent>, room: Room, info: Option<EncryptionInfo>| {
             let weak = weak.clone();
             async move {
                 let Some(inner) = weak.upgrade() else { return };
                 let Ok(ev) = raw.deserialize_as_unchecked::<Value>() else { return };
-                if let Some(ev) = inbound::room_event_from_json(room.room_id().as_str(), &ev) {
+                let megolm = info.as_ref().map(|i| i.sender_device.as_deref().map(|d| d.as_str()));
+                if let Some(ev) = inbound::room_event_from_json(room.room_id().as_str(), &ev, megolm) {
                     tracing::debug!(room = %ev.room_id, r#type = %ev.event_type, "room call event");
                     let _ = inner.inputs.send(Input::RoomEvent(ev)).await;
                 }
@@ -200,7 +214,9 @@ impl MatrixAdapter {
         for (room_id, timeline) in timelines {
             for ev in &timeline.events {
                 if let Ok(json) = ev.raw().deserialize_as_unchecked::<Value>() {
-                    room_events.extend(inbound::room_event_from_json(room_id.as_str(), &json));
+                    let info = ev.encryption_info();
+                    let megolm = info.map(|i| i.sender_device.as_deref().map(|d| d.as_str()));
+                    room_events.extend(inbound::room_event_from_json(room_id.as_str(), &json, megolm));
                 }
             }
         }
@@ -233,6 +249,22 @@ impl MatrixAdapter {
         }
     }
 
+    /// Reads our `m.ignored_user_list` account data (as stored by the client) and queues
+    /// [`Input::IgnoredUsers`]; later changes arrive through sync. Done automatically when the
+    /// adapter is created inside a tokio runtime.
+    pub async fn announce_ignored_users(&self) {
+        match self.inner.client.account().account_data::<IgnoredUserListEventContent>().await {
+            Ok(Some(raw)) => match raw.deserialize() {
+                Ok(content) => {
+                    let _ = self.inner.inputs.send(ignored_users_input(&content)).await;
+                }
+                Err(e) => tracing::warn!("malformed m.ignored_user_list: {e}"),
+            },
+            Ok(None) => {}
+            Err(e) => tracing::warn!("cannot read m.ignored_user_list: {e}"),
+        }
+    }
+
     /// Counters of this adapter's send attempts so far (429s, transient failures, retries,
     /// requests given up), shared by all its clones.
     pub fn send_stats(&self) -> SendStats {
@@ -257,7 +289,7 @@ impl MatrixAdapter {
     /// input channel (and the call-member subscription): for rooms the client knew before the
     /// adapter was created.
     pub async fn room_state_inputs(&self, room: &Room) -> Result<(), crate::AdapterError> {
-        let mut types: Vec<&str> = vec!["m.room.member"];
+        let mut types: Vec<&str> = vec!["m.room.member", "m.room.encryption"];
         types.extend_from_slice(inbound::CALL_MEMBER_TYPES);
         for t in types {
             for raw in room.get_state_events(t.into()).await? {
@@ -602,6 +634,12 @@ fn user_id(u: &voip_core::UserId) -> Result<OwnedUserId, Failure> {
         .map_err(|e| Failure::refused(false, format!("invalid user id {u}: {e}")))
 }
 
+fn ignored_users_input(content: &IgnoredUserListEventContent) -> Input {
+    Input::IgnoredUsers {
+        users: content.ignored_users.keys().map(|u| voip_core::UserId::from(u.as_str())).collect(),
+    }
+}
+
 fn is_critical_type(event_type: &str) -> bool {
     matches!(event_type, "m.call.hangup" | "m.call.reject")
 }
@@ -610,6 +648,8 @@ impl Inner {
     async fn dispatch_state(&self, room_id: &str, ev: &Value) {
         if let Some(m) = inbound::member_from_json(room_id, ev) {
             let _ = self.inputs.send(Input::RoomMember(m)).await;
+        } else if let Some(e) = inbound::room_encryption_from_json(room_id, ev) {
+            let _ = self.inputs.send(Input::StateEvent(e)).await;
         } else if let Some(cm) = inbound::call_member_from_json(room_id, ev) {
             let tx = self.call_members.lock().expect("call_members lock").clone();
             if let Some(tx) = tx {

@@ -69,7 +69,13 @@ fn str_field<'a>(ev: &'a Value, key: &str) -> Option<&'a str> {
 }
 
 /// A room timeline event (already decrypted) as a core [`RoomEvent`], if it is a call event.
-pub fn room_event_from_json(room_id: &str, ev: &Value) -> Option<RoomEvent> {
+/// `megolm_sender_device` is `Some` exactly when the event arrived encrypted, with the sending
+/// device the Megolm session vouches for, when known.
+pub fn room_event_from_json(
+    room_id: &str,
+    ev: &Value,
+    megolm_sender_device: Option<Option<&str>>,
+) -> Option<RoomEvent> {
     let event_type = str_field(ev, "type")?;
     if !is_call_event_type(event_type) || ev.get("state_key").is_some() {
         return None;
@@ -82,6 +88,8 @@ pub fn room_event_from_json(room_id: &str, ev: &Value) -> Option<RoomEvent> {
         content: ev.get("content").cloned().unwrap_or(Value::Object(Default::default())),
         origin_server_ts: Timestamp(ev.get("origin_server_ts").and_then(Value::as_u64).unwrap_or(0)),
         age_ms: ev.pointer("/unsigned/age").and_then(Value::as_u64),
+        encrypted: megolm_sender_device.is_some(),
+        sender_device: megolm_sender_device.flatten().map(DeviceId::from),
     })
 }
 
@@ -121,6 +129,22 @@ pub fn member_from_json(room_id: &str, ev: &Value) -> Option<RoomMember> {
     })
 }
 
+/// The room's `m.room.encryption` state event as a core state event, if `ev` is one.
+pub fn room_encryption_from_json(room_id: &str, ev: &Value) -> Option<voip_core::StateEvent> {
+    if str_field(ev, "type")? != "m.room.encryption" || str_field(ev, "state_key")? != "" {
+        return None;
+    }
+    Some(voip_core::StateEvent {
+        room_id: RoomId::from(room_id),
+        event_id: str_field(ev, "event_id").map(str::to_owned),
+        sender: UserId::from(str_field(ev, "sender")?),
+        event_type: "m.room.encryption".to_owned(),
+        state_key: String::new(),
+        content: ev.get("content").cloned().unwrap_or(Value::Object(Default::default())),
+        origin_server_ts: Timestamp(ev.get("origin_server_ts").and_then(Value::as_u64).unwrap_or(0)),
+    })
+}
+
 /// A group-call membership state event, if `ev` is one.
 pub fn call_member_from_json(room_id: &str, ev: &Value) -> Option<CallMemberState> {
     let event_type = str_field(ev, "type")?;
@@ -147,12 +171,16 @@ mod tests {
     fn room_call_event() {
         let ev = json!({"type": "m.call.invite", "sender": "@a:hs", "event_id": "$e", "origin_server_ts": 5,
                         "content": {"call_id": "c"}, "unsigned": {"age": 12}});
-        let r = room_event_from_json("!r:hs", &ev).unwrap();
+        let r = room_event_from_json("!r:hs", &ev, None).unwrap();
+        assert!(!r.encrypted && r.sender_device.is_none());
+        let enc = room_event_from_json("!r:hs", &ev, Some(Some("DEV"))).unwrap();
+        assert!(enc.encrypted);
+        assert_eq!(enc.sender_device, Some(DeviceId::from("DEV")));
         assert_eq!(r.event_type, "m.call.invite");
         assert_eq!(r.age_ms, Some(12));
         assert_eq!(r.origin_server_ts, Timestamp(5));
         assert!(
-            room_event_from_json("!r:hs", &json!({"type": "m.room.message", "sender": "@a:hs"})).is_none()
+            room_event_from_json("!r:hs", &json!({"type": "m.room.message", "sender": "@a:hs"}), None).is_none()
         );
     }
 
@@ -167,6 +195,15 @@ mod tests {
         let keys = json!({"type": "io.element.call.encryption_keys", "sender": "@a:hs", "content": {}});
         assert!(to_device_from_json(&keys, None).is_some());
         assert!(to_device_from_json(&json!({"type": "m.room_key", "sender": "@a:hs"}), None).is_none());
+    }
+
+    #[test]
+    fn room_encryption() {
+        let ev = json!({"type": "m.room.encryption", "state_key": "", "sender": "@a:hs",
+                        "content": {"algorithm": "m.megolm.v1.aes-sha2"}});
+        let s = room_encryption_from_json("!r:hs", &ev).unwrap();
+        assert_eq!(s.content["algorithm"], "m.megolm.v1.aes-sha2");
+        assert!(room_encryption_from_json("!r:hs", &json!({"type": "m.room.name", "state_key": "", "sender": "@a:hs"})).is_none());
     }
 
     #[test]

@@ -109,6 +109,8 @@ fn one_call(seed: u8) -> usize {
                             content: parsed,
                             origin_server_ts: now,
                             age_ms: Some(0),
+                            encrypted: false,
+                            sender_device: None,
                         };
                         nodes[i].inbox.push_back(Input::SendResult {
                             id: req.id,
@@ -186,6 +188,8 @@ fn candidates_event(c: &mut Criterion) {
                         "offer": {"type": "offer", "sdp": SDP}}),
         origin_server_ts: now,
         age_ms: Some(0),
+        encrypted: false,
+        sender_device: None,
     };
     voip.handle(now, Input::RoomEvent(invite)).expect("invite");
     while voip.poll().is_some() {}
@@ -205,6 +209,8 @@ fn candidates_event(c: &mut Criterion) {
                 content,
                 origin_server_ts: now,
                 age_ms: Some(0),
+                encrypted: false,
+                sender_device: None,
             };
             voip.handle(now, Input::RoomEvent(ev)).expect("candidates");
             while let Some(o) = voip.poll() {

@@ -752,6 +752,8 @@ impl Sim {
                     content,
                     origin_server_ts: self.now,
                     age_ms: None,
+                    encrypted: false,
+                    sender_device: None,
                 };
                 for i in 0..self.devices.len() {
                     if members.contains(&self.devices[i].voip.local_device().user_id) {

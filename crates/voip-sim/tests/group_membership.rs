@@ -179,6 +179,8 @@ fn the_first_joiner_rings_the_room_and_a_decline_is_surfaced() {
         content: serde_json::json!({"m.relates_to": {"rel_type": "m.reference", "event_id": event_id.clone().unwrap()}}),
         origin_server_ts: sim.now(),
         age_ms: Some(0),
+        encrypted: false,
+        sender_device: None,
     };
     sim.feed(devs[0], voip_core::Input::RoomEvent(decline));
     assert!(sim.events(devs[0]).contains(&Event::GroupCallDeclined {

@@ -381,6 +381,8 @@ proptest! {
             content: content.clone(),
             origin_server_ts: Timestamp(now.0.wrapping_sub(age.unwrap_or(0) % 1_000_000)),
             age_ms: age,
+            encrypted: false,
+            sender_device: None,
         };
         let _ = voip.handle(now, Input::RoomEvent(room_event.clone()));
         let to_device = ToDeviceEvent { sender: UserId::from(sender), sender_device: None, event_type: TYPES[t].to_owned(), content, encrypted: false };

@@ -40,6 +40,8 @@ fn room_event(sim: &Sim, sender: &str, event_type: &str, content: serde_json::Va
         content,
         origin_server_ts: sim.now(),
         age_ms: None,
+        encrypted: false,
+        sender_device: None,
     })
 }
 
@@ -85,6 +87,8 @@ fn replayed_old_invites_do_not_ring_and_are_counted() {
         content: old,
         origin_server_ts: Timestamp(sim.now().0 - 3_600_000),
         age_ms: Some(3_600_000),
+        encrypted: false,
+        sender_device: None,
     });
     let before = counters(&sim, bob);
     sim.feed(bob, stale);

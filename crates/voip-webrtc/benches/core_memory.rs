@@ -145,6 +145,8 @@ impl Pair {
                     content: serde_json::from_str::<Value>(&text).expect("parse"),
                     origin_server_ts: self.now,
                     age_ms: Some(0),
+                    encrypted: false,
+                    sender_device: None,
                 };
                 self.inbox[i].push_back(Input::SendResult {
                     id: req.id,

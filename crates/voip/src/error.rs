@@ -14,6 +14,9 @@ pub enum VoipError {
     /// `build` was called outside a tokio runtime.
     #[error("no tokio runtime: build the Voip inside one")]
     NoRuntime,
+    /// The operating system's random number generator failed (no seed for the core).
+    #[error("no randomness from the operating system")]
+    NoRandomness(#[source] getrandom::Error),
     /// The builder was given no media engine.
     #[error("no media engine: call VoipBuilder::media_engine or VoipBuilder::webrtc")]
     NoMediaEngine,

@@ -246,6 +246,8 @@ impl Server {
                     content,
                     origin_server_ts: now(),
                     age_ms: Some(0),
+                    encrypted: false,
+                    sender_device: None,
                 };
                 self.deliver_to_room(&room_id, &Input::RoomEvent(ev));
                 (sent(Some(event_id)), None)

@@ -16,6 +16,8 @@
 //! Every transition is named after the wire event or command that causes it.
 
 mod candidates;
+pub(crate) mod incoming;
+pub(crate) mod memory;
 pub(crate) mod glare;
 pub(crate) mod remote;
 pub(crate) mod sdp;
@@ -415,7 +417,9 @@ impl Call {
                     device_id: device.clone(),
                     content,
                 }],
-                encryption: ToDeviceEncryption::IfRoomEncrypted,
+                // Receivers accept to-device call events only Olm-encrypted (the sending device
+                // is proven by Olm alone): never send them in clear.
+                encryption: ToDeviceEncryption::Required,
             },
             _ => SendKind::RoomEvent { room_id: self.room_id.clone(), event_type, content },
         };

@@ -23,23 +23,33 @@ pub(crate) struct Sender<'a> {
 /// Most to-device messages held back waiting for a `seq` gap to fill.
 const MAX_REORDER: usize = 16;
 
-/// Per-call reordering of to-device messages by `seq` (to-device delivery is unordered).
+/// Per-call reordering of to-device messages by `seq` (to-device delivery is unordered). Only
+/// the call's peer device feeds it (the machine checks the Olm-verified sender first), and the
+/// arithmetic cannot overflow: `seq` is a `u64` from the wire, `u64::MAX` included.
 #[derive(Debug, Default)]
 pub(crate) struct Reorder {
+    /// The next `seq` to deliver; `None` before the first, and after `u64::MAX` was delivered
+    /// (`exhausted`).
     next: Option<u64>,
+    /// `u64::MAX` was delivered: everything else is late.
+    exhausted: bool,
     held: BTreeMap<u64, (Common, CallEvent)>,
 }
 
 impl Reorder {
     /// The message with this `seq` was handled already (the invite that created the call).
     pub(crate) fn start_after(&mut self, seq: u64) {
-        self.next = Some(seq + 1);
+        self.next = seq.checked_add(1);
+        self.exhausted = self.next.is_none();
     }
 
     /// Takes one message; returns the messages now deliverable, in `seq` order. Messages without
     /// `seq`, and duplicates of delivered ones, pass straight through (they are idempotent).
     pub(crate) fn push(&mut self, common: Common, event: CallEvent) -> Vec<(Common, CallEvent)> {
         let Some(seq) = common.to_device.seq else { return vec![(common, event)] };
+        if self.exhausted {
+            return vec![(common, event)];
+        }
         let next = *self.next.get_or_insert(seq);
         if seq < next {
             return vec![(common, event)];
@@ -51,7 +61,14 @@ impl Reorder {
         loop {
             if let Some(m) = self.held.remove(&expect) {
                 out.push(m);
-                expect += 1;
+                match expect.checked_add(1) {
+                    Some(n) => expect = n,
+                    None => {
+                        self.exhausted = true;
+                        out.extend(std::mem::take(&mut self.held).into_values());
+                        break;
+                    }
+                }
             } else if self.held.len() > MAX_REORDER {
                 let (&first, _) = self.held.iter().next().expect("non-empty");
                 expect = first;
@@ -102,6 +119,11 @@ impl Call {
             Some(o) => o.party.as_ref().map(PartyId::as_str) == party,
             None => true,
         }
+    }
+
+    /// Whether `sender` is this call's peer user and (for to-device calls) its device.
+    pub(crate) fn is_peer_device(&self, sender: Sender<'_>) -> bool {
+        sender.user == &self.peer_user && self.device_matches(sender)
     }
 
     fn is_from_peer(&self, sender: Sender<'_>, party: Option<&str>) -> bool {

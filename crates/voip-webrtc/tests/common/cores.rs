@@ -129,6 +129,8 @@ impl Cores {
                                 content,
                                 origin_server_ts: now(),
                                 age_ms: Some(0),
+                                encrypted: false,
+                                sender_device: None,
                             };
                             // Every member device sees it, the sender included (timeline echo).
                             for to in 0..self.devs.len() {
