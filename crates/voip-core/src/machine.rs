@@ -1435,6 +1435,22 @@ impl Voip {
         content: &serde_json::Value,
         origin_ts: Timestamp,
     ) -> Result<(), Error> {
+        // A membership counts only under a state key its sender owns. A write at another user's
+        // key (possible in room versions without owned state keys, for senders with enough
+        // power, or from a lying homeserver) is counted and announces nothing; the key's
+        // previous membership is gone all the same, as it is from the room state every client
+        // reads (js-sdk treats such a `{}` as that member leaving; so do we, see
+        // docs/security.md). In particular a famedly list written at our own key by someone
+        // else is never read back and republished as ours.
+        let empty;
+        let content = if member::state_key_owned_by(event_type, key, sender.as_str()) {
+            content
+        } else {
+            self.counters.foreign_state_keys += 1;
+            tracing::warn!(%sender, key, event_type, "membership at a state key the sender does not own");
+            empty = member::empty_content(event_type);
+            &empty
+        };
         match self.store.apply(room, sender, event_type, key, content, origin_ts, self.now) {
             Ok(Some(changed)) => {
                 self.counters.applied += 1;

@@ -361,3 +361,80 @@ fn early_candidates_of_one_sender_survive_another_senders_flood() {
     });
     assert!(applied, "Alice's early candidates were kept and applied");
 }
+
+fn state(sender: &str, event_type: &str, key: &str, content: Value) -> Input {
+    Input::StateEvent(StateEvent {
+        room_id: RoomId::from(ROOM),
+        event_id: None,
+        sender: UserId::from(sender),
+        event_type: event_type.into(),
+        state_key: key.into(),
+        content,
+        origin_server_ts: Timestamp(1_700_000_000_000),
+    })
+}
+
+#[test]
+fn memberships_count_only_under_their_senders_own_state_key() {
+    let mut bob = Bob::new();
+    let group = voip_core::GroupCallId::room_call(RoomId::from(ROOM));
+    let rtc = "org.matrix.msc3401.call.member";
+    let alice_key = "_@alice:example.org_ALICE_m.call";
+    let alice_join = json!({"application": "m.call", "call_id": "", "scope": "m.room", "device_id": "ALICE",
+        "focus_active": {"type": "livekit", "focus_selection": "oldest_membership"},
+        "foci_preferred": [{"type": "livekit", "livekit_service_url": "https://sfu.x", "livekit_alias": "!dm:example.org"}],
+        "created_ts": 1_700_000_000_000u64, "expires": 14_400_000});
+    bob.feed(state(ALICE, rtc, alice_key, alice_join.clone()));
+    assert_eq!(bob.voip.group_call(&group).members.len(), 1);
+    // Mallory writes a join at Alice's key: it announces nothing (not Mallory, not Alice).
+    let mut forged = alice_join;
+    forged["device_id"] = json!("MALLORYDEV");
+    bob.feed(state(MALLORY, rtc, alice_key, forged));
+    assert_eq!(bob.counters().foreign_state_keys, 1);
+    assert!(bob.voip.group_call(&group).members.iter().all(|m| m.participant.user_id.as_str() != MALLORY));
+    // Decision (docs/security.md): a `{}` at another user's key is that key's leave, as for
+    // every client reading the room state; counted.
+    bob.feed(state(MALLORY, rtc, alice_key, json!({})));
+    assert_eq!(bob.counters().foreign_state_keys, 2);
+    assert!(bob.voip.group_call(&group).members.is_empty());
+
+    // famedly: a list written under our own key by Mallory is never republished as ours.
+    let famedly = "com.famedly.call.member";
+    let planted = json!({"memberships": [{"application": "m.call", "scope": "m.room", "call_id": "",
+        "device_id": "MALLORYDEV", "expires_ts": 1_700_000_900_000u64, "foci_active": [{"type": "mesh"}],
+        "membershipID": "planted"}]});
+    bob.feed(state(MALLORY, famedly, BOB, planted));
+    assert_eq!(bob.counters().foreign_state_keys, 3);
+    bob.feed(Input::ServerSupport { delayed_events: false });
+    bob.feed(Input::Command(voip_core::Command::JoinGroupCall {
+        room_id: RoomId::from(ROOM),
+        call_id: String::new(),
+        application: "m.call".into(),
+        scope: "m.room".into(),
+        dialect: voip_core::MembershipDialect::Famedly,
+        focus: voip_core::Focus::Mesh,
+        owned_state_keys: false,
+        notify: None,
+    }));
+    let published: Vec<Value> = bob
+        .outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Send(r) => match &r.kind {
+                SendKind::StateEvent { event_type, state_key, content, .. }
+                    if event_type == famedly && state_key == BOB =>
+                {
+                    Some(content.clone())
+                }
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    assert!(!published.is_empty());
+    for c in &published {
+        let devices: Vec<&str> =
+            c["memberships"].as_array().unwrap().iter().filter_map(|m| m["device_id"].as_str()).collect();
+        assert_eq!(devices, vec!["BOB"], "{c}");
+    }
+}

@@ -551,9 +551,26 @@ impl KeyManager {
         }
     }
 
+    /// Keeps a key from a non-member until its membership arrives. Bounded per sender as well
+    /// as in total: a sender over its share loses its own oldest key, and when the buffer is
+    /// full the sender holding the most loses its oldest, so one Olm user flooding keys never
+    /// evicts another sender's (a member-to-be's) key.
     fn buffer(&mut self, now: Timestamp, sender: UserId, content: KeysContent) {
-        while self.buffered.len() >= self.config.max_pending_keys {
-            self.buffered.pop_front();
+        let per_sender = (self.config.max_pending_keys / 8).max(1);
+        let mut counts: std::collections::BTreeMap<&UserId, usize> = std::collections::BTreeMap::new();
+        for b in &self.buffered {
+            *counts.entry(&b.sender).or_default() += 1;
+        }
+        let victim = if counts.get(&sender).copied().unwrap_or(0) >= per_sender {
+            self.buffered.iter().position(|b| b.sender == sender)
+        } else if self.buffered.len() >= self.config.max_pending_keys {
+            let top = counts.values().copied().max().unwrap_or(0);
+            self.buffered.iter().position(|b| counts.get(&b.sender) == Some(&top))
+        } else {
+            None
+        };
+        if let Some(i) = victim {
+            self.buffered.remove(i);
         }
         tracing::debug!(device = %content.claimed_device, "key from a non-member: buffered");
         self.buffered.push_back(Buffered {
@@ -1083,6 +1100,23 @@ mod tests {
         }
         assert_eq!(km.buffered.len(), 64);
         assert_eq!(km.buffered.front().map(|b| b.content.claimed_device.to_string()), Some("D036".into()));
+    }
+
+    #[test]
+    fn one_senders_key_flood_does_not_evict_another_senders_buffered_key() {
+        let mut h = Harness::new();
+        let mut km = manager(KeyTransport::ElementCall);
+        // A member-to-be's key waits for its membership.
+        let carol = member(1);
+        receive(&mut h, &mut km, &carol, types::ELEMENT_CALL_KEYS, &ec_key(&carol, 0, 7, 1));
+        // One Olm user (many claimed devices) floods keys.
+        let mut mallory = member(2);
+        for n in 0..1_000 {
+            mallory.device_id = format!("M{n}").as_str().into();
+            receive(&mut h, &mut km, &mallory, types::ELEMENT_CALL_KEYS, &ec_key(&mallory, 0, 9, 1));
+        }
+        assert!(km.buffered.iter().any(|b| b.sender == carol.user_id), "carol's key survives");
+        assert_eq!(km.buffered.iter().filter(|b| b.sender == mallory.user_id).count(), 64 / 8);
     }
 
     #[test]

@@ -186,6 +186,30 @@ pub fn parse(event_type: &str, content: &Value) -> Result<Option<ParsedMembers>,
     }
 }
 
+/// Whether `sender` owns the state key `key` of a membership event of `event_type`: famedly's
+/// per-user key is the user id; MatrixRTC's per-device keys start with the user id (`@u:hs_…`,
+/// or `_@u:hs_…` in room versions without owned state keys), and its legacy per-user form is
+/// the user id. Sticky memberships are keyed by their sender by the machine itself.
+pub fn state_key_owned_by(event_type: &str, key: &str, sender: &str) -> bool {
+    match event_type {
+        FAMEDLY_MEMBER => key == sender,
+        RTC_MEMBER_STICKY => true,
+        _ => {
+            let rest = key.strip_prefix('_').unwrap_or(key);
+            rest == sender || rest.strip_prefix(sender).is_some_and(|tail| tail.starts_with('_'))
+        }
+    }
+}
+
+/// The content that announces no membership, for an event type (a leave).
+pub fn empty_content(event_type: &str) -> Value {
+    if event_type == FAMEDLY_MEMBER {
+        serde_json::json!({ "memberships": [] })
+    } else {
+        serde_json::json!({})
+    }
+}
+
 /// The `member.user_id` of a sticky membership (must equal the sender).
 pub fn sticky_user(content: &Value) -> Option<&str> {
     content.get("member")?.get("user_id")?.as_str()
@@ -397,6 +421,20 @@ mod tests {
         assert_eq!((bad.entries.len(), bad.skipped), (0, 1));
         assert_eq!(rtc_state_key("@a:x", "DEV", "m.call", "", false), "_@a:x_DEV_m.call");
         assert!(parse("m.room.member", &json!({})).unwrap().is_none());
+    }
+
+    #[test]
+    fn state_key_ownership() {
+        let a = "@a:x";
+        assert!(state_key_owned_by(FAMEDLY_MEMBER, "@a:x", a));
+        assert!(!state_key_owned_by(FAMEDLY_MEMBER, "@b:x", a));
+        assert!(state_key_owned_by(RTC_MEMBER, "_@a:x_DEV_m.call", a));
+        assert!(state_key_owned_by(RTC_MEMBER, "@a:x_DEV_m.call", a));
+        assert!(state_key_owned_by(RTC_MEMBER, "@a:x", a));
+        assert!(!state_key_owned_by(RTC_MEMBER, "_@b:x_DEV_m.call", a));
+        // A user id that is a prefix of another's is not its owner.
+        assert!(!state_key_owned_by(RTC_MEMBER, "_@a:xy_DEV_m.call", a));
+        assert!(!state_key_owned_by(RTC_MEMBER, "_@a:x.evil_DEV", a));
     }
 
     #[test]
