@@ -2,13 +2,15 @@
 //!
 //! - `conformance [--dir DIR] [--filter PAT]`: run the conformance fixtures.
 //! - `test`: everything CI runs (format, lints, unit/integration tests with a real Synapse,
-//!   fixtures).
+//!   fixtures, packaging).
+//! - `package [--verify-all]`: `cargo package` for every publishable crate (see `package.rs`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 mod conformance;
 mod netns;
+mod package;
 mod test;
 
 fn main() -> ExitCode {
@@ -16,6 +18,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("conformance") => conformance::run(&args[1..]),
         Some("test") => test::run(&args[1..]),
+        Some("package") => package::run(&args[1..]),
         Some("interop") => {
             // `cargo xtask interop …`: interop with the real matrix-js-sdk (docs/interop.md).
             #[path = "interop.rs"]
@@ -35,7 +38,7 @@ fn main() -> ExitCode {
             sim::run(&args[1..])
         }
         other => {
-            eprintln!("usage: cargo xtask <test|conformance|sim|interop|bench> …  (got {other:?})");
+            eprintln!("usage: cargo xtask <test|package|conformance|sim|interop|bench> …  (got {other:?})");
             return ExitCode::from(2);
         }
     };

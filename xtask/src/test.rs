@@ -2,8 +2,8 @@
 //! format check, clippy with `-D warnings`, one shared real Synapse on loopback (installed into a
 //! cached virtualenv on first use by `voip-testkit`'s rig), every test of the workspace against
 //! it, the doc tests, the demo against that Synapse, the conformance fixtures, the demo on the
-//! in-process homeserver (both on real webrtc-rs media) and a bounded fault simulation. Synapse
-//! is stopped however the run ends.
+//! in-process homeserver (both on real webrtc-rs media), a bounded fault simulation and
+//! `cargo package` of the publishable crates. Synapse is stopped however the run ends.
 //!
 //! `--no-lint` skips format and clippy (for a quick local run).
 
@@ -19,7 +19,7 @@ fn cargo_cmd(args: &[&str]) -> Command {
     c
 }
 
-fn cargo(args: &[&str], env: &BTreeMap<String, String>) -> anyhow::Result<()> {
+pub(crate) fn cargo(args: &[&str], env: &BTreeMap<String, String>) -> anyhow::Result<()> {
     println!("\n==> cargo {}", args.join(" "));
     let status = cargo_cmd(args).envs(env).status().context("running cargo")?;
     if !status.success() {
@@ -118,5 +118,7 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<bool> {
     cargo(&["run", "-q", "-p", "voip", "--example", "demo"], &none)?;
     // A bounded run of the fault scenarios (docs/simulation.md): a few seconds.
     cargo(&["run", "-q", "-p", "voip-sim", "--bin", "sim", "--", "--seeds", "16"], &none)?;
+    // The publishable crates as crates.io would get them (`cargo xtask package`, docs/testing.md).
+    crate::package::run(&[])?;
     Ok(fixtures_ok)
 }

@@ -20,6 +20,7 @@
 //! With the `matrix` feature, [`matrix`] connects these to `voip-matrix` (OpenID tokens and
 //! discovery through the app's matrix-sdk client). `docs/livekit.md` in the repository describes
 //! the whole path and the mapping to the LiveKit Rust and JS SDKs.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs)]
 #![warn(unreachable_pub, missing_debug_implementations)]
 

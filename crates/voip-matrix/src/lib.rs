@@ -29,6 +29,7 @@
 //! # }
 //! # struct VoipStub;
 //! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs)]
 #![recursion_limit = "256"]
 

@@ -7,6 +7,7 @@
 //! - [`invariants`]: the invariant checker run after every step by the property tests and
 //!   `cargo xtask sim`; [`scenario`]: seeded fault scenarios, replayable traces, shrinking.
 //! - [`fuzzing`]: the harness functions of the fuzz targets in `fuzz/` (also replayed as tests).
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs)]
 
 pub mod conformance;

@@ -18,6 +18,7 @@
 //! [`synapse()`]), which builds without matrix-sdk.
 //!
 //! See `README.md` in this crate for the commands.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs)]
 #![recursion_limit = "256"]
 

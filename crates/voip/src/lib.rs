@@ -43,6 +43,13 @@
 //! Feature flags: `matrix` (default; `Voip::from_client`), `webrtc` (default;
 //! `VoipBuilder::webrtc`), `livekit` (`GroupCall::livekit_credentials`,
 //! `VoipBuilder::livekit_key_provider`).
+//!
+//! ---
+//!
+//! The rest of this page is the repository's README (the crate's page on crates.io too): its
+//! Rust snippets, the quickstart among them, are compiled as doc tests of this crate.
+#![cfg_attr(all(feature = "matrix", feature = "webrtc", feature = "livekit"), doc = include_str!("../README.md"))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs)]
 #![warn(unreachable_pub, missing_debug_implementations)]
 
