@@ -84,18 +84,52 @@ impl Drop for Synapse {
     }
 }
 
+/// The features every step builds with: the workspace's defaults plus decoded audio
+/// (`voip/codecs`: libopus built from source by `opusic-sys`), so one build serves all steps.
+const FEATURES: &str = "voip/codecs";
+
+/// libopus is built with cmake: install it with apt-get (Debian/Ubuntu, as root or with
+/// password-less sudo) when it is missing, so a fresh machine needs nothing else.
+fn ensure_cmake() -> anyhow::Result<()> {
+    let found = |cmd: &str| Command::new(cmd).arg("--version").output().is_ok_and(|o| o.status.success());
+    if found("cmake") {
+        return Ok(());
+    }
+    println!("\n==> cmake is missing (libopus is built with it): installing it with apt-get");
+    let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0"));
+    let apt = |args: &[&str]| -> anyhow::Result<bool> {
+        let mut c = if root { Command::new("apt-get") } else { Command::new("sudo") };
+        if !root {
+            c.args(["-n", "apt-get"]);
+        }
+        Ok(c.args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .context("running apt-get")?
+            .success())
+    };
+    if !(apt(&["update", "-q"])? && apt(&["install", "-y", "-q", "cmake"])? && found("cmake")) {
+        bail!("cmake is needed to build libopus (feature codecs): install it (e.g. apt-get install cmake)");
+    }
+    Ok(())
+}
+
 pub(crate) fn run(args: &[String]) -> anyhow::Result<bool> {
     let quick = args.iter().any(|a| a == "--no-lint");
     let none = BTreeMap::new();
+    ensure_cmake()?;
     if !quick {
         cargo(&["fmt", "--all", "--", "--check"], &none)?;
-        cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"], &none)?;
+        cargo(
+            &["clippy", "--workspace", "--all-targets", "--features", FEATURES, "--", "-D", "warnings"],
+            &none,
+        )?;
     }
     // Build everything first, so Synapse does not idle while the tests compile.
-    cargo(&["test", "--workspace", "--all-targets", "--no-run"], &none)?;
+    cargo(&["test", "--workspace", "--all-targets", "--features", FEATURES, "--no-run"], &none)?;
     let synapse = Synapse::start()?;
-    cargo(&["test", "--workspace", "--all-targets"], &synapse.env)?;
-    cargo(&["test", "--workspace", "--doc"], &synapse.env)?;
+    cargo(&["test", "--workspace", "--all-targets", "--features", FEATURES], &synapse.env)?;
+    cargo(&["test", "--workspace", "--doc", "--features", FEATURES], &synapse.env)?;
     // The demo against the real homeserver too (it registers its own users).
     let (url, secret) = (synapse.env["SYNAPSE_URL"].clone(), synapse.env["SYNAPSE_REG_SECRET"].clone());
     let homeserver_demo = [
@@ -116,6 +150,8 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<bool> {
     println!("\n==> conformance fixtures");
     let fixtures_ok = crate::conformance::run(&[])?;
     cargo(&["run", "-q", "-p", "voip", "--example", "demo"], &none)?;
+    // Decoded audio through a call on the in-process homeserver: greeting and recording.
+    cargo(&["run", "-q", "-p", "voip", "--features", "codecs", "--example", "answering_machine"], &none)?;
     // A bounded run of the fault scenarios (docs/simulation.md): a few seconds.
     cargo(&["run", "-q", "-p", "voip-sim", "--bin", "sim", "--", "--seeds", "16"], &none)?;
     // The publishable crates as crates.io would get them (`cargo xtask package`, docs/testing.md).

@@ -424,8 +424,11 @@ impl CallTask {
         kind: MediaKind,
     ) -> Result<(), String> {
         let pc = self.pc.clone().ok_or("no peer connection (CreatePeer missing or failed)")?;
-        let source =
-            self.config.sources.create(&self.call_id, stream_id, purpose, kind).map_err(|e| e.to_string())?;
+        let source = self
+            .config
+            .source_factory()
+            .create(&self.call_id, stream_id, purpose, kind)
+            .map_err(|e| e.to_string())?;
         self.track_counter += 1;
         let kind_str = match kind {
             MediaKind::Audio => "audio",
@@ -874,7 +877,7 @@ impl CallTask {
                 kind,
                 track_id,
                 sink,
-                self.config.sink.clone().map(|app| (self.call_id.clone(), app)),
+                (self.call_id.clone(), self.config.app_sinks()),
                 self.pc_tx.clone(),
             ),
         );
@@ -912,6 +915,9 @@ impl CallTask {
         for t in self.sink_tasks.drain(..) {
             t.abort();
         }
+        for app in self.config.app_sinks() {
+            app.on_call_closed(&self.call_id);
+        }
         if let Ok(mut s) = self.shared.lock() {
             s.pc = None;
             s.local.clear();
@@ -937,7 +943,7 @@ const NO_FRAME_RETRY: Duration = Duration::from_millis(10);
 
 /// Hands one frame to webrtc-rs if the negotiated direction lets the track send.
 async fn send_frame(track: &TrackLocalStaticSample, ssrc: u32, gate: &SendGate, frame: EncodedFrame) {
-    if !gate.may_send.load(Ordering::SeqCst) {
+    if frame.data.is_empty() || !gate.may_send.load(Ordering::SeqCst) {
         return;
     }
     let Some(pt) = gate.payload_type() else { return };
@@ -991,7 +997,7 @@ async fn run_sink(
     kind: MediaKind,
     track_id: String,
     sink: Arc<TrackSink>,
-    app_sink: Option<(CallId, Arc<dyn MediaSink>)>,
+    (call_id, app_sinks): (CallId, Vec<Arc<dyn MediaSink>>),
     pc_tx: mpsc::UnboundedSender<PcEvent>,
 ) {
     while let Some(event) = track.poll().await {
@@ -1007,13 +1013,16 @@ async fn run_sink(
                     arrived: Instant::now(),
                 };
                 sink.record(&packet);
-                if let Some((call_id, app)) = &app_sink {
-                    app.on_call_packet(call_id, &stream_id, kind, &packet);
+                for app in &app_sinks {
+                    app.on_call_packet(&call_id, &stream_id, kind, &packet);
                 }
             }
             TrackRemoteEvent::OnEnded => break,
             _ => {}
         }
+    }
+    for app in &app_sinks {
+        app.on_track_ended(&call_id, &stream_id, kind);
     }
     let _ = pc_tx.send(PcEvent::TrackEnded { stream_id, kind, track_id });
 }

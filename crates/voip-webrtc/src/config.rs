@@ -90,6 +90,8 @@ pub struct WebrtcConfig {
     pub(crate) sources: Arc<dyn SourceFactory>,
     pub(crate) sink: Option<Arc<dyn MediaSink>>,
     pub(crate) network: NetworkSwitch,
+    #[cfg(feature = "codecs")]
+    pub(crate) audio: Option<crate::media::audio::AudioHub>,
 }
 
 impl fmt::Debug for WebrtcConfig {
@@ -129,6 +131,8 @@ impl Default for WebrtcConfig {
             sources: bundled_media(),
             sink: None,
             network: NetworkSwitch::new(),
+            #[cfg(feature = "codecs")]
+            audio: None,
         }
     }
 }
@@ -223,6 +227,43 @@ impl WebrtcConfig {
     pub fn with_sink(mut self, sink: Arc<dyn MediaSink>) -> Self {
         self.sink = Some(sink);
         self
+    }
+
+    /// Decoded audio (feature `codecs`): local audio tracks send the call's
+    /// [`crate::media::audio::AudioInput`] encoded with libopus, every remote audio track is
+    /// jitter-buffered and decoded for [`crate::media::audio::AudioHub::remote_audio`]. Video
+    /// tracks take their frames from the hub's video factory. Other sinks still get packets.
+    #[cfg(feature = "codecs")]
+    #[must_use]
+    pub fn with_audio(mut self, hub: crate::media::audio::AudioHub) -> Self {
+        self.audio = Some(hub);
+        self
+    }
+
+    /// The decoded-audio hub, if configured.
+    #[cfg(feature = "codecs")]
+    pub fn audio(&self) -> Option<&crate::media::audio::AudioHub> {
+        self.audio.as_ref()
+    }
+
+    /// Where local tracks get their frames: the audio hub when configured, else the sources.
+    pub(crate) fn source_factory(&self) -> &dyn SourceFactory {
+        #[cfg(feature = "codecs")]
+        if let Some(hub) = &self.audio {
+            return hub;
+        }
+        self.sources.as_ref()
+    }
+
+    /// The app's sinks: its own and the audio hub.
+    pub(crate) fn app_sinks(&self) -> Vec<Arc<dyn MediaSink>> {
+        #[allow(unused_mut)]
+        let mut sinks: Vec<Arc<dyn MediaSink>> = self.sink.iter().cloned().collect();
+        #[cfg(feature = "codecs")]
+        if let Some(hub) = &self.audio {
+            sinks.push(Arc::new(hub.clone()));
+        }
+        sinks
     }
 
     /// Share a [`NetworkSwitch`] to black-hole this engine's traffic on demand.

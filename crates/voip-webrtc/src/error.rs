@@ -34,6 +34,12 @@ pub enum Error {
     /// The call's task has ended (the call was closed).
     #[error("call {0} is closed")]
     CallClosed(CallId),
+    /// The codec library (libopus) refused an operation (feature `codecs`).
+    #[error("codec: {0}")]
+    Codec(String),
+    /// Reading or writing a media file failed (WAV: feature `codecs`).
+    #[error("media file: {0}")]
+    MediaFile(String),
 }
 
 /// `Result` with this crate's [`Error`].

@@ -120,6 +120,12 @@ impl WebrtcEngine {
         }
     }
 
+    /// The decoded-audio hub given to [`WebrtcConfig::with_audio`] (feature `codecs`).
+    #[cfg(feature = "codecs")]
+    pub fn audio(&self) -> Option<&crate::media::audio::AudioHub> {
+        self.inner.config.audio()
+    }
+
     /// An engine and the receiver of its events.
     pub fn with_channel(config: WebrtcConfig) -> (Self, MediaEventReceiver) {
         let (tx, rx) = media_event_channel();

@@ -211,3 +211,34 @@ impl Call {
         None
     }
 }
+
+/// Decoded audio (feature `codecs`, with an engine built from
+/// `WebrtcConfig::with_audio(AudioHub)`).
+#[cfg(feature = "codecs")]
+impl Call {
+    fn audio_hub(&self) -> Option<&voip_webrtc::media::audio::AudioHub> {
+        self.shared.audio.as_ref()
+    }
+
+    /// Decoded 48 kHz PCM of the peer's stream `stream` (see [`Call::streams`]), from now on:
+    /// jitter-buffered, lost packets recovered from FEC or concealed. `None` without decoded
+    /// audio. The stream ends with the track or the call.
+    pub fn remote_audio(
+        &self,
+        stream: &voip_core::StreamId,
+    ) -> Option<voip_webrtc::media::audio::RemoteAudio> {
+        Some(self.audio_hub()?.remote_audio(&self.id, stream))
+    }
+
+    /// What this call sends as its microphone: push PCM (any rate, any channels) or play a
+    /// source. Usable before the call is answered. `None` without decoded audio.
+    pub fn audio_input(&self) -> Option<voip_webrtc::media::audio::AudioInput> {
+        Some(self.audio_hub()?.input(&self.id))
+    }
+
+    /// Replaces what the call sends from the next 20 ms frame on (no renegotiation): a tone, a
+    /// WAV file, silence, an app's capture. `false` without decoded audio.
+    pub fn replace_audio_input(&self, source: impl voip_webrtc::media::audio::PcmSource) -> bool {
+        self.audio_input().map(|i| i.replace(source)).is_some()
+    }
+}

@@ -62,6 +62,9 @@ pub(crate) struct Shared {
     local: LocalDevice,
     #[cfg(feature = "matrix")]
     pub(crate) adapter: Option<voip_matrix::MatrixAdapter>,
+    /// Decoded audio of the webrtc engine (`WebrtcConfig::with_audio`).
+    #[cfg(feature = "codecs")]
+    pub(crate) audio: Option<voip_webrtc::media::audio::AudioHub>,
 }
 
 impl Shared {
@@ -328,6 +331,8 @@ impl VoipBuilder {
             local: self.local,
             #[cfg(feature = "matrix")]
             adapter: self.adapter,
+            #[cfg(feature = "codecs")]
+            audio: self.webrtc.as_ref().and_then(|e| e.audio().cloned()),
         });
         #[cfg(feature = "matrix")]
         if let Some(adapter) = &shared.adapter {

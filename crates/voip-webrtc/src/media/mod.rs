@@ -7,6 +7,8 @@
 //!   every second.
 //! * `black.ivf`: one black 160×120 VP8 keyframe, sent while a video track is disabled.
 
+#[cfg(feature = "codecs")]
+pub mod audio;
 pub mod container;
 pub mod echo;
 pub mod opus;

@@ -57,6 +57,17 @@ pub trait MediaSink: Send + Sync + 'static {
         let _ = call_id;
         self.on_packet(stream_id, kind, packet);
     }
+
+    /// The remote track `kind` of stream `stream_id` of call `call_id` ended (removed by a
+    /// renegotiation, or its RTP stream closed). Default: nothing.
+    fn on_track_ended(&self, call_id: &CallId, stream_id: &StreamId, kind: MediaKind) {
+        let _ = (call_id, stream_id, kind);
+    }
+
+    /// Call `call_id`'s media was closed: no more packets for it. Default: nothing.
+    fn on_call_closed(&self, call_id: &CallId) {
+        let _ = call_id;
+    }
 }
 
 /// Counters of one remote track.

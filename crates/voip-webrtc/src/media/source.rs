@@ -26,14 +26,23 @@ pub struct EncodedFrame {
     pub duration: Duration,
 }
 
+impl EncodedFrame {
+    /// Nothing to send for `duration` (a muted track, a DTX frame): the engine sends no packet
+    /// and asks again after `duration`.
+    pub fn skip(duration: Duration) -> Self {
+        EncodedFrame { data: Bytes::new(), duration }
+    }
+}
+
 /// A source of encoded frames for one local track (Opus for audio, VP8 for video).
 ///
 /// Called from the track's sending task, once per frame duration, while the track is
 /// negotiated to send.
 pub trait MediaSource: Send + 'static {
     /// The next frame. `enabled == false` means the track is muted or the call is on hold:
-    /// return silence / a black frame (as libwebrtc does), or `None` to send nothing this tick
-    /// (the engine asks again 10 ms later; the track keeps going).
+    /// return silence / a black frame (as libwebrtc does), [`EncodedFrame::skip`] to send
+    /// nothing for a frame's duration, or `None` to send nothing this tick (the engine asks
+    /// again 10 ms later; the track keeps going).
     fn next_frame(&mut self, enabled: bool) -> Option<EncodedFrame>;
 }
 
