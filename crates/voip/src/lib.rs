@@ -44,6 +44,20 @@
 //! `VoipBuilder::webrtc`), `livekit` (`GroupCall::livekit_credentials`,
 //! `VoipBuilder::livekit_key_provider`).
 //!
+//! Examples, in `examples/` (`cargo run -p voip --example NAME`; on the in-process homeserver,
+//! with real webrtc-rs media on loopback):
+//!
+//! * `one_to_one`: a 1:1 voice call start to finish: place, ring, answer, connect, hang up.
+//! * `echo_bot`: a bot that answers every call and sends the caller's own audio back.
+//! * `mesh_group_call`: a mesh group call of three: everyone enters, every pair gets a peer
+//!   call, audio flows, one leaves, the others see it.
+//! * `livekit_keys`: LiveKit SFU mode: membership and media keys handled, keys delivered to each
+//!   app's key provider and rotated when a member leaves.
+//!
+//! In the repository only (they use its Synapse test rig, `voip-testkit`): `demo` (the readable
+//! timeline of real calls that `cargo xtask test` runs, in-process or against a homeserver) and
+//! `setup_bench` (call set-up times for `cargo xtask bench`).
+//!
 //! ---
 //!
 //! The rest of this page is the repository's README (the crate's page on crates.io too): its
