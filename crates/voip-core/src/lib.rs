@@ -33,6 +33,8 @@ pub use input::{
     Command, Input, Membership, RoomEvent, RoomMember, SendOutcome, Signalling, StateEvent, ToDeviceEvent,
 };
 pub use machine::{Counters, MediaKeys, Voip};
+#[cfg(feature = "testing")]
+pub use machine::{Footprint, Usage};
 pub use media::{CallType, MediaCommand, MediaEvent};
 pub use output::{
     CallDirection, CallState, DelayedAction, EndReason, Event, Initiator, LocalStream, Output, RemoteStream,

@@ -134,6 +134,8 @@ pub struct Voip {
     gate: Gate,
     /// Rooms with `m.room.encryption`: cleartext call events there are refused.
     encrypted_rooms: BTreeSet<RoomId>,
+    /// Replacements of our calls that their callee ended with `replaced` (lagging glare).
+    awaited: glare::AwaitedReplacements,
     members: BTreeMap<RoomId, BTreeMap<UserId, Membership>>,
     out: VecDeque<Output>,
     sends: SendTable,
@@ -188,6 +190,7 @@ impl Voip {
             early: EarlyCandidates::default(),
             gate: Gate::default(),
             encrypted_rooms: BTreeSet::new(),
+            awaited: glare::AwaitedReplacements::default(),
             members: BTreeMap::new(),
             out: VecDeque::new(),
             sends: SendTable::with_session(session_tag(&seed)),
@@ -237,6 +240,30 @@ impl Voip {
     /// Received-event statistics.
     pub fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    /// How full every map that remote input can grow is, against its bounds (for fuzzing and
+    /// property tests: see `docs/security.md`).
+    #[cfg(feature = "testing")]
+    pub fn footprint(&self) -> Footprint {
+        let usage = |(total, max_one, q): (usize, usize, Quota)| Usage {
+            total,
+            max_one_sender: max_one,
+            limit_total: q.total,
+            limit_per_sender: q.per_sender,
+        };
+        let pending = (self.pending_mesh.total(), self.pending_mesh.max_per_sender(), self.pending_mesh.quota());
+        let mut calls_per_peer: BTreeMap<&UserId, usize> = BTreeMap::new();
+        for c in self.calls.values() {
+            *calls_per_peer.entry(&c.peer_user).or_default() += 1;
+        }
+        Footprint {
+            ended: usage(self.ended.usage()),
+            early_candidates: usage(self.early.usage()),
+            pending_mesh: usage(pending),
+            calls: self.calls.len(),
+            max_calls_one_peer: calls_per_peer.values().copied().max().unwrap_or(0),
+        }
     }
 
     /// Number of sends still waiting for their [`Input::SendResult`].
@@ -391,6 +418,7 @@ impl Voip {
             self.early.next_expiry(),
             self.pending_mesh.next_expiry(),
             self.gate.next_expiry(),
+            self.awaited.next_expiry(),
         ]
         .into_iter()
         .flatten()
@@ -956,7 +984,16 @@ impl Voip {
             }
         }
         let mut replaced: Option<(CallId, CallType, (bool, bool))> = None;
-        if let Some((ours, invite_sent, our_type, mutes)) = glare_with {
+        let awaited = if glare_with.is_none() && source.signalling == Signalling::Room {
+            self.awaited.take(&source.room_id, sender, ctx.now)
+        } else {
+            None
+        };
+        if let Some(a) = awaited {
+            // Glare whose other invite lagged behind its hangup of ours: this is the replacement.
+            tracing::debug!(ours = %a.old, incoming = %call_id, "the callee's invite replaces our call");
+            replaced = Some((a.old, a.call_type, a.mutes));
+        } else if let Some((ours, invite_sent, our_type, mutes)) = glare_with {
             match glare::resolve(ours.as_str(), call_id.as_str(), invite_sent) {
                 glare::GlareOutcome::OursWins => {
                     tracing::debug!(%ours, incoming = %call_id, "glare: our call wins");
@@ -1681,6 +1718,7 @@ impl Voip {
         self.ended.expire(now);
         self.early.expire(now);
         self.gate.expire(now);
+        self.awaited.expire(now);
         self.collect_ended();
     }
 
@@ -1703,10 +1741,62 @@ impl Voip {
                         self.mesh_retry.entry(link.group.clone()).or_insert(self.now.plus(MESH_RETRY_MS));
                     }
                 }
+                if call.direction == CallDirection::Outgoing
+                    && call.group.is_none()
+                    && !call.ever_connected
+                    && call.ended_by == Some((EndReason::Replaced, Initiator::Remote))
+                {
+                    self.awaited.expect(
+                        call.room_id.clone(),
+                        call.peer_user.clone(),
+                        id.clone(),
+                        call.offered_type,
+                        call.mutes(),
+                        self.now.plus(self.config.invite_lifetime_ms),
+                    );
+                }
                 self.remember_ended(id, call.peer_user);
             }
         }
     }
+}
+
+/// How full one bounded map is (see [`Voip::footprint`]).
+#[cfg(feature = "testing")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Usage {
+    /// Entries held.
+    pub total: usize,
+    /// The most entries held for one sender.
+    pub max_one_sender: usize,
+    /// The bound on `total`.
+    pub limit_total: usize,
+    /// The bound on `max_one_sender`.
+    pub limit_per_sender: usize,
+}
+
+#[cfg(feature = "testing")]
+impl Usage {
+    /// Within both bounds.
+    pub fn within_bounds(&self) -> bool {
+        self.total <= self.limit_total && self.max_one_sender <= self.limit_per_sender
+    }
+}
+
+/// The maps remote input can grow, against their bounds (see [`Voip::footprint`]).
+#[cfg(feature = "testing")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Footprint {
+    /// Remembered ended calls.
+    pub ended: Usage,
+    /// Early candidates of unknown calls.
+    pub early_candidates: Usage,
+    /// Mesh invites waiting for a membership.
+    pub pending_mesh: Usage,
+    /// Live calls.
+    pub calls: usize,
+    /// Live calls with one peer user.
+    pub max_calls_one_peer: usize,
 }
 
 /// Media keys of an SFU group call (see [`Voip::media_keys`]).

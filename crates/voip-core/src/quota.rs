@@ -64,6 +64,24 @@ impl<K: Ord + Clone, V> PerSender<K, V> {
         self.entries.len()
     }
 
+    /// The most entries any one sender holds.
+    #[cfg(feature = "testing")]
+    pub(crate) fn max_per_sender(&self) -> usize {
+        self.by_sender.values().map(BTreeSet::len).max().unwrap_or(0)
+    }
+
+    /// The bounds.
+    #[cfg(feature = "testing")]
+    pub(crate) fn quota(&self) -> Quota {
+        self.quota
+    }
+
+    /// Number of entries (all senders).
+    #[cfg(feature = "testing")]
+    pub(crate) fn total(&self) -> usize {
+        self.entries.len()
+    }
+
     /// Entries held for `sender`.
     pub(crate) fn count_of(&self, sender: &UserId) -> usize {
         self.by_sender.get(sender).map_or(0, BTreeSet::len)

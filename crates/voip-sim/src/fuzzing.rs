@@ -6,7 +6,11 @@
 //! - [`wire_member`]: membership parsing of every dialect; entries within the list limit;
 //! - [`wire_keys`]: media-key parsing; every accepted key within the length and index limits;
 //! - [`handle`]: the core's input handler fed a JSON list of [`Input`]s on a device with a live
-//!   1:1 call and SFU and mesh group calls; afterwards the machine still works.
+//!   1:1 call and SFU and mesh group calls: a cleartext to-device call event changes no call and
+//!   causes no output; no map that remote input grows exceeds its per-sender or total bound
+//!   (`Voip::footprint`); no peer gets more live calls than its new-call budget; deadlines are
+//!   never in the past (and, built with debug assertions, no arithmetic overflows); afterwards
+//!   the machine still works.
 //!
 //! For the wire targets the first byte picks the event type, the rest is the JSON content.
 
@@ -144,11 +148,32 @@ pub fn handle(data: &[u8]) {
     let (mut voip, mut now) = handle_machine();
     for item in items.into_iter().take(64) {
         let Ok(input) = serde_json::from_value::<Input>(item) else { continue };
-        let _ = voip.handle(now, input);
+        // Timers due now fire first, so what follows is the input's doing alone.
+        let _ = voip.handle(now, Input::Tick);
         while voip.poll().is_some() {}
+        let unauthenticated = matches!(&input, Input::ToDevice(e)
+            if (!e.encrypted || e.sender_device.is_none()) && call::is_call_event_type(&e.event_type));
+        let before = unauthenticated.then(|| voip.calls());
+        let _ = voip.handle(now, input);
+        let mut outputs = 0;
+        while voip.poll().is_some() {
+            outputs += 1;
+        }
+        if let Some(before) = before {
+            // A cleartext to-device call event never creates, changes or ends a call.
+            assert_eq!(voip.calls(), before, "a cleartext to-device event changed a call");
+            assert_eq!(outputs, 0, "a cleartext to-device event caused output");
+        }
         if let Some(d) = voip.next_deadline() {
             assert!(d.at >= now, "deadline {d:?} before now {now:?}");
         }
+        // Nothing one sender caused outgrows its bounds.
+        let f = voip.footprint();
+        for (name, u) in [("ended", f.ended), ("early candidates", f.early_candidates), ("pending mesh", f.pending_mesh)] {
+            assert!(u.within_bounds(), "{name} over its bounds: {u:?}");
+        }
+        // One peer: at most its budget of new calls (10 a minute) plus our own call.
+        assert!(f.max_calls_one_peer <= 11, "{} live calls with one peer", f.max_calls_one_peer);
         now = now.plus(1_000);
     }
     // The machine still works: every call can be hung up, and time runs out for everything.

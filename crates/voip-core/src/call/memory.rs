@@ -60,6 +60,12 @@ impl EndedCalls {
     pub(crate) fn len(&self) -> usize {
         self.map.len()
     }
+
+    /// (total, most of one sender, quota).
+    #[cfg(feature = "testing")]
+    pub(crate) fn usage(&self) -> (usize, usize, crate::quota::Quota) {
+        (self.map.total(), self.map.max_per_sender(), self.map.quota())
+    }
 }
 
 /// Candidates of one call we have not seen the invite of yet.
@@ -125,6 +131,12 @@ impl EarlyCandidates {
     pub(crate) fn take(&mut self, call_id: &CallId, sender: &UserId, room: &RoomId) -> Option<Early> {
         let (owner, early) = self.map.remove(call_id)?;
         (owner == *sender && early.room_id == *room).then_some(early)
+    }
+
+    /// (total, most of one sender, quota).
+    #[cfg(feature = "testing")]
+    pub(crate) fn usage(&self) -> (usize, usize, Quota) {
+        (self.map.total(), self.map.max_per_sender(), self.map.quota())
     }
 
     /// Drop `call_id`'s batches.

@@ -129,6 +129,8 @@ pub(crate) struct Call {
     pub(crate) auto_answer: Option<CallType>,
     /// Media connected at least once.
     pub(crate) ever_connected: bool,
+    /// Why and by whom the call ended, once it has.
+    pub(crate) ended_by: Option<(EndReason, Initiator)>,
     /// `RingtoneStarted` was emitted and not yet stopped.
     ringtone: bool,
     /// Whether anything of this call went on the wire (invite, answer, reject…).
@@ -224,6 +226,7 @@ impl Call {
             auto_answer: None,
             ringtone: false,
             ever_connected: false,
+            ended_by: None,
             on_wire: false,
             group: None,
             reorder: remote::Reorder::default(),
@@ -572,6 +575,7 @@ impl Call {
         }
         let _span = tracing::debug_span!("call", call_id = %self.id, party_id = %self.local_party).entered();
         tracing::debug!(?reason, ?initiator, "call ended");
+        self.ended_by = Some((reason.clone(), initiator));
         self.timers.clear_all();
         self.cands.clear();
         self.media(ctx, MediaCommand::Close);

@@ -186,17 +186,21 @@ pub fn parse(event_type: &str, content: &Value) -> Result<Option<ParsedMembers>,
     }
 }
 
-/// Whether `sender` owns the state key `key` of a membership event of `event_type`: famedly's
-/// per-user key is the user id; MatrixRTC's per-device keys start with the user id (`@u:hs_…`,
-/// or `_@u:hs_…` in room versions without owned state keys), and its legacy per-user form is
-/// the user id. Sticky memberships are keyed by their sender by the machine itself.
+/// Whether `sender` owns the state key `key` of a membership event of `event_type`: per-user keys
+/// are the user id (famedly's list, MatrixRTC's legacy form); per-device keys start with it
+/// (`@u:hs_…`, or `_@u:hs_…` in room versions without owned state keys), in both dialects, and
+/// famedly's also end with it (`DEVICE_@u:hs`).
+/// Sticky memberships are keyed by their sender by the machine itself.
 pub fn state_key_owned_by(event_type: &str, key: &str, sender: &str) -> bool {
     match event_type {
-        FAMEDLY_MEMBER => key == sender,
         RTC_MEMBER_STICKY => true,
         _ => {
             let rest = key.strip_prefix('_').unwrap_or(key);
-            rest == sender || rest.strip_prefix(sender).is_some_and(|tail| tail.starts_with('_'))
+            rest == sender
+                || rest.strip_prefix(sender).is_some_and(|tail| tail.starts_with('_'))
+                // famedly's unprotected per-device form `DEVICE_@user`.
+                || (event_type == FAMEDLY_MEMBER
+                    && key.strip_suffix(sender).is_some_and(|head| head.len() > 1 && head.ends_with('_')))
         }
     }
 }
@@ -428,6 +432,11 @@ mod tests {
         let a = "@a:x";
         assert!(state_key_owned_by(FAMEDLY_MEMBER, "@a:x", a));
         assert!(!state_key_owned_by(FAMEDLY_MEMBER, "@b:x", a));
+        assert!(state_key_owned_by(FAMEDLY_MEMBER, "@a:x_DEV", a));
+        assert!(!state_key_owned_by(FAMEDLY_MEMBER, "@b:x_DEV", a));
+        assert!(state_key_owned_by(FAMEDLY_MEMBER, "DEV_@a:x", a));
+        assert!(!state_key_owned_by(FAMEDLY_MEMBER, "DEV_@b:x", a));
+        assert!(!state_key_owned_by(RTC_MEMBER, "DEV_@a:x", a));
         assert!(state_key_owned_by(RTC_MEMBER, "_@a:x_DEV_m.call", a));
         assert!(state_key_owned_by(RTC_MEMBER, "@a:x_DEV_m.call", a));
         assert!(state_key_owned_by(RTC_MEMBER, "@a:x", a));
