@@ -37,18 +37,67 @@ pub struct MemberInfo {
 /// Where memberships came from: one state key (or sticky key) of one type in one room.
 type Key = (RoomId, String, String);
 
-#[derive(Debug, Default)]
-pub(crate) struct MembershipStore {
-    by_key: BTreeMap<Key, (GroupsOf, Vec<(GroupCallId, MemberInfo)>)>,
-    /// Raw famedly contents, for read-modify-write of our own list.
-    raw: BTreeMap<Key, Value>,
+/// One member device: user and device.
+pub(crate) type Device = (UserId, DeviceId);
+
+/// Groups whose memberships may have changed, each with the devices whose membership of it may
+/// have changed: what a consumer needs to look at again, and nothing more.
+pub(crate) type Changes = BTreeMap<GroupCallId, BTreeSet<Device>>;
+
+/// Membership keys (state keys of either dialect, sticky keys) one sender may hold in one room.
+/// A sender past it can update or remove its keys, but not add more: it cannot grow the store,
+/// and it cannot evict anyone else's.
+pub(crate) const MAX_KEYS_PER_SENDER: usize = 64;
+
+/// Sticky (MSC4143) membership keys held in total: past it new sticky keys are refused (existing
+/// ones are never evicted for them). Sticky keys also expire (and are purged) with their record.
+pub(crate) const MAX_STICKY_TOTAL: usize = 100_000;
+
+/// What one membership key holds.
+#[derive(Debug)]
+struct Slot {
+    /// Who sent it (every record's user).
+    sender: UserId,
+    /// Its non-expired records.
+    records: Vec<(GroupCallId, MemberInfo)>,
+    /// famedly: the raw content, for read-modify-write of our own list (only kept while its
+    /// list is not empty).
+    raw: Option<Value>,
 }
 
-type GroupsOf = BTreeSet<GroupCallId>;
+/// Every membership record, indexed so that the work per change is proportional to the change:
+/// per key (where it came from), per group and device (who is in a call), per room and sender
+/// (what a `m.room.member` change touches) and by expiry (purged when its timer fires).
+#[derive(Debug, Default)]
+pub(crate) struct MembershipStore {
+    by_key: BTreeMap<Key, Slot>,
+    /// Per group, per device: the keys holding a record of that device in that group.
+    by_group: BTreeMap<GroupCallId, BTreeMap<Device, BTreeSet<Key>>>,
+    /// Per room and sender: the keys it holds.
+    by_sender: BTreeMap<(RoomId, UserId), BTreeSet<Key>>,
+    /// Every record's expiry, with its key.
+    expiry: BTreeSet<(Timestamp, Key)>,
+    /// Sticky keys held.
+    sticky: usize,
+}
+
+fn device_of(m: &MemberInfo) -> Device {
+    (m.participant.user_id.clone(), m.participant.device_id.clone())
+}
+
+fn family(x: MembershipDialect) -> MembershipDialect {
+    match x {
+        MembershipDialect::Sticky => MembershipDialect::MatrixRtc,
+        other => other,
+    }
+}
 
 impl MembershipStore {
-    /// Applies one membership event; returns the groups whose memberships changed (before and
-    /// after), or an error for a malformed event (which then changes nothing).
+    /// Applies one membership event at `now`; returns what changed, `None` if it was refused
+    /// (a new key past [`MAX_KEYS_PER_SENDER`] or [`MAX_STICKY_TOTAL`]: nothing changes), or an
+    /// error for a malformed event (which then changes nothing). Records already expired at
+    /// `now` are not kept.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn apply(
         &mut self,
         room: &RoomId,
@@ -57,35 +106,164 @@ impl MembershipStore {
         key: &str,
         content: &Value,
         origin_ts: Timestamp,
-    ) -> Result<BTreeSet<GroupCallId>, WireError> {
-        let Some(parsed) = member::parse(event_type, content)? else { return Ok(BTreeSet::new()) };
+        now: Timestamp,
+    ) -> Result<Option<Changes>, WireError> {
+        let Some(parsed) = member::parse(event_type, content)? else { return Ok(Some(Changes::new())) };
         let k: Key = (room.clone(), event_type.to_owned(), key.to_owned());
-        let mut changed: BTreeSet<GroupCallId> =
-            self.by_key.get(&k).map(|(g, _)| g.clone()).unwrap_or_default();
-        let mut records = Vec::new();
-        for e in parsed.entries {
-            let group = GroupCallId { room_id: room.clone(), call_id: e.call_id.clone() };
-            records.push((group.clone(), info(sender, parsed.dialect, e, origin_ts)));
-            changed.insert(group);
+        let raw = (event_type == member::FAMEDLY_MEMBER
+            && content.get("memberships").and_then(Value::as_array).is_some_and(|a| !a.is_empty()))
+        .then(|| content.clone());
+        let records: Vec<(GroupCallId, MemberInfo)> = parsed
+            .entries
+            .into_iter()
+            .map(|e| {
+                let group = GroupCallId { room_id: room.clone(), call_id: e.call_id.clone() };
+                (group, info(sender, parsed.dialect, e, origin_ts))
+            })
+            .collect();
+        let live = records.iter().any(|(_, m)| m.expires_at > now);
+        let holds = live || raw.is_some();
+        let held_by_sender = self.by_key.get(&k).is_some_and(|s| s.sender == *sender);
+        if holds && !held_by_sender {
+            let mine = self.by_sender.get(&(room.clone(), sender.clone())).map_or(0, BTreeSet::len);
+            let sticky = event_type == member::RTC_MEMBER_STICKY && !self.by_key.contains_key(&k);
+            if mine >= MAX_KEYS_PER_SENDER || (sticky && self.sticky >= MAX_STICKY_TOTAL) {
+                return Ok(None);
+            }
         }
-        if event_type == member::FAMEDLY_MEMBER {
-            self.raw.insert(k.clone(), content.clone());
+        let mut changes = Changes::new();
+        if let Some(old) = self.by_key.remove(&k) {
+            self.unindex(&k, &old, &mut changes);
         }
-        let groups: GroupsOf = records.iter().map(|(g, _)| g.clone()).collect();
-        if records.is_empty() {
-            self.by_key.remove(&k);
-        } else {
-            self.by_key.insert(k, (groups, records));
+        for (g, m) in &records {
+            changes.entry(g.clone()).or_default().insert(device_of(m));
         }
-        Ok(changed)
+        if holds {
+            let records = records.into_iter().filter(|(_, m)| m.expires_at > now).collect();
+            let slot = Slot { sender: sender.clone(), records, raw };
+            self.index(&k, &slot);
+            self.by_key.insert(k, slot);
+        }
+        Ok(Some(changes))
+    }
+
+    fn index(&mut self, k: &Key, slot: &Slot) {
+        self.by_sender.entry((k.0.clone(), slot.sender.clone())).or_default().insert(k.clone());
+        for (g, m) in &slot.records {
+            self.by_group.entry(g.clone()).or_default().entry(device_of(m)).or_default().insert(k.clone());
+            self.expiry.insert((m.expires_at, k.clone()));
+        }
+        if k.1 == member::RTC_MEMBER_STICKY {
+            self.sticky += 1;
+        }
+    }
+
+    fn unindex(&mut self, k: &Key, slot: &Slot, changes: &mut Changes) {
+        let owner = (k.0.clone(), slot.sender.clone());
+        if let Some(keys) = self.by_sender.get_mut(&owner) {
+            keys.remove(k);
+            if keys.is_empty() {
+                self.by_sender.remove(&owner);
+            }
+        }
+        for (g, m) in &slot.records {
+            let d = device_of(m);
+            if let Some(devices) = self.by_group.get_mut(g) {
+                if let Some(keys) = devices.get_mut(&d) {
+                    keys.remove(k);
+                    if keys.is_empty() {
+                        devices.remove(&d);
+                    }
+                }
+                if devices.is_empty() {
+                    self.by_group.remove(g);
+                }
+            }
+            self.expiry.remove(&(m.expires_at, k.clone()));
+            changes.entry(g.clone()).or_default().insert(d);
+        }
+        if k.1 == member::RTC_MEMBER_STICKY {
+            self.sticky -= 1;
+        }
+    }
+
+    /// Removes every record expired at `now` (their timer fired); returns what changed.
+    pub(crate) fn purge_expired(&mut self, now: Timestamp) -> Changes {
+        let mut changes = Changes::new();
+        while let Some((at, k)) = self.expiry.first().cloned() {
+            if at > now {
+                break;
+            }
+            self.expiry.remove(&(at, k.clone()));
+            let Some(mut slot) = self.by_key.remove(&k) else { continue };
+            self.unindex(&k, &slot, &mut changes);
+            slot.records.retain(|(_, m)| m.expires_at > now);
+            if !slot.records.is_empty() || slot.raw.is_some() {
+                self.index(&k, &slot);
+                self.by_key.insert(k, slot);
+            }
+        }
+        changes
     }
 
     /// The raw famedly content under a state key (empty object if none).
     pub(crate) fn raw_famedly(&self, room: &RoomId, key: &str) -> Value {
-        self.raw
+        self.by_key
             .get(&(room.clone(), member::FAMEDLY_MEMBER.to_owned(), key.to_owned()))
-            .cloned()
+            .and_then(|s| s.raw.clone())
             .unwrap_or_else(|| serde_json::json!({}))
+    }
+
+    /// One device's current (non-expired) membership of a group, optionally of one dialect
+    /// family, if its user is joined to the room: the newest of its records (sticky over state,
+    /// famedly per-device keys over user lists are all just "newest"; on a tie the later key).
+    pub(crate) fn device_member(
+        &self,
+        group: &GroupCallId,
+        device: &Device,
+        now: Timestamp,
+        dialect: Option<MembershipDialect>,
+        joined: impl Fn(&UserId) -> bool,
+    ) -> Option<MemberInfo> {
+        let keys = self.by_group.get(group)?.get(device)?;
+        if !joined(&device.0) {
+            return None;
+        }
+        let mut best: Option<&MemberInfo> = None;
+        for k in keys {
+            let Some(slot) = self.by_key.get(k) else { continue };
+            for (g, m) in &slot.records {
+                if g != group
+                    || m.participant.user_id != device.0
+                    || m.participant.device_id != device.1
+                    || m.expires_at <= now
+                    || dialect.is_some_and(|d| family(m.dialect) != family(d))
+                {
+                    continue;
+                }
+                if best.is_none_or(|b| b.created <= m.created) {
+                    best = Some(m);
+                }
+            }
+        }
+        best.cloned()
+    }
+
+    /// Every device with a record in a group (expired or not yet purged).
+    pub(crate) fn devices(&self, group: &GroupCallId) -> impl Iterator<Item = &Device> + '_ {
+        self.by_group.get(group).into_iter().flat_map(BTreeMap::keys)
+    }
+
+    /// The groups and devices a sender's records are in, in one room: what its `m.room.member`
+    /// change can change.
+    pub(crate) fn of_user(&self, room: &RoomId, user: &UserId) -> Changes {
+        let mut changes = Changes::new();
+        for k in self.by_sender.get(&(room.clone(), user.clone())).into_iter().flatten() {
+            for (g, m) in self.by_key.get(k).map(|s| s.records.as_slice()).unwrap_or_default() {
+                changes.entry(g.clone()).or_default().insert(device_of(m));
+            }
+        }
+        changes
     }
 
     /// Current (non-expired) members of a group, optionally of one dialect family, excluding
@@ -97,57 +275,48 @@ impl MembershipStore {
         dialect: Option<MembershipDialect>,
         joined: impl Fn(&UserId) -> bool,
     ) -> Vec<MemberInfo> {
-        let mut seen: BTreeMap<(UserId, DeviceId), MemberInfo> = BTreeMap::new();
-        for (_, records) in self.by_key.values() {
-            for (g, m) in records {
-                if g != group || m.expires_at <= now || !joined(&m.participant.user_id) {
-                    continue;
-                }
-                if let Some(d) = dialect {
-                    let family = |x: MembershipDialect| match x {
-                        MembershipDialect::Sticky => MembershipDialect::MatrixRtc,
-                        other => other,
-                    };
-                    if family(m.dialect) != family(d) {
-                        continue;
-                    }
-                }
-                // One device, one membership: the newest wins (sticky over state, famedly
-                // per-device keys over user lists are all just "newest").
-                let k = (m.participant.user_id.clone(), m.participant.device_id.clone());
-                if seen.get(&k).is_none_or(|old| old.created <= m.created) {
-                    seen.insert(k, m.clone());
-                }
-            }
-        }
-        let mut v: Vec<MemberInfo> = seen.into_values().collect();
+        let mut v: Vec<MemberInfo> =
+            self.devices(group).filter_map(|d| self.device_member(group, d, now, dialect, &joined)).collect();
         v.sort_by(|a, b| a.created.cmp(&b.created).then_with(|| a.participant.cmp(&b.participant)));
         v
     }
 
-    /// Every group with at least one membership record (expired or not) in a room.
-    pub(crate) fn groups(&self) -> BTreeSet<GroupCallId> {
-        self.by_key.values().flat_map(|(g, _)| g.iter().cloned()).collect()
-    }
-
     /// The next expiry after `now`, so that expiries are timers, not noticed late.
     pub(crate) fn next_expiry(&self, now: Timestamp) -> Option<Timestamp> {
-        self.by_key
-            .values()
-            .flat_map(|(_, r)| r.iter().map(|(_, m)| m.expires_at))
-            .filter(|at| *at > now)
-            .min()
+        self.expiry.iter().map(|(at, _)| *at).find(|at| *at > now)
     }
 
-    /// Groups with a membership expiring in `(after, upto]`.
-    pub(crate) fn expiring(&self, after: Timestamp, upto: Timestamp) -> BTreeSet<GroupCallId> {
-        self.by_key
-            .values()
-            .flat_map(|(_, r)| r.iter())
-            .filter(|(_, m)| m.expires_at > after && m.expires_at <= upto)
-            .map(|(g, _)| g.clone())
-            .collect()
+    /// Membership keys held (for tests and bounds).
+    #[cfg(test)]
+    fn keys_of(&self, room: &RoomId, sender: &UserId) -> usize {
+        self.by_sender.get(&(room.clone(), sender.clone())).map_or(0, BTreeSet::len)
     }
+}
+
+/// The device of a participant.
+pub(crate) fn device(p: &Participant) -> Device {
+    (p.user_id.clone(), p.device_id.clone())
+}
+
+/// The smallest participant of a device (participants order by user, device, member id).
+fn floor(d: &Device) -> Participant {
+    Participant { user_id: d.0.clone(), device_id: d.1.clone(), member_id: String::new() }
+}
+
+/// The participants of one device in a set ordered by participant.
+pub(crate) fn of_device<'a>(
+    set: &'a BTreeSet<Participant>,
+    d: &'a Device,
+) -> impl Iterator<Item = &'a Participant> + 'a {
+    set.range(floor(d)..).take_while(move |p| p.user_id == d.0 && p.device_id == d.1)
+}
+
+/// The entries of one device in a map keyed by participant.
+pub(crate) fn of_device_in<'a, V>(
+    map: &'a BTreeMap<Participant, V>,
+    d: &'a Device,
+) -> impl Iterator<Item = (&'a Participant, &'a V)> + 'a {
+    map.range(floor(d)..).take_while(move |(p, _)| p.user_id == d.0 && p.device_id == d.1)
 }
 
 fn info(sender: &UserId, dialect: MembershipDialect, e: MemberEntry, origin_ts: Timestamp) -> MemberInfo {
@@ -181,21 +350,56 @@ mod tests {
                "foci_preferred": [{"type": "livekit", "livekit_service_url": "https://sfu"}]})
     }
 
+    fn famedly(devices: &[(&str, u64)]) -> Value {
+        let list: Vec<Value> = devices
+            .iter()
+            .map(|(d, expires_ts)| {
+                json!({"call_id": "", "application": "m.call", "scope": "m.room", "device_id": d,
+                       "foci_active": [{"type": "mesh"}], "membershipID": format!("S{d}"),
+                       "expires_ts": expires_ts})
+            })
+            .collect();
+        json!({ "memberships": list })
+    }
+
+    fn sticky(user: &str, device: &str, key: &str) -> Value {
+        json!({"slot_id": "m.call#ROOM", "application": {"type": "m.call"}, "sticky_key": key,
+               "member": {"user_id": user, "device_id": device, "id": format!("{user}:{device}")},
+               "rtc_transports": [{"type": "livekit", "livekit_service_url": "https://sfu"}]})
+    }
+
+    fn dev(u: &str, d: &str) -> Device {
+        (UserId::from(u), DeviceId(d.into()))
+    }
+
+    fn all(s: &MembershipStore, g: &GroupCallId, now: u64) -> Vec<(String, String)> {
+        s.members(g, Timestamp(now), None, |_| true)
+            .into_iter()
+            .map(|m| (m.participant.user_id.0, m.participant.device_id.0))
+            .collect()
+    }
+
     #[test]
     fn state_replaces_and_expiry_uses_the_given_now() {
         let mut s = MembershipStore::default();
         let room = RoomId::from("!r");
         let g = GroupCallId::room_call(room.clone());
         let a = UserId::from("@a:x");
-        let changed =
-            s.apply(&room, &a, member::RTC_MEMBER, "_@a:x_D_m.call", &rtc("D", 100), Timestamp(100)).unwrap();
-        assert_eq!(changed, BTreeSet::from([g.clone()]));
+        let changed = s
+            .apply(&room, &a, member::RTC_MEMBER, "_@a:x_D_m.call", &rtc("D", 100), Timestamp(100), Timestamp(100))
+            .unwrap()
+            .unwrap();
+        assert_eq!(changed, Changes::from([(g.clone(), BTreeSet::from([dev("@a:x", "D")]))]));
         assert_eq!(s.members(&g, Timestamp(500), None, |_| true).len(), 1);
         assert_eq!(s.members(&g, Timestamp(1100), None, |_| true).len(), 0, "expired at created + expires");
         assert_eq!(s.next_expiry(Timestamp(500)), Some(Timestamp(1100)));
         assert_eq!(s.members(&g, Timestamp(500), None, |u| u.as_str() != "@a:x").len(), 0, "not joined");
-        s.apply(&room, &a, member::RTC_MEMBER, "_@a:x_D_m.call", &json!({}), Timestamp(600)).unwrap();
+        s.apply(&room, &a, member::RTC_MEMBER, "_@a:x_D_m.call", &json!({}), Timestamp(600), Timestamp(600))
+            .unwrap();
         assert!(s.members(&g, Timestamp(600), None, |_| true).is_empty(), "{{}} is a leave");
+        assert_eq!(s.devices(&g).count(), 0, "a leave leaves nothing indexed");
+        assert_eq!(s.keys_of(&room, &a), 0);
+        assert_eq!(s.next_expiry(Timestamp(600)), None);
     }
 
     #[test]
@@ -203,9 +407,150 @@ mod tests {
         let mut s = MembershipStore::default();
         let room = RoomId::from("!r");
         let mallory = UserId::from("@mallory:x");
-        s.apply(&room, &mallory, member::RTC_MEMBER, "_@alice:x_D_m.call", &rtc("D", 100), Timestamp(100))
-            .unwrap();
+        s.apply(
+            &room,
+            &mallory,
+            member::RTC_MEMBER,
+            "_@alice:x_D_m.call",
+            &rtc("D", 100),
+            Timestamp(100),
+            Timestamp(100),
+        )
+        .unwrap();
         let m = s.members(&GroupCallId::room_call(room), Timestamp(200), None, |_| true);
         assert_eq!(m[0].participant.user_id, mallory);
+    }
+
+    #[test]
+    fn expired_records_are_purged_when_their_timer_fires() {
+        let mut s = MembershipStore::default();
+        let room = RoomId::from("!r");
+        let g = GroupCallId::room_call(room.clone());
+        let (a, b) = (UserId::from("@a:x"), UserId::from("@b:x"));
+        s.apply(&room, &a, member::RTC_MEMBER, "_@a:x_D_m.call", &rtc("D", 100), Timestamp(100), Timestamp(100))
+            .unwrap();
+        // famedly: one list, two devices expiring at different times.
+        s.apply(&room, &b, member::FAMEDLY_MEMBER, "@b:x", &famedly(&[("B1", 900), ("B2", 2000)]), Timestamp(100), Timestamp(100))
+            .unwrap();
+        assert_eq!(all(&s, &g, 200), [("@a:x".into(), "D".into()), ("@b:x".into(), "B1".into()), ("@b:x".into(), "B2".into())]);
+        assert_eq!(s.next_expiry(Timestamp(200)), Some(Timestamp(900)));
+        assert!(s.purge_expired(Timestamp(899)).is_empty(), "nothing due yet");
+        let changed = s.purge_expired(Timestamp(900));
+        assert!(changed[&g].contains(&dev("@b:x", "B1")));
+        assert_eq!(s.devices(&g).count(), 2, "B1's record is gone from the index");
+        assert_eq!(s.next_expiry(Timestamp(900)), Some(Timestamp(1100)));
+        let changed = s.purge_expired(Timestamp(5000));
+        assert_eq!(changed[&g], BTreeSet::from([dev("@a:x", "D"), dev("@b:x", "B2")]));
+        assert_eq!(s.devices(&g).count(), 0);
+        assert_eq!(s.keys_of(&room, &a), 0, "an expired key is forgotten");
+        assert_eq!(s.keys_of(&room, &b), 1, "famedly keeps the raw list for read-modify-write");
+        assert_eq!(s.raw_famedly(&room, "@b:x")["memberships"].as_array().map(Vec::len), Some(2));
+        assert_eq!(s.next_expiry(Timestamp(5000)), None);
+        // A record already expired when it arrives is not kept.
+        let changed = s
+            .apply(&room, &a, member::RTC_MEMBER, "_@a:x_D_m.call", &rtc("D", 100), Timestamp(100), Timestamp(5000))
+            .unwrap()
+            .unwrap();
+        assert!(changed.contains_key(&g));
+        assert_eq!(s.devices(&g).count(), 0);
+        assert_eq!(s.keys_of(&room, &a), 0);
+    }
+
+    #[test]
+    fn leave_and_rejoin_across_dialects_newest_wins() {
+        let mut s = MembershipStore::default();
+        let room = RoomId::from("!r");
+        let g = GroupCallId::room_call(room.clone());
+        let a = UserId::from("@a:x");
+        s.apply(&room, &a, member::RTC_MEMBER, "_@a:x_D_m.call", &rtc("D", 100), Timestamp(100), Timestamp(100))
+            .unwrap();
+        let d = dev("@a:x", "D");
+        assert_eq!(s.device_member(&g, &d, Timestamp(150), None, |_| true).map(|m| m.created), Some(Timestamp(100)));
+        // The same device also announces a sticky membership, later: it wins (newest).
+        s.apply(&room, &a, member::RTC_MEMBER_STICKY, "@a:x|k", &sticky("@a:x", "D", "k"), Timestamp(300), Timestamp(300))
+            .unwrap();
+        let m = s.device_member(&g, &d, Timestamp(350), None, |_| true).unwrap();
+        assert_eq!((m.dialect, m.created), (MembershipDialect::Sticky, Timestamp(300)));
+        assert_eq!(s.members(&g, Timestamp(350), None, |_| true).len(), 1, "one device, one member");
+        // famedly family only: none.
+        assert!(s.device_member(&g, &d, Timestamp(350), Some(MembershipDialect::Famedly), |_| true).is_none());
+        assert_eq!(s.of_user(&room, &a), Changes::from([(g.clone(), BTreeSet::from([d.clone()]))]));
+        // The sticky one leaves: the state one counts again.
+        s.apply(&room, &a, member::RTC_MEMBER_STICKY, "@a:x|k", &json!({"sticky_key": "k"}), Timestamp(400), Timestamp(400))
+            .unwrap();
+        let m = s.device_member(&g, &d, Timestamp(450), None, |_| true).unwrap();
+        assert_eq!(m.dialect, MembershipDialect::MatrixRtc);
+        // Leave, then rejoin with a new created_ts.
+        s.apply(&room, &a, member::RTC_MEMBER, "_@a:x_D_m.call", &json!({}), Timestamp(500), Timestamp(500))
+            .unwrap();
+        assert!(s.device_member(&g, &d, Timestamp(500), None, |_| true).is_none());
+        assert!(s.of_user(&room, &a).is_empty());
+        s.apply(&room, &a, member::RTC_MEMBER, "_@a:x_D_m.call", &rtc("D", 600), Timestamp(600), Timestamp(600))
+            .unwrap();
+        assert_eq!(s.device_member(&g, &d, Timestamp(650), None, |_| true).map(|m| m.created), Some(Timestamp(600)));
+        assert_eq!(s.next_expiry(Timestamp(650)), Some(Timestamp(1600)), "the old expiries are gone");
+    }
+
+    #[test]
+    fn a_flooding_sender_cannot_evict_or_block_another_senders_records() {
+        let mut s = MembershipStore::default();
+        let room = RoomId::from("!r");
+        let g = GroupCallId::room_call(room.clone());
+        let (alice, mallory) = (UserId::from("@alice:x"), UserId::from("@mallory:x"));
+        s.apply(&room, &alice, member::RTC_MEMBER_STICKY, "@alice:x|a", &sticky("@alice:x", "A", "a"), Timestamp(1), Timestamp(1))
+            .unwrap()
+            .unwrap();
+        let mut refused = 0;
+        for i in 0..10 * MAX_KEYS_PER_SENDER {
+            let (key, device) = (format!("k{i}"), format!("M{i}"));
+            let content = sticky("@mallory:x", &device, &key);
+            let kind = if i % 2 == 0 { member::RTC_MEMBER_STICKY } else { member::RTC_MEMBER };
+            let content = if i % 2 == 0 { content } else { rtc(&device, 1) };
+            let out = s.apply(&room, &mallory, kind, &format!("@mallory:x|{key}"), &content, Timestamp(1), Timestamp(1));
+            refused += usize::from(out.unwrap().is_none());
+        }
+        assert_eq!(s.keys_of(&room, &mallory), MAX_KEYS_PER_SENDER, "bounded per sender");
+        assert_eq!(refused, 9 * MAX_KEYS_PER_SENDER);
+        assert_eq!(s.devices(&g).count(), MAX_KEYS_PER_SENDER + 1);
+        let alice_dev = dev("@alice:x", "A");
+        assert!(s.device_member(&g, &alice_dev, Timestamp(2), None, |_| true).is_some(), "alice's record stays");
+        // Alice can still add and change hers.
+        let added = s
+            .apply(&room, &alice, member::RTC_MEMBER_STICKY, "@alice:x|b", &sticky("@alice:x", "A2", "b"), Timestamp(2), Timestamp(2))
+            .unwrap();
+        assert!(added.is_some());
+        // Mallory can update and remove its existing keys, and add one after removing one.
+        assert!(s.apply(&room, &mallory, member::RTC_MEMBER_STICKY, "@mallory:x|k0", &sticky("@mallory:x", "M0", "k0"), Timestamp(3), Timestamp(3)).unwrap().is_some());
+        assert!(s.apply(&room, &mallory, member::RTC_MEMBER_STICKY, "@mallory:x|k0", &json!({"sticky_key": "k0"}), Timestamp(3), Timestamp(3)).unwrap().is_some());
+        assert_eq!(s.keys_of(&room, &mallory), MAX_KEYS_PER_SENDER - 1);
+        assert!(s.apply(&room, &mallory, member::RTC_MEMBER_STICKY, "@mallory:x|new", &sticky("@mallory:x", "N", "new"), Timestamp(3), Timestamp(3)).unwrap().is_some());
+        assert_eq!(s.keys_of(&room, &mallory), MAX_KEYS_PER_SENDER);
+    }
+
+    #[test]
+    fn sticky_records_are_bounded_in_total_without_evicting_any() {
+        let mut s = MembershipStore::default();
+        let room = RoomId::from("!r");
+        let senders = MAX_STICKY_TOTAL.div_ceil(MAX_KEYS_PER_SENDER) + 1;
+        let mut kept = 0;
+        for u in 0..senders {
+            let user = format!("@s{u}:x");
+            for i in 0..MAX_KEYS_PER_SENDER {
+                let key = format!("k{i}");
+                let c = json!({"slot_id": "m.call#ROOM", "sticky_key": key, "member": {"device_id": format!("D{i}")}});
+                let out = s.apply(&room, &UserId::from(user.as_str()), member::RTC_MEMBER_STICKY, &format!("{user}|{key}"), &c, Timestamp(1), Timestamp(1));
+                kept += usize::from(out.unwrap().is_some());
+            }
+        }
+        assert_eq!(s.sticky, MAX_STICKY_TOTAL);
+        assert_eq!(kept, MAX_STICKY_TOTAL);
+        let first = UserId::from("@s0:x");
+        // Holders can still update theirs; nothing was evicted.
+        let c = json!({"slot_id": "m.call#ROOM", "sticky_key": "k0", "member": {"device_id": "D0"}});
+        assert!(s.apply(&room, &first, member::RTC_MEMBER_STICKY, "@s0:x|k0", &c, Timestamp(2), Timestamp(2)).unwrap().is_some());
+        assert_eq!(s.keys_of(&room, &first), MAX_KEYS_PER_SENDER);
+        // Purged on expiry, room for new ones again.
+        s.purge_expired(Timestamp(1 + member::STICKY_DURATION_MS));
+        assert_eq!(s.sticky, 1, "only the updated one is left");
     }
 }

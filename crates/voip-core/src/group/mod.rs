@@ -26,7 +26,7 @@ use crate::keys::{KeyConfig, KeyManager, KeyTransport};
 use crate::output::{DelayedAction, Event, SendKind};
 use crate::sends::SendPurpose;
 use crate::wire::member::{self, Focus, FocusSelection, MemberEntry, MembershipDialect};
-use membership::{MemberInfo, MembershipStore};
+use membership::{Device, MemberInfo, MembershipStore};
 
 /// What a group send was for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -510,27 +510,53 @@ impl GroupCall {
         }
     }
 
+    /// One device's membership of this call, as this call counts it (its dialect family, an
+    /// accepted application and scope, its user joined to the room).
+    fn member(
+        &self,
+        store: &MembershipStore,
+        now: Timestamp,
+        joined: &dyn Fn(&UserId) -> bool,
+        d: &Device,
+    ) -> Option<MemberInfo> {
+        store.device_member(&self.id, d, now, Some(self.dialect), joined).filter(|m| self.accepts(m))
+    }
+
     /// Memberships of this group changed (or expired): recompute participants, notice our own
-    /// membership vanishing.
+    /// membership vanishing. `devices`: the devices whose memberships may have changed (`None`:
+    /// all of them).
     pub(crate) fn on_members(
         &mut self,
         ctx: &mut Ctx<'_>,
         store: &MembershipStore,
         joined: &dyn Fn(&UserId) -> bool,
+        devices: Option<&BTreeSet<Device>>,
     ) -> (Vec<Participant>, Vec<Participant>) {
         if matches!(self.state, GroupCallState::Leaving | GroupCallState::Left) {
             return (Vec::new(), Vec::new());
         }
-        let mut members = store.members(&self.id, ctx.now, Some(self.dialect), joined);
-        members.retain(|m| self.accepts(m));
-        let is_us = |m: &MemberInfo| {
-            m.participant.user_id == ctx.local.user_id && m.participant.device_id == ctx.local.device_id
+        // Only the devices that may have changed (all of them when not told which): the work is
+        // proportional to the change, not to the call.
+        let us: Device = (ctx.local.user_id.clone(), ctx.local.device_id.clone());
+        let all: BTreeSet<Device>;
+        let devices = match devices {
+            Some(d) => d,
+            None => {
+                all = store
+                    .devices(&self.id)
+                    .cloned()
+                    .chain(self.participants.iter().map(membership::device))
+                    .chain(self.rtc_created.keys().map(membership::device))
+                    .chain([us.clone()])
+                    .collect();
+                &all
+            }
         };
-        let ours = members.iter().find(|m| is_us(m));
         let was_present = self.own_present;
-        self.own_present = ours.is_some();
-        if let Some(m) = ours {
-            if self.created_ts.is_none() {
+        if devices.contains(&us) {
+            let ours = self.member(store, ctx.now, joined, &us);
+            self.own_present = ours.is_some();
+            if let (Some(m), None) = (&ours, self.created_ts) {
                 self.created_ts = Some(m.created);
             }
         }
@@ -555,32 +581,50 @@ impl GroupCall {
                 keys.leave(ctx);
             }
         }
-        let now: BTreeSet<Participant> =
-            members.iter().filter(|m| !is_us(m)).map(|m| m.participant.clone()).collect();
-        let created: BTreeMap<Participant, Timestamp> = members
-            .iter()
-            .filter(|m| !is_us(m) && m.dialect != MembershipDialect::Famedly)
-            .map(|m| (m.participant.clone(), m.created))
-            .collect();
-        let rejoined: Vec<Participant> = created
-            .iter()
-            .filter(|(p, c)| self.rtc_created.get(*p).is_some_and(|old| old < *c))
-            .map(|(p, _)| p.clone())
-            .collect();
-        self.rtc_created = created;
+        // Per device that may have changed: who it was, who it is now.
+        let mut joined_now: BTreeSet<Participant> = BTreeSet::new();
+        let mut left_now: BTreeSet<Participant> = BTreeSet::new();
+        let mut rejoined: Vec<Participant> = Vec::new();
+        for d in devices {
+            let new = if *d == us { None } else { self.member(store, ctx.now, joined, d) };
+            let new_p = new.as_ref().map(|m| &m.participant);
+            for p in membership::of_device(&self.participants, d) {
+                if Some(p) != new_p {
+                    left_now.insert(p.clone());
+                }
+            }
+            if let Some(p) = new_p.filter(|p| !self.participants.contains(*p)) {
+                joined_now.insert(p.clone());
+            }
+            // When each MatrixRTC participant joined: a newer `created` is a rejoin.
+            let old: Vec<(Participant, Timestamp)> =
+                membership::of_device_in(&self.rtc_created, d).map(|(p, t)| (p.clone(), *t)).collect();
+            for (p, _) in &old {
+                self.rtc_created.remove(p);
+            }
+            if let Some(m) = new.filter(|m| m.dialect != MembershipDialect::Famedly) {
+                if old.iter().any(|(p, t)| *p == m.participant && *t < m.created) {
+                    rejoined.push(m.participant.clone());
+                }
+                self.rtc_created.insert(m.participant, m.created);
+            }
+        }
         if !rejoined.is_empty() {
             // A member that restarted lost our key (found by the simulator, sfu seed 17).
             if let Some(keys) = self.keys.as_mut().filter(|k| k.is_joined()) {
                 keys.resend_current(ctx, &rejoined);
             }
         }
-        let joined_now: Vec<Participant> = now.difference(&self.participants).cloned().collect();
-        let left_now: Vec<Participant> = self.participants.difference(&now).cloned().collect();
+        let joined_now: Vec<Participant> = joined_now.into_iter().collect();
+        let left_now: Vec<Participant> = left_now.into_iter().collect();
         // Keys start with our join, before our membership is confirmed (famedly pre-shares
         // keys the same way; receivers buffer keys from devices whose membership is on its way).
         let first = self.keys.as_ref().is_some_and(|k| !k.is_joined());
         if !joined_now.is_empty() || !left_now.is_empty() || first {
-            self.participants = now;
+            for p in &left_now {
+                self.participants.remove(p);
+            }
+            self.participants.extend(joined_now.iter().cloned());
             if !joined_now.is_empty() || !left_now.is_empty() {
                 ctx.emit(Event::ParticipantsChanged {
                     group: self.id.clone(),
