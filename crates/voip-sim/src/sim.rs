@@ -338,6 +338,8 @@ impl Sim {
         dialect: voip_core::MembershipDialect,
         focus: voip_core::Focus,
     ) -> Result<(), voip_core::Error> {
+        // What the adapter learns from `/versions` at start-up.
+        self.feed(d, Input::ServerSupport { delayed_events: self.delayed_events });
         self.command(
             d,
             Command::JoinGroupCall {

@@ -7,10 +7,14 @@
 //!                     our membership vanished ─────┘ └──── re-sent (rejoin)
 //! ```
 //!
-//! Delayed leave: once our join is sent, a delayed `leave` state event is scheduled and
-//! restarted on a heartbeat; leaving sends it at once. If the heartbeat learns the delayed event
-//! is gone (`M_NOT_FOUND`) we schedule a new one, and re-send our membership if the server had
-//! applied the leave. Servers without delayed events fall back to expiry alone.
+//! Delayed leave: before our membership is sent, a delayed `leave` state event is scheduled
+//! (as js-sdk's `MembershipManager` and famedly do), so a client that dies between the two
+//! writes leaves no ghost membership behind; it is restarted on a heartbeat, and leaving sends
+//! it at once. The same order holds for every re-join (our membership vanished, or the
+//! heartbeat learnt with `M_NOT_FOUND` that the server applied the leave). A server that caps
+//! delays (`M_MAX_DELAY_EXCEEDED` with `max_delay`) gets the delay again at its maximum, with the
+//! heartbeat shortened to fit. Servers without delayed events (any other scheduling failure)
+//! fall back to expiry alone: the membership is sent without a delayed leave.
 
 pub(crate) mod membership;
 pub(crate) mod mesh;
@@ -109,6 +113,10 @@ pub(crate) struct GroupCall {
     delayed_supported: Option<bool>,
     delay_id: Option<String>,
     scheduling: bool,
+    /// Send our membership once the delayed leave in flight is scheduled (or has failed).
+    membership_after_schedule: bool,
+    /// The server's maximum delay (MSC4140 `max_delay`), once it refused ours as too long.
+    max_delay_ms: Option<u64>,
     refresh_at: Option<Timestamp>,
     heartbeat_at: Option<Timestamp>,
     /// Media keys, for SFU (LiveKit) calls.
@@ -127,6 +135,10 @@ pub(crate) struct Sent {
     pub(crate) event_id: Option<String>,
     pub(crate) delay_id: Option<String>,
 }
+
+/// MSC4140's `org.matrix.msc4140.errcode` for a delay above the server's maximum (which it names
+/// in `org.matrix.msc4140.max_delay`).
+pub(crate) const MAX_DELAY_EXCEEDED: &str = "M_MAX_DELAY_EXCEEDED";
 
 /// `org.matrix.msc4075.rtc.notification`
 pub const RTC_NOTIFICATION: &str = "org.matrix.msc4075.rtc.notification";
@@ -181,6 +193,8 @@ impl GroupCall {
             delayed_supported,
             delay_id: None,
             scheduling: false,
+            membership_after_schedule: false,
+            max_delay_ms: None,
             refresh_at: None,
             heartbeat_at: None,
             keys: None,
@@ -199,7 +213,7 @@ impl GroupCall {
         }
         let _span = tracing::debug_span!("group", group = %g.id).entered();
         ctx.emit(Event::GroupCallStateChanged { group: g.id.clone(), state: GroupCallState::Joining });
-        g.send_membership(ctx, store);
+        g.schedule_leave_then_join(ctx, store);
         g
     }
 
@@ -333,29 +347,58 @@ impl GroupCall {
         self.refresh_at = Some(ctx.now.plus(every));
     }
 
+    /// (Re-)joins: schedules the delayed leave first and sends our membership once it is
+    /// scheduled, or at once when the server has no delayed events (or one is already running).
+    fn schedule_leave_then_join(&mut self, ctx: &mut Ctx<'_>, store: &MembershipStore) {
+        if self.delayed_supported == Some(false) || self.delay_id.is_some() {
+            self.membership_after_schedule = false;
+            self.send_membership(ctx, store);
+            return;
+        }
+        self.membership_after_schedule = true;
+        self.schedule_leave(ctx, store);
+    }
+
     fn schedule_leave(&mut self, ctx: &mut Ctx<'_>, store: &MembershipStore) {
         if self.delayed_supported == Some(false) || self.scheduling || self.delay_id.is_some() {
             return;
         }
         self.scheduling = true;
-        let delay_ms = match self.dialect {
-            MembershipDialect::Famedly => ctx.config.famedly_delayed_leave_ms,
-            MembershipDialect::MatrixRtc | MembershipDialect::Sticky => ctx.config.rtc_delayed_leave_ms,
-        };
         let kind = SendKind::DelayedStateEvent {
             room_id: self.id.room_id.clone(),
             event_type: self.event_type().to_owned(),
             state_key: self.state_key(ctx),
             content: self.leave_content(ctx, store),
-            delay_ms,
+            delay_ms: self.leave_delay(ctx),
         };
         self.send(ctx, kind, GroupOp::ScheduleLeave);
     }
 
+    /// The delayed leave's delay: the dialect's, capped by the server's maximum.
+    fn leave_delay(&self, ctx: &Ctx<'_>) -> u64 {
+        let configured = match self.dialect {
+            MembershipDialect::Famedly => ctx.config.famedly_delayed_leave_ms,
+            MembershipDialect::MatrixRtc | MembershipDialect::Sticky => ctx.config.rtc_delayed_leave_ms,
+        };
+        self.max_delay_ms.map_or(configured, |max| configured.min(max))
+    }
+
+    /// The heartbeat: the dialect's, or half the delay when the server's cap made the delay
+    /// shorter than twice that (a restart must land well before the leave fires).
     fn restart_interval(&self, ctx: &Ctx<'_>) -> u64 {
-        match self.dialect {
+        let configured = match self.dialect {
             MembershipDialect::Famedly => ctx.config.famedly_delayed_restart_ms,
             MembershipDialect::MatrixRtc | MembershipDialect::Sticky => ctx.config.rtc_delayed_restart_ms,
+        };
+        configured.min((self.leave_delay(ctx) / 2).max(1))
+    }
+
+    /// The delayed leave is scheduled or cannot be: send the membership that waited for it.
+    fn join_after_schedule(&mut self, ctx: &mut Ctx<'_>, store: &MembershipStore) {
+        if std::mem::take(&mut self.membership_after_schedule)
+            && matches!(self.state, GroupCallState::Joining | GroupCallState::Joined)
+        {
+            self.send_membership(ctx, store);
         }
     }
 
@@ -398,7 +441,9 @@ impl GroupCall {
                         self.send_notification(ctx, kind, &event_id);
                     }
                 }
-                if self.state == GroupCallState::Joined {
+                // A delayed leave normally runs already (scheduled before the membership); one
+                // that was not (e.g. cancelled meanwhile) is scheduled now.
+                if self.state == GroupCallState::Joined && !self.membership_after_schedule {
                     self.schedule_leave(ctx, store);
                 }
             }
@@ -409,6 +454,7 @@ impl GroupCall {
                         self.delayed_supported = Some(true);
                         self.delay_id = Some(id);
                         self.heartbeat_at = Some(ctx.now.plus(self.restart_interval(ctx)));
+                        self.join_after_schedule(ctx, store);
                     }
                     // Scheduled while we were leaving: cancel it, we leave anyway.
                     (Some(id), _) => self.send(
@@ -416,7 +462,10 @@ impl GroupCall {
                         SendKind::UpdateDelayedEvent { delay_id: id, action: DelayedAction::Cancel },
                         GroupOp::Cancel,
                     ),
-                    (None, _) => tracing::warn!("delayed event scheduled without a delay_id"),
+                    (None, _) => {
+                        tracing::warn!("delayed event scheduled without a delay_id");
+                        self.join_after_schedule(ctx, store);
+                    }
                 }
             }
             GroupOp::Heartbeat => {
@@ -436,20 +485,43 @@ impl GroupCall {
         store: &MembershipStore,
         op: GroupOp,
         errcode: Option<&str>,
+        max_delay_ms: Option<u64>,
     ) {
         let _span = tracing::debug_span!("group", group = %self.id).entered();
-        tracing::warn!(?op, ?errcode, "group send failed");
+        tracing::warn!(?op, ?errcode, ?max_delay_ms, "group send failed");
         match op {
             GroupOp::Join => {
                 if self.state == GroupCallState::Joining {
-                    // Not a member: nobody sees us. Report the call as left.
+                    // Not a member: nobody sees us. Report the call as left, and cancel the
+                    // delayed leave scheduled for the membership that never got through.
+                    self.heartbeat_at = None;
+                    self.refresh_at = None;
+                    if let Some(delay_id) = self.delay_id.take() {
+                        self.send(
+                            ctx,
+                            SendKind::UpdateDelayedEvent { delay_id, action: DelayedAction::Cancel },
+                            GroupOp::Cancel,
+                        );
+                    }
                     self.set_state(ctx, GroupCallState::Left);
                 }
             }
             GroupOp::ScheduleLeave => {
                 self.scheduling = false;
+                let shorter = max_delay_ms.filter(|&max| max > 0 && max < self.leave_delay(ctx));
+                if let (Some(max), true) = (shorter, errcode == Some(MAX_DELAY_EXCEEDED)) {
+                    // The server caps delays: schedule again with its maximum (the heartbeat
+                    // follows from the delay).
+                    tracing::info!(max, "delayed leave too long for the server; rescheduling");
+                    self.max_delay_ms = Some(max);
+                    if matches!(self.state, GroupCallState::Joining | GroupCallState::Joined) {
+                        self.schedule_leave(ctx, store);
+                    }
+                    return;
+                }
                 // No delayed events here: membership expiry alone will clean up after a crash.
                 self.delayed_supported = Some(false);
+                self.join_after_schedule(ctx, store);
             }
             GroupOp::Heartbeat => {
                 if errcode == Some("M_NOT_FOUND") && self.state == GroupCallState::Joined {
@@ -459,8 +531,8 @@ impl GroupCall {
                         // Cancelled (e.g. by our own refresh), not applied: schedule anew.
                         self.schedule_leave(ctx, store);
                     } else {
-                        // The server applied our leave: join again, then schedule.
-                        self.send_membership(ctx, store);
+                        // The server applied our leave: schedule a new one, then join again.
+                        self.schedule_leave_then_join(ctx, store);
                     }
                 } else if self.state == GroupCallState::Joined {
                     self.heartbeat_at = Some(ctx.now.plus(self.restart_interval(ctx)));
@@ -574,7 +646,7 @@ impl GroupCall {
                     GroupOp::Cancel,
                 );
             }
-            self.send_membership(ctx, store);
+            self.schedule_leave_then_join(ctx, store);
             // The others saw us leave and dropped our key: start keys afresh, like a new join
             // (the next `set_members` below sends a fresh key to everyone).
             if let Some(keys) = self.keys.as_mut() {
