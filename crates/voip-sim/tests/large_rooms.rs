@@ -1,0 +1,249 @@
+//! Large rooms (issue #15): the membership store's indexes seen through the public API. A room
+//! member event for a user without a call membership does nothing at all (not even in a call we
+//! joined), one with a call membership changes exactly that member, expired memberships leave at
+//! their timer and are then gone, both dialects, and one sender flooding sticky memberships
+//! cannot push out anyone else's.
+
+use serde_json::{json, Value};
+use voip_core::{
+    Command, Config, Event, Focus, GroupCallId, Input, LocalDevice, Membership, MembershipDialect, Output,
+    Participant, RoomEvent, RoomId, RoomMember, StateEvent, TimerKind, Timestamp, UserId, Voip,
+};
+
+const ROOM: &str = "!large:example.org";
+const T0: Timestamp = Timestamp(1_700_000_000_000);
+
+fn group() -> GroupCallId {
+    GroupCallId::room_call(RoomId::from(ROOM))
+}
+
+fn user(i: usize) -> UserId {
+    UserId::from(format!("@u{i}:example.org").as_str())
+}
+
+fn rtc_member(i: usize, expires: u64) -> StateEvent {
+    let u = user(i);
+    StateEvent {
+        room_id: RoomId::from(ROOM),
+        event_id: None,
+        sender: u.clone(),
+        event_type: "org.matrix.msc3401.call.member".into(),
+        state_key: format!("_{u}_D{i}_m.call"),
+        content: json!({"application": "m.call", "call_id": "", "scope": "m.room", "device_id": format!("D{i}"),
+            "expires": expires, "created_ts": T0.0,
+            "focus_active": {"type": "livekit", "focus_selection": "multi_sfu"},
+            "foci_preferred": [{"type": "livekit", "livekit_service_url": "https://sfu.example.org"}]}),
+        origin_server_ts: T0,
+    }
+}
+
+fn famedly_list(i: usize, devices: &[(&str, u64)]) -> StateEvent {
+    let u = user(i);
+    let list: Vec<Value> = devices
+        .iter()
+        .map(|(d, expires_ts)| {
+            json!({"call_id": "", "application": "m.call", "scope": "m.room", "device_id": d,
+                   "foci_active": [{"type": "livekit", "livekit_service_url": "https://sfu.example.org"}],
+                   "membershipID": format!("S{d}"), "expires_ts": expires_ts})
+        })
+        .collect();
+    StateEvent {
+        room_id: RoomId::from(ROOM),
+        event_id: None,
+        sender: u.clone(),
+        event_type: "com.famedly.call.member".into(),
+        state_key: u.to_string(),
+        content: json!({ "memberships": list }),
+        origin_server_ts: T0,
+    }
+}
+
+fn room_member(i: usize, membership: Membership) -> Input {
+    Input::RoomMember(RoomMember { room_id: RoomId::from(ROOM), user_id: user(i), membership })
+}
+
+fn machine() -> Voip {
+    Voip::new(Config::default(), LocalDevice::new("@me:example.org", "ME"), [5; 32])
+}
+
+fn drain(voip: &mut Voip) -> Vec<Output> {
+    std::iter::from_fn(|| voip.poll()).collect()
+}
+
+/// The `participants_changed` events among outputs: (joined, left, count).
+fn changes(outputs: &[Output]) -> Vec<(Vec<Participant>, Vec<Participant>, usize)> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Event(Event::ParticipantsChanged { joined, left, participants, .. }) => {
+                Some((joined.clone(), left.clone(), participants.len()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn ids(p: &[Participant]) -> Vec<(String, String)> {
+    p.iter().map(|p| (p.user_id.to_string(), p.device_id.to_string())).collect()
+}
+
+fn join_livekit(voip: &mut Voip) {
+    voip.handle(
+        T0,
+        Input::Command(Command::JoinGroupCall {
+            room_id: RoomId::from(ROOM),
+            call_id: String::new(),
+            application: "m.call".into(),
+            scope: "m.room".into(),
+            dialect: MembershipDialect::MatrixRtc,
+            focus: Focus::Livekit { livekit_service_url: Some("https://sfu.example.org".into()), livekit_alias: None },
+            owned_state_keys: false,
+            notify: None,
+        }),
+    )
+    .expect("join");
+}
+
+#[test]
+fn a_member_event_of_a_user_without_call_membership_does_nothing() {
+    for joined in [false, true] {
+        let mut voip = machine();
+        if joined {
+            join_livekit(&mut voip);
+            drain(&mut voip);
+            // Before any membership: the group is not looked at (it would start its keys).
+            voip.handle(T0, room_member(99, Membership::Join)).unwrap();
+            let out = drain(&mut voip);
+            assert!(out.is_empty(), "a non-member's join touched the group: {out:?}");
+        }
+        for i in 0..20 {
+            voip.handle(T0, Input::StateEvent(rtc_member(i, 3_600_000))).unwrap();
+        }
+        for i in 0..100 {
+            voip.handle(T0, room_member(i, Membership::Join)).unwrap();
+        }
+        drain(&mut voip);
+        let deadline = voip.next_deadline();
+        // Users 20.. have no call membership: joining, leaving, being banned changes nothing.
+        for m in [Membership::Leave, Membership::Join, Membership::Ban, Membership::Invite, Membership::Join] {
+            voip.handle(T0, room_member(50, m)).unwrap();
+            let out = drain(&mut voip);
+            assert!(out.is_empty(), "joined {joined}: {m:?} of a non-member produced {out:?}");
+        }
+        assert_eq!(voip.next_deadline(), deadline);
+        assert_eq!(voip.group_call(&group()).members.len(), 20);
+        // A call member leaving the room: exactly that member leaves, and joins again.
+        voip.handle(T0, room_member(7, Membership::Leave)).unwrap();
+        let c = changes(&drain(&mut voip));
+        assert_eq!(c.len(), 1, "joined {joined}");
+        assert!(c[0].0.is_empty());
+        assert_eq!(ids(&c[0].1), [(user(7).to_string(), "D7".to_string())]);
+        assert_eq!(c[0].2, 19);
+        // Invited is not joined either: no change.
+        voip.handle(T0, room_member(7, Membership::Invite)).unwrap();
+        assert!(changes(&drain(&mut voip)).is_empty());
+        voip.handle(T0, room_member(7, Membership::Join)).unwrap();
+        let c = changes(&drain(&mut voip));
+        assert_eq!(c.len(), 1);
+        assert_eq!(ids(&c[0].0), [(user(7).to_string(), "D7".to_string())]);
+        assert_eq!(c[0].2, 20);
+    }
+}
+
+#[test]
+fn expired_memberships_leave_at_their_timer_and_are_gone_afterwards() {
+    let mut voip = machine();
+    voip.handle(T0, Input::StateEvent(rtc_member(1, 60_000))).unwrap();
+    voip.handle(T0, Input::StateEvent(rtc_member(2, 120_000))).unwrap();
+    // famedly: two devices in one list, expiring at different times.
+    voip.handle(T0, Input::StateEvent(famedly_list(3, &[("A", T0.0 + 90_000), ("B", T0.0 + 150_000)]))).unwrap();
+    let c = changes(&drain(&mut voip));
+    assert_eq!(c.last().map(|c| c.2), Some(4));
+    let mut left = Vec::new();
+    let mut seen = 0;
+    while let Some(d) = voip.next_deadline() {
+        if d.reason != TimerKind::MembershipExpiry {
+            // Only expiries are due in an observed call.
+            panic!("unexpected deadline {d:?}");
+        }
+        seen += 1;
+        assert!(seen <= 4, "every expiry fires once");
+        voip.handle(d.at, Input::Tick).unwrap();
+        for (j, l, _) in changes(&drain(&mut voip)) {
+            assert!(j.is_empty());
+            left.extend(ids(&l));
+        }
+    }
+    assert_eq!(
+        left,
+        [
+            (user(1).to_string(), "D1".into()),
+            (user(3).to_string(), "A".into()),
+            (user(2).to_string(), "D2".into()),
+            (user(3).to_string(), "B".into())
+        ],
+        "each leaves at its own expiry"
+    );
+    assert!(voip.group_call(&group()).members.is_empty());
+    // A membership that arrives already expired counts for nothing and sets no timer.
+    voip.handle(T0.plus(200_000), Input::StateEvent(rtc_member(4, 60_000))).unwrap();
+    assert!(changes(&drain(&mut voip)).is_empty());
+    assert!(voip.next_deadline().is_none());
+}
+
+#[test]
+fn leave_and_rejoin_in_both_dialects() {
+    let mut voip = machine();
+    voip.handle(T0, Input::StateEvent(rtc_member(1, 3_600_000))).unwrap();
+    voip.handle(T0, Input::StateEvent(famedly_list(2, &[("A", T0.0 + 3_600_000), ("B", T0.0 + 3_600_000)])))
+        .unwrap();
+    drain(&mut voip);
+    // famedly: the list loses one device.
+    voip.handle(T0, Input::StateEvent(famedly_list(2, &[("B", T0.0 + 3_600_000)]))).unwrap();
+    let c = changes(&drain(&mut voip));
+    assert_eq!(c.len(), 1);
+    assert_eq!(ids(&c[0].1), [(user(2).to_string(), "A".into())]);
+    assert!(c[0].0.is_empty());
+    // MatrixRTC: `{}` is a leave, a new membership a rejoin.
+    let leave = StateEvent { content: json!({}), ..rtc_member(1, 3_600_000) };
+    voip.handle(T0, Input::StateEvent(leave)).unwrap();
+    let c = changes(&drain(&mut voip));
+    assert_eq!(ids(&c[0].1), [(user(1).to_string(), "D1".into())]);
+    voip.handle(T0.plus(10), Input::StateEvent(rtc_member(1, 3_600_000))).unwrap();
+    let c = changes(&drain(&mut voip));
+    assert_eq!(ids(&c[0].0), [(user(1).to_string(), "D1".into())]);
+    assert_eq!(c[0].2, 2);
+    // The same content again changes nothing.
+    voip.handle(T0.plus(20), Input::StateEvent(rtc_member(1, 3_600_000))).unwrap();
+    assert!(changes(&drain(&mut voip)).is_empty());
+}
+
+#[test]
+fn a_sender_flooding_sticky_memberships_cannot_push_out_another() {
+    // Built from JSON as a client hands it over (fields it does not name take their defaults).
+    let sticky = |sender: &str, device: &str, key: &str| -> RoomEvent {
+        serde_json::from_value(json!({
+            "room_id": ROOM, "sender": sender, "type": "org.matrix.msc4143.rtc.member",
+            "origin_server_ts": T0.0, "age_ms": 0,
+            "content": {"slot_id": "m.call#ROOM", "application": {"type": "m.call"}, "sticky_key": key,
+                "member": {"user_id": sender, "device_id": device, "id": format!("{sender}:{device}")},
+                "rtc_transports": [{"type": "livekit", "livekit_service_url": "https://sfu.example.org"}]}
+        }))
+        .expect("a room event")
+    };
+    let mut voip = machine();
+    voip.handle(T0, Input::RoomEvent(sticky("@alice:example.org", "A", "a"))).unwrap();
+    for i in 0..1000 {
+        voip.handle(T0, Input::RoomEvent(sticky("@mallory:example.org", &format!("M{i}"), &format!("k{i}")))).unwrap();
+    }
+    drain(&mut voip);
+    let members = voip.group_call(&group()).members;
+    let mallory = members.iter().filter(|m| m.participant.user_id.as_str() == "@mallory:example.org").count();
+    assert_eq!(mallory, 64, "one sender holds at most 64 membership keys in a room");
+    assert!(members.iter().any(|m| m.participant.user_id.as_str() == "@alice:example.org"));
+    assert_eq!(voip.counters().memberships_over_limit, 1000 - 64);
+    // Another sender is not held back by mallory's flood.
+    voip.handle(T0, Input::RoomEvent(sticky("@bob:example.org", "B", "b"))).unwrap();
+    let c = changes(&drain(&mut voip));
+    assert_eq!(ids(&c[0].0), [("@bob:example.org".to_string(), "B".to_string())]);
+}
