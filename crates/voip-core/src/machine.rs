@@ -1518,7 +1518,8 @@ impl Voip {
     /// changes: the work is proportional to the devices, not to the call.
     fn refresh_devices(&mut self, group: &GroupCallId, devices: Option<&BTreeSet<Device>>) {
         let room_members = self.members.get(&group.room_id);
-        let joined = move |u: &UserId| room_members.and_then(|m| m.get(u)).is_none_or(|m| *m == Membership::Join);
+        let joined =
+            move |u: &UserId| room_members.and_then(|m| m.get(u)).is_none_or(|m| *m == Membership::Join);
         if let Some(g) = self.groups.get_mut(group) {
             let mut ctx = ctx!(self);
             g.on_members(&mut ctx, &self.store, &joined, devices);

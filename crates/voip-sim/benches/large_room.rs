@@ -38,7 +38,8 @@ fn user(i: usize) -> UserId {
 /// User `i`'s call membership (device `D{i}`).
 fn call_member(i: usize, dialect: MembershipDialect, mesh: bool) -> StateEvent {
     let u = user(i);
-    let focus = if mesh { json!({"type": "mesh"}) } else { json!({"type": "livekit", "livekit_service_url": SFU}) };
+    let focus =
+        if mesh { json!({"type": "mesh"}) } else { json!({"type": "livekit", "livekit_service_url": SFU}) };
     let (event_type, state_key, content) = match dialect {
         MembershipDialect::Famedly => (
             "com.famedly.call.member",
@@ -86,7 +87,9 @@ fn machine(mode: Mode, dialect: MembershipDialect) -> Voip {
     voip.handle(T0, Input::ServerSupport { delayed_events: true }).expect("support");
     let focus = match mode {
         Mode::Observe => None,
-        Mode::JoinedLivekit => Some(Focus::Livekit { livekit_service_url: Some(SFU.into()), livekit_alias: None }),
+        Mode::JoinedLivekit => {
+            Some(Focus::Livekit { livekit_service_url: Some(SFU.into()), livekit_alias: None })
+        }
         Mode::JoinedMesh => Some(Focus::Mesh),
     };
     if let Some(focus) = focus {
@@ -151,7 +154,12 @@ fn scenarios() -> Vec<Scenario> {
             }
         }
     }
-    v.push(Scenario { name: "take_in/4_call_famedly_joined_mesh", mode: Mode::JoinedMesh, dialect: Famedly, call: 4 });
+    v.push(Scenario {
+        name: "take_in/4_call_famedly_joined_mesh",
+        mode: Mode::JoinedMesh,
+        dialect: Famedly,
+        call: 4,
+    });
     v
 }
 
@@ -207,7 +215,8 @@ fn bench_further(c: &mut Criterion) {
             b.iter(|| {
                 flip = !flip;
                 let membership = if flip { Membership::Leave } else { Membership::Join };
-                voip.handle(T0, Input::RoomMember(RoomMember { membership, ..outsider.clone() })).expect("member");
+                voip.handle(T0, Input::RoomMember(RoomMember { membership, ..outsider.clone() }))
+                    .expect("member");
                 while let Some(o) = voip.poll() {
                     black_box(o);
                 }

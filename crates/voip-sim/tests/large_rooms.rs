@@ -96,7 +96,10 @@ fn join_livekit(voip: &mut Voip) {
             application: "m.call".into(),
             scope: "m.room".into(),
             dialect: MembershipDialect::MatrixRtc,
-            focus: Focus::Livekit { livekit_service_url: Some("https://sfu.example.org".into()), livekit_alias: None },
+            focus: Focus::Livekit {
+                livekit_service_url: Some("https://sfu.example.org".into()),
+                livekit_alias: None,
+            },
             owned_state_keys: false,
             notify: None,
         }),
@@ -125,7 +128,8 @@ fn a_member_event_of_a_user_without_call_membership_does_nothing() {
         drain(&mut voip);
         let deadline = voip.next_deadline();
         // Users 20.. have no call membership: joining, leaving, being banned changes nothing.
-        for m in [Membership::Leave, Membership::Join, Membership::Ban, Membership::Invite, Membership::Join] {
+        for m in [Membership::Leave, Membership::Join, Membership::Ban, Membership::Invite, Membership::Join]
+        {
             voip.handle(T0, room_member(50, m)).unwrap();
             let out = drain(&mut voip);
             assert!(out.is_empty(), "joined {joined}: {m:?} of a non-member produced {out:?}");
@@ -156,7 +160,8 @@ fn expired_memberships_leave_at_their_timer_and_are_gone_afterwards() {
     voip.handle(T0, Input::StateEvent(rtc_member(1, 60_000))).unwrap();
     voip.handle(T0, Input::StateEvent(rtc_member(2, 120_000))).unwrap();
     // famedly: two devices in one list, expiring at different times.
-    voip.handle(T0, Input::StateEvent(famedly_list(3, &[("A", T0.0 + 90_000), ("B", T0.0 + 150_000)]))).unwrap();
+    voip.handle(T0, Input::StateEvent(famedly_list(3, &[("A", T0.0 + 90_000), ("B", T0.0 + 150_000)])))
+        .unwrap();
     let c = changes(&drain(&mut voip));
     assert_eq!(c.last().map(|c| c.2), Some(4));
     let mut left = Vec::new();
@@ -234,7 +239,8 @@ fn a_sender_flooding_sticky_memberships_cannot_push_out_another() {
     let mut voip = machine();
     voip.handle(T0, Input::RoomEvent(sticky("@alice:example.org", "A", "a"))).unwrap();
     for i in 0..1000 {
-        voip.handle(T0, Input::RoomEvent(sticky("@mallory:example.org", &format!("M{i}"), &format!("k{i}")))).unwrap();
+        voip.handle(T0, Input::RoomEvent(sticky("@mallory:example.org", &format!("M{i}"), &format!("k{i}"))))
+            .unwrap();
     }
     drain(&mut voip);
     let members = voip.group_call(&group()).members;

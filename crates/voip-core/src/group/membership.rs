@@ -386,7 +386,15 @@ mod tests {
         let g = GroupCallId::room_call(room.clone());
         let a = UserId::from("@a:x");
         let changed = s
-            .apply(&room, &a, member::RTC_MEMBER, "_@a:x_D_m.call", &rtc("D", 100), Timestamp(100), Timestamp(100))
+            .apply(
+                &room,
+                &a,
+                member::RTC_MEMBER,
+                "_@a:x_D_m.call",
+                &rtc("D", 100),
+                Timestamp(100),
+                Timestamp(100),
+            )
             .unwrap()
             .unwrap();
         assert_eq!(changed, Changes::from([(g.clone(), BTreeSet::from([dev("@a:x", "D")]))]));
@@ -427,12 +435,31 @@ mod tests {
         let room = RoomId::from("!r");
         let g = GroupCallId::room_call(room.clone());
         let (a, b) = (UserId::from("@a:x"), UserId::from("@b:x"));
-        s.apply(&room, &a, member::RTC_MEMBER, "_@a:x_D_m.call", &rtc("D", 100), Timestamp(100), Timestamp(100))
-            .unwrap();
+        s.apply(
+            &room,
+            &a,
+            member::RTC_MEMBER,
+            "_@a:x_D_m.call",
+            &rtc("D", 100),
+            Timestamp(100),
+            Timestamp(100),
+        )
+        .unwrap();
         // famedly: one list, two devices expiring at different times.
-        s.apply(&room, &b, member::FAMEDLY_MEMBER, "@b:x", &famedly(&[("B1", 900), ("B2", 2000)]), Timestamp(100), Timestamp(100))
-            .unwrap();
-        assert_eq!(all(&s, &g, 200), [("@a:x".into(), "D".into()), ("@b:x".into(), "B1".into()), ("@b:x".into(), "B2".into())]);
+        s.apply(
+            &room,
+            &b,
+            member::FAMEDLY_MEMBER,
+            "@b:x",
+            &famedly(&[("B1", 900), ("B2", 2000)]),
+            Timestamp(100),
+            Timestamp(100),
+        )
+        .unwrap();
+        assert_eq!(
+            all(&s, &g, 200),
+            [("@a:x".into(), "D".into()), ("@b:x".into(), "B1".into()), ("@b:x".into(), "B2".into())]
+        );
         assert_eq!(s.next_expiry(Timestamp(200)), Some(Timestamp(900)));
         assert!(s.purge_expired(Timestamp(899)).is_empty(), "nothing due yet");
         let changed = s.purge_expired(Timestamp(900));
@@ -448,7 +475,15 @@ mod tests {
         assert_eq!(s.next_expiry(Timestamp(5000)), None);
         // A record already expired when it arrives is not kept.
         let changed = s
-            .apply(&room, &a, member::RTC_MEMBER, "_@a:x_D_m.call", &rtc("D", 100), Timestamp(100), Timestamp(5000))
+            .apply(
+                &room,
+                &a,
+                member::RTC_MEMBER,
+                "_@a:x_D_m.call",
+                &rtc("D", 100),
+                Timestamp(100),
+                Timestamp(5000),
+            )
             .unwrap()
             .unwrap();
         assert!(changed.contains_key(&g));
@@ -462,22 +497,51 @@ mod tests {
         let room = RoomId::from("!r");
         let g = GroupCallId::room_call(room.clone());
         let a = UserId::from("@a:x");
-        s.apply(&room, &a, member::RTC_MEMBER, "_@a:x_D_m.call", &rtc("D", 100), Timestamp(100), Timestamp(100))
-            .unwrap();
+        s.apply(
+            &room,
+            &a,
+            member::RTC_MEMBER,
+            "_@a:x_D_m.call",
+            &rtc("D", 100),
+            Timestamp(100),
+            Timestamp(100),
+        )
+        .unwrap();
         let d = dev("@a:x", "D");
-        assert_eq!(s.device_member(&g, &d, Timestamp(150), None, |_| true).map(|m| m.created), Some(Timestamp(100)));
+        assert_eq!(
+            s.device_member(&g, &d, Timestamp(150), None, |_| true).map(|m| m.created),
+            Some(Timestamp(100))
+        );
         // The same device also announces a sticky membership, later: it wins (newest).
-        s.apply(&room, &a, member::RTC_MEMBER_STICKY, "@a:x|k", &sticky("@a:x", "D", "k"), Timestamp(300), Timestamp(300))
-            .unwrap();
+        s.apply(
+            &room,
+            &a,
+            member::RTC_MEMBER_STICKY,
+            "@a:x|k",
+            &sticky("@a:x", "D", "k"),
+            Timestamp(300),
+            Timestamp(300),
+        )
+        .unwrap();
         let m = s.device_member(&g, &d, Timestamp(350), None, |_| true).unwrap();
         assert_eq!((m.dialect, m.created), (MembershipDialect::Sticky, Timestamp(300)));
         assert_eq!(s.members(&g, Timestamp(350), None, |_| true).len(), 1, "one device, one member");
         // famedly family only: none.
-        assert!(s.device_member(&g, &d, Timestamp(350), Some(MembershipDialect::Famedly), |_| true).is_none());
+        assert!(s
+            .device_member(&g, &d, Timestamp(350), Some(MembershipDialect::Famedly), |_| true)
+            .is_none());
         assert_eq!(s.of_user(&room, &a), Changes::from([(g.clone(), BTreeSet::from([d.clone()]))]));
         // The sticky one leaves: the state one counts again.
-        s.apply(&room, &a, member::RTC_MEMBER_STICKY, "@a:x|k", &json!({"sticky_key": "k"}), Timestamp(400), Timestamp(400))
-            .unwrap();
+        s.apply(
+            &room,
+            &a,
+            member::RTC_MEMBER_STICKY,
+            "@a:x|k",
+            &json!({"sticky_key": "k"}),
+            Timestamp(400),
+            Timestamp(400),
+        )
+        .unwrap();
         let m = s.device_member(&g, &d, Timestamp(450), None, |_| true).unwrap();
         assert_eq!(m.dialect, MembershipDialect::MatrixRtc);
         // Leave, then rejoin with a new created_ts.
@@ -485,9 +549,20 @@ mod tests {
             .unwrap();
         assert!(s.device_member(&g, &d, Timestamp(500), None, |_| true).is_none());
         assert!(s.of_user(&room, &a).is_empty());
-        s.apply(&room, &a, member::RTC_MEMBER, "_@a:x_D_m.call", &rtc("D", 600), Timestamp(600), Timestamp(600))
-            .unwrap();
-        assert_eq!(s.device_member(&g, &d, Timestamp(650), None, |_| true).map(|m| m.created), Some(Timestamp(600)));
+        s.apply(
+            &room,
+            &a,
+            member::RTC_MEMBER,
+            "_@a:x_D_m.call",
+            &rtc("D", 600),
+            Timestamp(600),
+            Timestamp(600),
+        )
+        .unwrap();
+        assert_eq!(
+            s.device_member(&g, &d, Timestamp(650), None, |_| true).map(|m| m.created),
+            Some(Timestamp(600))
+        );
         assert_eq!(s.next_expiry(Timestamp(650)), Some(Timestamp(1600)), "the old expiries are gone");
     }
 
@@ -497,33 +572,93 @@ mod tests {
         let room = RoomId::from("!r");
         let g = GroupCallId::room_call(room.clone());
         let (alice, mallory) = (UserId::from("@alice:x"), UserId::from("@mallory:x"));
-        s.apply(&room, &alice, member::RTC_MEMBER_STICKY, "@alice:x|a", &sticky("@alice:x", "A", "a"), Timestamp(1), Timestamp(1))
-            .unwrap()
-            .unwrap();
+        s.apply(
+            &room,
+            &alice,
+            member::RTC_MEMBER_STICKY,
+            "@alice:x|a",
+            &sticky("@alice:x", "A", "a"),
+            Timestamp(1),
+            Timestamp(1),
+        )
+        .unwrap()
+        .unwrap();
         let mut refused = 0;
         for i in 0..10 * MAX_KEYS_PER_SENDER {
             let (key, device) = (format!("k{i}"), format!("M{i}"));
             let content = sticky("@mallory:x", &device, &key);
             let kind = if i % 2 == 0 { member::RTC_MEMBER_STICKY } else { member::RTC_MEMBER };
             let content = if i % 2 == 0 { content } else { rtc(&device, 1) };
-            let out = s.apply(&room, &mallory, kind, &format!("@mallory:x|{key}"), &content, Timestamp(1), Timestamp(1));
+            let out = s.apply(
+                &room,
+                &mallory,
+                kind,
+                &format!("@mallory:x|{key}"),
+                &content,
+                Timestamp(1),
+                Timestamp(1),
+            );
             refused += usize::from(out.unwrap().is_none());
         }
         assert_eq!(s.keys_of(&room, &mallory), MAX_KEYS_PER_SENDER, "bounded per sender");
         assert_eq!(refused, 9 * MAX_KEYS_PER_SENDER);
         assert_eq!(s.devices(&g).count(), MAX_KEYS_PER_SENDER + 1);
         let alice_dev = dev("@alice:x", "A");
-        assert!(s.device_member(&g, &alice_dev, Timestamp(2), None, |_| true).is_some(), "alice's record stays");
+        assert!(
+            s.device_member(&g, &alice_dev, Timestamp(2), None, |_| true).is_some(),
+            "alice's record stays"
+        );
         // Alice can still add and change hers.
         let added = s
-            .apply(&room, &alice, member::RTC_MEMBER_STICKY, "@alice:x|b", &sticky("@alice:x", "A2", "b"), Timestamp(2), Timestamp(2))
+            .apply(
+                &room,
+                &alice,
+                member::RTC_MEMBER_STICKY,
+                "@alice:x|b",
+                &sticky("@alice:x", "A2", "b"),
+                Timestamp(2),
+                Timestamp(2),
+            )
             .unwrap();
         assert!(added.is_some());
         // Mallory can update and remove its existing keys, and add one after removing one.
-        assert!(s.apply(&room, &mallory, member::RTC_MEMBER_STICKY, "@mallory:x|k0", &sticky("@mallory:x", "M0", "k0"), Timestamp(3), Timestamp(3)).unwrap().is_some());
-        assert!(s.apply(&room, &mallory, member::RTC_MEMBER_STICKY, "@mallory:x|k0", &json!({"sticky_key": "k0"}), Timestamp(3), Timestamp(3)).unwrap().is_some());
+        assert!(s
+            .apply(
+                &room,
+                &mallory,
+                member::RTC_MEMBER_STICKY,
+                "@mallory:x|k0",
+                &sticky("@mallory:x", "M0", "k0"),
+                Timestamp(3),
+                Timestamp(3)
+            )
+            .unwrap()
+            .is_some());
+        assert!(s
+            .apply(
+                &room,
+                &mallory,
+                member::RTC_MEMBER_STICKY,
+                "@mallory:x|k0",
+                &json!({"sticky_key": "k0"}),
+                Timestamp(3),
+                Timestamp(3)
+            )
+            .unwrap()
+            .is_some());
         assert_eq!(s.keys_of(&room, &mallory), MAX_KEYS_PER_SENDER - 1);
-        assert!(s.apply(&room, &mallory, member::RTC_MEMBER_STICKY, "@mallory:x|new", &sticky("@mallory:x", "N", "new"), Timestamp(3), Timestamp(3)).unwrap().is_some());
+        assert!(s
+            .apply(
+                &room,
+                &mallory,
+                member::RTC_MEMBER_STICKY,
+                "@mallory:x|new",
+                &sticky("@mallory:x", "N", "new"),
+                Timestamp(3),
+                Timestamp(3)
+            )
+            .unwrap()
+            .is_some());
         assert_eq!(s.keys_of(&room, &mallory), MAX_KEYS_PER_SENDER);
     }
 
@@ -538,7 +673,15 @@ mod tests {
             for i in 0..MAX_KEYS_PER_SENDER {
                 let key = format!("k{i}");
                 let c = json!({"slot_id": "m.call#ROOM", "sticky_key": key, "member": {"device_id": format!("D{i}")}});
-                let out = s.apply(&room, &UserId::from(user.as_str()), member::RTC_MEMBER_STICKY, &format!("{user}|{key}"), &c, Timestamp(1), Timestamp(1));
+                let out = s.apply(
+                    &room,
+                    &UserId::from(user.as_str()),
+                    member::RTC_MEMBER_STICKY,
+                    &format!("{user}|{key}"),
+                    &c,
+                    Timestamp(1),
+                    Timestamp(1),
+                );
                 kept += usize::from(out.unwrap().is_some());
             }
         }
@@ -547,7 +690,10 @@ mod tests {
         let first = UserId::from("@s0:x");
         // Holders can still update theirs; nothing was evicted.
         let c = json!({"slot_id": "m.call#ROOM", "sticky_key": "k0", "member": {"device_id": "D0"}});
-        assert!(s.apply(&room, &first, member::RTC_MEMBER_STICKY, "@s0:x|k0", &c, Timestamp(2), Timestamp(2)).unwrap().is_some());
+        assert!(s
+            .apply(&room, &first, member::RTC_MEMBER_STICKY, "@s0:x|k0", &c, Timestamp(2), Timestamp(2))
+            .unwrap()
+            .is_some());
         assert_eq!(s.keys_of(&room, &first), MAX_KEYS_PER_SENDER);
         // Purged on expiry, room for new ones again.
         s.purge_expired(Timestamp(1 + member::STICKY_DURATION_MS));
