@@ -66,11 +66,24 @@ pub(crate) struct SendGate {
     pub(crate) payload_type: AtomicU16,
     /// Frames handed to webrtc-rs.
     pub(crate) frames_sent: AtomicU64,
+    /// The peer's format parameters for the track's codec (Opus `a=fmtp:`), with a generation
+    /// counter the sending task watches.
+    pub(crate) codec_parameters: Mutex<String>,
+    pub(crate) codec_generation: AtomicU64,
 }
 
 impl SendGate {
     pub(crate) fn enabled(&self) -> bool {
         self.user_enabled.load(Ordering::SeqCst) && !self.held.load(Ordering::SeqCst)
+    }
+
+    fn set_codec_parameters(&self, params: &str) {
+        if let Ok(mut p) = self.codec_parameters.lock() {
+            if *p != params || self.codec_generation.load(Ordering::SeqCst) == 0 {
+                params.clone_into(&mut p);
+                self.codec_generation.fetch_add(1, Ordering::SeqCst);
+            }
+        }
     }
 
     fn payload_type(&self) -> Option<u8> {
@@ -220,6 +233,8 @@ pub(crate) struct CallTask {
     /// Our DTLS role (`a=setup:`) once an exchange settled it; later answers keep it.
     dtls_setup: Option<sdp::DtlsSetup>,
     pending_remote_candidates: Vec<Candidate>,
+    /// The peer's Opus format parameters from its last description.
+    remote_opus_fmtp: Option<String>,
     reported_remote: BTreeSet<(StreamId, MediaKind)>,
     sink_tasks: Vec<tokio::task::JoinHandle<()>>,
     last_state: Option<ConnectionState>,
@@ -260,6 +275,7 @@ impl CallTask {
             remote_offer: None,
             dtls_setup: None,
             pending_remote_candidates: Vec::new(),
+            remote_opus_fmtp: None,
             reported_remote: BTreeSet::new(),
             sink_tasks: Vec::new(),
             last_state: None,
@@ -475,6 +491,9 @@ impl CallTask {
         let gate = Arc::new(SendGate::default());
         gate.user_enabled.store(true, Ordering::SeqCst);
         gate.held.store(self.held, Ordering::SeqCst);
+        if let (MediaKind::Audio, Some(fmtp)) = (kind, &self.remote_opus_fmtp) {
+            gate.set_codec_parameters(fmtp);
+        }
         let task = spawn_counted(&self.counters, run_source(track, ssrc, gate.clone(), source));
         info!(%stream_id, ?purpose, ?kind, %track_id, "local track added");
         if let Ok(mut s) = self.shared.lock() {
@@ -628,6 +647,12 @@ impl CallTask {
     async fn set_remote(&mut self, description: SessionDescription) {
         let Some(pc) = self.pc_or_fail(MediaOperation::SetRemoteDescription) else { return };
         let announced = sdp::announced_tracks(&description.sdp);
+        if let Some(fmtp) = sdp::opus_fmtp(&description.sdp) {
+            for t in self.local_tracks.iter().filter(|t| t.kind == MediaKind::Audio) {
+                t.gate.set_codec_parameters(&fmtp);
+            }
+            self.remote_opus_fmtp = Some(fmtp);
+        }
         if description.sdp_type == SdpType::Offer {
             self.remote_offer = Some(description.sdp.clone());
         }
@@ -971,7 +996,14 @@ async fn run_source(
     mut source: Box<dyn MediaSource>,
 ) {
     let mut next = tokio::time::Instant::now();
+    let mut generation = 0;
     loop {
+        let current = gate.codec_generation.load(Ordering::SeqCst);
+        if current != generation {
+            generation = current;
+            let params = gate.codec_parameters.lock().map(|p| p.clone()).unwrap_or_default();
+            source.negotiated(&params);
+        }
         // `None` means nothing to send this tick (the `MediaSource` contract): ask again later.
         let wait = match source.next_frame(gate.enabled()) {
             Some(frame) => {

@@ -2,7 +2,7 @@
 //! remote tracks and the DTLS role (`a=setup:`). Lenient: lines it does not understand are
 //! skipped.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use voip_core::media::MediaKind;
 use voip_core::StreamId;
@@ -30,6 +30,36 @@ impl MediaSection {
             _ => None,
         }
     }
+}
+
+/// The format parameters (`a=fmtp:`) of Opus in the first audio section that has Opus
+/// (`useinbandfec=1;usedtx=1;…`); empty when Opus has no fmtp line.
+pub(crate) fn opus_fmtp(sdp: &str) -> Option<String> {
+    let mut in_audio = false;
+    let mut pt: Option<String> = None;
+    let mut fmtp: HashMap<String, String> = HashMap::new();
+    for line in sdp.lines().map(str::trim_end) {
+        if let Some(m) = line.strip_prefix("m=") {
+            if pt.is_some() {
+                break;
+            }
+            in_audio = m.starts_with("audio");
+            fmtp.clear();
+            continue;
+        }
+        if !in_audio {
+            continue;
+        }
+        if let Some((p, codec)) = line.strip_prefix("a=rtpmap:").and_then(|v| v.split_once(' ')) {
+            if pt.is_none() && codec.to_ascii_lowercase().starts_with("opus/") {
+                pt = Some(p.to_owned());
+            }
+        } else if let Some((p, params)) = line.strip_prefix("a=fmtp:").and_then(|v| v.split_once(' ')) {
+            fmtp.insert(p.to_owned(), params.to_owned());
+        }
+    }
+    let pt = pt?;
+    Some(fmtp.remove(&pt).unwrap_or_default())
 }
 
 pub(crate) fn media_sections(sdp: &str) -> Vec<MediaSection> {
@@ -145,6 +175,16 @@ pub(crate) fn with_setup(sdp: &str, role: DtlsSetup) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn opus_fmtp_of_the_audio_section() {
+        let sdp = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 VP8/90000\r\na=fmtp:96 x=1\r\n\
+                   m=audio 9 UDP/TLS/RTP/SAVPF 111 0\r\na=rtpmap:0 PCMU/8000\r\n\
+                   a=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10;useinbandfec=1;usedtx=1\r\n";
+        assert_eq!(opus_fmtp(sdp).as_deref(), Some("minptime=10;useinbandfec=1;usedtx=1"));
+        assert_eq!(opus_fmtp("m=audio 9 RTP/AVP 111\r\na=rtpmap:111 OPUS/48000/2\r\n").as_deref(), Some(""));
+        assert_eq!(opus_fmtp("m=audio 9 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"), None);
+    }
 
     const OFFER: &str = "v=0\r\no=- 1 2 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1 2\r\n\
 m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=msid:user1 a1\r\na=sendrecv\r\n\

@@ -44,6 +44,13 @@ pub trait MediaSource: Send + 'static {
     /// nothing for a frame's duration, or `None` to send nothing this tick (the engine asks
     /// again 10 ms later; the track keeps going).
     fn next_frame(&mut self, enabled: bool) -> Option<EncodedFrame>;
+
+    /// The peer's format parameters for the track's codec, from its description (Opus:
+    /// `minptime=10;useinbandfec=1;usedtx=1`), when first known and whenever they change.
+    /// Default: ignored.
+    fn negotiated(&mut self, codec_parameters: &str) {
+        let _ = codec_parameters;
+    }
 }
 
 /// Creates the sources for local tracks (the app's microphone, camera and screen capture).

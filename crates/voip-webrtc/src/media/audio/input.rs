@@ -275,6 +275,8 @@ impl AudioInput {
 #[derive(Debug)]
 pub struct OpusSource {
     input: AudioInput,
+    /// What the app allows; the peer's parameters can only turn FEC and DTX off.
+    local: OpusSettings,
     encoder: OpusEncoder,
     frames_encoded: u64,
 }
@@ -282,17 +284,43 @@ pub struct OpusSource {
 impl OpusSource {
     /// Encodes `input` with `settings` (its channel count is the input's).
     pub fn new(input: AudioInput, settings: OpusSettings) -> Result<Self> {
-        let encoder = OpusEncoder::new(OpusSettings { channels: input.channels(), ..settings })?;
-        Ok(OpusSource { input, encoder, frames_encoded: 0 })
+        let local = OpusSettings { channels: input.channels(), ..settings };
+        let encoder = OpusEncoder::new(local)?;
+        Ok(OpusSource { input, local, encoder, frames_encoded: 0 })
     }
 
     /// Frames encoded so far.
     pub fn frames_encoded(&self) -> u64 {
         self.frames_encoded
     }
+
+    /// The encoder's settings in force (FEC and DTX as negotiated).
+    pub fn settings(&self) -> OpusSettings {
+        self.encoder.settings()
+    }
+}
+
+/// Whether the Opus format parameter `name` is `1` (RFC 7587 §6.1: absent means 0).
+fn fmtp_flag(params: &str, name: &str) -> bool {
+    params
+        .split(';')
+        .filter_map(|p| p.trim().split_once('='))
+        .any(|(k, v)| k.trim() == name && v.trim() == "1")
 }
 
 impl MediaSource for OpusSource {
+    /// In-band FEC is used when allowed locally and the peer's decoder asks for it
+    /// (`useinbandfec=1`), DTX when allowed locally and the peer prefers it (`usedtx=1`).
+    fn negotiated(&mut self, codec_parameters: &str) {
+        let fec = self.local.fec && fmtp_flag(codec_parameters, "useinbandfec");
+        let dtx = self.local.dtx && fmtp_flag(codec_parameters, "usedtx");
+        let loss = self.local.expected_loss_percent;
+        if let Err(e) = self.encoder.set_fec(fec, loss).and_then(|()| self.encoder.set_dtx(dtx)) {
+            tracing::warn!(error = %e, "opus settings");
+        }
+        tracing::debug!(fec, dtx, codec_parameters, "opus encoder negotiated");
+    }
+
     fn next_frame(&mut self, enabled: bool) -> Option<EncodedFrame> {
         let settings = self.encoder.settings();
         let duration = Duration::from_millis(u64::from(settings.frame_ms));
@@ -321,6 +349,23 @@ mod tests {
     use super::*;
     use crate::media::audio::codec::OpusDecoder;
     use crate::media::audio::goertzel_power;
+
+    #[test]
+    fn fec_and_dtx_follow_the_peers_fmtp() {
+        let settings = OpusSettings { dtx: true, ..OpusSettings::default() };
+        let mut src = OpusSource::new(AudioInput::new(1), settings).unwrap();
+        src.negotiated("minptime=10;useinbandfec=1");
+        assert!(src.settings().fec && !src.settings().dtx);
+        src.negotiated("minptime=10; useinbandfec=0; usedtx=1");
+        assert!(!src.settings().fec && src.settings().dtx);
+        // The local settings bound what the peer can turn on.
+        let mut plain = OpusSource::new(AudioInput::new(1), OpusSettings { fec: false, ..settings }).unwrap();
+        plain.negotiated("useinbandfec=1;usedtx=1");
+        assert!(!plain.settings().fec && plain.settings().dtx);
+        // DTX on: silence is not sent.
+        let skipped = (0..30).filter(|_| plain.next_frame(true).unwrap().data.is_empty()).count();
+        assert!(skipped >= 20, "{skipped} of 30 silent frames skipped");
+    }
 
     #[test]
     fn pushed_44k1_stereo_comes_out_48k_mono() {
