@@ -1,5 +1,5 @@
 //! `cargo xtask bench [--calls N] [--debug] [--no-groups] [--no-js] [--no-install] [--no-build]
-//! [--no-handshake]`: what users feel, side by side with the anchor, in one run on the same
+//! [--no-handshake] [--no-sync-modes]`: what users feel, side by side with the anchor, in one run on the same
 //! machine (issue #10, docs/benchmarks.md).
 //!
 //! 1. builds `synapse-rig` and the `voip` example `setup_bench` (release, as an app ships;
@@ -11,6 +11,8 @@
 //!    calls, with `--groups` the 4-member mesh and 8-member SFU joins and the key rotation) and
 //!    `bench/js-setup.mjs` (N matrix-js-sdk calls on Node + wrtc) and, with the groups,
 //!    `bench/js-groups.mjs` (8 js-sdk MatrixRTC members in SFU mode: join and key rotation);
+//!    then `setup_bench` once more per other sync mode (`--sync helper|client-sync|sync-service`,
+//!    calls only; `--no-sync-modes` skips them), for the "Sync modes" table;
 //! 5. prints the results table with ratios (also written to `bench/results/summary.md`), keeps
 //!    the raw JSON in `bench/results/`, and draws `docs/setup-time.svg`.
 //!
@@ -38,9 +40,21 @@ fn bare_handshake_ms(target: &Path) -> anyhow::Result<f64> {
     cargo(&["bench", "-q", "-p", "voip-webrtc", "--bench", "media_start", "--", "voice"])?;
     let est = target.join("criterion/descriptions_set_to_media_flowing/voice/new/estimates.json");
     let v = read_json(&est)?;
-    let ns = v["median"]["point_estimate"].as_f64().ok_or_else(|| anyhow!("no median in {}", est.display()))?;
+    let ns =
+        v["median"]["point_estimate"].as_f64().ok_or_else(|| anyhow!("no median in {}", est.display()))?;
     Ok(ns / 1e6)
 }
+
+/// The sync modes run after the main one (`setup_bench --sync`).
+const SYNC_MODES: [&str; 3] = ["helper", "client-sync", "sync-service"];
+
+/// Table names of the sync modes.
+const SYNC_MODE_NAMES: [(&str, &str); 4] = [
+    ("test-loop", "`sync_once` loop, 2 s long-poll (voip-testkit)"),
+    ("helper", "`voip::sync::SyncLoop` (recommended)"),
+    ("client-sync", "matrix-sdk `Client::sync`"),
+    ("sync-service", "matrix-sdk-ui `SyncService` (`voip::sync::sync_service`)"),
+];
 
 const STEPS: [&str; 8] = [
     "invite_received",
@@ -182,7 +196,8 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<bool> {
     if !flag("--no-build") {
         println!("==> building synapse-rig and the setup_bench example ({profile})");
         cargo(&["build", "-q", "-p", "voip-testkit", "--no-default-features", "--bin", "synapse-rig"])?;
-        let mut build = vec!["build", "-q", "-p", "voip", "--example", "setup_bench"];
+        let mut build =
+            vec!["build", "-q", "-p", "voip", "--features", "sync-service", "--example", "setup_bench"];
         if profile == "release" {
             build.push("--release");
         }
@@ -232,6 +247,19 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<bool> {
     }
     status(&mut c, "setup_bench")?;
     let rust = read_json(&rust_json)?;
+    // The same calls under the other ways an app syncs (the run above: voip-testkit's loop).
+    let mut modes: Vec<(&str, Value)> = vec![("test-loop", rust.clone())];
+    if !flag("--no-sync-modes") {
+        for mode in SYNC_MODES {
+            println!("==> Rust: {calls} calls, clients syncing with {mode}");
+            let out = results.join(format!("rust-{mode}.json"));
+            let mut c = ns.exec(&rust_bench);
+            c.args(["--homeserver", hs, "--registration-secret", secret, "--calls", &calls.to_string()]);
+            c.args(["--sync", mode]).arg("--out").arg(&out);
+            status(&mut c, &format!("setup_bench --sync {mode}"))?;
+            modes.push((mode, read_json(&out)?));
+        }
+    }
     let js_res = if js {
         println!("==> matrix-js-sdk: {calls} calls through the same Synapse");
         let js_json = results.join("js.json");
@@ -246,7 +274,9 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<bool> {
         println!("==> matrix-js-sdk: SFU-mode group of 8 (join, key rotation) on the same Synapse");
         let out = results.join("js-groups.json");
         let mut c = ns.exec("node");
-        c.args(["bench/js-groups.mjs", "--hs", hs, "--reg-secret", secret, "--members", "8"]).arg("--out").arg(&out);
+        c.args(["bench/js-groups.mjs", "--hs", hs, "--reg-secret", secret, "--members", "8"])
+            .arg("--out")
+            .arg(&out);
         status(&mut c, "bench/js-groups.mjs")?;
         Some(read_json(&out)?)
     } else {
@@ -280,6 +310,25 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<bool> {
         fmt_ratio(rm, floor),
         js_res.as_ref().map(|j| fmt_ratio(rm, median_p95(&step(j, "total")).0)).unwrap_or_else(|| "–".into())
     );
+    if modes.len() > 1 {
+        let js_total = js_res.as_ref().map_or(f64::NAN, |j| median_p95(&step(j, "total")).0);
+        md += "\n| sync mode (Rust, both sides) | set-up median / p95 (ms) | raw event A→B median | / floor | / js-sdk |\n\
+               |---|---|---|---|---|\n";
+        for (mode, r) in &modes {
+            let (m, p) = median_p95(&step(r, "total"));
+            let raw: Vec<f64> = r["raw_ms"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_f64).collect())
+                .unwrap_or_default();
+            md += &format!(
+                "| {} | {m:.0} / {p:.0} | {:.0} | {} | {} |\n",
+                SYNC_MODE_NAMES.iter().find(|(k, _)| k == mode).map_or(*mode, |(_, n)| n),
+                median_p95(&raw).0,
+                fmt_ratio(m, floor),
+                fmt_ratio(m, js_total)
+            );
+        }
+    }
     if let Some(g) = rust["groups"].as_object() {
         let num = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
         let (jj, jr) = js_groups

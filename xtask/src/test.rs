@@ -85,8 +85,9 @@ impl Drop for Synapse {
 }
 
 /// The features every step builds with: the workspace's defaults plus decoded audio
-/// (`voip/codecs`: libopus built from source by `opusic-sys`), so one build serves all steps.
-const FEATURES: &str = "voip/codecs";
+/// (`voip/codecs`: libopus built from source by `opusic-sys`) and matrix-sdk-ui's `SyncService`
+/// (`voip/sync-service`, for the `sync_modes` tests), so one build serves all steps.
+const FEATURES: &str = "voip/codecs,voip/sync-service";
 
 /// libopus is built with cmake: install it with apt-get (Debian/Ubuntu, as root or with
 /// password-less sudo) when it is missing, so a fresh machine needs nothing else.

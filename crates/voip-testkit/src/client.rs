@@ -191,6 +191,22 @@ impl Syncing {
     }
 }
 
+impl Syncing {
+    /// matrix-sdk's own loop instead: one `sync_once`, then `Client::sync` (which sleeps 1 s
+    /// before any request that follows the previous one within a second) in a spawned task.
+    /// For comparing sync modes (`docs/benchmarks.md`).
+    pub async fn start_client_sync(client: &Client) -> Result<Self> {
+        client.sync_once(SyncSettings::default()).await.context("first sync")?;
+        let c = client.clone();
+        let task = tokio::spawn(async move {
+            if let Err(e) = c.sync(SyncSettings::default()).await {
+                tracing::debug!("Client::sync ended: {e}");
+            }
+        });
+        Ok(Self { task })
+    }
+}
+
 impl Drop for Syncing {
     fn drop(&mut self) {
         self.task.abort();

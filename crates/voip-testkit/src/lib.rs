@@ -22,6 +22,7 @@
 #![deny(missing_docs)]
 #![recursion_limit = "256"]
 
+pub mod coturn;
 pub mod rig;
 
 use std::sync::OnceLock;

@@ -202,6 +202,10 @@ fn apt_install_venv() -> bool {
     install() || (run_quiet(Command::new("apt-get").arg("update")) && install())
 }
 
+pub(crate) fn is_root_user() -> bool {
+    is_root()
+}
+
 fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
@@ -321,6 +325,12 @@ pub struct StartOptions {
     pub timeout: Duration,
     /// The rate limits (default [`Limits::Generous`]).
     pub limits: Limits,
+    /// Synapse's `max_event_delay_duration` (default `24h`), e.g. `"2s"` to test a server that
+    /// caps MSC4140 delays.
+    pub max_event_delay: Option<String>,
+    /// Synapse's `turn_uris` and `turn_shared_secret` (default: `turn:127.0.0.1:3478` and a
+    /// random secret, with no TURN server behind it). See [`crate::coturn`].
+    pub turn: Option<(String, String)>,
 }
 
 impl StartOptions {
@@ -332,6 +342,8 @@ impl StartOptions {
             remove_data_on_exit: false,
             timeout: start_timeout(),
             limits: Limits::Generous,
+            max_event_delay: None,
+            turn: None,
         }
     }
 
@@ -343,7 +355,23 @@ impl StartOptions {
             remove_data_on_exit: true,
             timeout: start_timeout(),
             limits: Limits::Generous,
+            max_event_delay: None,
+            turn: None,
         }
+    }
+
+    /// The same with Synapse's `/voip/turnServer` pointing at `uri` (e.g. [`crate::coturn::Coturn::uri`])
+    /// with the TURN REST `secret` the TURN server was started with.
+    pub fn with_turn(mut self, uri: impl Into<String>, secret: impl Into<String>) -> Self {
+        self.turn = Some((uri.into(), secret.into()));
+        self
+    }
+
+    /// The same with another `max_event_delay_duration` (MSC4140's maximum delay; Synapse syntax,
+    /// e.g. `"2s"`), instead of `24h`.
+    pub fn with_max_event_delay(mut self, duration: impl Into<String>) -> Self {
+        self.max_event_delay = Some(duration.into());
+        self
     }
 
     /// The same with other rate limits.
@@ -492,7 +520,15 @@ fn start_once(
         .replace("@SECRET_REG@", &id.reg)
         .replace("@SECRET_MAC@", &id.mac)
         .replace("@SECRET_FORM@", &id.form)
-        .replace("@SECRET_TURN@", &id.turn);
+        .replace(
+            "max_event_delay_duration: 24h",
+            &format!("max_event_delay_duration: {}", opts.max_event_delay.as_deref().unwrap_or("24h")),
+        )
+        .replace(
+            "turn:127.0.0.1:3478?transport=udp",
+            opts.turn.as_ref().map_or("turn:127.0.0.1:3478?transport=udp", |t| &t.0),
+        )
+        .replace("@SECRET_TURN@", opts.turn.as_ref().map_or(&id.turn, |t| &t.1));
     let config_path = data.join("homeserver.yaml");
     fs::write(&config_path, config)?;
     fs::write(data.join("log.config"), LOG_CONFIG.replace("@DATA@", &d))?;
@@ -639,7 +675,11 @@ pub struct Instance {
 impl Instance {
     /// Starts a fresh instance owned by this process, with `limits`, in a new data dir.
     pub fn start(limits: Limits) -> Result<Instance> {
-        let opts = StartOptions::owned_by_this_process().with_limits(limits);
+        Self::start_with_options(StartOptions::owned_by_this_process().with_limits(limits))
+    }
+
+    /// Starts a fresh instance with `opts` (e.g. [`StartOptions::with_turn`]).
+    pub fn start_with_options(opts: StartOptions) -> Result<Instance> {
         let (started, identity, child) = start_with(&opts, None)?;
         tracing_note(&started, "started");
         Ok(Instance { opts, identity, started, child: Some(child) })

@@ -26,8 +26,8 @@ use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     register_default_interceptors, MediaEngine as RtcMediaEngine, PeerConnection, PeerConnectionBuilder,
     PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceCandidate, RTCIceCandidateInit,
-    RTCIceConnectionState, RTCIceGatheringState, RTCIceServer, RTCPeerConnectionIceEvent,
-    RTCPeerConnectionState, RTCSessionDescription, Registry, SettingEngineBuilder,
+    RTCIceConnectionState, RTCIceGatheringState, RTCIceServer, RTCIceTransportPolicy,
+    RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription, Registry, SettingEngineBuilder,
 };
 use webrtc::rtp_transceiver::RtpSender;
 
@@ -386,7 +386,13 @@ impl CallTask {
             .build();
         let pc = PeerConnectionBuilder::new()
             .with_configuration(
-                RTCConfigurationBuilder::new().with_ice_servers(self.rtc_ice_servers()).build(),
+                RTCConfigurationBuilder::new()
+                    .with_ice_servers(self.rtc_ice_servers())
+                    .with_ice_transport_policy(match c.ice_transport_policy {
+                        crate::config::IceTransportPolicy::All => RTCIceTransportPolicy::All,
+                        crate::config::IceTransportPolicy::Relay => RTCIceTransportPolicy::Relay,
+                    })
+                    .build(),
             )
             .with_media_engine(media)
             .with_interceptor_registry(registry)

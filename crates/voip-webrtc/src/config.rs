@@ -73,11 +73,23 @@ pub enum MdnsMode {
     QueryOnly,
 }
 
+/// Which local candidates ICE may use (`RTCIceTransportPolicy`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum IceTransportPolicy {
+    /// Host, server-reflexive and relay candidates.
+    #[default]
+    All,
+    /// Relay candidates only: media always goes through a TURN server (matrix-js-sdk's
+    /// `forceTURN`), so the peer never learns this device's addresses.
+    Relay,
+}
+
 /// Configuration of a [`crate::WebrtcEngine`]. Start from [`WebrtcConfig::default`] (all
 /// interfaces) or [`WebrtcConfig::loopback`] (tests), then use the `with_*` setters.
 #[derive(Clone)]
 pub struct WebrtcConfig {
     pub(crate) ice_servers: Vec<IceServer>,
+    pub(crate) ice_transport_policy: IceTransportPolicy,
     pub(crate) udp_addrs: Vec<String>,
     pub(crate) include_loopback: bool,
     pub(crate) mdns: MdnsMode,
@@ -98,6 +110,7 @@ impl fmt::Debug for WebrtcConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WebrtcConfig")
             .field("ice_servers", &self.ice_servers.len())
+            .field("ice_transport_policy", &self.ice_transport_policy)
             .field("udp_addrs", &self.udp_addrs)
             .field("include_loopback", &self.include_loopback)
             .field("mdns", &self.mdns)
@@ -119,6 +132,7 @@ impl Default for WebrtcConfig {
     fn default() -> Self {
         WebrtcConfig {
             ice_servers: Vec::new(),
+            ice_transport_policy: IceTransportPolicy::All,
             udp_addrs: vec!["0.0.0.0:0".to_owned()],
             include_loopback: false,
             mdns: MdnsMode::QueryOnly,
@@ -149,11 +163,37 @@ impl WebrtcConfig {
         }
     }
 
-    /// STUN/TURN servers for new peer connections (usually the homeserver's TURN config).
+    /// The app's STUN/TURN servers for new peer connections. With matrix signalling the
+    /// homeserver's TURN servers (`/voip/turnServer`) are added to these, not put in their place.
     #[must_use]
     pub fn with_ice_servers(mut self, servers: Vec<IceServer>) -> Self {
         self.ice_servers = servers;
         self
+    }
+
+    /// The app's STUN/TURN servers (see [`WebrtcConfig::with_ice_servers`]).
+    pub fn ice_servers(&self) -> &[IceServer] {
+        &self.ice_servers
+    }
+
+    /// Which candidates ICE may use; [`IceTransportPolicy::Relay`] for relay-only calls.
+    #[must_use]
+    pub fn with_ice_transport_policy(mut self, policy: IceTransportPolicy) -> Self {
+        self.ice_transport_policy = policy;
+        self
+    }
+
+    /// Relay only (`true`) or every candidate type (`false`, the default); matrix-js-sdk's
+    /// `forceTURN`.
+    #[must_use]
+    pub fn with_relay_only(self, relay_only: bool) -> Self {
+        let policy = if relay_only { IceTransportPolicy::Relay } else { IceTransportPolicy::All };
+        self.with_ice_transport_policy(policy)
+    }
+
+    /// The configured [`IceTransportPolicy`].
+    pub fn ice_transport_policy(&self) -> IceTransportPolicy {
+        self.ice_transport_policy
     }
 
     /// Local UDP addresses to bind (`ip:port`; a wildcard means every non-loopback interface).
@@ -287,6 +327,14 @@ mod tests {
         assert_eq!(s.urls, vec!["turn:turn.example.org?transport=udp".to_owned()]);
         assert_eq!(s.username, "1443779631:@user:example.org");
         assert_eq!(s.credential, "JlKfBy1QwLrO20385QyAtEyIv0=");
+    }
+
+    #[test]
+    fn relay_only_sets_the_transport_policy() {
+        assert_eq!(WebrtcConfig::default().ice_transport_policy(), IceTransportPolicy::All);
+        let c = WebrtcConfig::loopback().with_relay_only(true);
+        assert_eq!(c.ice_transport_policy(), IceTransportPolicy::Relay);
+        assert_eq!(c.with_relay_only(false).ice_transport_policy(), IceTransportPolicy::All);
     }
 
     #[test]

@@ -13,7 +13,7 @@ mod sdp;
 mod stats;
 mod webrtc_engine;
 
-pub use config::{IceServer, MdnsMode, TurnServerResponse, WebrtcConfig};
+pub use config::{IceServer, IceTransportPolicy, MdnsMode, TurnServerResponse, WebrtcConfig};
 pub use engine::{media_event_channel, MediaEngine, MediaEventReceiver, MediaEventSender};
 pub use error::{Error, Result};
 pub use media::echo::{Echo, EchoSource};

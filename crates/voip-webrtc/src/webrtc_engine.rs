@@ -147,6 +147,15 @@ impl WebrtcEngine {
         }
     }
 
+    /// Sets the homeserver's TURN servers: peer connections built from now on use the app's
+    /// servers from [`WebrtcConfig::with_ice_servers`] followed by `turn` (merged, not
+    /// replaced; a later call replaces the previous `turn` list).
+    pub fn set_turn_servers(&self, turn: Vec<IceServer>) {
+        let mut all = self.inner.config.ice_servers.clone();
+        all.extend(turn.into_iter().filter(|t| !t.urls.is_empty()));
+        self.set_ice_servers(all);
+    }
+
     /// The ICE servers the next peer connection will be built with.
     pub fn ice_servers(&self) -> Vec<IceServer> {
         self.inner.ice_servers.lock().map(|s| s.clone()).unwrap_or_default()

@@ -4,8 +4,13 @@
 //!
 //! ```text
 //! cargo run -p voip --example setup_bench -- --homeserver URL --registration-secret S \
-//!     [--calls 10] [--groups] [--synapse-log homeserver.log] [--out results.json]
+//!     [--calls 10] [--groups] [--synapse-log homeserver.log] [--out results.json] [--sync MODE]
 //! ```
+//!
+//! `--sync` picks how every client syncs (docs/benchmarks.md, "Sync modes"): `test-loop`
+//! (default: voip-testkit's `sync_once` loop), `helper` (`voip::sync::SyncLoop`), `client-sync`
+//! (matrix-sdk's `Client::sync`, with its 1 s pause) or, built with `--features sync-service`,
+//! `sync-service` (matrix-sdk-ui's `SyncService` through `voip::sync::sync_service`).
 //!
 //! * **raw**: N plain Megolm room events Alice → Bob, each timed from the start of the send
 //!   request until Bob's event handler has it.
@@ -32,7 +37,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use matrix_sdk::ruma::events::room::message::{OriginalSyncRoomMessageEvent, RoomMessageEventContent};
 use serde_json::{json, Value};
-use support::{encrypted_room, MatrixPerson};
+use support::{encrypted_room, MatrixPerson, SyncMode};
 use voip::core::media::MediaKind;
 use voip::{Call, CallState, CallType, GroupCall, GroupCallBackend};
 
@@ -42,6 +47,9 @@ mod support;
 /// One call's or one run's bound.
 const BOUND: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(2);
+
+/// How every client syncs (`--sync`).
+static SYNC_MODE: std::sync::OnceLock<SyncMode> = std::sync::OnceLock::new();
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
@@ -176,7 +184,8 @@ async fn one_call(alice: &MatrixPerson, bob: &MatrixPerson, room: &voip::core::R
 async fn people(hs: &voip_testkit::Synapse, names: &[&str]) -> Result<Vec<MatrixPerson>> {
     let mut out = Vec::new();
     for n in names {
-        out.push(MatrixPerson::new(hs, n, voip::Config::default()).await?);
+        let mode = *SYNC_MODE.get().unwrap_or(&SyncMode::TestLoop);
+        out.push(MatrixPerson::with_sync(hs, n, voip::Config::default(), mode).await?);
     }
     Ok(out)
 }
@@ -331,6 +340,10 @@ async fn run() -> Result<()> {
     let server_name = arg(&args, "--server-name").unwrap_or_else(|| "localhost".into());
     let n: usize = arg(&args, "--calls").map(|s| s.parse()).transpose().context("--calls")?.unwrap_or(10);
     let hs = voip_testkit::Synapse { url, reg_secret: secret, server_name, owned: false };
+    let sync = arg(&args, "--sync").unwrap_or_else(|| "test-loop".into());
+    let mode =
+        SyncMode::parse(&sync).with_context(|| format!("--sync {sync}: unknown (or built without it)"))?;
+    let _ = SYNC_MODE.set(mode);
 
     let ab = people(&hs, &["alice", "bob"]).await?;
     let (alice, bob) = (&ab[0], &ab[1]);
@@ -383,7 +396,8 @@ async fn run() -> Result<()> {
         println!("| {s} | {m:.0} | {p:.0} |");
     }
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let result = json!({ "raw_ms": raw, "calls": calls, "groups": groups, "loadavg": load.trim() });
+    let result =
+        json!({ "raw_ms": raw, "calls": calls, "groups": groups, "loadavg": load.trim(), "sync": sync });
     if let Some(out) = arg(&args, "--out") {
         std::fs::write(&out, serde_json::to_string_pretty(&result)?)
             .with_context(|| format!("writing {out}"))?;

@@ -42,7 +42,9 @@
 //!
 //! Feature flags: `matrix` (default; `Voip::from_client`), `webrtc` (default;
 //! `VoipBuilder::webrtc`), `livekit` (`GroupCall::livekit_credentials`,
-//! `VoipBuilder::livekit_key_provider`).
+//! `VoipBuilder::livekit_key_provider`), `sync-service` (`sync::sync_service`: matrix-sdk-ui's
+//! `SyncService` set up for calls). Apps that run their own sync loop should use [`sync::sync`]
+//! or [`sync::SyncLoop`] rather than `Client::sync` (which pauses 1 s between quick responses).
 //!
 //! Examples, in `examples/` (`cargo run -p voip --example NAME`; on the in-process homeserver,
 //! with real webrtc-rs media on loopback):
@@ -77,6 +79,8 @@ pub mod local;
 #[cfg(feature = "matrix")]
 mod matrix;
 mod runtime;
+#[cfg(feature = "matrix")]
+pub mod sync;
 mod transport;
 #[cfg(feature = "webrtc")]
 mod with_webrtc;

@@ -62,8 +62,8 @@ pub(crate) fn replay_known_rooms(adapter: &MatrixAdapter) {
     });
 }
 
-/// Keeps the engine's ICE servers set to the homeserver's TURN servers, refreshed before their
-/// TTL ends.
+/// Keeps the homeserver's TURN servers in the engine's ICE servers (after the app's own),
+/// refreshed before their TTL ends.
 #[cfg(feature = "webrtc")]
 pub(crate) fn keep_turn_fresh(adapter: &MatrixAdapter, engine: voip_webrtc::WebrtcEngine) {
     {
@@ -73,7 +73,8 @@ pub(crate) fn keep_turn_fresh(adapter: &MatrixAdapter, engine: voip_webrtc::Webr
                 let current = turn.borrow_and_update().clone();
                 if let Some(t) = current {
                     tracing::debug!(uris = ?t.uris, ttl = ?t.ttl, "TURN servers for new calls");
-                    engine.set_ice_servers(vec![voip_webrtc::IceServer {
+                    // Added to the app's own servers (WebrtcConfig::with_ice_servers).
+                    engine.set_turn_servers(vec![voip_webrtc::IceServer {
                         urls: t.uris,
                         username: t.username,
                         credential: t.password,

@@ -23,17 +23,110 @@ pub const STEP: Duration = Duration::from_secs(30);
 pub struct MatrixPerson {
     pub voip: Voip,
     pub client: matrix_sdk::Client,
-    _sync: voip_testkit::Syncing,
+    _sync: Syncing,
+}
+
+/// How a [`MatrixPerson`]'s client syncs (docs/benchmarks.md, "Sync modes").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncMode {
+    /// `voip_testkit::Syncing`: `sync_once` in a loop with a 2 s long-poll.
+    TestLoop,
+    /// `voip::sync::SyncLoop`: the library's loop without matrix-sdk's 1 s pause.
+    Helper,
+    /// matrix-sdk's `Client::sync` (sleeps 1 s after a response that came within a second).
+    ClientSync,
+    /// matrix-sdk-ui's `SyncService` from `voip::sync::sync_service` (feature `sync-service`).
+    #[cfg(feature = "sync-service")]
+    Service,
+}
+
+impl SyncMode {
+    /// The mode named `s` (`test-loop`, `helper`, `client-sync`, `sync-service`).
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "test-loop" => Self::TestLoop,
+            "helper" => Self::Helper,
+            "client-sync" => Self::ClientSync,
+            #[cfg(feature = "sync-service")]
+            "sync-service" => Self::Service,
+            _ => return None,
+        })
+    }
+}
+
+enum Syncing {
+    TestLoop(#[allow(dead_code)] voip_testkit::Syncing),
+    Helper(#[allow(dead_code)] voip::sync::SyncLoop),
+    #[cfg(feature = "sync-service")]
+    Service(#[allow(dead_code)] matrix_sdk_ui::sync_service::SyncService),
+}
+
+impl Syncing {
+    async fn start(client: &matrix_sdk::Client, mode: SyncMode) -> Result<Self> {
+        use matrix_sdk::config::SyncSettings;
+        Ok(match mode {
+            SyncMode::TestLoop => Syncing::TestLoop(voip_testkit::Syncing::start(client).await?),
+            SyncMode::Helper => {
+                Syncing::Helper(voip::sync::SyncLoop::start(client, SyncSettings::default()).await?)
+            }
+            SyncMode::ClientSync => {
+                Syncing::TestLoop(voip_testkit::Syncing::start_client_sync(client).await?)
+            }
+            #[cfg(feature = "sync-service")]
+            SyncMode::Service => {
+                use matrix_sdk_ui::sync_service::State;
+                let service = voip::sync::sync_service(client).await?;
+                service.start().await;
+                let mut state = service.state();
+                within("sync service running", async {
+                    loop {
+                        match state.get() {
+                            State::Running => return Ok(()),
+                            State::Error(e) => anyhow::bail!("sync service failed: {e}"),
+                            _ => {}
+                        }
+                        state.next().await;
+                    }
+                })
+                .await??;
+                // The encryption sync has uploaded this device's keys (others can share Megolm
+                // sessions with it and Olm-encrypt to it).
+                let me = client.user_id().context("logged in")?.to_owned();
+                let device = client.device_id().context("device")?.to_owned();
+                voip_testkit::wait_for("own device keys uploaded", STEP, || {
+                    let (probe, me, device) = (client.clone(), me.clone(), device.clone());
+                    async move {
+                        let mut req = matrix_sdk::ruma::api::client::keys::get_keys::v3::Request::new();
+                        req.device_keys.insert(me.clone(), vec![]);
+                        let resp = probe.send(req).await.ok()?;
+                        resp.device_keys.get(&me)?.get(&device).map(|_| ())
+                    }
+                })
+                .await?;
+                Syncing::Service(service)
+            }
+        })
+    }
 }
 
 impl MatrixPerson {
     /// Registers `name` on `hs`, logs in, builds the `Voip` (before the first sync, so it sees the
     /// initial state) and starts syncing.
     pub async fn new(hs: &voip_testkit::Synapse, name: &str, config: Config) -> Result<Self> {
+        Self::with_sync(hs, name, config, SyncMode::TestLoop).await
+    }
+
+    /// [`MatrixPerson::new`] syncing in `mode`.
+    pub async fn with_sync(
+        hs: &voip_testkit::Synapse,
+        name: &str,
+        config: Config,
+        mode: SyncMode,
+    ) -> Result<Self> {
         let user = voip_testkit::register_user_on(hs, name).await?;
         let client = voip_testkit::login(&user, None).await?;
         let voip = Voip::from_client(&client)?.config(config).webrtc(WebrtcConfig::loopback()).build()?;
-        let _sync = voip_testkit::Syncing::start(&client).await?;
+        let _sync = Syncing::start(&client, mode).await?;
         Ok(Self { voip, client, _sync })
     }
 }
