@@ -30,6 +30,14 @@ pub enum Failure {
         /// The Matrix `errcode`, when the server gave one (e.g. `M_NOT_FOUND`).
         errcode: Option<String>,
     },
+    /// A delayed event's delay is above the server's maximum (MSC4140), which it named: not
+    /// retried as is (the core schedules again with the maximum).
+    MaxDelayExceeded {
+        /// The server's maximum delay.
+        max_delay: Duration,
+        /// Detail for logs.
+        error: String,
+    },
 }
 
 impl Failure {
@@ -42,6 +50,9 @@ impl Failure {
             Failure::Transient(error) => SendOutcome::Failed { retryable: true, error, errcode: None },
             Failure::Permanent { retryable, error, errcode } => {
                 SendOutcome::Failed { retryable, error, errcode }
+            }
+            Failure::MaxDelayExceeded { max_delay, .. } => {
+                SendOutcome::MaxDelayExceeded { max_delay_ms: max_delay.as_millis() as u64 }
             }
         }
     }
@@ -83,10 +94,44 @@ pub fn classify_http(err: &HttpError) -> Failure {
         if status >= 500 {
             return Failure::Transient(error);
         }
+        if let Some(max_delay) = max_delay_exceeded(api) {
+            return Failure::MaxDelayExceeded { max_delay, error };
+        }
         let errcode = api.error_kind().map(|k| k.errcode().to_string());
         return Failure::Permanent { retryable: false, error, errcode };
     }
     Failure::refused(false, error)
+}
+
+/// The server's maximum delay when it refused a delayed event's delay as too long, in either
+/// form servers use: MSC4140's `org.matrix.msc4140.errcode: M_MAX_DELAY_EXCEEDED` with
+/// `org.matrix.msc4140.max_delay` (under a custom errcode; ruma drops the extra fields of an
+/// `M_UNKNOWN` body), or Synapse 1.163's `ORG.MATRIX.MSC4140_DELAY_TOO_LARGE`, which names the
+/// maximum only in its message ("… exceeds the allowed maximum (86400000ms)").
+fn max_delay_exceeded(api: &matrix_sdk::ruma::api::error::Error) -> Option<Duration> {
+    use matrix_sdk::ruma::api::error::ErrorBody;
+    let kind = api.error_kind()?;
+    let code = kind.errcode().to_string();
+    let data = kind.custom_json_data();
+    let field = |k: &str| data.and_then(|d| d.get(k)).and_then(serde_json::Value::as_u64);
+    let named = field("org.matrix.msc4140.max_delay").or_else(|| field("max_delay"));
+    let flagged = code == "M_MAX_DELAY_EXCEEDED"
+        || data.and_then(|d| d.get("org.matrix.msc4140.errcode")).and_then(serde_json::Value::as_str)
+            == Some("M_MAX_DELAY_EXCEEDED");
+    if flagged {
+        return named.map(Duration::from_millis);
+    }
+    if !code.eq_ignore_ascii_case("ORG.MATRIX.MSC4140_DELAY_TOO_LARGE") {
+        return None;
+    }
+    if let Some(ms) = named {
+        return Some(Duration::from_millis(ms));
+    }
+    let ErrorBody::Standard(body) = &api.body else { return None };
+    // "The requested delay (360000000ms) exceeds the allowed maximum (86400000ms)"
+    let tail = &body.message[body.message.rfind("maximum (")? + "maximum (".len()..];
+    let digits: String = tail.chars().take_while(char::is_ascii_digit).collect();
+    tail[digits.len()..].starts_with("ms)").then(|| digits.parse().ok().map(Duration::from_millis)).flatten()
 }
 
 /// Bounds of the adapter's own retries (on top of which the core may retry again).
@@ -136,7 +181,7 @@ impl RetryPolicy {
         }
         let backoff = self.base_delay.saturating_mul(1u32 << (attempt - 1).min(16)).min(self.max_delay);
         let delay = match failure {
-            Failure::Permanent { .. } => return None,
+            Failure::Permanent { .. } | Failure::MaxDelayExceeded { .. } => return None,
             Failure::Transient(_) => backoff,
             Failure::RateLimited { retry_after, .. } => {
                 retry_after.map_or(backoff, |r| r.max(Duration::from_millis(1)))
@@ -189,7 +234,7 @@ impl Counters {
         match failure {
             Failure::RateLimited { .. } => self.rate_limited.fetch_add(1, Ordering::Relaxed),
             Failure::Transient(_) => self.transient.fetch_add(1, Ordering::Relaxed),
-            Failure::Permanent { .. } => 0,
+            Failure::Permanent { .. } | Failure::MaxDelayExceeded { .. } => 0,
         };
     }
 }
@@ -323,6 +368,24 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // Synapse 1.163 names its maximum only in the message.
+        let too_large = http_error(
+            400,
+            r#"{"errcode":"ORG.MATRIX.MSC4140_DELAY_TOO_LARGE","error":"The requested delay (360000000ms) exceeds the allowed maximum (86400000ms)"}"#,
+        );
+        assert_eq!(
+            classify_http(&too_large).into_outcome(),
+            SendOutcome::MaxDelayExceeded { max_delay_ms: 86_400_000 }
+        );
+        // MSC4140's form under its own errcode keeps the field.
+        let msc = http_error(
+            400,
+            r#"{"errcode":"M_MAX_DELAY_EXCEEDED","error":"too long","org.matrix.msc4140.max_delay":7500}"#,
+        );
+        assert_eq!(classify_http(&msc).into_outcome(), SendOutcome::MaxDelayExceeded { max_delay_ms: 7_500 });
+        // A too-large error without a number is an ordinary refusal (the core falls back).
+        let vague = http_error(400, r#"{"errcode":"ORG.MATRIX.MSC4140_DELAY_TOO_LARGE","error":"too long"}"#);
+        assert!(matches!(classify_http(&vague), Failure::Permanent { retryable: false, .. }));
         let forbidden =
             matrix_sdk::Error::Http(Box::new(http_error(403, r#"{"errcode":"M_FORBIDDEN","error":"no"}"#)));
         assert!(matches!(classify(&forbidden), Failure::Permanent { retryable: false, .. }));

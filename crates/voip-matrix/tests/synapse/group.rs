@@ -192,3 +192,55 @@ async fn media_keys_reach_the_others_encrypted_and_rotate_when_one_leaves() -> R
     );
     Ok(())
 }
+
+/// A homeserver that caps MSC4140 delays (`max_event_delay_duration: 3s`) refuses our 10 s
+/// delayed leave (Synapse 1.163: `400 ORG.MATRIX.MSC4140_DELAY_TOO_LARGE`, the maximum in the
+/// message): the leave is scheduled again with 3 s instead of being given up, the heartbeat
+/// keeps it from firing while we are there, and a client that disappears is gone within the
+/// capped delay, not the configured one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_capping_delays_gets_the_delayed_leave_at_its_maximum() -> Result<()> {
+    use std::time::{Duration, Instant};
+    use voip_testkit::rig::{Instance, StartOptions};
+    let instance = tokio::task::spawn_blocking(|| {
+        Instance::start_with_options(StartOptions::owned_by_this_process().with_max_event_delay("3s"))
+    })
+    .await??;
+    let hs = voip_testkit::Synapse::of(&instance);
+    let mut alice = Peer::new_on(&hs, "alice").await?;
+    let bob = Peer::new_on(&hs, "bob").await?;
+    let room = room_with(&mut alice, &[&bob], true).await?;
+    let (bob_url, bob_token) = (hs.url.clone(), bob.client.access_token().expect("logged in"));
+    // Element Call's 10 s delay and 5 s heartbeat, both above what this server allows.
+    let (alice, bob) =
+        (Phone::with_config(alice, Config::default()), Phone::with_config(bob, Config::default()));
+    let bob_user = bob.peer_user.clone();
+    alice.command(join_command(&room, MembershipDialect::MatrixRtc));
+    bob.command(join_command(&room, MembershipDialect::MatrixRtc));
+    wait_members(&alice, &room, &[&bob_user]).await?;
+    // Bob's delayed leave runs with the server's maximum.
+    let listed: serde_json::Value = reqwest::Client::new()
+        .get(format!("{bob_url}/_matrix/client/unstable/org.matrix.msc4140/delayed_events"))
+        .bearer_auth(&bob_token)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let delays: Vec<u64> = listed["delayed_events"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|e| e["delay_ms"].as_u64().or(e["delay"].as_u64())).collect())
+        .unwrap_or_default();
+    assert_eq!(delays, vec![3_000], "bob's delayed leave: {listed}");
+    // Several capped delays later Bob is still there: the heartbeat (every 1.5 s) keeps it.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(members(&alice, &room), BTreeSet::from([bob_user.clone()]), "bob kept by his heartbeat");
+    // Bob's process dies: gone within the 3 s maximum (plus sync), well before 10 s.
+    let died = Instant::now();
+    drop(bob);
+    wait_members(&alice, &room, &[]).await?;
+    let gone = died.elapsed();
+    assert!(gone < Duration::from_millis(8_000), "bob gone after {gone:?}");
+    eprintln!("capped delayed leave: bob gone {gone:?} after his process died");
+    drop(alice);
+    Ok(())
+}
