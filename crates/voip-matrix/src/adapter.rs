@@ -192,6 +192,14 @@ impl MatrixAdapter {
                 let olm_device = info.as_ref().map(|i| i.sender_device.as_deref().map(|d| d.as_str()));
                 if let Some(ev) = inbound::to_device_from_json(&ev, olm_device) {
                     tracing::debug!(sender = %ev.sender, r#type = %ev.event_type, encrypted = ev.encrypted, "to-device call event");
+                    if ev.encrypted && inbound::is_invite_type(&ev.event_type) {
+                        // The core rings a to-device invite only when it knows that we and the
+                        // sender are joined to the room it names: tell it first (members may be
+                        // lazy-loaded, so ask the client, which asks the server if it must).
+                        for m in inner.memberships_for(&ev).await {
+                            let _ = inner.inputs.send(Input::RoomMember(m)).await;
+                        }
+                    }
                     let _ = inner.inputs.send(Input::ToDevice(ev)).await;
                 }
             }
@@ -645,6 +653,45 @@ fn is_critical_type(event_type: &str) -> bool {
 }
 
 impl Inner {
+    /// Our and the sender's membership of the room a to-device invite names, as far as the
+    /// client knows them (fetching the member list when it is not loaded).
+    async fn memberships_for(&self, ev: &voip_core::ToDeviceEvent) -> Vec<voip_core::RoomMember> {
+        let Some(room_id) = ev.content.get("room_id").and_then(Value::as_str) else { return Vec::new() };
+        let Ok(room_id) = OwnedRoomId::try_from(room_id) else { return Vec::new() };
+        let Some(room) = self.client.get_room(&room_id) else { return Vec::new() };
+        let mut out = Vec::new();
+        if let Some(me) = self.client.user_id() {
+            let membership = match room.state() {
+                matrix_sdk::RoomState::Joined => Some(voip_core::Membership::Join),
+                matrix_sdk::RoomState::Invited => Some(voip_core::Membership::Invite),
+                matrix_sdk::RoomState::Left => Some(voip_core::Membership::Leave),
+                matrix_sdk::RoomState::Banned => Some(voip_core::Membership::Ban),
+                matrix_sdk::RoomState::Knocked => Some(voip_core::Membership::Knock),
+            };
+            if let Some(membership) = membership {
+                out.push(voip_core::RoomMember {
+                    room_id: voip_core::RoomId::from(room_id.as_str()),
+                    user_id: voip_core::UserId::from(me.as_str()),
+                    membership,
+                });
+            }
+        }
+        let Ok(sender) = OwnedUserId::try_from(ev.sender.as_str()) else { return out };
+        match room.get_member(&sender).await {
+            Ok(Some(member)) => {
+                let json = serde_json::json!({
+                    "type": "m.room.member",
+                    "state_key": sender.as_str(),
+                    "content": {"membership": member.membership().as_str()},
+                });
+                out.extend(inbound::member_from_json(room_id.as_str(), &json));
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(%sender, "cannot read the caller's room membership: {e}"),
+        }
+        out
+    }
+
     async fn dispatch_state(&self, room_id: &str, ev: &Value) {
         if let Some(m) = inbound::member_from_json(room_id, ev) {
             let _ = self.inputs.send(Input::RoomMember(m)).await;

@@ -23,6 +23,12 @@ pub fn is_media_key_type(event_type: &str) -> bool {
     event_type.contains("encryption_keys")
 }
 
+/// Whether an event of this type is a call invite (`m.call.invite` or famedly's namespaced
+/// mesh invite).
+pub fn is_invite_type(event_type: &str) -> bool {
+    matches!(event_type, "m.call.invite" | "com.famedly.call.member.invite")
+}
+
 /// Whether a to-device event of this type goes to the core.
 pub fn is_forwarded_to_device_type(event_type: &str) -> bool {
     is_call_event_type(event_type) || KEY_TO_DEVICE_TYPES.contains(&event_type)

@@ -429,3 +429,58 @@ async fn sync_batch_drops_invite_hung_up_in_same_response() -> Result<()> {
     assert!(rang, "live invite did not ring");
     Ok(())
 }
+
+/// Forged signalling through a real Synapse (docs/security.md): in an encrypted DM, a cleartext
+/// `m.call.invite` room event and a cleartext to-device invite (both sent raw, past matrix-sdk's
+/// encryption) never ring; the adapter reports them as cleartext and the core counts them. A
+/// real, encrypted call between the same two still works afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleartext_call_events_are_refused_in_an_encrypted_dm() -> Result<()> {
+    use matrix_sdk::ruma::api::client::message::send_message_event;
+    use matrix_sdk::ruma::api::client::to_device::send_event_to_device;
+    use matrix_sdk::ruma::serde::Raw;
+    use matrix_sdk::ruma::to_device::DeviceIdOrAllDevices;
+    use matrix_sdk::ruma::{OwnedDeviceId, OwnedRoomId, OwnedUserId};
+
+    let (alice, bob, room) = dm_phones().await?;
+    let client = alice._peer.client.clone();
+    let room_id = OwnedRoomId::try_from(room.as_str())?;
+    // Wait until Bob's core knows the room is encrypted (its m.room.encryption came through).
+    let sdp = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=sendrecv\r\n";
+    let invite = |call: &str| {
+        serde_json::json!({"call_id": call, "party_id": "P", "version": "1", "lifetime": 60000,
+            "offer": {"type": "offer", "sdp": sdp}, "invitee": bob.peer_user, "room_id": room,
+            "invitee_device_id": bob._peer.client.device_id().map(|d| d.to_string()),
+            "device_id": alice._peer.client.device_id().map(|d| d.to_string()), "seq": 0})
+    };
+    let counters = || bob.with(|v| v.counters().clone());
+    let raw = Raw::new(&invite("CLEARROOM"))?.cast_unchecked();
+    let request = send_message_event::v3::Request::new_raw(room_id, "clear1".into(), "m.call.invite".into(), raw);
+    client.send(request).await?;
+    voip_testkit::wait_for("bob counts the cleartext room invite", TIMEOUT, || {
+        let n = counters().unauthenticated;
+        async move { (n >= 1).then_some(()) }
+    })
+    .await?;
+    // A cleartext to-device invite naming the room and Alice's device.
+    let bob_user = OwnedUserId::try_from(bob.peer_user.as_str())?;
+    let bob_device: OwnedDeviceId = bob._peer.client.device_id().expect("bob's device").to_owned();
+    let mut messages = std::collections::BTreeMap::new();
+    let content = Raw::new(&invite("CLEARTODEVICE"))?.cast_unchecked();
+    messages
+        .entry(bob_user)
+        .or_insert_with(std::collections::BTreeMap::new)
+        .insert(DeviceIdOrAllDevices::DeviceId(bob_device), content);
+    client.send(send_event_to_device::v3::Request::new_raw("m.call.invite".into(), "clear2".into(), messages)).await?;
+    voip_testkit::wait_for("bob counts the cleartext to-device invite", TIMEOUT, || {
+        let n = counters().unauthenticated;
+        async move { (n >= 2).then_some(()) }
+    })
+    .await?;
+    let rang = bob.state.lock().unwrap().events.iter().any(|e| matches!(e, Event::IncomingCall { .. }));
+    assert!(!rang, "nothing rang");
+    assert!(bob.with(|v| v.calls().is_empty()));
+    // The real thing still works.
+    connect(&alice, &bob, &room).await?;
+    Ok(())
+}
