@@ -40,6 +40,19 @@ pub enum Input {
     },
     /// A user's room membership (`m.room.member`), from initial state or a change.
     RoomMember(RoomMember),
+    /// Many `m.room.member` memberships and membership state events at once (a room's initial
+    /// state, or what a gappy sync brings): the same as feeding them one by one
+    /// ([`Input::RoomMember`] each, then [`Input::StateEvent`] each), except that each group
+    /// call's changes are worked out and reported once, at the end (one `participants_changed`
+    /// per group instead of one per event). Malformed state events are skipped and counted.
+    RoomState {
+        /// `m.room.member` memberships.
+        #[serde(default)]
+        members: Vec<RoomMember>,
+        /// State events (`com.famedly.call.member`, `org.matrix.msc3401.call.member`, …).
+        #[serde(default)]
+        state: Vec<StateEvent>,
+    },
     /// The outcome of an earlier [`crate::Output::Send`].
     SendResult {
         /// The request this answers.

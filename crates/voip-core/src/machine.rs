@@ -137,6 +137,8 @@ pub struct Voip {
     /// Replacements of our calls that their callee ended with `replaced` (lagging glare).
     awaited: glare::AwaitedReplacements,
     members: BTreeMap<RoomId, BTreeMap<UserId, Membership>>,
+    /// While an [`Input::RoomState`] is applied: the membership changes still to look at.
+    deferred: Option<membership::Changes>,
     out: VecDeque<Output>,
     sends: SendTable,
     can_handle_override: Option<bool>,
@@ -192,6 +194,7 @@ impl Voip {
             encrypted_rooms: BTreeSet::new(),
             awaited: glare::AwaitedReplacements::default(),
             members: BTreeMap::new(),
+            deferred: None,
             out: VecDeque::new(),
             sends: SendTable::with_session(session_tag(&seed)),
             can_handle_override: None,
@@ -288,6 +291,10 @@ impl Voip {
             }
             Input::RoomMember(m) => {
                 self.handle_member(m);
+                Ok(())
+            }
+            Input::RoomState { members, state } => {
+                self.handle_room_state(members, state);
                 Ok(())
             }
             Input::SendResult { id, result } => {
@@ -1408,7 +1415,7 @@ impl Voip {
         if was_joined != (m.membership == Membership::Join) {
             // Only the user's own memberships can change (a user without any: nothing to do).
             for (g, devices) in self.store.of_user(&m.room_id, &m.user_id) {
-                self.refresh_devices(&g, Some(&devices));
+                self.memberships_changed(g, devices);
             }
         }
         if !left {
@@ -1492,7 +1499,7 @@ impl Voip {
             Ok(Some(changed)) => {
                 self.counters.applied += 1;
                 for (g, devices) in changed {
-                    self.refresh_devices(&g, Some(&devices));
+                    self.memberships_changed(g, devices);
                 }
                 Ok(())
             }
@@ -1506,6 +1513,31 @@ impl Voip {
                 tracing::warn!(%e, %sender, "malformed membership event");
                 Err(e.into())
             }
+        }
+    }
+
+    /// Many memberships at once: each group's changes looked at once, at the end.
+    fn handle_room_state(&mut self, members: Vec<RoomMember>, state: Vec<crate::input::StateEvent>) {
+        self.deferred = Some(membership::Changes::new());
+        for m in members {
+            self.handle_member(m);
+        }
+        for e in state {
+            if let Err(err) = self.handle_state_event(e) {
+                tracing::warn!(%err, "state event in a room state batch ignored");
+            }
+        }
+        for (g, devices) in self.deferred.take().unwrap_or_default() {
+            self.refresh_devices(&g, Some(&devices));
+        }
+    }
+
+    /// Some devices' memberships of a group may have changed: look at them now, or at the end
+    /// of the [`Input::RoomState`] being applied.
+    fn memberships_changed(&mut self, group: GroupCallId, devices: BTreeSet<Device>) {
+        match self.deferred.as_mut() {
+            Some(d) => d.entry(group).or_default().extend(devices),
+            None => self.refresh_devices(&group, Some(&devices)),
         }
     }
 

@@ -1,16 +1,21 @@
-//! Large rooms (issue #15): the cost of taking in a room's state through [`Voip::handle`], one
-//! input per event as a client hands them over, and of each further `m.room.member` event.
+//! Large rooms (issue #15): the cost of taking in a room's state through [`Voip::handle`], and
+//! of each further `m.room.member` event.
 //!
 //! The room has `ROOM_MEMBERS` joined users; `call` of them are in the room's group call, each
 //! with one device, in one of two dialects: MatrixRTC (`org.matrix.msc3401.call.member`, one
-//! state key per device) or famedly (`com.famedly.call.member`, one list per user). The call
-//! memberships arrive first, then the `m.room.member` joins (as the issue measured it). The
-//! machine either only observes the call, or has joined it (LiveKit focus, so no peer calls), or
-//! (mesh) has joined a famedly mesh call with a few members.
+//! state key per device) or famedly (`com.famedly.call.member`, one list per user). Taken in
+//! either all at once (`take_in_batch`: one [`Input::RoomState`]) or one input per event
+//! (`take_in_one_by_one`: the call memberships first, then the `m.room.member` joins, as the
+//! issue measured it; every event that adds a participant reports the whole participant list,
+//! so this is quadratic in the call size by the API's contract). The machine either only
+//! observes the call, or has joined it (LiveKit focus, so no peer calls), or (mesh) has joined a
+//! famedly mesh call with a few members.
 //!
-//! Run: `cargo bench -p voip-sim --bench large_room`. `LARGE_ROOM_ONCE=1 cargo bench -p voip-sim
-//! --bench large_room` runs every take-in once, prints its wall time, the heap it left behind
-//! per member (a counting global allocator), and exits (no criterion).
+//! Run: `cargo bench -p voip-sim --bench large_room` (criterion: the batch take-ins and further
+//! member events). `LARGE_ROOM_ONCE=1 cargo bench -p voip-sim --bench large_room` runs every
+//! take-in (batch and one by one) once, prints its wall time and the heap it left behind per
+//! room member (a counting global allocator, `cap`), and exits; `LARGE_ROOM_ONLY=<substring>`
+//! picks scenarios.
 
 use std::time::Instant;
 
@@ -112,10 +117,10 @@ fn machine(mode: Mode, dialect: MembershipDialect) -> Voip {
     voip
 }
 
-/// Feeds the call memberships of users `0..call`, then the room joins of `0..ROOM_MEMBERS`, one
-/// input each, draining outputs after each; returns how many participants the last
-/// `participants_changed` listed.
-fn take_in(voip: &mut Voip, call: usize, dialect: MembershipDialect, mesh: bool) -> usize {
+/// Feeds the call memberships of users `0..call`, then the room joins of `0..ROOM_MEMBERS`:
+/// one input each, draining outputs after each, or (`batch`) all in one [`Input::RoomState`].
+/// Returns how many participants the last `participants_changed` listed.
+fn take_in(voip: &mut Voip, call: usize, dialect: MembershipDialect, mesh: bool, batch: bool) -> usize {
     let mut participants = 0;
     let mut drain = |voip: &mut Voip| {
         while let Some(o) = voip.poll() {
@@ -125,12 +130,20 @@ fn take_in(voip: &mut Voip, call: usize, dialect: MembershipDialect, mesh: bool)
             black_box(o);
         }
     };
-    for i in 0..call {
-        voip.handle(T0, Input::StateEvent(call_member(i, dialect, mesh))).expect("membership");
+    let state = (0..call).map(|i| call_member(i, dialect, mesh));
+    let members = (0..ROOM_MEMBERS).map(|i| room_member(i, Membership::Join));
+    if batch {
+        let input = Input::RoomState { members: members.collect(), state: state.collect() };
+        voip.handle(T0, input).expect("room state");
+        drain(voip);
+        return participants;
+    }
+    for e in state {
+        voip.handle(T0, Input::StateEvent(e)).expect("membership");
         drain(voip);
     }
-    for i in 0..ROOM_MEMBERS {
-        voip.handle(T0, Input::RoomMember(room_member(i, Membership::Join))).expect("member");
+    for m in members {
+        voip.handle(T0, Input::RoomMember(m)).expect("member");
         drain(voip);
     }
     participants
@@ -141,25 +154,27 @@ struct Scenario {
     mode: Mode,
     dialect: MembershipDialect,
     call: usize,
+    /// All in one `Input::RoomState` (else one input per event).
+    batch: bool,
 }
 
 fn scenarios() -> Vec<Scenario> {
     use MembershipDialect::{Famedly, MatrixRtc};
     let mut v = Vec::new();
-    for (call, c) in [(1_000, "1000"), (10_000, "10000")] {
-        for (dialect, d) in [(MatrixRtc, "rtc"), (Famedly, "famedly")] {
-            for (mode, m) in [(Mode::Observe, "observed"), (Mode::JoinedLivekit, "joined_livekit")] {
-                let name: &'static str = Box::leak(format!("take_in/{c}_call_{d}_{m}").into_boxed_str());
-                v.push(Scenario { name, mode, dialect, call });
+    for (batch, b) in [(true, "batch"), (false, "one_by_one")] {
+        for (call, c) in [(1_000, "1000"), (10_000, "10000")] {
+            for (dialect, d) in [(MatrixRtc, "rtc"), (Famedly, "famedly")] {
+                for (mode, m) in [(Mode::Observe, "observed"), (Mode::JoinedLivekit, "joined_livekit")] {
+                    let name: &'static str = Box::leak(format!("take_in_{b}/{c}_call_{d}_{m}").into_boxed_str());
+                    v.push(Scenario { name, mode, dialect, call, batch });
+                }
             }
         }
+        let name: &'static str = Box::leak(format!("take_in_{b}/4_call_famedly_joined_mesh").into_boxed_str());
+        v.push(Scenario { name, mode: Mode::JoinedMesh, dialect: Famedly, call: 4, batch });
+        let name: &'static str = Box::leak(format!("take_in_{b}/0_call_observed").into_boxed_str());
+        v.push(Scenario { name, mode: Mode::Observe, dialect: MatrixRtc, call: 0, batch });
     }
-    v.push(Scenario {
-        name: "take_in/4_call_famedly_joined_mesh",
-        mode: Mode::JoinedMesh,
-        dialect: Famedly,
-        call: 4,
-    });
     v
 }
 
@@ -167,7 +182,7 @@ fn run_once(s: &Scenario) {
     let mut voip = machine(s.mode, s.dialect);
     let before = HEAP.allocated() as isize;
     let start = Instant::now();
-    let participants = take_in(&mut voip, s.call, s.dialect, matches!(s.mode, Mode::JoinedMesh));
+    let participants = take_in(&mut voip, s.call, s.dialect, matches!(s.mode, Mode::JoinedMesh), s.batch);
     let took = start.elapsed();
     let heap = HEAP.allocated() as isize - before;
     assert_eq!(participants, s.call, "{}: every call member is a participant", s.name);
@@ -184,12 +199,13 @@ fn run_once(s: &Scenario) {
 fn bench_take_in(c: &mut Criterion) {
     let mut g = c.benchmark_group("large_room");
     g.sample_size(10);
-    for s in scenarios() {
+    // One by one, a take-in costs seconds (see `LARGE_ROOM_ONCE`): criterion runs the batches.
+    for s in scenarios().into_iter().filter(|s| s.batch) {
         g.bench_function(s.name, |b| {
             b.iter_batched(
                 || machine(s.mode, s.dialect),
                 |mut voip| {
-                    let n = take_in(&mut voip, s.call, s.dialect, matches!(s.mode, Mode::JoinedMesh));
+                    let n = take_in(&mut voip, s.call, s.dialect, matches!(s.mode, Mode::JoinedMesh), true);
                     assert_eq!(n, s.call);
                     voip
                 },
@@ -207,7 +223,7 @@ fn bench_further(c: &mut Criterion) {
     for (mode, m) in [(Mode::Observe, "observed"), (Mode::JoinedLivekit, "joined_livekit")] {
         let dialect = MembershipDialect::MatrixRtc;
         let mut voip = machine(mode, dialect);
-        take_in(&mut voip, ROOM_MEMBERS, dialect, false);
+        take_in(&mut voip, ROOM_MEMBERS, dialect, false, true);
         // A user of the room who is not in the call.
         let outsider = RoomMember { user_id: user(ROOM_MEMBERS + 1), ..room_member(0, Membership::Join) };
         let mut flip = false;

@@ -253,3 +253,66 @@ fn a_sender_flooding_sticky_memberships_cannot_push_out_another() {
     let c = changes(&drain(&mut voip));
     assert_eq!(ids(&c[0].0), [("@bob:example.org".to_string(), "B".to_string())]);
 }
+
+#[test]
+fn a_room_state_batch_ends_where_one_by_one_ends_with_one_report_per_group() {
+    let state: Vec<StateEvent> = (0..50)
+        .map(|i| rtc_member(i, 3_600_000))
+        .chain((50..60).map(|i| famedly_list(i, &[("A", T0.0 + 3_600_000), ("B", T0.0 + 3_600_000)])))
+        .collect();
+    // 0..40 joined, 40..45 left the room, 60..100 joined without a call membership.
+    let members: Vec<RoomMember> = (0..100)
+        .map(|i| RoomMember {
+            room_id: RoomId::from(ROOM),
+            user_id: user(i),
+            membership: if (40..45).contains(&i) { Membership::Leave } else { Membership::Join },
+        })
+        .collect();
+    let mut one = machine();
+    let mut batch = machine();
+    for voip in [&mut one, &mut batch] {
+        join_livekit(voip);
+        drain(voip);
+    }
+    for m in members.clone() {
+        one.handle(T0, Input::RoomMember(m)).unwrap();
+    }
+    for e in state.clone() {
+        one.handle(T0, Input::StateEvent(e)).unwrap();
+    }
+    let one_reports = changes(&drain(&mut one));
+    batch.handle(T0, Input::RoomState { members, state }).unwrap();
+    let out = drain(&mut batch);
+    let reports = changes(&out);
+    assert!(one_reports.len() > 1);
+    assert_eq!(reports.len(), 1, "one participants_changed for the group");
+    // The call's own rules (MatrixRTC): the famedly lists are another dialect.
+    assert_eq!(reports[0].2, 45);
+    assert!(reports[0].1.is_empty());
+    let members = |v: &Voip| -> Vec<Participant> {
+        v.group_call(&group()).members.into_iter().map(|m| m.participant).collect()
+    };
+    assert_eq!(members(&batch), members(&one));
+    assert_eq!(one_reports.last().map(|r| r.2), Some(45));
+    assert_eq!(batch.counters().applied, one.counters().applied);
+    // Malformed state events in a batch are skipped and counted, the rest applies.
+    let mut bad = famedly_list(70, &[]);
+    bad.content = json!({"memberships": 7});
+    let malformed = batch.counters().malformed;
+    batch
+        .handle(
+            T0,
+            Input::RoomState {
+                members: vec![RoomMember {
+                    room_id: RoomId::from(ROOM),
+                    user_id: user(71),
+                    membership: Membership::Join,
+                }],
+                state: vec![bad, rtc_member(71, 3_600_000)],
+            },
+        )
+        .unwrap();
+    assert_eq!(batch.counters().malformed, malformed + 1);
+    let c = changes(&drain(&mut batch));
+    assert_eq!(ids(&c[0].0), [(user(71).to_string(), "D71".to_string())]);
+}
