@@ -157,8 +157,14 @@ pub fn parse(event_type: &str, content: &Value) -> Result<Option<ParsedMembers>,
                 // Only the sticky key left: a leave.
                 return Ok(Some(ParsedMembers { dialect, entries: Vec::new(), skipped: 0 }));
             };
+            // `APPLICATION#CALL`, `ROOM` for the room call; anything else is not a slot (no call
+            // id is made up for it).
             let slot = f.str_req("slot_id", MAX_ID_LEN)?;
-            let call_id = slot.strip_prefix("m.call#").map_or(slot, |s| if s == "ROOM" { "" } else { s });
+            let call_id = match slot.split_once('#') {
+                Some((app, "ROOM")) if !app.is_empty() => "",
+                Some((app, call)) if !app.is_empty() && !call.is_empty() => call,
+                _ => return Err(f.err("slot_id", WireErrorKind::Invalid)),
+            };
             let application = match f.nested("application")? {
                 Some(a) => a.str_req("type", MAX_ID_LEN)?.to_owned(),
                 None => "m.call".to_owned(),
@@ -456,6 +462,18 @@ mod tests {
         assert_eq!(p.entries[0].call_id, "");
         assert_eq!(sticky_user(&c), Some("@a:x"));
         assert_eq!(sticky_key(&c), Some("m1"));
+        let slot = |slot: &str| {
+            let mut c = c.clone();
+            c["slot_id"] = json!(slot);
+            parse(RTC_MEMBER_STICKY, &c).map(|p| p.map(|p| p.entries[0].call_id.clone()))
+        };
+        assert_eq!(slot("m.call#abc").unwrap(), Some("abc".into()));
+        assert_eq!(slot("org.example.app#ROOM").unwrap(), Some(String::new()));
+        // Malformed slots are refused, not turned into a call id.
+        for bad in ["m.call", "ROOM", "", "#ROOM", "m.call#"] {
+            let e = slot(bad).expect_err(bad);
+            assert_eq!(e.kind, WireErrorKind::Invalid, "{bad}: {e:?}");
+        }
         assert!(parse(RTC_MEMBER_STICKY, &json!({"msc4354_sticky_key": "m1"}))
             .unwrap()
             .unwrap()
