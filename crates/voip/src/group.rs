@@ -277,3 +277,45 @@ impl GroupCall {
         self.shared.group_events(&self.id)
     }
 }
+
+/// Mesh decoded audio (feature `codecs`, with an engine built from
+/// `WebrtcConfig::with_audio(AudioHub)`): every peer call carries the same microphone.
+#[cfg(feature = "codecs")]
+impl GroupCall {
+    /// Mesh: decoded audio of each connected member's streams, from now on: (member, stream id,
+    /// frames). Members whose stream is not known yet are missing: ask again after
+    /// `GroupCallEvent`s.
+    pub fn remote_audio(
+        &self,
+    ) -> Vec<(Participant, voip_core::StreamId, voip_webrtc::media::audio::RemoteAudio)> {
+        self.peer_calls()
+            .into_iter()
+            .flat_map(|(p, call)| {
+                call.streams()
+                    .1
+                    .into_iter()
+                    .filter_map(|s| Some((p.clone(), s.stream_id.clone(), call.remote_audio(&s.stream_id)?)))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// Mesh: pushes our microphone's PCM (interleaved i16, any rate and channel count) into the
+    /// input of every peer call, so each member hears it.
+    pub fn push_audio_i16(&self, sample_rate: u32, channels: u16, samples: &[i16]) {
+        for (_, call) in self.peer_calls() {
+            if let Some(input) = call.audio_input() {
+                input.push_i16(sample_rate, channels, samples);
+            }
+        }
+    }
+
+    /// Mesh: [`GroupCall::push_audio_i16`] with f32 samples.
+    pub fn push_audio_f32(&self, sample_rate: u32, channels: u16, samples: &[f32]) {
+        for (_, call) in self.peer_calls() {
+            if let Some(input) = call.audio_input() {
+                input.push_f32(sample_rate, channels, samples);
+            }
+        }
+    }
+}
