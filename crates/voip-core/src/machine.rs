@@ -545,8 +545,11 @@ impl Voip {
                     notify,
                 };
                 let generation = self.group_generation;
+                let leave_in_flight =
+                    self.groups.get(&group).is_some_and(|g| g.state == GroupCallState::Leaving);
                 let mut g =
                     GroupCall::join(&mut ctx!(self), &self.store, params, self.delayed_events, generation);
+                g.resend_key_on_join = leave_in_flight;
                 // The app already knows who is in the call from observing it.
                 g.participants = self.observed.remove(&group).unwrap_or_default();
                 self.groups.insert(group.clone(), g);
@@ -1588,7 +1591,7 @@ impl Voip {
                 .filter(|d| (&d.0, &d.1) != me)
                 .and_then(|d| self.store.device_member(group, d, self.now, None, joined))
                 .filter(|m| m.application == "m.call" || m.application.starts_with("m.call."))
-                .map(|m| m.participant);
+                .map(|m| m.participant.clone());
             for p in before.into_iter().flat_map(|b| membership::of_device(b, d)) {
                 if Some(p) != new.as_ref() {
                     left_now.insert(p.clone());

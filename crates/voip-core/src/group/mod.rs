@@ -104,6 +104,10 @@ pub(crate) struct GroupCall {
     /// earlier join's sends are not applied to this one.
     pub(crate) generation: u64,
     pub(crate) state: GroupCallState,
+    /// This join replaced one whose leave was still on its way: the others will see that leave
+    /// and drop our key, possibly after a key we sent for this join reached them (sim sfu seed
+    /// 534). Once our membership is out again, our key in use goes to every member once more.
+    pub(crate) resend_key_on_join: bool,
     created_ts: Option<Timestamp>,
     pub(crate) participants: BTreeSet<Participant>,
     /// When each MatrixRTC participant joined: a newer `created` for the same participant is a
@@ -194,6 +198,7 @@ impl GroupCall {
             delay_id: None,
             scheduling: false,
             membership_after_schedule: false,
+            resend_key_on_join: false,
             max_delay_ms: None,
             refresh_at: None,
             heartbeat_at: None,
@@ -431,6 +436,12 @@ impl GroupCall {
         let delay_id = sent.delay_id;
         match op {
             GroupOp::Join => {
+                if std::mem::take(&mut self.resend_key_on_join) {
+                    let all: Vec<Participant> = self.participants.iter().cloned().collect();
+                    if let Some(keys) = self.keys.as_mut().filter(|k| k.is_joined()) {
+                        keys.resend_current(ctx, &all);
+                    }
+                }
                 if self.state == GroupCallState::Joining {
                     self.set_state(ctx, GroupCallState::Joined);
                     // MSC4075: the first member of a call lets the room know, related to its
@@ -584,13 +595,13 @@ impl GroupCall {
 
     /// One device's membership of this call, as this call counts it (its dialect family, an
     /// accepted application and scope, its user joined to the room).
-    fn member(
+    fn member<'s>(
         &self,
-        store: &MembershipStore,
+        store: &'s MembershipStore,
         now: Timestamp,
         joined: &dyn Fn(&UserId) -> bool,
         d: &Device,
-    ) -> Option<MemberInfo> {
+    ) -> Option<&'s MemberInfo> {
         store.device_member(&self.id, d, now, Some(self.dialect), joined).filter(|m| self.accepts(m))
     }
 
@@ -659,7 +670,7 @@ impl GroupCall {
         let mut rejoined: Vec<Participant> = Vec::new();
         for d in devices {
             let new = if *d == us { None } else { self.member(store, ctx.now, joined, d) };
-            let new_p = new.as_ref().map(|m| &m.participant);
+            let new_p = new.map(|m| &m.participant);
             for p in membership::of_device(&self.participants, d) {
                 if Some(p) != new_p {
                     left_now.insert(p.clone());
@@ -678,7 +689,7 @@ impl GroupCall {
                 if old.iter().any(|(p, t)| *p == m.participant && *t < m.created) {
                     rejoined.push(m.participant.clone());
                 }
-                self.rtc_created.insert(m.participant, m.created);
+                self.rtc_created.insert(m.participant.clone(), m.created);
             }
         }
         if !rejoined.is_empty() {
