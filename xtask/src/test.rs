@@ -2,8 +2,9 @@
 //! format check, clippy with `-D warnings`, one shared real Synapse on loopback (installed into a
 //! cached virtualenv on first use by `voip-testkit`'s rig), every test of the workspace against
 //! it, the doc tests, the demo against that Synapse, the conformance fixtures, the demo on the
-//! in-process homeserver (both on real webrtc-rs media), a bounded fault simulation and
-//! `cargo package` of the publishable crates. Synapse is stopped however the run ends.
+//! in-process homeserver (both on real webrtc-rs media), a fault simulation (300 seeds per
+//! scenario, release) and `cargo package` of the publishable crates. Synapse is stopped however
+//! the run ends.
 //!
 //! `--no-lint` skips format and clippy (for a quick local run).
 
@@ -153,8 +154,9 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<bool> {
     cargo(&["run", "-q", "-p", "voip", "--example", "demo"], &none)?;
     // Decoded audio through a call on the in-process homeserver: greeting and recording.
     cargo(&["run", "-q", "-p", "voip", "--features", "codecs", "--example", "answering_machine"], &none)?;
-    // A bounded run of the fault scenarios (docs/simulation.md): a few seconds.
-    cargo(&["run", "-q", "-p", "voip-sim", "--bin", "sim", "--", "--seeds", "16"], &none)?;
+    // The fault scenarios (docs/simulation.md): 300 seeds of each, in release (≈ 20 s of
+    // simulation after a ≈ 1 min build).
+    cargo(&["run", "-q", "--release", "-p", "voip-sim", "--bin", "sim", "--", "--seeds", "300"], &none)?;
     // The publishable crates as crates.io would get them (`cargo xtask package`, docs/testing.md).
     crate::package::run(&[])?;
     Ok(fixtures_ok)
