@@ -317,7 +317,19 @@ impl Call {
     /// Starts ringing, or answers at once when glare made this the surviving call.
     pub(crate) fn ring_or_auto_answer(&mut self, ctx: &mut Ctx<'_>) {
         match self.auto_answer.take() {
-            Some(call_type) => self.answer(ctx, Some(call_type)),
+            Some(call_type) => {
+                if self.group.is_some() {
+                    // A mesh peer call of a group call we are in: part of that call, not a call
+                    // that rings. It is not reported as an incoming (ringing) call at all.
+                    let id = &self.id;
+                    ctx.out.retain(|o| {
+                        !matches!(o, Output::Event(Event::IncomingCall { call_id, .. })
+                            | Output::Event(Event::StateChanged { call_id, state: CallState::Ringing })
+                            if call_id == id)
+                    });
+                }
+                self.answer(ctx, Some(call_type))
+            }
             None => {
                 self.ringtone = true;
                 ctx.emit(Event::RingtoneStarted { call_id: self.id.clone() });
