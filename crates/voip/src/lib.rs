@@ -55,6 +55,8 @@
 //!   call, audio flows, one leaves, the others see it.
 //! * `livekit_keys`: LiveKit SFU mode: membership and media keys handled, keys delivered to each
 //!   app's key provider and rotated when a member leaves.
+//! * `answering_machine` (feature `codecs`): answers, plays a WAV greeting, records the caller to
+//!   a WAV file; decoded audio through libopus.
 //!
 //! In the repository only (they use its Synapse test rig, `voip-testkit`): `demo` (the readable
 //! timeline of real calls that `cargo xtask test` runs, in-process or against a homeserver) and
