@@ -5,9 +5,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use crate::call::remote::{Disposition, Ignored, Sender};
 use crate::call::incoming::{self, Gate};
 use crate::call::memory::{EarlyCandidates, EarlyRefused, EndedCalls};
+use crate::call::remote::{Disposition, Ignored, Sender};
 use crate::call::{glare, Call, CallInfo, GroupLink, Incoming, Outgoing};
 use crate::config::{BusySignal, Config, GlareBehaviour};
 use crate::ctx::Ctx;
@@ -255,7 +255,8 @@ impl Voip {
             limit_total: q.total,
             limit_per_sender: q.per_sender,
         };
-        let pending = (self.pending_mesh.total(), self.pending_mesh.max_per_sender(), self.pending_mesh.quota());
+        let pending =
+            (self.pending_mesh.total(), self.pending_mesh.max_per_sender(), self.pending_mesh.quota());
         let mut calls_per_peer: BTreeMap<&UserId, usize> = BTreeMap::new();
         for c in self.calls.values() {
             *calls_per_peer.entry(&c.peer_user).or_default() += 1;
@@ -1354,9 +1355,18 @@ impl Voip {
                 // invite may simply have overtaken it. Keep it until the membership arrives
                 // (bounded per sender).
                 let call_id = CallId(common.call_id.clone());
-                let pending =
-                    PendingMeshInvite { room_id: source.room_id.clone(), device: device.clone(), common, invite };
-                self.pending_mesh.insert(call_id, source.sender.clone(), self.now.plus(PENDING_MESH_MS), pending);
+                let pending = PendingMeshInvite {
+                    room_id: source.room_id.clone(),
+                    device: device.clone(),
+                    common,
+                    invite,
+                };
+                self.pending_mesh.insert(
+                    call_id,
+                    source.sender.clone(),
+                    self.now.plus(PENDING_MESH_MS),
+                    pending,
+                );
             } else {
                 self.counters.not_for_us += 1;
             }

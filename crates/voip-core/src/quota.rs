@@ -161,7 +161,10 @@ impl<K: Ord + Clone, V> PerSender<K, V> {
     }
 
     /// Removes and returns every entry matching `pick`, in insertion order.
-    pub(crate) fn take_where(&mut self, mut pick: impl FnMut(&K, &UserId, &V) -> bool) -> Vec<(K, UserId, V)> {
+    pub(crate) fn take_where(
+        &mut self,
+        mut pick: impl FnMut(&K, &UserId, &V) -> bool,
+    ) -> Vec<(K, UserId, V)> {
         let mut keys: Vec<(u64, K)> = self
             .entries
             .iter()
@@ -169,9 +172,7 @@ impl<K: Ord + Clone, V> PerSender<K, V> {
             .map(|(k, e)| (e.seq, k.clone()))
             .collect();
         keys.sort();
-        keys.into_iter()
-            .filter_map(|(_, k)| self.remove(&k).map(|(s, v)| (k, s, v)))
-            .collect()
+        keys.into_iter().filter_map(|(_, k)| self.remove(&k).map(|(s, v)| (k, s, v))).collect()
     }
 }
 

@@ -9,10 +9,10 @@ use matrix_sdk::deserialized_responses::{EncryptionInfo, ProcessedToDeviceEvent}
 use matrix_sdk::encryption::identities::Device;
 use matrix_sdk::event_handler::EventHandlerHandle;
 use matrix_sdk::ruma::api::client::to_device::send_event_to_device;
+use matrix_sdk::ruma::events::ignored_user_list::{IgnoredUserListEvent, IgnoredUserListEventContent};
 use matrix_sdk::ruma::events::{
     AnySyncMessageLikeEvent, AnySyncStateEvent, AnyToDeviceEvent, AnyToDeviceEventContent,
 };
-use matrix_sdk::ruma::events::ignored_user_list::{IgnoredUserListEvent, IgnoredUserListEventContent};
 use matrix_sdk::ruma::serde::Raw;
 use matrix_sdk::ruma::to_device::DeviceIdOrAllDevices;
 use matrix_sdk::ruma::{OwnedDeviceId, OwnedRoomId, OwnedTransactionId, OwnedUserId};
@@ -172,17 +172,18 @@ impl MatrixAdapter {
         let weak = Arc::downgrade(&self.inner);
         let h1 = client.add_event_handler(
             move |raw: Raw<AnySyncMessageLikeEvent>, room: Room, info: Option<EncryptionInfo>| {
-            let weak = weak.clone();
-            async move {
-                let Some(inner) = weak.upgrade() else { return };
-                let Ok(ev) = raw.deserialize_as_unchecked::<Value>() else { return };
-                let megolm = info.as_ref().map(|i| i.sender_device.as_deref().map(|d| d.as_str()));
-                if let Some(ev) = inbound::room_event_from_json(room.room_id().as_str(), &ev, megolm) {
-                    tracing::debug!(room = %ev.room_id, r#type = %ev.event_type, "room call event");
-                    let _ = inner.inputs.send(Input::RoomEvent(ev)).await;
+                let weak = weak.clone();
+                async move {
+                    let Some(inner) = weak.upgrade() else { return };
+                    let Ok(ev) = raw.deserialize_as_unchecked::<Value>() else { return };
+                    let megolm = info.as_ref().map(|i| i.sender_device.as_deref().map(|d| d.as_str()));
+                    if let Some(ev) = inbound::room_event_from_json(room.room_id().as_str(), &ev, megolm) {
+                        tracing::debug!(room = %ev.room_id, r#type = %ev.event_type, "room call event");
+                        let _ = inner.inputs.send(Input::RoomEvent(ev)).await;
+                    }
                 }
-            }
-        });
+            },
+        );
         let weak = Arc::downgrade(&self.inner);
         let h2 = client.add_event_handler(move |raw: Raw<AnyToDeviceEvent>, info: Option<EncryptionInfo>| {
             let weak = weak.clone();

@@ -185,9 +185,8 @@ mod tests {
         assert_eq!(r.event_type, "m.call.invite");
         assert_eq!(r.age_ms, Some(12));
         assert_eq!(r.origin_server_ts, Timestamp(5));
-        assert!(
-            room_event_from_json("!r:hs", &json!({"type": "m.room.message", "sender": "@a:hs"}), None).is_none()
-        );
+        assert!(room_event_from_json("!r:hs", &json!({"type": "m.room.message", "sender": "@a:hs"}), None)
+            .is_none());
     }
 
     #[test]
@@ -209,7 +208,11 @@ mod tests {
                         "content": {"algorithm": "m.megolm.v1.aes-sha2"}});
         let s = room_encryption_from_json("!r:hs", &ev).unwrap();
         assert_eq!(s.content["algorithm"], "m.megolm.v1.aes-sha2");
-        assert!(room_encryption_from_json("!r:hs", &json!({"type": "m.room.name", "state_key": "", "sender": "@a:hs"})).is_none());
+        assert!(room_encryption_from_json(
+            "!r:hs",
+            &json!({"type": "m.room.name", "state_key": "", "sender": "@a:hs"})
+        )
+        .is_none());
     }
 
     #[test]

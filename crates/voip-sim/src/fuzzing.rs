@@ -169,7 +169,9 @@ pub fn handle(data: &[u8]) {
         }
         // Nothing one sender caused outgrows its bounds.
         let f = voip.footprint();
-        for (name, u) in [("ended", f.ended), ("early candidates", f.early_candidates), ("pending mesh", f.pending_mesh)] {
+        for (name, u) in
+            [("ended", f.ended), ("early candidates", f.early_candidates), ("pending mesh", f.pending_mesh)]
+        {
             assert!(u.within_bounds(), "{name} over its bounds: {u:?}");
         }
         // One peer: at most its budget of new calls (10 a minute) plus our own call.

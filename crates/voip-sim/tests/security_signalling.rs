@@ -13,7 +13,8 @@ const ROOM: &str = "!dm:example.org";
 const ALICE: &str = "@alice:example.org";
 const BOB: &str = "@bob:example.org";
 const MALLORY: &str = "@mallory:example.org";
-const SDP: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=sendrecv\r\n";
+const SDP: &str =
+    "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=sendrecv\r\n";
 
 /// Bob's device, with every output kept.
 struct Bob {
@@ -164,9 +165,17 @@ fn our_to_device_call_events_are_always_sent_olm_encrypted() {
     bob.member(ALICE, Membership::Join);
     let call = bob
         .voip
-        .place_call(bob.now, RoomId::from(ROOM), UserId::from(ALICE), Some(DeviceId::from("ALICE")), CallType::Voice, Signalling::ToDevice)
+        .place_call(
+            bob.now,
+            RoomId::from(ROOM),
+            UserId::from(ALICE),
+            Some(DeviceId::from("ALICE")),
+            CallType::Voice,
+            Signalling::ToDevice,
+        )
         .unwrap();
-    let description = voip_core::media::SessionDescription { sdp_type: voip_core::media::SdpType::Offer, sdp: SDP.into() };
+    let description =
+        voip_core::media::SessionDescription { sdp_type: voip_core::media::SdpType::Offer, sdp: SDP.into() };
     bob.feed(Input::Media { call_id: call, event: voip_core::MediaEvent::LocalDescription { description } });
     let encryptions: Vec<_> = bob
         .outputs
@@ -259,7 +268,13 @@ fn seq_cannot_overflow_and_only_moves_its_senders_queue() {
     bob.member(ALICE, Membership::Join);
     bob.member(MALLORY, Membership::Join);
     // An invite at u64::MAX (debug builds used to panic in `seq + 1`).
-    bob.feed(to_device(ALICE, Some("ALICE"), "m.call.invite", to_device_invite("MAX", Some("ALICE")), u64::MAX));
+    bob.feed(to_device(
+        ALICE,
+        Some("ALICE"),
+        "m.call.invite",
+        to_device_invite("MAX", Some("ALICE")),
+        u64::MAX,
+    ));
     assert_eq!(bob.state("MAX"), Some(CallState::Ringing));
     bob.feed(to_device(ALICE, Some("ALICE"), "m.call.hangup", common("MAX"), u64::MAX));
     assert_eq!(bob.state("MAX"), None);

@@ -310,7 +310,10 @@ impl VoipBuilder {
     pub fn build(self) -> Result<Voip, VoipError> {
         let handle = tokio::runtime::Handle::try_current().map_err(|_| VoipError::NoRuntime)?;
         let (engine, media_events) = self.engine.ok_or(VoipError::NoMediaEngine)?;
-        let seed = self.seed.unwrap_or_else(os_seed);
+        let seed = match self.seed {
+            Some(seed) => seed,
+            None => os_seed()?,
+        };
         let core = voip_core::Voip::new(self.config, self.local.clone(), seed);
         let state = State {
             core,
@@ -355,17 +358,12 @@ impl VoipBuilder {
     }
 }
 
-fn os_seed() -> [u8; 32] {
-    // The std hasher's keys come from the OS's randomness: enough to seed the core's ChaCha20
-    // without another dependency. Apps wanting a particular source call `VoipBuilder::seed`.
-    use std::hash::{BuildHasher, Hasher};
+/// 32 bytes from the operating system's CSPRNG (`getrandom`): the seed of the core's ChaCha20,
+/// from which call ids, party ids and SFU media keys are drawn.
+pub(crate) fn os_seed() -> Result<[u8; 32], VoipError> {
     let mut seed = [0u8; 32];
-    for chunk in seed.chunks_mut(8) {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u128(now().0 as u128);
-        chunk.copy_from_slice(&h.finish().to_le_bytes());
-    }
-    seed
+    getrandom::fill(&mut seed).map_err(VoipError::NoRandomness)?;
+    Ok(seed)
 }
 
 async fn run(
@@ -585,5 +583,31 @@ impl IncomingCalls {
                 Err(broadcast::error::RecvError::Closed) => return None,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod seed_tests {
+    /// Two runtimes never share a seed: each comes from the OS CSPRNG.
+    #[test]
+    fn two_instances_get_different_seeds() {
+        let (a, b) = (super::os_seed().unwrap(), super::os_seed().unwrap());
+        assert_ne!(a, b);
+        assert_ne!(a, [0; 32]);
+        // And so different cores: their first call ids differ.
+        let local = voip_core::LocalDevice::new("@a:x", "A");
+        let ids = [a, b].map(|seed| {
+            let mut core = voip_core::Voip::new(voip_core::Config::default(), local.clone(), seed);
+            core.place_call(
+                voip_core::Timestamp(1),
+                "!r:x".into(),
+                "@b:x".into(),
+                None,
+                voip_core::CallType::Voice,
+                voip_core::Signalling::Room,
+            )
+            .unwrap()
+        });
+        assert_ne!(ids[0], ids[1]);
     }
 }

@@ -179,7 +179,14 @@ mod tests {
         let (alice, mallory) = (UserId::from("@alice:x"), UserId::from("@mallory:x"));
         early.stash(CallId::from("a"), &alice, &room, Timestamp(10), None, vec![]).unwrap();
         for n in 0..1000 {
-            let _ = early.stash(CallId::from(format!("m{n}").as_str()), &mallory, &room, Timestamp(10), None, vec![]);
+            let _ = early.stash(
+                CallId::from(format!("m{n}").as_str()),
+                &mallory,
+                &room,
+                Timestamp(10),
+                None,
+                vec![],
+            );
         }
         for _ in 0..100 {
             let _ = early.stash(CallId::from("m999"), &mallory, &room, Timestamp(10), None, vec![]);

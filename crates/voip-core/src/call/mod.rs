@@ -16,9 +16,9 @@
 //! Every transition is named after the wire event or command that causes it.
 
 mod candidates;
+pub(crate) mod glare;
 pub(crate) mod incoming;
 pub(crate) mod memory;
-pub(crate) mod glare;
 pub(crate) mod remote;
 pub(crate) mod sdp;
 
@@ -146,10 +146,20 @@ pub(crate) struct Call {
 pub(crate) struct GroupLink {
     /// The group call (`conf_id` = its call id).
     pub(crate) group: GroupCallId,
-    /// Our `membershipID` (`sender_session_id`).
+    /// Our `membershipID` (`sender_session_id`): in the famedly dialect a random session id, in
+    /// MatrixRTC `@user:server:DEVICE` (see `GroupCall::join`); empty when we are not in the group.
     pub(crate) local_session: String,
     /// The peer's `membershipID` (`dest_session_id`).
     pub(crate) remote_session: String,
+}
+
+impl GroupLink {
+    /// A peer call of our famedly-dialect mesh call: its events go by famedly's own names
+    /// (`com.famedly.call.member.*`), as famedly's sender does. Our famedly session ids are random
+    /// alphanumerics, our MatrixRTC ones user ids with a device (`@…`).
+    pub(crate) fn famedly(&self) -> bool {
+        !self.local_session.is_empty() && !self.local_session.starts_with('@')
+    }
 }
 
 /// Parameters of a new outgoing call.
@@ -422,7 +432,12 @@ impl Call {
             to_device,
         };
         let content = wire::to_content(&common, &event);
-        let event_type = event.event_type().to_owned();
+        let event_type = match &self.group {
+            Some(g) if g.famedly() && self.signalling == Signalling::ToDevice => {
+                crate::wire::call::famedly_event_type(event.event_type())
+            }
+            _ => event.event_type().to_owned(),
+        };
         let kind = match (self.signalling, &self.peer_device) {
             (Signalling::ToDevice, Some(device)) => SendKind::ToDevice {
                 event_type,

@@ -455,7 +455,8 @@ async fn cleartext_call_events_are_refused_in_an_encrypted_dm() -> Result<()> {
     };
     let counters = || bob.with(|v| v.counters().clone());
     let raw = Raw::new(&invite("CLEARROOM"))?.cast_unchecked();
-    let request = send_message_event::v3::Request::new_raw(room_id, "clear1".into(), "m.call.invite".into(), raw);
+    let request =
+        send_message_event::v3::Request::new_raw(room_id, "clear1".into(), "m.call.invite".into(), raw);
     client.send(request).await?;
     voip_testkit::wait_for("bob counts the cleartext room invite", TIMEOUT, || {
         let n = counters().unauthenticated;
@@ -471,7 +472,9 @@ async fn cleartext_call_events_are_refused_in_an_encrypted_dm() -> Result<()> {
         .entry(bob_user)
         .or_insert_with(std::collections::BTreeMap::new)
         .insert(DeviceIdOrAllDevices::DeviceId(bob_device), content);
-    client.send(send_event_to_device::v3::Request::new_raw("m.call.invite".into(), "clear2".into(), messages)).await?;
+    client
+        .send(send_event_to_device::v3::Request::new_raw("m.call.invite".into(), "clear2".into(), messages))
+        .await?;
     voip_testkit::wait_for("bob counts the cleartext to-device invite", TIMEOUT, || {
         let n = counters().unauthenticated;
         async move { (n >= 2).then_some(()) }
