@@ -224,7 +224,7 @@ impl MembershipStore {
         now: Timestamp,
         dialect: Option<MembershipDialect>,
         joined: impl Fn(&UserId) -> bool,
-    ) -> Option<MemberInfo> {
+    ) -> Option<&MemberInfo> {
         let keys = self.by_group.get(group)?.get(device)?;
         if !joined(&device.0) {
             return None;
@@ -246,7 +246,7 @@ impl MembershipStore {
                 }
             }
         }
-        best.cloned()
+        best
     }
 
     /// Every device with a record in a group (expired or not yet purged).
@@ -276,7 +276,7 @@ impl MembershipStore {
         joined: impl Fn(&UserId) -> bool,
     ) -> Vec<MemberInfo> {
         let mut v: Vec<MemberInfo> =
-            self.devices(group).filter_map(|d| self.device_member(group, d, now, dialect, &joined)).collect();
+            self.devices(group).filter_map(|d| self.device_member(group, d, now, dialect, &joined).cloned()).collect();
         v.sort_by(|a, b| a.created.cmp(&b.created).then_with(|| a.participant.cmp(&b.participant)));
         v
     }
