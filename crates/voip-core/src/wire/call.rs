@@ -247,6 +247,16 @@ impl CallEvent {
     }
 }
 
+/// famedly's namespaced name of a call event (`m.call.invite` → `com.famedly.call.member.invite`),
+/// which famedly's own mesh group calls send to their peers (its receiver reads both names, older
+/// builds may not); other types unchanged.
+pub fn famedly_event_type(event_type: &str) -> String {
+    match event_type.strip_prefix("m.call.") {
+        Some(rest) => format!("com.famedly.call.member.{rest}"),
+        None => event_type.to_owned(),
+    }
+}
+
 /// famedly's namespaced names of the call events (`com.famedly.call.member.invite`, …), which
 /// its mesh group calls send, mapped to the `m.call.*` names; other types unchanged.
 pub fn normalize_event_type(event_type: &str) -> std::borrow::Cow<'_, str> {
@@ -542,6 +552,16 @@ pub fn to_content(common: &Common, event: &CallEvent) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn famedly_names_round_trip() {
+        for t in [types::INVITE, types::ANSWER, types::CANDIDATES, types::HANGUP, types::SELECT_ANSWER] {
+            let f = famedly_event_type(t);
+            assert!(f.starts_with("com.famedly.call.member."), "{f}");
+            assert_eq!(normalize_event_type(&f), t);
+        }
+        assert_eq!(famedly_event_type("m.room.message"), "m.room.message");
+    }
 
     #[test]
     fn version_rules() {
