@@ -134,7 +134,14 @@ struct InputState {
     /// Resampler of pushed PCM, with the rate and channels it was made for.
     push_resampler: Option<(u32, u16, Resampler)>,
     pushed_dropped: u64,
+    /// Push mode: enough is queued to play (at start and after an underrun the input waits for
+    /// [`PUSH_PREBUFFER`] so that late pushes do not cut the audio into pieces).
+    primed: bool,
 }
+
+/// How much pushed audio is queued before it plays (absorbs the jitter of an app's capture
+/// callback), per channel at 48 kHz: 40 ms.
+const PUSH_PREBUFFER: usize = 48 * 40;
 
 /// The audio a call sends: PCM pushed by the app (any rate, any channels, i16 or f32), or a
 /// [`PcmSource`] it plays. Cheap to clone; clones share the input. Replacing the source
@@ -165,6 +172,7 @@ impl AudioInput {
                 queue: VecDeque::new(),
                 push_resampler: None,
                 pushed_dropped: 0,
+                primed: false,
             })),
         }
     }
@@ -239,7 +247,8 @@ impl AudioInput {
     }
 
     /// The next `samples` samples per channel at 48 kHz, interleaved i16: from the playing
-    /// source, else from what was pushed, padded with silence when there is not enough.
+    /// source, else from what was pushed (once 40 ms are queued), padded with silence when
+    /// there is not enough.
     pub fn pull(&self, samples: usize) -> Vec<i16> {
         let mut st = self.lock();
         let want = samples * usize::from(st.channels);
@@ -261,6 +270,16 @@ impl AudioInput {
                 generated.extend(g.resampler.process(&mixed));
             }
             st.queue.extend(generated);
+        } else {
+            if !st.primed && st.queue.len() >= PUSH_PREBUFFER * usize::from(channels) {
+                st.primed = true;
+            }
+            if !st.primed {
+                return vec![0; want];
+            }
+            if st.queue.len() < want {
+                st.primed = false;
+            }
         }
         let take = want.min(st.queue.len());
         let mut out: Vec<f32> = st.queue.drain(..take).collect();
@@ -365,6 +384,19 @@ mod tests {
         // DTX on: silence is not sent.
         let skipped = (0..30).filter(|_| plain.next_frame(true).unwrap().data.is_empty()).count();
         assert!(skipped >= 20, "{skipped} of 30 silent frames skipped");
+    }
+
+    #[test]
+    fn pushed_audio_waits_for_40ms_before_playing_and_after_an_underrun() {
+        let input = AudioInput::new(1);
+        input.push_i16(48_000, 1, &[1000; 960]);
+        assert!(input.pull(480).iter().all(|&s| s == 0), "20 ms queued: still waiting");
+        input.push_i16(48_000, 1, &[1000; 960]);
+        assert!(input.pull(480).iter().all(|&s| s == 1000), "40 ms queued: plays");
+        let rest = input.pull(1920);
+        assert!(rest[..1440].iter().all(|&s| s == 1000) && rest[1440..].iter().all(|&s| s == 0));
+        input.push_i16(48_000, 1, &[1000; 960]);
+        assert!(input.pull(480).iter().all(|&s| s == 0), "after the underrun it waits again");
     }
 
     #[test]
