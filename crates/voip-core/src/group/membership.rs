@@ -275,8 +275,10 @@ impl MembershipStore {
         dialect: Option<MembershipDialect>,
         joined: impl Fn(&UserId) -> bool,
     ) -> Vec<MemberInfo> {
-        let mut v: Vec<MemberInfo> =
-            self.devices(group).filter_map(|d| self.device_member(group, d, now, dialect, &joined).cloned()).collect();
+        let mut v: Vec<MemberInfo> = self
+            .devices(group)
+            .filter_map(|d| self.device_member(group, d, now, dialect, &joined).cloned())
+            .collect();
         v.sort_by(|a, b| a.created.cmp(&b.created).then_with(|| a.participant.cmp(&b.participant)));
         v
     }
