@@ -18,11 +18,7 @@ use voip_webrtc::WebrtcConfig;
 
 /// Real-time audio: the tests of this file run one at a time (each runs two engines whose
 /// playout and pacing must keep up on a two-core machine).
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const TONES: [f64; 3] = [500.0, 1200.0, 2900.0];
 const OFF: [f64; 6] = [700.0, 900.0, 1600.0, 2000.0, 2500.0, 3500.0];
@@ -119,7 +115,7 @@ async fn setup(b_config: AudioConfig) -> Setup {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_tone_in_is_multi_tone_out_with_delay_mute_and_replace() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let Setup { mut pair, hub_a, mut audio_b, armed, onset } = setup(AudioConfig::default()).await;
     let call = pair.call.clone();
     // Drain what was played before the marker.
@@ -196,7 +192,7 @@ async fn multi_tone_in_is_multi_tone_out_with_delay_mute_and_replace() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_percent_loss_and_30ms_jitter_stay_continuous() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let impairment = Impairment { loss_percent: 5.0, jitter: Duration::from_millis(30), seed: 17 };
     let Setup { mut pair, mut audio_b, armed, .. } =
         setup(AudioConfig { impairment: Some(impairment), ..AudioConfig::default() }).await;
@@ -233,7 +229,7 @@ async fn five_percent_loss_and_30ms_jitter_stay_continuous() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pcm_pushed_at_44k1_stereo_is_heard_decoded_in_stereo() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let hub_a = AudioHub::new(AudioConfig::default());
     let hub_b = AudioHub::new(AudioConfig { output_channels: 2, ..AudioConfig::default() });
     let mut pair = Pair::new(
