@@ -43,8 +43,9 @@ async fn main() -> Result<()> {
     let index = |i: usize| providers[i].lock().ok().and_then(|p| p.latest_key_index());
     println!("key indices before the leave: {:?}", (0..3).map(index).collect::<Vec<_>>());
 
-    groups[2].leave()?;
+    // Read before leaving: the rotation may land before `leave()` returns.
     let before = (index(0), index(1));
+    groups[2].leave()?;
     wait("ann and ben install rotated keys", || index(0) != before.0 && index(1) != before.1).await?;
     println!("key indices after cat left: {:?} {:?}", index(0), index(1));
     let ben = format!("{}:DEV1", users[1]);
