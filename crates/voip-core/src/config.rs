@@ -99,6 +99,9 @@ pub struct Config {
     pub ended_call_memory_ms: u64,
     /// A remote invite rings at most this long, whatever `lifetime` it claims. Default 90 000.
     pub max_remote_lifetime_ms: u64,
+    /// New incoming calls one user may start per minute (each is a peer connection); more
+    /// invites are refused and counted (`Counters::rate_limited`). Default 30.
+    pub max_new_calls_per_minute: usize,
 }
 
 impl Default for Config {
@@ -130,6 +133,7 @@ impl Default for Config {
             rtc_delayed_leave_ms: 10_000,
             rtc_delayed_restart_ms: 5_000,
             max_remote_lifetime_ms: 90_000,
+            max_new_calls_per_minute: 30,
         }
     }
 }

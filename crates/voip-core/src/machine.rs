@@ -34,8 +34,6 @@ const MESH_MAX_ATTEMPTS: u32 = 3;
 
 /// Mesh invites that overtook their sender's membership: per sender and in all.
 const PENDING_MESH_QUOTA: Quota = Quota { per_sender: 4, total: 64 };
-/// How long such an invite waits.
-const PENDING_MESH_MS: u64 = 10_000;
 
 /// How many received events were applied or refused, by cause. For logs, metrics and tests.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -960,7 +958,7 @@ impl Voip {
             return;
         }
         let call_id = CallId(common.call_id.clone());
-        if !self.gate.admit_new_call(self.now, sender, &call_id) {
+        if !self.gate.admit_new_call(self.now, sender, &call_id, self.config.max_new_calls_per_minute) {
             self.counters.rate_limited += 1;
             return;
         }
@@ -1289,8 +1287,10 @@ impl Voip {
     /// Re-evaluates mesh invites that waited for their sender's membership.
     fn retry_pending_mesh(&mut self, group: &GroupCallId) {
         self.pending_mesh.expire(self.now);
-        let ready = self.pending_mesh.take_where(|_, _, p| p.room_id == group.room_id);
-        for (_, sender, p) in ready {
+        let ready = self.pending_mesh.take_where_until(|_, _, p| p.room_id == group.room_id);
+        for (_, sender, mut p, until) in ready {
+            // What is left of its lifetime (so that waiting again never extends it).
+            p.invite.lifetime = Some(until.since(self.now));
             let source = Source {
                 room_id: p.room_id.clone(),
                 sender: &sender,
@@ -1361,19 +1361,17 @@ impl Voip {
                     common,
                     invite,
                 };
-                self.pending_mesh.insert(
-                    call_id,
-                    source.sender.clone(),
-                    self.now.plus(PENDING_MESH_MS),
-                    pending,
-                );
+                // It waits as long as it may ring: the membership can be late (a partition).
+                let until = self.now.plus(incoming::lifetime(pending.invite.lifetime, &self.config));
+                self.pending_mesh.insert(call_id, source.sender.clone(), until, pending);
             } else {
                 self.counters.not_for_us += 1;
             }
             return;
         };
         let call_id = CallId(common.call_id.clone());
-        if !self.gate.admit_new_call(self.now, source.sender, &call_id) {
+        if !self.gate.admit_new_call(self.now, source.sender, &call_id, self.config.max_new_calls_per_minute)
+        {
             self.counters.rate_limited += 1;
             return;
         }

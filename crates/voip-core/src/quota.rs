@@ -160,19 +160,19 @@ impl<K: Ord + Clone, V> PerSender<K, V> {
         self.entries.values().map(|e| e.expires_at).min()
     }
 
-    /// Removes and returns every entry matching `pick`, in insertion order.
-    pub(crate) fn take_where(
+    /// Removes and returns every entry matching `pick`, in insertion order, with its expiry.
+    pub(crate) fn take_where_until(
         &mut self,
         mut pick: impl FnMut(&K, &UserId, &V) -> bool,
-    ) -> Vec<(K, UserId, V)> {
-        let mut keys: Vec<(u64, K)> = self
+    ) -> Vec<(K, UserId, V, Timestamp)> {
+        let mut keys: Vec<(u64, K, Timestamp)> = self
             .entries
             .iter()
             .filter(|(k, e)| pick(k, &e.sender, &e.value))
-            .map(|(k, e)| (e.seq, k.clone()))
+            .map(|(k, e)| (e.seq, k.clone(), e.expires_at))
             .collect();
-        keys.sort();
-        keys.into_iter().filter_map(|(_, k)| self.remove(&k).map(|(s, v)| (k, s, v))).collect()
+        keys.sort_by_key(|(seq, _, _)| *seq);
+        keys.into_iter().filter_map(|(_, k, until)| self.remove(&k).map(|(s, v)| (k, s, v, until))).collect()
     }
 }
 
@@ -220,8 +220,8 @@ mod tests {
         assert_eq!(m.next_expiry(), Some(Timestamp(10)));
         m.expire(Timestamp(10));
         assert!(!m.contains_key(&1));
-        let taken = m.take_where(|_, s, _| *s == u(1));
-        assert_eq!(taken, vec![(3, u(1), "c")]);
+        let taken = m.take_where_until(|_, s, _| *s == u(1));
+        assert_eq!(taken, vec![(3, u(1), "c", Timestamp(30))]);
         assert_eq!(m.count_of(&u(1)), 0);
         assert_eq!(m.len(), 1);
     }

@@ -174,8 +174,9 @@ pub fn handle(data: &[u8]) {
         {
             assert!(u.within_bounds(), "{name} over its bounds: {u:?}");
         }
-        // One peer: at most its budget of new calls (10 a minute) plus our own call.
-        assert!(f.max_calls_one_peer <= 11, "{} live calls with one peer", f.max_calls_one_peer);
+        // One peer: at most its budget of new calls (a minute's worth) plus our own call.
+        let budget = Config::default().max_new_calls_per_minute + 1;
+        assert!(f.max_calls_one_peer <= budget, "{} live calls with one peer", f.max_calls_one_peer);
         now = now.plus(1_000);
     }
     // The machine still works: every call can be hung up, and time runs out for everything.

@@ -2,9 +2,9 @@
 //! addressing (see `docs/security.md`).
 //!
 //! - Users on our `m.ignored_user_list` never ring and are never called in mesh.
-//! - One sender creates at most [`MAX_NEW_CALLS`] incoming calls per [`NEW_CALL_WINDOW_MS`]
-//!   (each is a peer connection the engine sets up); more are refused and counted, so 10 000
-//!   invites from one stranger do not become 10 000 calls.
+//! - One sender creates at most [`crate::Config::max_new_calls_per_minute`] incoming calls per
+//!   [`NEW_CALL_WINDOW_MS`] (each is a peer connection the engine sets up); more are refused and
+//!   counted, so 10 000 invites from one stranger do not become 10 000 calls.
 //! - A caller we are busy for gets one busy reply (and the app one missed-call event) per
 //!   [`BUSY_REPLY_WINDOW_MS`], not one per invite.
 //! - A remote invite lifetime is capped by [`crate::Config::max_remote_lifetime_ms`].
@@ -17,8 +17,8 @@ use crate::quota::{PerSender, Quota};
 
 /// Window of the per-sender new-call budget.
 pub(crate) const NEW_CALL_WINDOW_MS: u64 = 60_000;
-/// New incoming calls one sender may create per window.
-pub(crate) const MAX_NEW_CALLS: usize = 10;
+/// The most the new-call budget tracks per sender, whatever the configuration says.
+const MAX_NEW_CALLS: usize = 1024;
 /// One busy reply per caller per this many milliseconds.
 pub(crate) const BUSY_REPLY_WINDOW_MS: u64 = 30_000;
 /// Most senders tracked at once for either budget.
@@ -53,9 +53,16 @@ impl Gate {
         self.ignored.contains(user)
     }
 
-    /// Whether `sender` may create the incoming call `call_id` now; if so it is counted.
-    pub(crate) fn admit_new_call(&mut self, now: Timestamp, sender: &UserId, call_id: &CallId) -> bool {
-        if self.new_calls.count_of(sender) >= MAX_NEW_CALLS {
+    /// Whether `sender` may create the incoming call `call_id` now (at most `per_minute` a
+    /// minute); if so it is counted.
+    pub(crate) fn admit_new_call(
+        &mut self,
+        now: Timestamp,
+        sender: &UserId,
+        call_id: &CallId,
+        per_minute: usize,
+    ) -> bool {
+        if self.new_calls.count_of(sender) >= per_minute.min(MAX_NEW_CALLS) {
             return false;
         }
         self.new_calls.insert(call_id.clone(), sender.clone(), now.plus(NEW_CALL_WINDOW_MS), ());
@@ -97,12 +104,12 @@ mod tests {
         let mut g = Gate::default();
         let (m, a) = (UserId::from("@m:x"), UserId::from("@a:x"));
         let admitted = (0..10_000)
-            .filter(|n| g.admit_new_call(Timestamp(0), &m, &CallId::from(format!("c{n}").as_str())))
+            .filter(|n| g.admit_new_call(Timestamp(0), &m, &CallId::from(format!("c{n}").as_str()), 30))
             .count();
-        assert_eq!(admitted, MAX_NEW_CALLS);
-        assert!(g.admit_new_call(Timestamp(0), &a, &CallId::from("a1")), "another sender is unaffected");
+        assert_eq!(admitted, 30);
+        assert!(g.admit_new_call(Timestamp(0), &a, &CallId::from("a1"), 30), "another sender is unaffected");
         g.expire(Timestamp(NEW_CALL_WINDOW_MS));
-        assert!(g.admit_new_call(Timestamp(NEW_CALL_WINDOW_MS), &m, &CallId::from("later")));
+        assert!(g.admit_new_call(Timestamp(NEW_CALL_WINDOW_MS), &m, &CallId::from("later"), 30));
     }
 
     #[test]

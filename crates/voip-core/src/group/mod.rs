@@ -49,6 +49,9 @@ pub(crate) enum GroupOp {
     Cancel,
 }
 
+/// A join whose membership is confirmed this long after it started resends our key in use.
+const LATE_MEMBERSHIP_MS: u64 = 2_000;
+
 /// Our state in a group call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -108,6 +111,8 @@ pub(crate) struct GroupCall {
     /// and drop our key, possibly after a key we sent for this join reached them (sim sfu seed
     /// 534). Once our membership is out again, our key in use goes to every member once more.
     pub(crate) resend_key_on_join: bool,
+    /// When this join started: keys go out at once, before the membership is confirmed.
+    join_started: Timestamp,
     created_ts: Option<Timestamp>,
     pub(crate) participants: BTreeSet<Participant>,
     /// When each MatrixRTC participant joined: a newer `created` for the same participant is a
@@ -199,6 +204,7 @@ impl GroupCall {
             scheduling: false,
             membership_after_schedule: false,
             resend_key_on_join: false,
+            join_started: ctx.now,
             max_delay_ms: None,
             refresh_at: None,
             heartbeat_at: None,
@@ -436,7 +442,13 @@ impl GroupCall {
         let delay_id = sent.delay_id;
         match op {
             GroupOp::Join => {
-                if std::mem::take(&mut self.resend_key_on_join) {
+                // Our key went out when the join started. If our membership took long to land
+                // (a partition, retries), a leave of this device published meanwhile (our
+                // earlier leave, or a delayed leave of an earlier process firing) made the
+                // others drop that key after it arrived (sim sfu seeds 534, 840): send it again.
+                let late = self.state == GroupCallState::Joining
+                    && ctx.now.since(self.join_started) >= LATE_MEMBERSHIP_MS;
+                if std::mem::take(&mut self.resend_key_on_join) || late {
                     let all: Vec<Participant> = self.participants.iter().cloned().collect();
                     if let Some(keys) = self.keys.as_mut().filter(|k| k.is_joined()) {
                         keys.resend_current(ctx, &all);
