@@ -268,6 +268,14 @@ pub fn normalize_event_type(event_type: &str) -> std::borrow::Cow<'_, str> {
 
 /// Whether an event type is one of the `m.call.*` types the core understands (either name).
 pub fn is_call_event_type(event_type: &str) -> bool {
+    let matrix_name;
+    let event_type = match event_type.strip_prefix("com.famedly.call.member.") {
+        Some(rest) => {
+            matrix_name = format!("m.call.{rest}");
+            matrix_name.as_str()
+        }
+        None => event_type,
+    };
     matches!(
         event_type,
         types::INVITE
@@ -561,6 +569,9 @@ mod tests {
             assert_eq!(normalize_event_type(&f), t);
         }
         assert_eq!(famedly_event_type("m.room.message"), "m.room.message");
+        // Both names are call events (adapters forward famedly's to the core).
+        assert!(is_call_event_type("com.famedly.call.member.invite"));
+        assert!(!is_call_event_type("com.famedly.call.member.encryption_keys"));
     }
 
     #[test]
