@@ -116,6 +116,21 @@ fn ensure_cmake() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Every example of the `voip` crate that `run` does not run otherwise (`demo` and
+/// `answering_machine` are run below): each ends by itself and fails on a wrong result.
+fn run_examples(url: &str, secret: &str) -> anyhow::Result<()> {
+    let none = BTreeMap::new();
+    println!("\n==> examples");
+    for example in ["one_to_one", "echo_bot", "mesh_group_call", "livekit_keys"] {
+        cargo(&["run", "-q", "-p", "voip", "--example", example], &none)?;
+    }
+    // The set-up benchmark as a smoke test: two calls through the real homeserver.
+    let bench = ["--homeserver", url, "--registration-secret", secret, "--calls", "2", "--groups"];
+    let mut args = vec!["run", "-q", "-p", "voip", "--example", "setup_bench", "--"];
+    args.extend(bench);
+    cargo(&args, &none)
+}
+
 pub(crate) fn run(args: &[String]) -> anyhow::Result<bool> {
     let quick = args.iter().any(|a| a == "--no-lint");
     let none = BTreeMap::new();
@@ -148,6 +163,7 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<bool> {
         &secret,
     ];
     cargo(&homeserver_demo, &none)?;
+    run_examples(&url, &secret)?;
     drop(synapse);
     println!("\n==> conformance fixtures");
     let fixtures_ok = crate::conformance::run(&[])?;
