@@ -137,7 +137,7 @@ pub fn member_from_json(room_id: &str, ev: &Value) -> Option<RoomMember> {
 
 /// The room's `m.room.encryption` state event as a core state event, if `ev` is one.
 pub fn room_encryption_from_json(room_id: &str, ev: &Value) -> Option<voip_core::StateEvent> {
-    if str_field(ev, "type")? != "m.room.encryption" || str_field(ev, "state_key")? != "" {
+    if str_field(ev, "type")? != "m.room.encryption" || !str_field(ev, "state_key")?.is_empty() {
         return None;
     }
     Some(voip_core::StateEvent {
