@@ -224,12 +224,18 @@ impl MatrixAdapter {
             let request = update_delayed_event::unstable::Request::new(delay_id.to_owned(), a);
             let client = client.clone();
             async move {
-                client
+                let result = client
                     .send(request)
                     .with_request_config(RequestConfig::new().disable_retry())
                     .await
                     .map(|_| ())
-                    .map_err(|e| classify_http(&e))
+                    .map_err(|e| classify_http(&e));
+                match result {
+                    // Cancelling a delayed event that no longer exists (it fired, or was sent or
+                    // cancelled already) achieved what it was for: not a failed send.
+                    Err(f) if action == DelayedAction::Cancel && f.errcode() == Some("M_NOT_FOUND") => Ok(()),
+                    other => other,
+                }
             }
         })
         .await

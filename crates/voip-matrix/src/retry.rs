@@ -148,6 +148,16 @@ pub struct RetryPolicy {
     pub max_total: Duration,
 }
 
+impl Failure {
+    /// The Matrix `errcode` of a refusal, when the server gave one.
+    pub fn errcode(&self) -> Option<&str> {
+        match self {
+            Failure::Permanent { errcode, .. } => errcode.as_deref(),
+            _ => None,
+        }
+    }
+}
+
 impl RetryPolicy {
     /// For ordinary sends: 5 attempts, 250 ms doubling to 4 s, 30 s in all.
     pub const DEFAULT: RetryPolicy = RetryPolicy {
@@ -207,8 +217,12 @@ pub struct SendStats {
     pub transient: u64,
     /// Attempts the adapter retried after a failure.
     pub retried: u64,
-    /// Requests whose last failure was reported to the core (the core may retry them itself).
+    /// Requests whose retries ran out (rate limits, network errors, 5xx): their last failure
+    /// was reported to the core (which may retry them itself).
     pub given_up: u64,
+    /// Requests the server refused for good (a 4xx other than 429, not retried): the core
+    /// decides what follows (e.g. a leave sent directly when its delayed event is gone).
+    pub refused: u64,
 }
 
 /// The atomic counters behind [`SendStats`].
@@ -218,6 +232,7 @@ pub(crate) struct Counters {
     transient: AtomicU64,
     retried: AtomicU64,
     given_up: AtomicU64,
+    refused: AtomicU64,
 }
 
 impl Counters {
@@ -227,6 +242,7 @@ impl Counters {
             transient: self.transient.load(Ordering::Relaxed),
             retried: self.retried.load(Ordering::Relaxed),
             given_up: self.given_up.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
         }
     }
 
@@ -280,7 +296,12 @@ where
                     }
                     None => {
                         if let Some(c) = counters {
-                            c.given_up.fetch_add(1, Ordering::Relaxed);
+                            let refused = matches!(
+                                failure,
+                                Failure::Permanent { .. } | Failure::MaxDelayExceeded { .. }
+                            );
+                            let counter = if refused { &c.refused } else { &c.given_up };
+                            counter.fetch_add(1, Ordering::Relaxed);
                         }
                         return Err(failure);
                     }
@@ -411,6 +432,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_refusal_is_counted_as_refused_not_given_up() {
+        let counters = Counters::default();
+        let not_found = || Failure::Permanent {
+            retryable: false,
+            error: "gone".into(),
+            errcode: Some("M_NOT_FOUND".into()),
+        };
+        let r: Result<u32, Failure> =
+            retry_counted(RetryPolicy::DEFAULT, "t", Some(&counters), |_| async move { Err(not_found()) })
+                .await;
+        assert_eq!(r.unwrap_err().errcode(), Some("M_NOT_FOUND"));
+        let s = counters.snapshot();
+        assert_eq!((s.given_up, s.refused, s.retried), (0, 1, 0));
+    }
+
+    #[tokio::test]
     async fn counters_see_every_failed_attempt() {
         let counters = Counters::default();
         let p = RetryPolicy { max_attempts: 3, base_delay: Duration::from_millis(1), ..RetryPolicy::DEFAULT };
@@ -427,7 +464,10 @@ mod tests {
         assert_eq!(r, Ok(3));
         let r: Result<(), _> = retry_counted(p, "t", Some(&counters), |_| async { Err(limited()) }).await;
         assert!(matches!(r, Err(Failure::RateLimited { .. })));
-        assert_eq!(counters.snapshot(), SendStats { rate_limited: 4, transient: 1, retried: 4, given_up: 1 });
+        assert_eq!(
+            counters.snapshot(),
+            SendStats { rate_limited: 4, transient: 1, retried: 4, given_up: 1, refused: 0 }
+        );
     }
 
     #[tokio::test]
