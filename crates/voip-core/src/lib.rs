@@ -23,6 +23,7 @@ pub mod wire;
 pub use call::CallInfo;
 pub use config::{BusySignal, Config, GlareBehaviour};
 pub use error::{ApiMisuse, Error};
+pub use group::focus;
 pub use group::membership::MemberInfo;
 pub use group::{GroupCallInfo, GroupCallState, NotificationType, RTC_DECLINE, RTC_NOTIFICATION};
 pub use ids::{

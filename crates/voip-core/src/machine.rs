@@ -1712,7 +1712,7 @@ impl Voip {
         GroupCallInfo {
             group: group.clone(),
             state: self.groups.get(group).map(|g| g.state),
-            transports: group::transports(&members),
+            transports: group::focus::transports(&members),
             members,
             streams,
         }

@@ -1,14 +1,9 @@
 //! Focus selection: on which LiveKit transport each member of a call publishes, and so which
 //! services this device needs tokens from.
 //!
-//! * MatrixRTC state events: each member's own `focus_active.focus_selection` decides where it
-//!   publishes: `multi_sfu` on its own first preferred focus; `oldest_membership` on the transport
-//!   of the call's oldest member (that member's own first focus). A member with an unknown or
-//!   missing selection has no transport (as in the js-sdk).
-//! * MSC4143 sticky members always publish on their first `rtc_transports` entry.
-//! * famedly: a call has one backend, the one of its oldest membership; every member uses it.
-//!
-//! "First focus" means the first LiveKit focus with a service URL.
+//! The rule itself lives in the core ([`voip_core::focus`]: `multi_sfu`, `oldest_membership`,
+//! famedly's shared backend, sticky members); this module turns it into [`LivekitFocus`]es and
+//! the [`SfuPlan`] of this device.
 
 use std::collections::BTreeMap;
 
@@ -25,28 +20,16 @@ pub struct MemberTransport {
     pub focus: Option<LivekitFocus>,
 }
 
-/// Where each of `members` (one call, any order) publishes.
+/// Where each of `members` (one call, any order) publishes: the rule of
+/// [`voip_core::focus::publishing_focus`] (the only implementation), as [`LivekitFocus`]es.
 pub fn member_transports(members: &[MemberInfo]) -> Vec<MemberTransport> {
-    let oldest = members
-        .iter()
-        .min_by(|a, b| a.created.cmp(&b.created).then_with(|| a.participant.cmp(&b.participant)));
-    members
-        .iter()
-        .map(|m| MemberTransport { participant: m.participant.clone(), focus: transport_of(m, oldest) })
+    voip_core::focus::member_foci(members)
+        .into_iter()
+        .map(|(participant, focus)| MemberTransport {
+            participant,
+            focus: focus.as_ref().and_then(LivekitFocus::from_focus),
+        })
         .collect()
-}
-
-fn transport_of(m: &MemberInfo, oldest: Option<&MemberInfo>) -> Option<LivekitFocus> {
-    let own = || LivekitFocus::of_member(m);
-    match m.dialect {
-        MembershipDialect::Sticky => own(),
-        MembershipDialect::Famedly => oldest.and_then(LivekitFocus::of_member),
-        MembershipDialect::MatrixRtc => match m.focus_selection {
-            Some(FocusSelection::MultiSfu) => own(),
-            Some(FocusSelection::OldestMembership) => oldest.and_then(LivekitFocus::of_member),
-            None => None,
-        },
-    }
 }
 
 /// Our own membership, as far as focus selection needs it (the core writes it with

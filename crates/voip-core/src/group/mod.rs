@@ -16,6 +16,7 @@
 //! heartbeat shortened to fit. Servers without delayed events (any other scheduling failure)
 //! fall back to expiry alone: the membership is sent without a delayed leave.
 
+pub mod focus;
 pub(crate) mod membership;
 pub(crate) mod mesh;
 
@@ -87,8 +88,9 @@ pub struct GroupCallInfo {
     pub state: Option<GroupCallState>,
     /// Current members other than this device, oldest first.
     pub members: Vec<MemberInfo>,
-    /// The LiveKit service each member publishes on, per the focus selection in force
-    /// (`oldest_membership`: everyone the oldest member's; `multi_sfu`: each its own).
+    /// The LiveKit service each member publishes on, per each member's focus selection
+    /// ([`crate::focus`]: `multi_sfu` its own, `oldest_membership` the oldest member's, famedly
+    /// the oldest member's, none without a selection).
     pub transports: Vec<(Participant, Option<String>)>,
     /// Mesh: each member's remote streams (screenshare first), from its peer call.
     pub streams: Vec<(Participant, Vec<crate::output::RemoteStream>)>,
@@ -761,18 +763,4 @@ impl GroupCall {
             }
         }
     }
-}
-
-/// The LiveKit service URL each member publishes on, per the focus selection in force.
-pub(crate) fn transports(members: &[MemberInfo]) -> Vec<(Participant, Option<String>)> {
-    let url = |m: &MemberInfo| {
-        m.foci.iter().find_map(|f| match f {
-            Focus::Livekit { livekit_service_url, .. } => livekit_service_url.clone(),
-            _ => None,
-        })
-    };
-    // `oldest_membership` when the oldest member asks for it: everyone uses its focus.
-    let oldest = members.first();
-    let shared = oldest.filter(|m| m.focus_selection == Some(FocusSelection::OldestMembership)).and_then(url);
-    members.iter().map(|m| (m.participant.clone(), shared.clone().or_else(|| url(m)))).collect()
 }
