@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 /// What the core does when an invite arrives while our own invite to the same peer in the same
 /// room is already out (glare).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum GlareBehaviour {
     /// Spec behaviour (MSC2746): the call with the lower `call_id` survives and is answered
@@ -16,6 +17,7 @@ pub enum GlareBehaviour {
 
 /// How a busy device refuses a new call (see [`Config::busy_signal`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum BusySignal {
     /// Send `m.call.hangup` with reason `user_busy` (the reason is visible to the caller).
@@ -29,6 +31,7 @@ pub enum BusySignal {
 ///
 /// All durations are milliseconds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default)]
 pub struct Config {
     /// `lifetime` written on our `m.call.invite`, and how long an unanswered outgoing call rings

@@ -8,6 +8,7 @@ use crate::wire::WireError;
 /// Error returned by [`crate::Voip::handle`]. The core's state is consistent after any error:
 /// the input was refused as a whole.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[non_exhaustive]
 pub enum Error {
     /// Remote input was malformed. Logged and otherwise ignored; never caused by the app.
@@ -23,6 +24,7 @@ pub enum Error {
 
 /// The app asked for something impossible.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "misuse", rename_all = "snake_case")]
 pub enum ApiMisuse {
     /// No call with this id (or it already ended).

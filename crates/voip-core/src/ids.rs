@@ -7,6 +7,7 @@ use std::fmt;
 ///
 /// The core never reads a clock: every `now` is handed in by the driver.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(transparent)]
 pub struct Timestamp(pub u64);
 
@@ -28,6 +29,7 @@ macro_rules! string_id {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
         #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
         #[serde(transparent)]
         pub struct $name(pub String);
 
@@ -87,6 +89,7 @@ string_id!(
 ///
 /// Minted by the core; the adapter only carries it back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(transparent)]
 pub struct RequestId(pub(crate) u64);
 
@@ -111,6 +114,7 @@ impl fmt::Display for RequestId {
 
 /// This device: who the core speaks for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct LocalDevice {
     /// Our Matrix user id.
     pub user_id: UserId,
@@ -128,6 +132,7 @@ impl LocalDevice {
 /// A group call: a room plus the call id within it (`""` is the room's own call, MatrixRTC slot
 /// `m.call#ROOM`).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct GroupCallId {
     /// The room.
     pub room_id: RoomId,
@@ -150,6 +155,7 @@ impl fmt::Display for GroupCallId {
 
 /// One member device of a group call, as its membership announces it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Participant {
     /// The member's user (the sender of its membership event).
     pub user_id: UserId,

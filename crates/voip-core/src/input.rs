@@ -11,6 +11,7 @@ use crate::wire::member::{Focus, MembershipDialect};
 
 /// One input to [`crate::Voip::handle`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "input", rename_all = "snake_case")]
 pub enum Input {
     /// A request from the app.
@@ -80,6 +81,7 @@ pub enum Input {
 
 /// How signalling for a 1:1 call travels.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Signalling {
     /// `m.call.*` room events (the spec's 1:1 calls).
@@ -92,6 +94,7 @@ pub enum Signalling {
 
 /// A request from the app.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum Command {
     /// Call `invitee` in `room_id`. The new call id is minted by the core and returned by
@@ -271,6 +274,7 @@ fn m_room() -> String {
 
 /// A room timeline event, as the adapter received it (decrypted where needed).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RoomEvent {
     /// The room.
     pub room_id: RoomId,
@@ -300,6 +304,7 @@ pub struct RoomEvent {
 
 /// A state event.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct StateEvent {
     /// The room.
     pub room_id: RoomId,
@@ -321,6 +326,7 @@ pub struct StateEvent {
 
 /// A to-device event.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ToDeviceEvent {
     /// The sender (authenticated by the homeserver).
     pub sender: UserId,
@@ -340,6 +346,7 @@ pub struct ToDeviceEvent {
 
 /// `m.room.member` membership of one user.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RoomMember {
     /// The room.
     pub room_id: RoomId,
@@ -351,6 +358,7 @@ pub struct RoomMember {
 
 /// A room membership state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Membership {
     /// Joined.
@@ -367,6 +375,7 @@ pub enum Membership {
 
 /// Outcome of a send, reported by the adapter.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum SendOutcome {
     /// Sent; the event id when it was a room or state event.

@@ -37,6 +37,7 @@ const PENDING_MESH_QUOTA: Quota = Quota { per_sender: 4, total: 64 };
 
 /// How many received events were applied or refused, by cause. For logs, metrics and tests.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Counters {
     /// Events that changed something.
     pub applied: u64,
@@ -1845,6 +1846,7 @@ pub struct Footprint {
 
 /// Media keys of an SFU group call (see [`Voip::media_keys`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct MediaKeys {
     /// Our key in use: (index, key).
     pub local: Option<(u32, String)>,

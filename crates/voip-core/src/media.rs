@@ -11,6 +11,7 @@ use crate::ids::{CallId, StreamId};
 
 /// Voice or video, as the user chose it or as the offer implies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum CallType {
     /// Audio only.
@@ -21,6 +22,7 @@ pub enum CallType {
 
 /// `offer` or `answer` (`RTCSdpType`; `pranswer`/`rollback` never appear on the Matrix wire).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum SdpType {
     /// An SDP offer.
@@ -31,6 +33,7 @@ pub enum SdpType {
 
 /// An `RTCSessionDescriptionInit`: `{ "type": "offer", "sdp": "v=0…" }` on the wire.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct SessionDescription {
     /// Offer or answer.
     #[serde(rename = "type")]
@@ -55,6 +58,7 @@ impl SessionDescription {
 ///
 /// A candidate whose `candidate` string is empty is the end-of-candidates marker.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Candidate {
     /// The `candidate:` attribute value, or `""` for end-of-candidates.
     pub candidate: String,
@@ -83,6 +87,7 @@ impl Candidate {
 
 /// `m.usermedia` or `m.screenshare` (MSC3077).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum StreamPurpose {
     /// Camera and microphone.
     #[serde(rename = "m.usermedia")]
@@ -94,6 +99,7 @@ pub enum StreamPurpose {
 
 /// Audio or video track.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum MediaKind {
     /// An audio track.
@@ -105,6 +111,7 @@ pub enum MediaKind {
 /// ICE connection state as the engine reports it (`RTCIceConnectionState`, or the peer
 /// connection state for engines that only expose that).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ConnectionState {
     /// Not started.
@@ -123,6 +130,7 @@ pub enum ConnectionState {
 
 /// Which engine operation failed (in [`MediaEvent::Failed`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum MediaOperation {
     /// Creating the peer connection.
@@ -145,6 +153,7 @@ pub enum MediaOperation {
 /// produces something answers with a [`MediaEvent`]: `CreateOffer` and `CreateAnswer` with
 /// [`MediaEvent::LocalDescription`] (after the engine applied it as its local description).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum MediaCommand {
     /// Create the peer connection for this call. ICE servers are the adapter's business (it
@@ -212,6 +221,7 @@ pub enum MediaCommand {
 
 /// What the media engine reports about one call ([`crate::Input::Media`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum MediaEvent {
     /// The local description produced by `CreateOffer` / `CreateAnswer`, already applied locally.

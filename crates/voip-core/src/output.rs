@@ -10,6 +10,7 @@ use crate::wire::call::{AssertedIdentity, CallReplaces};
 
 /// One output of [`crate::Voip::poll`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "output", rename_all = "snake_case")]
 pub enum Output {
     /// Send something through the homeserver; answer with [`crate::Input::SendResult`].
@@ -27,6 +28,7 @@ pub enum Output {
 
 /// A request to send; the adapter executes it and reports the outcome with the same `id`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct SendRequest {
     /// Correlation id for [`crate::Input::SendResult`].
     pub id: RequestId,
@@ -39,6 +41,7 @@ pub struct SendRequest {
 
 /// What to send.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum SendKind {
     /// A room event (the adapter encrypts it with Megolm when the room is encrypted).
@@ -100,6 +103,7 @@ pub enum SendKind {
 
 /// What to do with a scheduled delayed event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum DelayedAction {
     /// Restart its timer (heartbeat).
@@ -112,6 +116,7 @@ pub enum DelayedAction {
 
 /// One to-device message.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ToDeviceMessage {
     /// Target user.
     pub user_id: UserId,
@@ -123,6 +128,7 @@ pub struct ToDeviceMessage {
 
 /// Encryption requirement of a to-device send.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ToDeviceEncryption {
     /// Must be Olm-encrypted; if it cannot be, fail the send instead of sending in clear.
@@ -139,6 +145,7 @@ pub enum ToDeviceEncryption {
 ///  any ──hangup / reject / timeout / answered elsewhere / failure──▶ Ended
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum CallState {
     /// Outgoing: waiting for the engine's offer.
@@ -159,6 +166,7 @@ pub enum CallState {
 
 /// Direction of a call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum CallDirection {
     /// We placed it.
@@ -170,6 +178,7 @@ pub enum CallDirection {
 /// Why a call ended. Values that exist on the wire as `m.call.hangup` reasons use their wire
 /// names; unknown remote reasons are kept verbatim in [`EndReason::Other`].
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum EndReason {
     /// `user_hangup`.
@@ -238,6 +247,7 @@ impl EndReason {
 
 /// Who ended a call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Initiator {
     /// Our user, by a command.
@@ -250,6 +260,7 @@ pub enum Initiator {
 
 /// A remote stream the app can render, with what its metadata says.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RemoteStream {
     /// Stream id.
     pub stream_id: StreamId,
@@ -267,6 +278,7 @@ pub struct RemoteStream {
 
 /// A local stream of a call.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct LocalStream {
     /// Stream id (as in our SDP).
     pub stream_id: StreamId,
@@ -280,6 +292,7 @@ pub struct LocalStream {
 
 /// Something the app should know. Flat and `#[non_exhaustive]`: match what you need.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "event", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Event {

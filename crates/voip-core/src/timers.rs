@@ -6,6 +6,7 @@ use crate::ids::{CallId, RequestId, Timestamp};
 
 /// Why a timer exists. Every timer of the core is one of these.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum TimerKind {
     /// Outgoing call: nobody answered within the invite lifetime.
@@ -51,6 +52,7 @@ impl TimerKind {
 
 /// The next time the core needs to be woken, and why.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Deadline {
     /// When: call [`crate::Voip::handle`] with [`crate::Input::Tick`] at or after it.
     pub at: Timestamp,

@@ -55,6 +55,7 @@ pub(crate) struct Opponent {
 
 /// A snapshot of one call, for the app.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct CallInfo {
     /// The call.
     pub call_id: CallId,

@@ -13,6 +13,7 @@ use crate::wire::WireError;
 
 /// One member device of a group call, as the core understands it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct MemberInfo {
     /// Who.
     pub participant: Participant,

@@ -55,6 +55,7 @@ const LATE_MEMBERSHIP_MS: u64 = 2_000;
 
 /// Our state in a group call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum GroupCallState {
     /// Our membership is being sent.
@@ -81,6 +82,7 @@ pub(crate) struct JoinParams {
 
 /// A snapshot of a group call for the app.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct GroupCallInfo {
     /// The group call.
     pub group: GroupCallId,
@@ -158,6 +160,7 @@ pub const RTC_DECLINE: &str = "org.matrix.msc4310.rtc.decline";
 
 /// How the first member of a call alerts the room (MSC4075 `notification_type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum NotificationType {
     /// Ring the other members' devices.

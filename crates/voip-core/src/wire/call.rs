@@ -46,6 +46,7 @@ pub const SDP_STREAM_METADATA_UNSTABLE: &str = "org.matrix.msc3077.sdp_stream_me
 
 /// VoIP protocol version of the sender.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum CallVersion {
     /// The integer `0`.
@@ -56,6 +57,7 @@ pub enum CallVersion {
 
 /// One stream's metadata (MSC3077): purpose and mute flags.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct StreamMetadata {
     /// Usermedia or screenshare.
     pub purpose: StreamPurpose,
@@ -73,6 +75,7 @@ pub type SdpStreamMetadata = BTreeMap<String, StreamMetadata>;
 
 /// `capabilities` on invite and answer (MSC2747). Only a boolean `true` counts.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Capabilities {
     /// `m.call.transferee`
     pub transferee: bool,
@@ -82,6 +85,7 @@ pub struct Capabilities {
 
 /// `asserted_identity` (MSC3086).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct AssertedIdentity {
     /// A Matrix user id or other identifier.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -96,6 +100,7 @@ pub struct AssertedIdentity {
 
 /// `target_user` of `m.call.replaces`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct TargetUser {
     /// User id.
     pub id: String,
@@ -109,6 +114,7 @@ pub struct TargetUser {
 
 /// The transfer request of `m.call.replaces` (MSC2747), minus the common fields.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct CallReplaces {
     /// Id of this replacement.
     pub replacement_id: String,
@@ -127,6 +133,7 @@ pub struct CallReplaces {
 
 /// Fields present on to-device call signalling (MSC3401 mesh style; famedly requires `room_id`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ToDeviceFields {
     /// Room the call belongs to.
     pub room_id: Option<String>,
@@ -144,6 +151,7 @@ pub struct ToDeviceFields {
 
 /// Fields shared by every `m.call.*` content.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Common {
     /// `call_id`.
     pub call_id: String,
@@ -157,6 +165,7 @@ pub struct Common {
 
 /// A parsed `m.call.*` event.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum CallEvent {
     /// `m.call.invite`

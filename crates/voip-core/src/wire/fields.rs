@@ -13,6 +13,7 @@ pub(crate) const MAX_LIST_LEN: usize = 512;
 
 /// What is wrong with a field.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum WireErrorKind {
     /// The content is not a JSON object.
@@ -29,6 +30,7 @@ pub enum WireErrorKind {
 
 /// A refused event content: which event type, which field, what is wrong.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[error("{event_type}: field `{field}`: {kind:?}")]
 pub struct WireError {
     /// The event type being parsed.

@@ -45,6 +45,7 @@ pub const MAX_KEYS_PER_EVENT: usize = 256;
 
 /// One media key.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct KeyEntry {
     /// Ring slot (`0..=255`).
     pub index: u32,
@@ -54,6 +55,7 @@ pub struct KeyEntry {
 
 /// A received key event of either dialect, normalised.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct KeysContent {
     /// `room_id` (absent in the legacy Element Call form).
     pub room_id: Option<RoomId>,
@@ -73,6 +75,7 @@ pub struct KeysContent {
 
 /// A received famedly key request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct KeyRequestContent {
     /// `room_id`.
     pub room_id: RoomId,
@@ -84,6 +87,7 @@ pub struct KeyRequestContent {
 
 /// A parsed key-related to-device event.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum KeyEvent {
     /// Keys (either dialect).

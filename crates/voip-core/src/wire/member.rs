@@ -32,6 +32,7 @@ pub const STICKY_DURATION_MS: u64 = 3600 * 1000;
 
 /// Which membership format a call uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum MembershipDialect {
     /// `com.famedly.call.member` lists.
@@ -44,6 +45,7 @@ pub enum MembershipDialect {
 
 /// A call backend / transport as memberships announce it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Focus {
     /// Peer-to-peer mesh (famedly `{type: "mesh"}`).
@@ -66,6 +68,7 @@ pub enum Focus {
 
 /// How members choose an SFU (`focus_active.focus_selection`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum FocusSelection {
     /// Everyone uses the oldest member's first preferred focus.
@@ -76,6 +79,7 @@ pub enum FocusSelection {
 
 /// One membership as parsed from the wire (the sender is added by the caller).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct MemberEntry {
     /// `call_id` (`""` is the room call; the sticky `slot_id` `m.call#ROOM` maps to `""`).
     pub call_id: String,
