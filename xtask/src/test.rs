@@ -131,6 +131,16 @@ fn run_examples(url: &str, secret: &str) -> anyhow::Result<()> {
     cargo(&args, &none)
 }
 
+/// voip-core draws no OS randomness: getrandom is not in its dependency tree (its clippy.toml
+/// forbids clocks, threads, files and hashed collections).
+fn core_is_pure() -> anyhow::Result<()> {
+    let out = cargo_cmd(&["tree", "-p", "voip-core", "-e", "normal,build", "-i", "getrandom", "--quiet"]).output()?;
+    let tree = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(!tree.contains("getrandom"), "voip-core must not depend on getrandom:\n{tree}");
+    println!("==> voip-core: no getrandom in its dependency tree");
+    Ok(())
+}
+
 pub(crate) fn run(args: &[String]) -> anyhow::Result<bool> {
     let quick = args.iter().any(|a| a == "--no-lint");
     let none = BTreeMap::new();
@@ -142,6 +152,7 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<bool> {
             &none,
         )?;
     }
+    core_is_pure()?;
     // Build everything first, so Synapse does not idle while the tests compile.
     cargo(&["test", "--workspace", "--all-targets", "--features", FEATURES, "--no-run"], &none)?;
     let synapse = Synapse::start()?;

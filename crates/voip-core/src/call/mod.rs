@@ -39,7 +39,7 @@ use crate::output::{
     ToDeviceEncryption, ToDeviceMessage,
 };
 use crate::sends::SendPurpose;
-use crate::timers::{TimerKind, TimerTable};
+use crate::timers::{CallTimer, TimerKind, TimerTable};
 use crate::wire::call::{
     self as wire, CallEvent, CallVersion, Capabilities, Common, SdpStreamMetadata, StreamMetadata,
     ToDeviceFields,
@@ -264,7 +264,7 @@ impl Call {
         call.attach_local_media(ctx, p.call_type);
         call.making_offer = true;
         call.media(ctx, MediaCommand::CreateOffer { ice_restart: false });
-        call.timers.set(TimerKind::MediaTimeout, ctx.now.plus(ctx.config.ice_failed_timeout_ms));
+        call.timers.set(CallTimer::MediaTimeout, ctx.now.plus(ctx.config.ice_failed_timeout_ms));
         call
     }
 
@@ -289,7 +289,7 @@ impl Call {
         call.media(ctx, MediaCommand::CreatePeer { call_type });
         call.media(ctx, MediaCommand::SetRemoteDescription { description: p.offer });
         call.cands.remote_description_set = true;
-        call.timers.set(TimerKind::RingTimeout, p.expires_at);
+        call.timers.set(CallTimer::RingTimeout, p.expires_at);
         ctx.emit(Event::IncomingCall {
             call_id: call.id.clone(),
             room_id: call.room_id.clone(),
@@ -358,7 +358,7 @@ impl Call {
     }
 
     pub(crate) fn next_timer(&self) -> Option<(Timestamp, TimerKind)> {
-        self.timers.next()
+        self.timers.next().map(|(at, t)| (at, TimerKind::from(t)))
     }
 
     pub(crate) fn info(&self) -> CallInfo {
@@ -657,12 +657,12 @@ impl Call {
     /// `Answer`: attach media and ask for an answer.
     pub(crate) fn answer(&mut self, ctx: &mut Ctx<'_>, call_type: Option<CallType>) {
         self.stop_ringtone(ctx);
-        self.timers.clear(TimerKind::RingTimeout);
+        self.timers.clear(CallTimer::RingTimeout);
         self.set_state(ctx, CallState::CreateAnswer);
         self.attach_local_media(ctx, call_type.unwrap_or(self.offered_type));
         self.answering_negotiate = false;
         self.media(ctx, MediaCommand::CreateAnswer);
-        self.timers.set(TimerKind::MediaTimeout, ctx.now.plus(ctx.config.ice_failed_timeout_ms));
+        self.timers.set(CallTimer::MediaTimeout, ctx.now.plus(ctx.config.ice_failed_timeout_ms));
     }
 
     pub(crate) fn cmd_answer(
@@ -828,13 +828,13 @@ impl Call {
             self.cands.restart_gathering();
         }
         self.media(ctx, MediaCommand::CreateOffer { ice_restart });
-        self.timers.set(TimerKind::NegotiateTimeout, ctx.now.plus(ctx.config.negotiate_lifetime_ms));
+        self.timers.set(CallTimer::NegotiateTimeout, ctx.now.plus(ctx.config.negotiate_lifetime_ms));
     }
 
     fn finish_negotiation(&mut self, ctx: &mut Ctx<'_>) {
         self.making_offer = false;
         self.answering_negotiate = false;
-        self.timers.clear(TimerKind::NegotiateTimeout);
+        self.timers.clear(CallTimer::NegotiateTimeout);
         if let Some(ice_restart) = self.offer_again.take() {
             self.start_offer(ctx, ice_restart);
         }
@@ -846,8 +846,8 @@ impl Call {
             return;
         }
         self.ice_restarts += 1;
-        self.timers.clear(TimerKind::IceRestart);
-        self.timers.set_if_unset(TimerKind::IceFailed, ctx.now.plus(ctx.config.ice_failed_timeout_ms));
+        self.timers.clear(CallTimer::IceRestart);
+        self.timers.set_if_unset(CallTimer::IceFailed, ctx.now.plus(ctx.config.ice_failed_timeout_ms));
         self.start_offer(ctx, true);
     }
 
@@ -928,7 +928,7 @@ impl Call {
     }
 
     fn on_local_description(&mut self, ctx: &mut Ctx<'_>, description: SessionDescription) {
-        self.timers.clear(TimerKind::MediaTimeout);
+        self.timers.clear(CallTimer::MediaTimeout);
         match (self.state, description.sdp_type) {
             (CallState::CreateOffer, SdpType::Offer) => {
                 self.making_offer = false;
@@ -945,7 +945,7 @@ impl Call {
                 };
                 self.send(ctx, event, SendPurpose::Setup);
                 self.set_state(ctx, CallState::InviteSent);
-                self.timers.set(TimerKind::InviteTimeout, ctx.now.plus(ctx.config.invite_lifetime_ms));
+                self.timers.set(CallTimer::InviteTimeout, ctx.now.plus(ctx.config.invite_lifetime_ms));
                 self.signalled(ctx);
                 self.emit_streams(ctx);
             }
@@ -957,7 +957,7 @@ impl Call {
                 };
                 self.send(ctx, event, SendPurpose::Setup);
                 self.set_state(ctx, CallState::Connecting);
-                self.timers.set(TimerKind::IceFailed, ctx.now.plus(ctx.config.ice_failed_timeout_ms));
+                self.timers.set(CallTimer::IceFailed, ctx.now.plus(ctx.config.ice_failed_timeout_ms));
                 self.signalled(ctx);
                 self.emit_streams(ctx);
             }
@@ -994,11 +994,11 @@ impl Call {
     fn arm_candidate_flush(&mut self, ctx: &mut Ctx<'_>) {
         let window =
             self.cands.batch_window(ctx.config.candidate_first_batch_ms, ctx.config.candidate_batch_ms);
-        self.timers.set_if_unset(TimerKind::CandidateFlush, ctx.now.plus(window));
+        self.timers.set_if_unset(CallTimer::CandidateFlush, ctx.now.plus(window));
     }
 
     fn flush_candidates(&mut self, ctx: &mut Ctx<'_>) {
-        self.timers.clear(TimerKind::CandidateFlush);
+        self.timers.clear(CallTimer::CandidateFlush);
         if let Some(candidates) = self.cands.take_local() {
             self.send(ctx, CallEvent::Candidates { candidates }, SendPurpose::Candidates);
         }
@@ -1007,8 +1007,8 @@ impl Call {
     fn on_connection_state(&mut self, ctx: &mut Ctx<'_>, state: ConnectionState) {
         match state {
             ConnectionState::Connected => {
-                self.timers.clear(TimerKind::IceRestart);
-                self.timers.clear(TimerKind::IceFailed);
+                self.timers.clear(CallTimer::IceRestart);
+                self.timers.clear(CallTimer::IceFailed);
                 self.ice_restarts = 0;
                 if matches!(self.state, CallState::Connecting) {
                     self.ever_connected = true;
@@ -1018,9 +1018,9 @@ impl Call {
             ConnectionState::Disconnected => {
                 if self.state == CallState::Connected {
                     self.set_state(ctx, CallState::Connecting);
-                    self.timers.set(TimerKind::IceRestart, ctx.now.plus(ctx.config.ice_restart_delay_ms));
+                    self.timers.set(CallTimer::IceRestart, ctx.now.plus(ctx.config.ice_restart_delay_ms));
                     self.timers
-                        .set_if_unset(TimerKind::IceFailed, ctx.now.plus(ctx.config.ice_failed_timeout_ms));
+                        .set_if_unset(CallTimer::IceFailed, ctx.now.plus(ctx.config.ice_failed_timeout_ms));
                 }
             }
             ConnectionState::Failed => {
@@ -1050,35 +1050,31 @@ impl Call {
                 tracing::debug_span!("call", call_id = %self.id, party_id = %self.local_party).entered();
             tracing::debug!(?kind, "timer fired");
             match kind {
-                TimerKind::InviteTimeout => {
+                CallTimer::InviteTimeout => {
                     if self.state == CallState::InviteSent {
                         self.hangup(ctx, EndReason::InviteTimeout, Initiator::Library);
                     }
                 }
-                TimerKind::RingTimeout => {
+                CallTimer::RingTimeout => {
                     if self.state == CallState::Ringing {
                         // Ignoring an invite is silent: the caller times out by itself.
                         self.end(ctx, EndReason::InviteTimeout, Initiator::Library, true);
                     }
                 }
-                TimerKind::MediaTimeout => {
+                CallTimer::MediaTimeout => {
                     self.hangup(ctx, EndReason::UserMediaFailed, Initiator::Library);
                 }
-                TimerKind::CandidateFlush => self.flush_candidates(ctx),
-                TimerKind::IceRestart => self.restart_ice(ctx),
-                TimerKind::IceFailed => {
+                CallTimer::CandidateFlush => self.flush_candidates(ctx),
+                CallTimer::IceRestart => self.restart_ice(ctx),
+                CallTimer::IceFailed => {
                     if self.state != CallState::Connected {
                         self.hangup(ctx, EndReason::IceFailed, Initiator::Library);
                     }
                 }
-                TimerKind::NegotiateTimeout => {
+                CallTimer::NegotiateTimeout => {
                     tracing::warn!("renegotiation not answered within its lifetime; abandoned");
                     self.finish_negotiation(ctx);
                 }
-                TimerKind::SendRetry
-                | TimerKind::Housekeeping
-                | TimerKind::GroupMembership
-                | TimerKind::MembershipExpiry => {}
             }
         }
     }

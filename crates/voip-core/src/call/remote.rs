@@ -9,7 +9,7 @@ use crate::input::Signalling;
 use crate::media::{MediaCommand, SdpType, SessionDescription};
 use crate::output::{CallDirection, CallState, EndReason, Event, Initiator};
 use crate::sends::SendPurpose;
-use crate::timers::TimerKind;
+use crate::timers::CallTimer;
 use crate::wire::call::{CallEvent, CallVersion, Capabilities, Common, SdpStreamMetadata};
 
 /// Who sent an event, as far as the homeserver and Olm vouch for it.
@@ -287,7 +287,7 @@ impl Call {
         if self.peer_device.is_none() {
             self.peer_device = sender.device.cloned();
         }
-        self.timers.clear(TimerKind::InviteTimeout);
+        self.timers.clear(CallTimer::InviteTimeout);
         self.set_state(ctx, CallState::Connecting);
         if metadata.is_some() {
             self.remote_metadata = metadata;
@@ -303,7 +303,7 @@ impl Call {
             let event = CallEvent::SelectAnswer { selected_party_id: p.0.clone() };
             self.send(ctx, event, SendPurpose::Other);
         }
-        self.timers.set(TimerKind::IceFailed, ctx.now.plus(ctx.config.ice_failed_timeout_ms));
+        self.timers.set(CallTimer::IceFailed, ctx.now.plus(ctx.config.ice_failed_timeout_ms));
         if let Some(p) = party {
             ctx.emit(Event::AnswerSelected {
                 call_id: self.id.clone(),
@@ -332,7 +332,7 @@ impl Call {
                     if self.making_offer {
                         self.media(ctx, MediaCommand::Rollback);
                         self.making_offer = false;
-                        self.timers.clear(TimerKind::NegotiateTimeout);
+                        self.timers.clear(CallTimer::NegotiateTimeout);
                         self.offer_again = Some(self.offer_again.unwrap_or(false));
                     }
                 }
