@@ -1,7 +1,8 @@
 //! `cargo xtask test`: what CI runs, in order, stopping at the first failure:
 //! format check, clippy with `-D warnings`, one shared real Synapse on loopback (installed into a
 //! cached virtualenv on first use by `voip-testkit`'s rig), every test of the workspace against
-//! it, the doc tests, the demo against that Synapse, the conformance fixtures, the demo on the
+//! it (`matrix-call`'s among them: two `matrix-call` processes log in and call each other, ~15 s),
+//! the doc tests, the demo against that Synapse, the conformance fixtures, the demo on the
 //! in-process homeserver (both on real webrtc-rs media), a fault simulation (300 seeds per
 //! scenario, release) and `cargo package` of the publishable crates. Synapse is stopped however
 //! the run ends.
