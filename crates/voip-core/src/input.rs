@@ -206,6 +206,11 @@ pub enum Command {
         /// If we are the first member, ring or notify the room (MSC4075) once joined.
         #[serde(default)]
         notify: Option<crate::group::NotificationType>,
+        /// Media encryption of an SFU call; `None` (absent): from the room's encryption (see
+        /// [`crate::MediaEncryption`]). Mesh calls are encrypted by DTLS-SRTP whatever this
+        /// says.
+        #[serde(default)]
+        encryption: Option<crate::group::MediaEncryption>,
     },
     /// Leave a group call.
     LeaveGroupCall {
@@ -403,6 +408,13 @@ pub enum SendOutcome {
         #[serde(default)]
         errcode: Option<String>,
     },
+    /// The answer to [`crate::SendKind::ListDelayedEvents`]: our user's scheduled delayed
+    /// events (Synapse: `{"delayed_events": [...]}`).
+    DelayedEvents {
+        /// The scheduled delayed events, as the server listed them.
+        #[serde(default)]
+        delayed_events: Vec<ScheduledDelayedEvent>,
+    },
     /// A delayed event's delay is above the homeserver's maximum (MSC4140: `400` with
     /// `org.matrix.msc4140.errcode: M_MAX_DELAY_EXCEEDED` and `org.matrix.msc4140.max_delay`).
     /// Not retried as is; the core schedules again with `max_delay_ms`.
@@ -410,4 +422,26 @@ pub enum SendOutcome {
         /// The server's `org.matrix.msc4140.max_delay`, in milliseconds.
         max_delay_ms: u64,
     },
+}
+
+/// One scheduled delayed event, as MSC4140's listing endpoint returns it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct ScheduledDelayedEvent {
+    /// Its `delay_id`.
+    pub delay_id: String,
+    /// The room.
+    pub room_id: RoomId,
+    /// The event type.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// The state key (`None` for a delayed room event).
+    #[serde(default)]
+    pub state_key: Option<String>,
+    /// The delay in milliseconds (`delay_ms`; Synapse also sends the older `delay`).
+    #[serde(default, alias = "delay")]
+    pub delay_ms: Option<u64>,
+    /// The content the server will send.
+    #[serde(default)]
+    pub content: Value,
 }

@@ -25,13 +25,16 @@ pub use config::{BusySignal, Config, GlareBehaviour};
 pub use error::{ApiMisuse, Error};
 pub use group::focus;
 pub use group::membership::MemberInfo;
-pub use group::{GroupCallInfo, GroupCallState, NotificationType, RTC_DECLINE, RTC_NOTIFICATION};
+pub use group::{
+    GroupCallInfo, GroupCallState, MediaEncryption, NotificationType, RTC_DECLINE, RTC_NOTIFICATION,
+};
 pub use ids::{
     CallId, DeviceId, GroupCallId, LocalDevice, Participant, PartyId, RequestId, RoomId, StreamId, Timestamp,
     UserId,
 };
 pub use input::{
-    Command, Input, Membership, RoomEvent, RoomMember, SendOutcome, Signalling, StateEvent, ToDeviceEvent,
+    Command, Input, Membership, RoomEvent, RoomMember, ScheduledDelayedEvent, SendOutcome, Signalling,
+    StateEvent, ToDeviceEvent,
 };
 pub use machine::{Counters, MediaKeys, Voip};
 #[cfg(feature = "testing")]

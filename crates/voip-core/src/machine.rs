@@ -75,6 +75,18 @@ pub struct Counters {
     /// room (or, for sticky ones, because as many are held in total).
     #[serde(default)]
     pub memberships_over_limit: u64,
+    /// Media keys (and key requests) received for an SFU group call we take part in without
+    /// media encryption ([`crate::MediaEncryption::None`]): ignored.
+    #[serde(default)]
+    pub keys_in_unencrypted_calls: u64,
+    /// Delayed leaves of this device that an earlier process left behind, cancelled because a
+    /// current join writes the same membership (MSC4140 listing at start-up).
+    #[serde(default)]
+    pub stale_delayed_leaves_cancelled: u64,
+    /// The listing of our delayed events failed (e.g. a server without the endpoint: `404`
+    /// `M_UNRECOGNIZED`). It is not asked again in this process.
+    #[serde(default)]
+    pub delayed_event_listing_failed: u64,
 }
 
 impl Counters {
@@ -88,6 +100,29 @@ impl Counters {
             Disposition::Ignored(Ignored::Expired) => self.expired += 1,
         }
     }
+}
+
+/// Most delayed leaves of earlier processes remembered from the listing.
+const MAX_STALE_DELAYED: usize = 64;
+
+/// The start-up listing of our delayed events (once per process).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DelayedListing {
+    /// Not asked yet (waits for the server to announce delayed events).
+    NotAsked,
+    /// Asked; the request.
+    InFlight(crate::ids::RequestId),
+    /// Answered or failed: not asked again.
+    Done,
+}
+
+/// A delayed membership leave at one of our state keys that no join of this process scheduled
+/// (an earlier process's, or, for famedly's per-user key, possibly another device's: see
+/// `Voip::cancel_stale_delayed`), until it has fired for sure.
+#[derive(Clone, Debug)]
+struct StaleDelayed {
+    event: crate::input::ScheduledDelayedEvent,
+    until: Timestamp,
 }
 
 /// Where a received call event came from.
@@ -154,6 +189,10 @@ pub struct Voip {
     expiry_checked: Timestamp,
     /// Counter of group joins (see `GroupCall::generation`).
     group_generation: u64,
+    /// The start-up listing of our delayed events.
+    delayed_listing: DelayedListing,
+    /// Delayed leaves of ours that no current join owns, from the listing.
+    stale_delayed: Vec<StaleDelayed>,
     /// Mesh invites that overtook their sender's membership.
     pending_mesh: PerSender<CallId, PendingMeshInvite>,
     /// Groups whose mesh needs another look (a peer call ended), and when.
@@ -204,6 +243,8 @@ impl Voip {
             delayed_events: None,
             expiry_checked: Timestamp(0),
             group_generation: 0,
+            delayed_listing: DelayedListing::NotAsked,
+            stale_delayed: Vec::new(),
             pending_mesh: PerSender::new(PENDING_MESH_QUOTA),
             mesh_retry: BTreeMap::new(),
             mesh_attempts: BTreeMap::new(),
@@ -301,7 +342,18 @@ impl Voip {
                 let mut errcode = None;
                 let mut max_delay = None;
                 let verdict = match result {
+                    SendOutcome::DelayedEvents { delayed_events } => {
+                        self.sends.sent(id, &mut self.out);
+                        if self.delayed_listing == DelayedListing::InFlight(id) {
+                            self.delayed_listed(delayed_events);
+                        }
+                        SendVerdict::Nothing
+                    }
                     SendOutcome::Sent { delay_id, event_id } => {
+                        if self.delayed_listing == DelayedListing::InFlight(id) {
+                            // An adapter that answers the listing without a list: nothing known.
+                            self.delayed_listing = DelayedListing::Done;
+                        }
                         if let Some((group, generation, op)) = self.sends.sent(id, &mut self.out) {
                             self.group_sent(
                                 &group,
@@ -341,6 +393,14 @@ impl Voip {
                 };
                 if let SendVerdict::GaveUp { call_id, purpose, group } = verdict {
                     tracing::warn!(%id, ?call_id, ?purpose, "giving up on a send");
+                    if self.delayed_listing == DelayedListing::InFlight(id) {
+                        // No listing endpoint (404/400 `M_UNRECOGNIZED`) or no luck: counted, and
+                        // not asked again (stale delayed leaves are still caught when they fire:
+                        // the rejoin path).
+                        tracing::info!(?errcode, "delayed events cannot be listed here");
+                        self.counters.delayed_event_listing_failed += 1;
+                        self.delayed_listing = DelayedListing::Done;
+                    }
                     if let Some(call) = call_id.and_then(|c| self.calls.get_mut(&c)) {
                         call.send_gave_up(&mut ctx!(self), purpose);
                     }
@@ -354,6 +414,17 @@ impl Voip {
             Input::StateEvent(e) => self.handle_state_event(e),
             Input::ServerSupport { delayed_events } => {
                 self.delayed_events = Some(delayed_events);
+                if delayed_events && self.delayed_listing == DelayedListing::NotAsked {
+                    // Start-up: find delayed leaves an earlier process of this device left behind.
+                    let id = self.sends.send(
+                        &mut self.out,
+                        None,
+                        crate::sends::SendPurpose::Other,
+                        "voip.group",
+                        crate::output::SendKind::ListDelayedEvents,
+                    );
+                    self.delayed_listing = DelayedListing::InFlight(id);
+                }
                 Ok(())
             }
             Input::IgnoredUsers { users } => {
@@ -523,6 +594,7 @@ impl Voip {
                 focus,
                 owned_state_keys,
                 notify,
+                encryption,
             } => {
                 let group = GroupCallId { room_id, call_id };
                 if self
@@ -536,6 +608,8 @@ impl Voip {
                 // old join's late results are told apart by the generation.
                 self.group_generation += 1;
                 let params = JoinParams {
+                    encryption: encryption.unwrap_or_else(|| self.room_encryption(&group.room_id)),
+                    encryption_defaulted: encryption.is_none(),
                     group: group.clone(),
                     application,
                     scope,
@@ -554,6 +628,7 @@ impl Voip {
                 g.participants = self.observed.remove(&group).unwrap_or_default();
                 self.groups.insert(group.clone(), g);
                 self.refresh_group(&group);
+                self.cancel_stale_delayed();
                 Ok(None)
             }
             Command::LeaveGroupCall { room_id, call_id } => {
@@ -741,6 +816,16 @@ impl Voip {
                 &e.content,
                 e.origin_server_ts,
             );
+        }
+        if crate::keys::is_key_event_type(&e.event_type) {
+            // Element Call's legacy room-event keys are not used; in a call we take part in
+            // without media encryption they are counted like to-device ones.
+            let call_id = e.content.get("call_id").and_then(|c| c.as_str()).unwrap_or_default().to_owned();
+            let group = GroupCallId { room_id: e.room_id.clone(), call_id };
+            if self.groups.get(&group).is_some_and(GroupCall::unencrypted_sfu) {
+                self.counters.keys_in_unencrypted_calls += 1;
+            }
+            return Ok(());
         }
         if !wire::is_call_event_type(&e.event_type) {
             return Ok(());
@@ -1257,7 +1342,14 @@ impl Voip {
     fn handle_key_event(&mut self, e: ToDeviceEvent) -> Result<(), Error> {
         let group = crate::keys::key_event_group(&e.event_type, &e.content);
         let mut ctx = ctx!(self);
-        let Some(keys) = group.and_then(|g| self.groups.get_mut(&g)).and_then(|g| g.keys.as_mut()) else {
+        let joined = group.and_then(|g| self.groups.get_mut(&g));
+        if joined.as_ref().is_some_and(|g| g.unencrypted_sfu()) {
+            // A call without media encryption: keys are not used (nor key requests answered).
+            tracing::debug!(sender = %e.sender, "media key for an unencrypted call ignored");
+            self.counters.keys_in_unencrypted_calls += 1;
+            return Ok(());
+        }
+        let Some(keys) = joined.and_then(|g| g.keys.as_mut()) else {
             self.counters.not_for_us += 1;
             return Ok(());
         };
@@ -1464,8 +1556,20 @@ impl Voip {
     fn handle_state_event(&mut self, e: crate::input::StateEvent) -> Result<(), Error> {
         if e.event_type == "m.room.encryption" && e.state_key.is_empty() {
             // Encryption cannot be turned off again; any content with an algorithm counts.
-            if e.content.get("algorithm").and_then(|a| a.as_str()).is_some_and(|a| !a.is_empty()) {
-                self.encrypted_rooms.insert(e.room_id);
+            if e.content.get("algorithm").and_then(|a| a.as_str()).is_some_and(|a| !a.is_empty())
+                && self.encrypted_rooms.insert(e.room_id.clone())
+            {
+                // Calls here that went without media encryption because the room seemed
+                // unencrypted get per-participant keys now.
+                let upgraded: Vec<GroupCallId> = self
+                    .groups
+                    .values_mut()
+                    .filter(|g| g.id.room_id == e.room_id)
+                    .filter_map(|g| g.room_encrypted(&mut ctx!(self)).then(|| g.id.clone()))
+                    .collect();
+                for g in upgraded {
+                    self.refresh_group(&g);
+                }
             }
             return Ok(());
         }
@@ -1645,6 +1749,9 @@ impl Voip {
         op: GroupOp,
         errcode: Option<&str>,
         max_delay_ms: Option<u64>,
+        if op == GroupOp::ScheduleLeave {
+            self.cancel_stale_delayed();
+        }
     ) {
         let mut ctx = ctx!(self);
         if let Some(g) = self.groups.get_mut(group).filter(|g| g.generation == generation) {
@@ -1660,6 +1767,135 @@ impl Voip {
             self.groups.remove(&id);
             // We only observe it now: report who is still in it.
             self.refresh_group(&id);
+        if op == GroupOp::ScheduleLeave {
+            self.cancel_stale_delayed();
+        }
+    }
+
+    /// The media encryption a join gets when the app does not choose (see
+    /// [`crate::MediaEncryption`]): per-participant keys in a room with `m.room.encryption` or
+    /// one we know nothing about, none in a room whose members we know and that has no
+    /// `m.room.encryption`.
+    fn room_encryption(&self, room: &RoomId) -> crate::group::MediaEncryption {
+        if !self.encrypted_rooms.contains(room) && self.members.contains_key(room) {
+            crate::group::MediaEncryption::None
+        } else {
+            crate::group::MediaEncryption::PerParticipantKeys
+        }
+    }
+
+    /// The start-up listing of our delayed events arrived: keep the membership leaves at our
+    /// own state keys that no join of this process scheduled, until they have fired for sure,
+    /// and cancel those that would remove a current join.
+    fn delayed_listed(&mut self, listed: Vec<crate::input::ScheduledDelayedEvent>) {
+        self.delayed_listing = DelayedListing::Done;
+        let user = self.local.user_id.as_str();
+        let ours: BTreeSet<&str> = self.groups.values().filter_map(GroupCall::delay_id).collect();
+        let mut stale: Vec<StaleDelayed> = listed
+            .into_iter()
+            .filter(|e| matches!(e.event_type.as_str(), member::FAMEDLY_MEMBER | member::RTC_MEMBER))
+            .filter(|e| {
+                e.state_key.as_deref().is_some_and(|k| member::state_key_owned_by(&e.event_type, k, user))
+            })
+            .filter(|e| !ours.contains(e.delay_id.as_str()))
+            .map(|e| {
+                // It fires at the latest a whole delay after now (it was running already); without
+                // a delay, after the longest delay we would use ourselves.
+                let delay = e
+                    .delay_ms
+                    .unwrap_or(self.config.rtc_delayed_leave_ms.max(self.config.famedly_delayed_leave_ms));
+                StaleDelayed { until: self.now.plus(delay), event: e }
+            })
+            .collect();
+        stale.truncate(MAX_STALE_DELAYED);
+        tracing::info!(count = stale.len(), "delayed leaves left behind by an earlier process");
+        self.stale_delayed = stale;
+        self.cancel_stale_delayed();
+    }
+
+    /// Cancels the remembered stale delayed leaves that would remove a current join: those at
+    /// the state key a joining or joined group writes, once that group's own delayed leave is
+    /// scheduled (or failed), so that the listing is never mistaken for ours. Never one a current
+    /// join scheduled. famedly writes one list per user (its state key is the user id): a delayed
+    /// famedly leave is cancelled only if it removes this device (its list has no entry of ours)
+    /// and is no other device's (it keeps every other device of ours still in the call; a
+    /// device's own leave drops that device's entry).
+    fn cancel_stale_delayed(&mut self) {
+        if self.stale_delayed.is_empty() {
+            return;
+        }
+        let now = self.now;
+        self.stale_delayed.retain(|s| s.until > now);
+        let owned: BTreeSet<String> =
+            self.groups.values().filter_map(GroupCall::delay_id).map(str::to_owned).collect();
+        let mut cancel: Vec<String> = Vec::new();
+        for g in self.groups.values() {
+            if !matches!(g.state, GroupCallState::Joining | GroupCallState::Joined) {
+                continue;
+            }
+            let key = g.membership_key(&self.local);
+            // A delayed leave of ours for this key on its way: the listing may already hold it.
+            let in_flight =
+                self.groups.values().any(|h| h.scheduling() && h.membership_key(&self.local) == key);
+            if in_flight {
+                continue;
+            }
+            for s in &self.stale_delayed {
+                let e = &s.event;
+                if (&e.room_id, e.event_type.as_str(), e.state_key.as_deref())
+                    != (&key.0, key.1, Some(key.2.as_str()))
+                    || owned.contains(&e.delay_id)
+                    || cancel.contains(&e.delay_id)
+                {
+                    continue;
+                }
+                if e.event_type == member::FAMEDLY_MEMBER
+                    && !self.famedly_leave_is_ours(&e.room_id, &key.2, &e.content)
+                {
+                    continue;
+                }
+                cancel.push(e.delay_id.clone());
+            }
+        }
+        if cancel.is_empty() {
+            return;
+        }
+        self.stale_delayed.retain(|s| !cancel.contains(&s.event.delay_id));
+        for delay_id in cancel {
+            tracing::info!(%delay_id, "cancelling a delayed leave left behind by an earlier process");
+            self.counters.stale_delayed_leaves_cancelled += 1;
+            self.sends.send(
+                &mut self.out,
+                None,
+                crate::sends::SendPurpose::Other,
+                "voip.group",
+                crate::output::SendKind::UpdateDelayedEvent {
+                    delay_id,
+                    action: crate::output::DelayedAction::Cancel,
+                },
+            );
+        }
+    }
+
+    /// Whether a delayed famedly list (at our user's key) is a leave of this device: it has no
+    /// entry of ours, and has an entry for every other device of ours that is in a call in the
+    /// room now (a leave of one of those would lack that device's entry).
+    fn famedly_leave_is_ours(&self, room: &RoomId, key: &str, content: &serde_json::Value) -> bool {
+        let devices = |v: &serde_json::Value, live_only: bool| -> BTreeSet<String> {
+            v.get("memberships")
+                .and_then(|m| m.as_array())
+                .into_iter()
+                .flatten()
+                .filter(|e| {
+                    !live_only || e.get("expires_ts").and_then(|t| t.as_u64()).is_some_and(|t| t > self.now.0)
+                })
+                .filter_map(|e| e.get("device_id").and_then(|d| d.as_str()).map(str::to_owned))
+                .collect()
+        };
+        let in_leave = devices(content, false);
+        let mut others = devices(&self.store.raw_famedly(room, key), true);
+        others.remove(self.local.device_id.as_str());
+        !in_leave.contains(self.local.device_id.as_str()) && others.is_subset(&in_leave)
         }
     }
 
@@ -1736,6 +1972,9 @@ impl Voip {
         let due_groups: Vec<GroupCallId> = self
             .groups
             .values()
+            encryption: joined_group
+                .filter(|g| g.focus != crate::wire::member::Focus::Mesh)
+                .map(|g| g.encryption),
             .filter(|g| g.next_timer().is_some_and(|at| at <= self.now))
             .map(|g| g.id.clone())
             .collect();

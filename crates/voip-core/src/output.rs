@@ -87,6 +87,13 @@ pub enum SendKind {
         /// What to do.
         action: DelayedAction,
     },
+    /// List our user's scheduled delayed events (MSC4140:
+    /// `GET /_matrix/client/unstable/org.matrix.msc4140/delayed_events`). Answer with
+    /// [`crate::SendOutcome::DelayedEvents`]; a server without the endpoint answers `404`/`400`
+    /// `M_UNRECOGNIZED` ([`crate::SendOutcome::Failed`], not retryable). Sent once per process,
+    /// when the server announces delayed events, so that delayed leaves left behind by an
+    /// earlier process of this device can be cancelled before they remove a current join.
+    ListDelayedEvents,
     /// To-device messages of one type.
     ToDevice {
         /// Event type.
@@ -393,6 +400,19 @@ pub enum Event {
         group: GroupCallId,
         /// The new state.
         state: crate::group::GroupCallState,
+    },
+    /// The media encryption of an SFU group call we join, when it is not the usual
+    /// per-participant keys: fires when a join starts without media encryption
+    /// ([`crate::MediaEncryption::None`]), and when that changes (a call that defaulted to `None`
+    /// because its room had no `m.room.encryption` gets per-participant keys when that state
+    /// arrives). With `None` no media keys are sent or accepted: the app must not enable frame
+    /// encryption, and should show the call as unencrypted. [`crate::GroupCallInfo`]`::encryption`
+    /// always has the mode in force.
+    GroupCallEncryption {
+        /// The group call.
+        group: GroupCallId,
+        /// The mode in force.
+        encryption: crate::group::MediaEncryption,
     },
     /// The members of a group call changed: fires for every group call seen in a joined room
     /// (so apps can show "call in progress"), and for calls we are in. Our own device is never

@@ -57,7 +57,9 @@ impl Pending {
             SendKind::RoomEvent { room_id, .. }
             | SendKind::StateEvent { room_id, .. }
             | SendKind::DelayedStateEvent { room_id, .. } => Some(room_id),
-            SendKind::ToDevice { .. } | SendKind::UpdateDelayedEvent { .. } => None,
+            SendKind::ToDevice { .. } | SendKind::UpdateDelayedEvent { .. } | SendKind::ListDelayedEvents => {
+                None
+            }
         }
     }
 }

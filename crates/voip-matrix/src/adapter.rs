@@ -326,7 +326,7 @@ impl MatrixAdapter {
             SendKind::RoomEvent { room_id, .. }
             | SendKind::StateEvent { room_id, .. }
             | SendKind::DelayedStateEvent { room_id, .. } => format!("room:{room_id}"),
-            SendKind::UpdateDelayedEvent { .. } => "delayed-updates".to_owned(),
+            SendKind::UpdateDelayedEvent { .. } | SendKind::ListDelayedEvents => "delayed-updates".to_owned(),
             SendKind::ToDevice { .. } => "to-device".to_owned(),
         };
         let mut lanes = self.lanes.senders.lock().expect("lanes lock");
@@ -412,6 +412,7 @@ impl MatrixAdapter {
                     Err(f) => f.into_outcome(),
                 }
             }
+            SendKind::ListDelayedEvents => self.list_delayed_events().await,
             SendKind::UpdateDelayedEvent { delay_id, action } => {
                 match self.update_delayed(&delay_id, action).await {
                     Ok(()) => SendOutcome::Sent { event_id: None, delay_id: Some(delay_id) },
@@ -420,7 +421,7 @@ impl MatrixAdapter {
             }
         };
         match &outcome {
-            SendOutcome::Sent { .. } => tracing::debug!(%id, "sent"),
+            SendOutcome::Sent { .. } | SendOutcome::DelayedEvents { .. } => tracing::debug!(%id, "sent"),
             other => tracing::warn!(%id, ?other, "send failed"),
         }
         outcome

@@ -255,6 +255,7 @@ fn big_call(n: usize) -> (Voip, Timestamp) {
             },
             owned_state_keys: false,
             notify: None,
+            encryption: Some(voip_core::MediaEncryption::PerParticipantKeys),
         }),
     )
     .expect("join");

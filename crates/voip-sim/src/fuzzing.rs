@@ -131,6 +131,7 @@ pub fn handle_machine() -> (Voip, Timestamp) {
             focus,
             owned_state_keys: false,
             notify: None,
+            encryption: Some(voip_core::MediaEncryption::PerParticipantKeys),
         })
     };
     let sfu =

@@ -351,6 +351,7 @@ impl Sim {
                 focus,
                 owned_state_keys: false,
                 notify: None,
+                encryption: Some(voip_core::MediaEncryption::PerParticipantKeys),
             },
         )
     }
@@ -718,6 +719,30 @@ impl Sim {
                 };
                 self.delayed.insert(delay_id.clone(), d);
                 SendOutcome::Sent { event_id: None, delay_id: Some(delay_id) }
+            }
+            SendKind::ListDelayedEvents => {
+                if !self.delayed_events {
+                    return SendOutcome::Failed {
+                        retryable: false,
+                        error: "delayed events are disabled".into(),
+                        errcode: Some("M_UNRECOGNIZED".into()),
+                    };
+                }
+                // Synapse's listing: the user's pending delayed events (any device).
+                let delayed_events = self
+                    .delayed
+                    .iter()
+                    .filter(|(_, d)| d.sender == sender.user_id)
+                    .map(|(id, d)| voip_core::ScheduledDelayedEvent {
+                        delay_id: id.clone(),
+                        room_id: d.room_id.clone(),
+                        event_type: d.event_type.clone(),
+                        state_key: Some(d.state_key.clone()),
+                        delay_ms: Some(d.delay_ms),
+                        content: d.content.clone(),
+                    })
+                    .collect();
+                SendOutcome::DelayedEvents { delayed_events }
             }
             SendKind::UpdateDelayedEvent { delay_id, action } => {
                 let Some(d) = self.delayed.get_mut(&delay_id) else {

@@ -154,6 +154,7 @@ fn the_first_joiner_rings_the_room_and_a_decline_is_surfaced() {
             },
             owned_state_keys: false,
             notify: Some(voip_core::NotificationType::Ring),
+            encryption: Some(voip_core::MediaEncryption::PerParticipantKeys),
         },
     )
     .unwrap();

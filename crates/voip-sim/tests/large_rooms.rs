@@ -102,6 +102,7 @@ fn join_livekit(voip: &mut Voip) {
             },
             owned_state_keys: false,
             notify: None,
+            encryption: Some(voip_core::MediaEncryption::PerParticipantKeys),
         }),
     )
     .expect("join");

@@ -431,6 +431,7 @@ fn memberships_count_only_under_their_senders_own_state_key() {
         focus: voip_core::Focus::Mesh,
         owned_state_keys: false,
         notify: None,
+        encryption: Some(voip_core::MediaEncryption::PerParticipantKeys),
     }));
     let published: Vec<Value> = bob
         .outputs

@@ -262,6 +262,7 @@ fn group_call(n: usize) -> Voip {
             },
             owned_state_keys: false,
             notify: None,
+            encryption: Some(voip_core::MediaEncryption::PerParticipantKeys),
         }),
     )
     .expect("join");

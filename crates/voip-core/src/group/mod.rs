@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::ctx::Ctx;
-use crate::ids::{GroupCallId, Participant, Timestamp, UserId};
+use crate::ids::{GroupCallId, LocalDevice, Participant, RoomId, Timestamp, UserId};
 use crate::keys::{KeyConfig, KeyManager, KeyTransport};
 use crate::output::{DelayedAction, Event, SendKind};
 use crate::sends::SendPurpose;
@@ -78,6 +78,11 @@ pub(crate) struct JoinParams {
     pub(crate) focus: Focus,
     pub(crate) owned_state_keys: bool,
     pub(crate) notify: Option<NotificationType>,
+    /// The media encryption of an SFU call.
+    pub(crate) encryption: MediaEncryption,
+    /// `encryption` was not chosen by the app but taken from the room (it becomes
+    /// [`MediaEncryption::PerParticipantKeys`] if the room turns out to be encrypted).
+    pub(crate) encryption_defaulted: bool,
 }
 
 /// A snapshot of a group call for the app.
@@ -96,6 +101,10 @@ pub struct GroupCallInfo {
     pub transports: Vec<(Participant, Option<String>)>,
     /// Mesh: each member's remote streams (screenshare first), from its peer call.
     pub streams: Vec<(Participant, Vec<crate::output::RemoteStream>)>,
+    /// The media encryption of an SFU call we take part in (`None` for a mesh call or one we
+    /// only observe).
+    #[serde(default)]
+    pub encryption: Option<MediaEncryption>,
 }
 
 #[derive(Debug)]
@@ -132,8 +141,12 @@ pub(crate) struct GroupCall {
     max_delay_ms: Option<u64>,
     refresh_at: Option<Timestamp>,
     heartbeat_at: Option<Timestamp>,
-    /// Media keys, for SFU (LiveKit) calls.
+    /// Media keys, for SFU (LiveKit) calls with [`MediaEncryption::PerParticipantKeys`].
     pub(crate) keys: Option<KeyManager>,
+    /// The media encryption of an SFU call (mesh calls have no media keys either way).
+    pub(crate) encryption: MediaEncryption,
+    /// `encryption` came from the room, not from the app.
+    encryption_defaulted: bool,
     /// Ring or notify the room once our join is through, if we are the first.
     notify: Option<NotificationType>,
     /// Mesh: our microphone and camera mute state, applied to every peer call.
@@ -157,6 +170,31 @@ pub(crate) const MAX_DELAY_EXCEEDED: &str = "M_MAX_DELAY_EXCEEDED";
 pub const RTC_NOTIFICATION: &str = "org.matrix.msc4075.rtc.notification";
 /// `org.matrix.msc4310.rtc.decline`
 pub const RTC_DECLINE: &str = "org.matrix.msc4310.rtc.decline";
+
+/// Media encryption of an SFU (LiveKit) group call, chosen per join
+/// ([`crate::Command::JoinGroupCall`]`::encryption`).
+///
+/// Without a choice by the app it follows the room, as Element Call does: a room with
+/// `m.room.encryption` gets [`MediaEncryption::PerParticipantKeys`]; a room whose members the core
+/// knows (it was given the room's `m.room.member` state) but that has no `m.room.encryption` gets
+/// [`MediaEncryption::None`]; a room the core knows nothing about gets
+/// [`MediaEncryption::PerParticipantKeys`] (the safe side). A call that defaulted to `None`
+/// becomes `PerParticipantKeys` when the room's `m.room.encryption` arrives (encryption cannot be
+/// turned off in Matrix, so the change only goes that way); [`crate::Event::GroupCallEncryption`]
+/// tells the app.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum MediaEncryption {
+    /// Per-participant media keys (today's MatrixRTC E2EE): each member makes its own key and
+    /// sends it Olm-encrypted to every other member device (`io.element.call.encryption_keys` or
+    /// famedly's `com.famedly.call.member.encryption_keys`), rotating on joins and leaves.
+    PerParticipantKeys,
+    /// No media encryption (js-sdk's `MatrixRTCSession` joined with `manageMediaKeys: false`):
+    /// no key is made or sent, received keys are ignored and counted
+    /// ([`crate::Counters::keys_in_unencrypted_calls`]).
+    None,
+}
 
 /// How the first member of a call alerts the room (MSC4075 `notification_type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -214,23 +252,64 @@ impl GroupCall {
             refresh_at: None,
             heartbeat_at: None,
             keys: None,
+            encryption: p.encryption,
+            encryption_defaulted: p.encryption_defaulted,
             notify: p.notify,
             mutes: (false, false),
             screenshare: false,
         };
-        if matches!(g.focus, Focus::Livekit { .. }) {
-            let transport = match g.dialect {
-                MembershipDialect::Famedly => KeyTransport::Famedly,
-                MembershipDialect::MatrixRtc | MembershipDialect::Sticky => KeyTransport::ElementCall,
-            };
-            let local = g.local_participant(ctx);
-            g.keys =
-                Some(KeyManager::new(g.id.clone(), transport, KeyConfig::for_transport(transport), local));
-        }
+        g.start_keys(ctx);
         let _span = tracing::debug_span!("group", group = %g.id).entered();
         ctx.emit(Event::GroupCallStateChanged { group: g.id.clone(), state: GroupCallState::Joining });
+        if g.unencrypted_sfu() {
+            // Per-participant keys are the norm (and show in the keys that follow): an
+            // unencrypted call is announced.
+            ctx.emit(Event::GroupCallEncryption { group: g.id.clone(), encryption: g.encryption });
+        }
         g.schedule_leave_then_join(ctx, store);
         g
+    }
+
+    fn is_sfu(&self) -> bool {
+        matches!(self.focus, Focus::Livekit { .. })
+    }
+
+    /// An SFU call we take part in without media encryption.
+    pub(crate) fn unencrypted_sfu(&self) -> bool {
+        self.is_sfu() && self.encryption == MediaEncryption::None
+    }
+
+    /// An SFU call with per-participant keys gets its key manager (the keys start with the
+    /// next `on_members`).
+    fn start_keys(&mut self, ctx: &Ctx<'_>) {
+        if !self.is_sfu() || self.encryption != MediaEncryption::PerParticipantKeys || self.keys.is_some() {
+            return;
+        }
+        let transport = match self.dialect {
+            MembershipDialect::Famedly => KeyTransport::Famedly,
+            MembershipDialect::MatrixRtc | MembershipDialect::Sticky => KeyTransport::ElementCall,
+        };
+        let local = self.local_participant(ctx);
+        self.keys =
+            Some(KeyManager::new(self.id.clone(), transport, KeyConfig::for_transport(transport), local));
+    }
+
+    /// The room turned out to be encrypted: a call whose `None` encryption came from the room
+    /// (not from the app) switches to per-participant keys. Returns whether it did (the caller
+    /// then recomputes the members, which sends our first key).
+    pub(crate) fn room_encrypted(&mut self, ctx: &mut Ctx<'_>) -> bool {
+        if !self.encryption_defaulted
+            || self.encryption != MediaEncryption::None
+            || !self.is_sfu()
+            || !matches!(self.state, GroupCallState::Joining | GroupCallState::Joined)
+        {
+            return false;
+        }
+        tracing::info!(group = %self.id, "room is encrypted: the call switches to per-participant keys");
+        self.encryption = MediaEncryption::PerParticipantKeys;
+        self.start_keys(ctx);
+        ctx.emit(Event::GroupCallEncryption { group: self.id.clone(), encryption: self.encryption });
+        true
     }
 
     /// Whether a membership of this group's call counts as a member of our call: the same
@@ -257,11 +336,30 @@ impl GroupCall {
     }
 
     fn state_key(&self, ctx: &Ctx<'_>) -> String {
+        self.state_key_of(ctx.local)
+    }
+
+    /// Where our membership of this call lives: room, event type, state key.
+    pub(crate) fn membership_key(&self, local: &LocalDevice) -> (RoomId, &'static str, String) {
+        (self.id.room_id.clone(), self.event_type(), self.state_key_of(local))
+    }
+
+    /// The `delay_id` of our delayed leave, once scheduled.
+    pub(crate) fn delay_id(&self) -> Option<&str> {
+        self.delay_id.as_deref()
+    }
+
+    /// Our delayed leave is being scheduled.
+    pub(crate) fn scheduling(&self) -> bool {
+        self.scheduling
+    }
+
+    fn state_key_of(&self, local: &LocalDevice) -> String {
         match self.dialect {
-            MembershipDialect::Famedly => ctx.local.user_id.0.clone(),
+            MembershipDialect::Famedly => local.user_id.0.clone(),
             MembershipDialect::MatrixRtc | MembershipDialect::Sticky => member::rtc_state_key(
-                ctx.local.user_id.as_str(),
-                ctx.local.device_id.as_str(),
+                local.user_id.as_str(),
+                local.device_id.as_str(),
                 &self.application,
                 &self.id.call_id,
                 self.owned_state_keys,

@@ -85,6 +85,7 @@ async fn call(n: usize, dialect: MembershipDialect, options: Options, check_keys
             focus: focus.clone(),
             owned_state_keys: false,
             notify: None,
+            encryption: Some(voip_core::MediaEncryption::PerParticipantKeys),
         });
         // The focus as joined (with the alias `to_focus` filled in) is the one others see.
         foci.push(LivekitFocus::from_focus(&focus).expect("a LiveKit focus"));

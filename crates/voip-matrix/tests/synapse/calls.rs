@@ -39,6 +39,7 @@ fn label(kind: &SendKind) -> String {
         SendKind::StateEvent { event_type, .. } => format!("state {event_type}"),
         SendKind::DelayedStateEvent { event_type, .. } => format!("delayed {event_type}"),
         SendKind::UpdateDelayedEvent { action, .. } => format!("update delayed {action:?}"),
+        SendKind::ListDelayedEvents => "list delayed".to_owned(),
         SendKind::ToDevice { event_type, .. } => format!("to-device {event_type}"),
     }
 }

@@ -28,6 +28,7 @@ pub(crate) fn join_command(room: &str, dialect: MembershipDialect) -> Command {
         focus,
         owned_state_keys: false,
         notify: None,
+        encryption: Some(voip_core::MediaEncryption::PerParticipantKeys),
     }
 }
 
