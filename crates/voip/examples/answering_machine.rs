@@ -17,6 +17,7 @@ use voip::webrtc::media::audio::{
     goertzel_power, read_wav, AudioConfig, AudioHub, MultiTone, PcmSource, WavRecorder, WavSource,
 };
 use voip::webrtc::WebrtcConfig;
+use voip::StreamExt;
 use voip::{Call, CallState, CallType, VoipBuilder};
 
 /// What the caller says: 440 Hz and 1320 Hz.
@@ -113,10 +114,10 @@ async fn main() -> Result<()> {
     let rec_dir = out.clone();
     let recorder = tokio::spawn(async move {
         let call = incoming.next().await.context("no call")?;
-        call.answer_with(CallType::Voice)?;
+        call.answer_with(CallType::Voice).await?;
         let path = rec_dir.join(format!("recording-{}.wav", call.id()));
         let frames = record(call.clone(), path.clone(), Duration::from_secs(4)).await?;
-        call.hangup()?;
+        call.hangup().await?;
         anyhow::Ok((path, frames))
     });
 
@@ -126,7 +127,7 @@ async fn main() -> Result<()> {
     let caller = VoipBuilder::new(c.device, c.transport, c.inputs)
         .webrtc(WebrtcConfig::loopback().with_audio(caller_hub))
         .build()?;
-    let call = caller.invite_to_call(&room, CallType::Voice, &"@machine:local".into(), None)?;
+    let call = caller.invite_to_call(&room, CallType::Voice, "@machine:local").await?;
     call.replace_audio_input(MultiTone::new(&CALLER_TONES, 0.5));
     tokio::time::timeout(Duration::from_secs(20), call.wait_for_state(CallState::Connected))
         .await

@@ -29,8 +29,9 @@ use voip::core::media::{MediaKind, StreamPurpose};
 use voip::core::{RoomId, UserId};
 use voip::local::LocalHomeserver;
 use voip::webrtc::WebrtcConfig;
+use voip::StreamExt;
 use voip::{
-    Call, CallEvent, CallState, CallType, GroupCall, GroupCallBackend, GroupCallEvent, Voip, VoipBuilder,
+    Call, CallState, CallType, CallUpdate, GroupCall, GroupCallBackend, GroupCallUpdate, Voip, VoipBuilder,
 };
 
 #[path = "../tests/support/mod.rs"]
@@ -91,8 +92,8 @@ async fn until(cond: impl FnMut() -> bool) -> Result<()> {
     Ok(())
 }
 
-async fn next_matching(call: &Call, mut pick: impl FnMut(&CallEvent) -> bool) -> Result<CallEvent> {
-    let mut events = call.events();
+async fn next_matching(call: &Call, mut pick: impl FnMut(&CallUpdate) -> bool) -> Result<CallUpdate> {
+    let mut events = call.updates();
     while let Some(ev) = events.next().await {
         if pick(&ev) {
             return Ok(ev);
@@ -164,12 +165,12 @@ async fn one_to_one(t: &Timeline, world: &World, alice: &Person, bob: &Person) -
     println!("\n— 1:1 video call —");
     let room = world.room(&[alice, bob]).await?;
     let mut incoming = bob.voip.incoming_calls();
-    let call = alice.voip.invite_to_call(&room, CallType::Video, &bob.user(), None)?;
+    let call = alice.voip.invite_to_call(&room, CallType::Video, &bob.user()).await?;
     t.say(alice.name, format!("calls {} by video ({})", bob.name, call.id()));
     let ringing =
         t.step("bob's phone rings", async { incoming.next().await.context("no incoming call") }).await?;
     t.say(bob.name, format!("incoming {:?} call from {}", ringing.info().map(|i| i.call_type), alice.name));
-    ringing.answer()?;
+    ringing.answer().await?;
     t.say(bob.name, "answers");
     t.step("both sides connected", async {
         connected(&call).await?;
@@ -197,10 +198,10 @@ async fn one_to_one(t: &Timeline, world: &World, alice: &Person, bob: &Person) -
         );
     }
 
-    call.set_hold(true)?;
+    call.set_hold(true).await?;
     t.say(alice.name, "puts bob on hold");
     t.step("bob sees he is held", async {
-        next_matching(&ringing, |e| matches!(e, CallEvent::HoldChanged { remote_hold: true, .. })).await
+        next_matching(&ringing, |e| matches!(e, CallUpdate::HoldChanged { remote_hold: true, .. })).await
     })
     .await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -211,7 +212,7 @@ async fn one_to_one(t: &Timeline, world: &World, alice: &Person, bob: &Person) -
     if during > 10 {
         bail!("media kept flowing in the held direction ({during} packets)");
     }
-    call.set_hold(false)?;
+    call.set_hold(false).await?;
     t.say(alice.name, "resumes");
     t.step("media resumes", async {
         until(|| received(alice, &call, MediaKind::Audio, None) >= frozen + during + 25).await
@@ -222,11 +223,11 @@ async fn one_to_one(t: &Timeline, world: &World, alice: &Person, bob: &Person) -
         format!("audio from bob again: {} packets", received(alice, &call, MediaKind::Audio, None)),
     );
 
-    call.set_screensharing(true)?;
+    call.set_screensharing(true).await?;
     t.say(alice.name, "shares her screen");
     t.step("bob sees a second stream, purpose m.screenshare", async {
         next_matching(&ringing, |e| {
-            matches!(e, CallEvent::StreamsChanged { remote, .. }
+            matches!(e, CallUpdate::StreamsChanged { remote, .. }
                 if remote.iter().any(|s| s.purpose == StreamPurpose::Screenshare))
         })
         .await?;
@@ -240,9 +241,9 @@ async fn one_to_one(t: &Timeline, world: &World, alice: &Person, bob: &Person) -
             received(bob, &ringing, MediaKind::Video, Some(StreamPurpose::Screenshare))
         ),
     );
-    call.set_screensharing(false)?;
+    call.set_screensharing(false).await?;
 
-    ringing.hangup()?;
+    ringing.hangup().await?;
     t.say(bob.name, "hangs up");
     let (reason, initiator) =
         t.step("alice's call ends", async { call.ended().await.context("no end") }).await?;
@@ -254,12 +255,12 @@ async fn mesh(t: &Timeline, world: &World, people: &[Person]) -> Result<()> {
     println!("\n— three-person mesh group call —");
     let refs: Vec<&Person> = people.iter().collect();
     let room = world.room(&refs).await?;
-    let groups: Vec<GroupCall> = people
-        .iter()
-        .map(|p| p.voip.fetch_or_create_group_call(&room, GroupCallBackend::Mesh, "m.call", "m.room"))
-        .collect();
+    let groups: Vec<GroupCall> = futures_util::future::try_join_all(
+        people.iter().map(|p| p.voip.fetch_or_create_group_call(&room, GroupCallBackend::Mesh)),
+    )
+    .await?;
     for (p, g) in people.iter().zip(&groups) {
-        g.enter()?;
+        g.enter().await?;
         t.say(p.name, "enters the group call");
     }
     t.step("everyone is connected to everyone", async {
@@ -292,7 +293,7 @@ async fn mesh(t: &Timeline, world: &World, people: &[Person]) -> Result<()> {
         t.say(p.name, format!("audio packets: {}", counts.join(", ")));
     }
     for (p, g) in people.iter().zip(&groups) {
-        g.leave()?;
+        g.leave().await?;
         t.say(p.name, "leaves");
     }
     t.step("everyone has left", async { until(|| groups.iter().all(|g| !g.is_active())).await }).await?;
@@ -305,12 +306,12 @@ async fn livekit(t: &Timeline, world: &World, people: &[Person]) -> Result<()> {
     let room = world.room(&refs).await?;
     let backend =
         GroupCallBackend::LiveKit { service_url: "https://livekit-jwt.example.org".into(), alias: None };
-    let groups: Vec<GroupCall> = people
-        .iter()
-        .map(|p| p.voip.fetch_or_create_group_call(&room, backend.clone(), "m.call", "m.room"))
-        .collect();
+    let groups: Vec<GroupCall> = futures_util::future::try_join_all(
+        people.iter().map(|p| p.voip.fetch_or_create_group_call(&room, backend.clone())),
+    )
+    .await?;
     for (p, g) in people.iter().zip(&groups) {
-        g.enter()?;
+        g.enter().await?;
         t.say(p.name, "enters (no media: the app's LiveKit client would connect to the SFU)");
     }
     let has_keys_of_all =
@@ -339,12 +340,12 @@ async fn livekit(t: &Timeline, world: &World, people: &[Person]) -> Result<()> {
         .iter()
         .map(|g| g.media_keys().and_then(|k| k.local).map(|l| l.1).unwrap_or_default())
         .collect();
-    let mut alice_events = groups[0].events();
-    groups[2].leave()?;
+    let mut alice_events = groups[0].updates();
+    groups[2].leave().await?;
     t.say(people[2].name, "leaves");
     t.step("alice sees carol leave", async {
         while let Some(ev) = alice_events.next().await {
-            if let GroupCallEvent::ParticipantsChanged { participants, .. } = ev {
+            if let GroupCallUpdate::ParticipantsChanged { participants, .. } = ev {
                 if participants.len() == 1 {
                     return Ok(());
                 }
@@ -372,7 +373,7 @@ async fn livekit(t: &Timeline, world: &World, people: &[Person]) -> Result<()> {
         show(p, g);
     }
     for g in &groups[..2] {
-        g.leave()?;
+        g.leave().await?;
     }
     t.step("everyone has left", until(|| groups.iter().all(|g| !g.is_active()))).await?;
     Ok(())

@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use voip::core::media::MediaKind;
 use voip::local::LocalHomeserver;
 use voip::webrtc::{Echo, WebrtcConfig};
+use voip::StreamExt;
 use voip::{CallState, CallType, VoipBuilder};
 
 #[tokio::main]
@@ -26,7 +27,7 @@ async fn main() -> Result<()> {
     let mut incoming = bot.incoming_calls();
     tokio::spawn(async move {
         while let Some(call) = incoming.next().await {
-            let _ = call.answer_with(CallType::Voice);
+            let _ = call.answer_with(CallType::Voice).await;
         }
     });
 
@@ -34,7 +35,7 @@ async fn main() -> Result<()> {
     let c = hs.connect("@caller:local", "PHONE");
     let caller =
         VoipBuilder::new(c.device, c.transport, c.inputs).webrtc(WebrtcConfig::loopback()).build()?;
-    let call = caller.invite_to_call(&room, CallType::Voice, &"@echo:local".into(), None)?;
+    let call = caller.invite_to_call(&room, CallType::Voice, "@echo:local").await?;
     tokio::time::timeout(Duration::from_secs(20), call.wait_for_state(CallState::Connected))
         .await
         .context("not connected")?
@@ -55,7 +56,7 @@ async fn main() -> Result<()> {
         }
     }
     println!("caller heard {echoed} of its own Opus packets back");
-    call.hangup()?;
+    call.hangup().await?;
     caller.shutdown().await;
     bot.shutdown().await;
     if echoed < 50 {

@@ -32,8 +32,8 @@ async fn main() -> Result<()> {
             .webrtc(WebrtcConfig::loopback())
             .livekit_key_provider(provider.clone(), IdentityScheme::Plain)
             .build()?;
-        let group = voip.fetch_or_create_group_call(&room, backend.clone(), "m.call", "m.room");
-        group.enter()?;
+        let group = voip.fetch_or_create_group_call(&room, backend.clone()).await?;
+        group.enter().await?;
         groups.push(group);
         providers.push(provider);
         voips.push(voip);
@@ -45,7 +45,7 @@ async fn main() -> Result<()> {
 
     // Read before leaving: the rotation may land before `leave()` returns.
     let before = (index(0), index(1));
-    groups[2].leave()?;
+    groups[2].leave().await?;
     wait("ann and ben install rotated keys", || index(0) != before.0 && index(1) != before.1).await?;
     println!("key indices after cat left: {:?} {:?}", index(0), index(1));
     let ben = format!("{}:DEV1", users[1]);

@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use voip::local::LocalHomeserver;
 use voip::webrtc::WebrtcConfig;
-use voip::{CallState, GroupCallBackend, GroupCallEvent, VoipBuilder};
+use voip::StreamExt;
+use voip::{CallState, GroupCallBackend, GroupCallUpdate, VoipBuilder};
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -22,8 +23,8 @@ async fn main() -> Result<()> {
         let voip =
             VoipBuilder::new(c.device, c.transport, c.inputs).webrtc(WebrtcConfig::loopback()).build()?;
         // famedly's `com.famedly.call.member` membership by default for mesh.
-        let group = voip.fetch_or_create_group_call(&room, GroupCallBackend::Mesh, "m.call", "m.room");
-        group.enter()?;
+        let group = voip.fetch_or_create_group_call(&room, GroupCallBackend::Mesh).await?;
+        group.enter().await?;
         groups.push(group);
         voips.push(voip);
     }
@@ -47,11 +48,11 @@ async fn main() -> Result<()> {
         println!("{user}: connected to {}", peers.join(", "));
     }
 
-    let mut ann_events = groups[0].events();
-    groups[2].leave()?;
+    let mut ann_events = groups[0].updates();
+    groups[2].leave().await?;
     tokio::time::timeout(Duration::from_secs(20), async {
         while let Some(ev) = ann_events.next().await {
-            if let GroupCallEvent::ParticipantsChanged { left, .. } = ev {
+            if let GroupCallUpdate::ParticipantsChanged { left, .. } = ev {
                 if !left.is_empty() {
                     println!("{}: {} left", users[0], left[0].user_id);
                     return;
@@ -62,7 +63,7 @@ async fn main() -> Result<()> {
     .await
     .context("nobody saw cat leave")?;
     for g in &groups[..2] {
-        g.leave()?;
+        g.leave().await?;
     }
     for v in &voips {
         v.shutdown().await;

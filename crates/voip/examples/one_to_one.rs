@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use voip::local::LocalHomeserver;
 use voip::webrtc::WebrtcConfig;
-use voip::{CallEvent, CallState, CallType, VoipBuilder};
+use voip::StreamExt;
+use voip::{CallState, CallType, CallUpdate, VoipBuilder};
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -26,22 +27,22 @@ async fn main() -> Result<()> {
     tokio::spawn(async move {
         while let Some(call) = incoming.next().await {
             println!("bob: {} is calling", call.remote_user().map(|u| u.to_string()).unwrap_or_default());
-            let _ = call.answer();
+            let _ = call.answer().await;
         }
     });
 
-    let call = alice.invite_to_call(&room, CallType::Voice, &"@bob:local".into(), None)?;
-    let mut events = call.events();
+    let call = alice.invite_to_call(&room, CallType::Voice, "@bob:local").await?;
+    let mut events = call.updates();
     tokio::time::timeout(Duration::from_secs(20), async {
         while let Some(ev) = events.next().await {
             match ev {
-                CallEvent::StateChanged(state) => {
+                CallUpdate::StateChanged(state) => {
                     println!("alice: {state:?}");
                     if state == CallState::Connected {
                         break;
                     }
                 }
-                CallEvent::Ended { reason, .. } => anyhow::bail!("ended early: {reason:?}"),
+                CallUpdate::Ended { reason, .. } => anyhow::bail!("ended early: {reason:?}"),
                 _ => {}
             }
         }
@@ -53,7 +54,7 @@ async fn main() -> Result<()> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let stats = alice.webrtc().context("webrtc")?.stats(call.id()).await?;
     println!("alice: stats after 1 s: {stats:?}");
-    call.hangup()?;
+    call.hangup().await?;
     println!("alice: ended: {:?}", call.ended().await);
     alice.shutdown().await;
     bob.shutdown().await;

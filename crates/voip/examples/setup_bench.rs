@@ -39,6 +39,7 @@ use matrix_sdk::ruma::events::room::message::{OriginalSyncRoomMessageEvent, Room
 use serde_json::{json, Value};
 use support::{encrypted_room, MatrixPerson, SyncMode};
 use voip::core::media::MediaKind;
+use voip::StreamExt;
 use voip::{Call, CallState, CallType, GroupCall, GroupCallBackend};
 
 #[path = "../tests/support/mod.rs"]
@@ -115,13 +116,13 @@ async fn one_call(alice: &MatrixPerson, bob: &MatrixPerson, room: &voip::core::R
     let mut incoming = bob.voip.incoming_calls();
     let bob_user = bob.voip.local_device().user_id.clone();
     let t0 = Instant::now();
-    let call = alice.voip.invite_to_call(room, CallType::Voice, &bob_user, None)?;
+    let call = alice.voip.invite_to_call(room, CallType::Voice, &bob_user).await?;
     let invited = ms(t0.elapsed());
     // Bob answers as soon as it rings, in its own task (as an app would).
     let answerer = tokio::spawn(async move {
         let c = incoming.next().await.context("no incoming call")?;
         let rang = Instant::now();
-        c.answer()?;
+        c.answer().await?;
         Ok::<_, anyhow::Error>((c, rang, Instant::now()))
     });
     let mut marks: BTreeMap<&str, f64> = BTreeMap::new();
@@ -169,7 +170,7 @@ async fn one_call(alice: &MatrixPerson, bob: &MatrixPerson, room: &voip::core::R
     })
     .await?;
     marks.insert("total", done);
-    call.hangup()?;
+    call.hangup().await?;
     bounded("hang-up seen by both", async {
         call.ended().await;
         if let Some(r) = &ringing {
@@ -199,13 +200,13 @@ async fn room_of(ps: &[MatrixPerson]) -> Result<voip::core::RoomId> {
 async fn mesh_join(hs: &voip_testkit::Synapse) -> Result<f64> {
     let ps = people(hs, &["m1", "m2", "m3", "m4"]).await?;
     let room = room_of(&ps).await?;
-    let groups: Vec<GroupCall> = ps
-        .iter()
-        .map(|p| p.voip.fetch_or_create_group_call(&room, GroupCallBackend::Mesh, "m.call", "m.room"))
-        .collect();
+    let groups: Vec<GroupCall> = futures_util::future::try_join_all(
+        ps.iter().map(|p| p.voip.fetch_or_create_group_call(&room, GroupCallBackend::Mesh)),
+    )
+    .await?;
     let t0 = Instant::now();
     for g in &groups {
-        g.enter()?;
+        g.enter().await?;
     }
     let n = ps.len() - 1;
     let t = bounded("mesh: every pair connected with audio", async {
@@ -223,7 +224,7 @@ async fn mesh_join(hs: &voip_testkit::Synapse) -> Result<f64> {
     })
     .await?;
     for g in &groups {
-        g.leave()?;
+        g.leave().await?;
     }
     for p in &ps {
         p.voip.shutdown().await;
@@ -276,13 +277,13 @@ async fn sfu_join_and_rotation(hs: &voip_testkit::Synapse, log: &AccessLog) -> R
     let room = room_of(&ps).await?;
     let backend =
         GroupCallBackend::LiveKit { service_url: "https://livekit-jwt.example.org".into(), alias: None };
-    let groups: Vec<GroupCall> = ps
-        .iter()
-        .map(|p| p.voip.fetch_or_create_group_call(&room, backend.clone(), "m.call", "m.room"))
-        .collect();
+    let groups: Vec<GroupCall> = futures_util::future::try_join_all(
+        ps.iter().map(|p| p.voip.fetch_or_create_group_call(&room, backend.clone())),
+    )
+    .await?;
     let t0 = Instant::now();
     for g in &groups {
-        g.enter()?;
+        g.enter().await?;
     }
     let all_keys = |gs: &[GroupCall], n: usize| {
         gs.iter().all(|g| g.media_keys().is_some_and(|k| k.local.is_some() && k.remote.len() == n))
@@ -303,7 +304,7 @@ async fn sfu_join_and_rotation(hs: &voip_testkit::Synapse, log: &AccessLog) -> R
     tokio::time::sleep(Duration::from_secs(1)).await;
     let log_from = log.len();
     let t1 = Instant::now();
-    groups[names.len() - 1].leave()?;
+    groups[names.len() - 1].leave().await?;
     let rotation = bounded("sfu: every remaining member uses a new key everyone has", async {
         loop {
             let keys: Vec<_> = rest.iter().filter_map(|g| g.media_keys()).collect();
@@ -325,7 +326,7 @@ async fn sfu_join_and_rotation(hs: &voip_testkit::Synapse, log: &AccessLog) -> R
     tokio::time::sleep(Duration::from_secs(1)).await;
     let requests = log.requests_since(log_from);
     for g in rest {
-        g.leave()?;
+        g.leave().await?;
     }
     for p in &ps {
         p.voip.shutdown().await;

@@ -1,20 +1,23 @@
-//! A 1:1 call handle: commands, a snapshot of the call, and its event feed.
+//! A 1:1 call handle: commands, a snapshot of the call, and its update feed.
 
-use std::sync::Arc;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
+use futures_core::Stream;
 use voip_core::{
     AssertedIdentity, CallDirection, CallId, CallInfo, CallReplaces, CallState, CallType, Command, EndReason,
     Initiator, LocalStream, PartyId, RemoteStream, RoomId, UserId,
 };
 
+use crate::driver::{Handle, StoredUpdate, WeakHandle};
 use crate::feed::Subscription;
-use crate::runtime::Shared;
-use crate::VoipError;
+use crate::{StreamExt, VoipError};
 
-/// Something that happened to one call.
+/// Something that happened to one call (the runtime's view; the wire events of a call are
+/// [`voip_core::wire`]'s, the core's app events [`voip_core::Event`]).
 #[derive(Clone, Debug)]
 #[non_exhaustive]
-pub enum CallEvent {
+pub enum CallUpdate {
     /// The call's state changed.
     StateChanged(CallState),
     /// Our or the peer's streams changed (tracks arrived, mute, screenshare). Remote streams are
@@ -61,15 +64,63 @@ pub enum CallEvent {
     },
 }
 
-/// The event feed of one call: everything since the call began, then live events; ends after
-/// [`CallEvent::Ended`] is read and the runtime dropped the call, or when the runtime stops.
-pub type CallEvents = Subscription<CallEvent>;
+/// The update feed of one call: everything since the call began, then live updates; ends after
+/// [`CallUpdate::Ended`] is read and the runtime dropped the call, or when the runtime stops.
+/// A [`Stream`]: `use voip::StreamExt` for `next().await`. It does not keep the runtime running.
+#[derive(Debug)]
+pub struct CallUpdates {
+    feed: Subscription<StoredUpdate>,
+    handle: WeakHandle,
+}
+
+impl CallUpdates {
+    /// The next update if one is ready, without waiting.
+    pub fn try_next(&mut self) -> Option<CallUpdate> {
+        loop {
+            let stored = self.feed.try_next()?;
+            if let Some(update) = self.resolve(stored) {
+                return Some(update);
+            }
+        }
+    }
+
+    fn resolve(&self, stored: StoredUpdate) -> Option<CallUpdate> {
+        match stored {
+            StoredUpdate::Update(update) => Some(update),
+            // Without a runtime there is no call to continue in.
+            StoredUpdate::Replaced(id) => {
+                self.handle.upgrade().map(|h| CallUpdate::Replaced { new_call: Call::new(h, id) })
+            }
+        }
+    }
+}
+
+impl Stream for CallUpdates {
+    type Item = CallUpdate;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<CallUpdate>> {
+        loop {
+            match self.feed.poll_next_unpin(cx) {
+                Poll::Ready(Some(stored)) => {
+                    if let Some(update) = self.resolve(stored) {
+                        return Poll::Ready(Some(update));
+                    }
+                }
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
 
 /// A handle on one 1:1 call (incoming or outgoing, room or to-device signalled, or a mesh peer
-/// call of a group call). Cheap to clone.
+/// call of a group call). Cheap to clone; keeps the runtime running.
+///
+/// Getters read the driver's last snapshot; commands are `async` and return once the core has
+/// handled them (the snapshot then includes their effect).
 #[derive(Clone)]
 pub struct Call {
-    shared: Arc<Shared>,
+    handle: Handle,
     id: CallId,
 }
 
@@ -80,8 +131,8 @@ impl std::fmt::Debug for Call {
 }
 
 impl Call {
-    pub(crate) fn new(shared: Arc<Shared>, id: CallId) -> Self {
-        Self { shared, id }
+    pub(crate) fn new(handle: Handle, id: CallId) -> Self {
+        Self { handle, id }
     }
 
     /// The call id.
@@ -92,7 +143,7 @@ impl Call {
     /// A snapshot of the call (state, direction, peer, streams, hold, mute); `None` once the
     /// core has forgotten it.
     pub fn info(&self) -> Option<CallInfo> {
-        self.shared.call_info(&self.id)
+        self.handle.snapshot().calls.get(&self.id).cloned()
     }
 
     /// The state (`Ended` once the core has forgotten the call).
@@ -120,80 +171,89 @@ impl Call {
         self.info().map(|i| (i.local_streams, i.remote_streams)).unwrap_or_default()
     }
 
-    /// The call's events, from the first one on.
-    pub fn events(&self) -> CallEvents {
-        self.shared.call_events(&self.id)
+    /// The call's updates, from the first one on.
+    pub fn updates(&self) -> CallUpdates {
+        CallUpdates { feed: self.handle.call_feed(&self.id), handle: self.handle.downgrade() }
+    }
+
+    async fn command(&self, command: Command) -> Result<(), VoipError> {
+        self.handle.command(command).await
     }
 
     /// Answers a ringing call with the media it was offered with.
-    pub fn answer(&self) -> Result<(), VoipError> {
-        self.shared.command(Command::Answer { call_id: self.id.clone(), call_type: None })
+    pub async fn answer(&self) -> Result<(), VoipError> {
+        self.command(Command::Answer { call_id: self.id.clone(), call_type: None }).await
     }
 
     /// Answers a ringing call, voice only or with video.
-    pub fn answer_with(&self, call_type: CallType) -> Result<(), VoipError> {
-        self.shared.command(Command::Answer { call_id: self.id.clone(), call_type: Some(call_type) })
+    pub async fn answer_with(&self, call_type: CallType) -> Result<(), VoipError> {
+        self.command(Command::Answer { call_id: self.id.clone(), call_type: Some(call_type) }).await
     }
 
-    /// Declines a ringing call. With `emit`, the caller and our other devices are told; without,
-    /// it stops ringing here only.
-    pub fn reject(&self, emit: bool) -> Result<(), VoipError> {
-        self.shared.command(Command::Reject { call_id: self.id.clone(), emit })
+    /// Declines a ringing call: the caller and our other devices are told (they stop ringing).
+    pub async fn reject(&self) -> Result<(), VoipError> {
+        self.command(Command::Reject { call_id: self.id.clone(), emit: true }).await
+    }
+
+    /// Stops a ringing call ringing here only, telling nobody: the caller and our other devices
+    /// go on ringing (famedly's `reject(shouldEmit: false)`).
+    pub async fn ignore(&self) -> Result<(), VoipError> {
+        self.command(Command::Reject { call_id: self.id.clone(), emit: false }).await
     }
 
     /// Ends the call (any state).
-    pub fn hangup(&self) -> Result<(), VoipError> {
-        self.shared.command(Command::Hangup { call_id: self.id.clone(), reason: None })
+    pub async fn hangup(&self) -> Result<(), VoipError> {
+        self.command(Command::Hangup { call_id: self.id.clone(), reason: None }).await
     }
 
     /// Ends the call with a specific reason.
-    pub fn hangup_with(&self, reason: EndReason) -> Result<(), VoipError> {
-        self.shared.command(Command::Hangup { call_id: self.id.clone(), reason: Some(reason) })
+    pub async fn hangup_with(&self, reason: EndReason) -> Result<(), VoipError> {
+        self.command(Command::Hangup { call_id: self.id.clone(), reason: Some(reason) }).await
     }
 
     /// Puts the peer on hold (`true`) or resumes (`false`).
-    pub fn set_hold(&self, on_hold: bool) -> Result<(), VoipError> {
-        self.shared.command(Command::SetHold { call_id: self.id.clone(), on_hold })
+    pub async fn set_hold(&self, on_hold: bool) -> Result<(), VoipError> {
+        self.command(Command::SetHold { call_id: self.id.clone(), on_hold }).await
     }
 
     /// Mutes or unmutes our microphone.
-    pub fn set_microphone_muted(&self, muted: bool) -> Result<(), VoipError> {
-        self.shared.command(Command::SetMuted { call_id: self.id.clone(), audio: Some(muted), video: None })
+    pub async fn set_microphone_muted(&self, muted: bool) -> Result<(), VoipError> {
+        self.command(Command::SetMuted { call_id: self.id.clone(), audio: Some(muted), video: None }).await
     }
 
     /// Turns our camera off (`true`) or on.
-    pub fn set_camera_muted(&self, muted: bool) -> Result<(), VoipError> {
-        self.shared.command(Command::SetMuted { call_id: self.id.clone(), audio: None, video: Some(muted) })
+    pub async fn set_camera_muted(&self, muted: bool) -> Result<(), VoipError> {
+        self.command(Command::SetMuted { call_id: self.id.clone(), audio: None, video: Some(muted) }).await
     }
 
     /// Starts or stops sharing the screen (a second stream with purpose `m.screenshare`).
-    pub fn set_screensharing(&self, enabled: bool) -> Result<(), VoipError> {
-        self.shared.command(Command::SetScreenshare { call_id: self.id.clone(), enabled })
+    pub async fn set_screensharing(&self, enabled: bool) -> Result<(), VoipError> {
+        self.command(Command::SetScreenshare { call_id: self.id.clone(), enabled }).await
     }
 
     /// Restarts ICE now.
-    pub fn restart_ice(&self) -> Result<(), VoipError> {
-        self.shared.command(Command::RestartIce { call_id: self.id.clone() })
+    pub async fn restart_ice(&self) -> Result<(), VoipError> {
+        self.command(Command::RestartIce { call_id: self.id.clone() }).await
     }
 
     /// Tells the peer who they are really talking to (MSC3086).
-    pub fn send_asserted_identity(&self, identity: Option<AssertedIdentity>) -> Result<(), VoipError> {
-        self.shared.command(Command::SendAssertedIdentity { call_id: self.id.clone(), identity })
+    pub async fn send_asserted_identity(&self, identity: Option<AssertedIdentity>) -> Result<(), VoipError> {
+        self.command(Command::SendAssertedIdentity { call_id: self.id.clone(), identity }).await
     }
 
     /// Asks the peer to transfer (MSC2747).
-    pub fn send_replaces(&self, replaces: CallReplaces) -> Result<(), VoipError> {
-        self.shared.command(Command::SendReplaces { call_id: self.id.clone(), replaces })
+    pub async fn send_replaces(&self, replaces: CallReplaces) -> Result<(), VoipError> {
+        self.command(Command::SendReplaces { call_id: self.id.clone(), replaces }).await
     }
 
-    /// Waits until the call's events report `state` (the history counts: a call that connected
+    /// Waits until the call's updates report `state` (the history counts: a call that connected
     /// earlier has reached `Connected`). `None` if the call ended first or the runtime stopped.
     pub async fn wait_for_state(&self, state: CallState) -> Option<CallState> {
-        let mut events = self.events();
-        while let Some(ev) = events.next().await {
-            match ev {
-                CallEvent::StateChanged(s) if s == state => return Some(s),
-                CallEvent::Ended { .. } => return None,
+        let mut updates = self.updates();
+        while let Some(update) = updates.next().await {
+            match update {
+                CallUpdate::StateChanged(s) if s == state => return Some(s),
+                CallUpdate::Ended { .. } => return None,
                 _ => {}
             }
         }
@@ -202,9 +262,9 @@ impl Call {
 
     /// Waits until the call ends; its reason and initiator.
     pub async fn ended(&self) -> Option<(EndReason, Initiator)> {
-        let mut events = self.events();
-        while let Some(ev) = events.next().await {
-            if let CallEvent::Ended { reason, initiator } = ev {
+        let mut updates = self.updates();
+        while let Some(update) = updates.next().await {
+            if let CallUpdate::Ended { reason, initiator } = update {
                 return Some((reason, initiator));
             }
         }
@@ -217,7 +277,7 @@ impl Call {
 #[cfg(feature = "codecs")]
 impl Call {
     fn audio_hub(&self) -> Option<&voip_webrtc::media::audio::AudioHub> {
-        self.shared.audio.as_ref()
+        self.handle.ctx.audio.as_ref()
     }
 
     /// Decoded 48 kHz PCM of the peer's stream `stream` (see [`Call::streams`]), from now on:

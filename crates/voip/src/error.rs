@@ -8,7 +8,8 @@ pub enum VoipError {
     /// The core refused the command (unknown call, wrong state, calling ourselves, …).
     #[error(transparent)]
     Core(#[from] voip_core::Error),
-    /// The runtime has stopped ([`crate::Voip::shutdown`], or its input channel closed).
+    /// The runtime has stopped ([`crate::Voip::shutdown`], every handle dropped, or its input
+    /// channel closed).
     #[error("the voip runtime has stopped")]
     Stopped,
     /// `build` was called outside a tokio runtime.
@@ -28,9 +29,16 @@ pub enum VoipError {
     #[cfg(feature = "matrix")]
     #[error(transparent)]
     Matrix(#[from] voip_matrix::AdapterError),
-    /// The group call is not a LiveKit call, or we have not entered it.
-    #[error("not in a LiveKit group call: {0}")]
-    NotLiveKit(&'static str),
+    /// The group call's backend is mesh, not LiveKit.
+    #[error("the group call's backend is mesh, not LiveKit")]
+    NotLiveKit,
+    /// The group call has not been entered (enter it first).
+    #[error("not in the group call: enter it first")]
+    NotEntered,
+    /// The runtime has no homeserver connection to ask (it was not built with
+    /// `Voip::from_client`).
+    #[error("no homeserver connection: build the Voip with Voip::from_client")]
+    NoHomeserver,
     /// The JWT service refused or failed.
     #[cfg(feature = "livekit")]
     #[error(transparent)]

@@ -1,19 +1,18 @@
 //! A group call handle: enter and leave, members, mesh peer calls and SFU media keys.
 
-use std::sync::{Arc, Mutex};
-
 use voip_core::{
     Command, Focus, GroupCallId, GroupCallInfo, GroupCallState, MediaKeys, MembershipDialect,
     NotificationType, Participant, RemoteStream, RoomId, Signalling,
 };
 
 use crate::call::Call;
+use crate::driver::Handle;
 use crate::feed::Subscription;
-use crate::runtime::Shared;
 use crate::VoipError;
 
 /// How a group call carries media.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum GroupCallBackend {
     /// Every member calls every other member (`m.call.*` over to-device).
     Mesh,
@@ -49,10 +48,104 @@ impl GroupCallBackend {
     }
 }
 
+/// How to take part in a group call, for [`crate::Voip::fetch_or_create_group_call`]: fixed
+/// for the handle's lifetime (fetch another handle to change them).
+///
+/// ```
+/// use voip::{GroupCallBackend, GroupCallOptions, MembershipDialect};
+/// let options = GroupCallOptions::new(GroupCallBackend::Mesh).dialect(MembershipDialect::MatrixRtc);
+/// assert_eq!(options.application(), "m.call");
+/// let plain: GroupCallOptions = GroupCallBackend::Mesh.into();
+/// assert_eq!(plain.membership_dialect(), MembershipDialect::Famedly);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GroupCallOptions {
+    backend: GroupCallBackend,
+    application: String,
+    scope: String,
+    dialect: MembershipDialect,
+    owned_state_keys: bool,
+}
+
+impl GroupCallOptions {
+    /// Application `m.call`, scope `m.room`, the backend's
+    /// [default dialect](GroupCallBackend::default_dialect), `_`-prefixed state keys.
+    pub fn new(backend: GroupCallBackend) -> Self {
+        Self {
+            dialect: backend.default_dialect(),
+            backend,
+            application: "m.call".into(),
+            scope: "m.room".into(),
+            owned_state_keys: false,
+        }
+    }
+
+    /// The MatrixRTC application (`m.call` for calls).
+    #[must_use]
+    pub fn with_application(mut self, application: impl Into<String>) -> Self {
+        self.application = application.into();
+        self
+    }
+
+    /// The MatrixRTC scope (`m.room` for a room-wide call).
+    #[must_use]
+    pub fn with_scope(mut self, scope: impl Into<String>) -> Self {
+        self.scope = scope.into();
+        self
+    }
+
+    /// Writes memberships in `dialect` (members of either dialect are always read).
+    #[must_use]
+    pub fn dialect(mut self, dialect: MembershipDialect) -> Self {
+        self.dialect = dialect;
+        self
+    }
+
+    /// The room version allows owned per-device state keys (MSC3757/MSC3779): state keys
+    /// without the `_` prefix.
+    #[must_use]
+    pub fn owned_state_keys(mut self, owned: bool) -> Self {
+        self.owned_state_keys = owned;
+        self
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &GroupCallBackend {
+        &self.backend
+    }
+
+    /// The application.
+    pub fn application(&self) -> &str {
+        &self.application
+    }
+
+    /// The scope.
+    pub fn scope(&self) -> &str {
+        &self.scope
+    }
+
+    /// The dialect memberships are written in.
+    pub fn membership_dialect(&self) -> MembershipDialect {
+        self.dialect
+    }
+
+    /// Whether state keys are owned (no `_` prefix).
+    pub fn uses_owned_state_keys(&self) -> bool {
+        self.owned_state_keys
+    }
+}
+
+impl From<GroupCallBackend> for GroupCallOptions {
+    fn from(backend: GroupCallBackend) -> Self {
+        Self::new(backend)
+    }
+}
+
 /// Something that happened in a group call.
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
-pub enum GroupCallEvent {
+pub enum GroupCallUpdate {
     /// Our state in the call changed.
     StateChanged(GroupCallState),
     /// Members joined or left (our own device is never listed).
@@ -78,56 +171,31 @@ pub enum GroupCallEvent {
     },
 }
 
-/// The event feed of a group call, from its first event on.
-pub type GroupCallEvents = Subscription<GroupCallEvent>;
+/// The update feed of a group call, from its first update on (a [`futures_core::Stream`]; it
+/// does not keep the runtime running).
+pub type GroupCallUpdates = Subscription<GroupCallUpdate>;
 
-#[derive(Debug)]
-struct Settings {
-    dialect: MembershipDialect,
-    owned_state_keys: bool,
-}
-
-/// A handle on a room's group call. Cheap to clone.
+/// A handle on a room's group call. Cheap to clone; keeps the runtime running. Its
+/// [`GroupCallOptions`] are fixed.
 #[derive(Clone)]
 pub struct GroupCall {
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) handle: Handle,
     id: GroupCallId,
-    backend: GroupCallBackend,
-    application: String,
-    scope: String,
-    settings: Arc<Mutex<Settings>>,
+    options: GroupCallOptions,
 }
 
 impl std::fmt::Debug for GroupCall {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GroupCall")
             .field("id", &self.id)
-            .field("backend", &self.backend)
+            .field("backend", &self.options.backend)
             .finish_non_exhaustive()
     }
 }
 
 impl GroupCall {
-    pub(crate) fn new(
-        shared: Arc<Shared>,
-        room: RoomId,
-        backend: GroupCallBackend,
-        application: &str,
-        scope: &str,
-    ) -> Self {
-        let settings = Settings { dialect: backend.default_dialect(), owned_state_keys: false };
-        Self {
-            shared,
-            id: GroupCallId::room_call(room),
-            backend,
-            application: application.to_owned(),
-            scope: scope.to_owned(),
-            settings: Arc::new(Mutex::new(settings)),
-        }
-    }
-
-    fn settings(&self) -> std::sync::MutexGuard<'_, Settings> {
-        self.settings.lock().unwrap_or_else(|e| e.into_inner())
+    pub(crate) fn new(handle: Handle, room: RoomId, options: GroupCallOptions) -> Self {
+        Self { handle, id: GroupCallId::room_call(room), options }
     }
 
     /// The group call's id (room and `call_id`).
@@ -137,61 +205,61 @@ impl GroupCall {
 
     /// The backend.
     pub fn backend(&self) -> &GroupCallBackend {
-        &self.backend
+        &self.options.backend
     }
 
-    /// Writes memberships in `dialect` from the next [`GroupCall::enter`] on (members of
-    /// either dialect are always read).
-    pub fn set_dialect(&self, dialect: MembershipDialect) {
-        self.settings().dialect = dialect;
-    }
-
-    /// The room version allows owned per-device state keys (MSC3757/MSC3779): state keys
-    /// without the `_` prefix.
-    pub fn set_owned_state_keys(&self, owned: bool) {
-        self.settings().owned_state_keys = owned;
+    /// How this handle takes part.
+    pub fn options(&self) -> &GroupCallOptions {
+        &self.options
     }
 
     /// Joins: sends our membership (and, where the server supports MSC4140, schedules the
     /// delayed leave that removes it if this device disappears). Mesh: calls the members this
     /// device must call.
-    pub fn enter(&self) -> Result<(), VoipError> {
-        self.enter_inner(None)
+    pub async fn enter(&self) -> Result<(), VoipError> {
+        self.enter_inner(None).await
     }
 
     /// Joins, and if nobody else is in the call, rings or notifies the room (MSC4075).
-    pub fn enter_and_notify(&self, notification: NotificationType) -> Result<(), VoipError> {
-        self.enter_inner(Some(notification))
+    pub async fn enter_and_notify(&self, notification: NotificationType) -> Result<(), VoipError> {
+        self.enter_inner(Some(notification)).await
     }
 
-    fn enter_inner(&self, notify: Option<NotificationType>) -> Result<(), VoipError> {
-        let (dialect, owned_state_keys) = {
-            let s = self.settings();
-            (s.dialect, s.owned_state_keys)
-        };
-        self.shared.command(Command::JoinGroupCall {
-            room_id: self.id.room_id.clone(),
-            call_id: self.id.call_id.clone(),
-            application: self.application.clone(),
-            scope: self.scope.clone(),
-            dialect,
-            focus: self.backend.focus(&self.id.room_id),
-            owned_state_keys,
-            notify,
-        })
+    async fn enter_inner(&self, notify: Option<NotificationType>) -> Result<(), VoipError> {
+        let o = &self.options;
+        self.handle
+            .command(Command::JoinGroupCall {
+                room_id: self.id.room_id.clone(),
+                call_id: self.id.call_id.clone(),
+                application: o.application.clone(),
+                scope: o.scope.clone(),
+                dialect: o.dialect,
+                focus: o.backend.focus(&self.id.room_id),
+                owned_state_keys: o.owned_state_keys,
+                notify,
+            })
+            .await
     }
 
     /// Leaves: removes our membership and hangs up every mesh peer call.
-    pub fn leave(&self) -> Result<(), VoipError> {
-        self.shared.command(Command::LeaveGroupCall {
-            room_id: self.id.room_id.clone(),
-            call_id: self.id.call_id.clone(),
-        })
+    pub async fn leave(&self) -> Result<(), VoipError> {
+        self.handle
+            .command(Command::LeaveGroupCall {
+                room_id: self.id.room_id.clone(),
+                call_id: self.id.call_id.clone(),
+            })
+            .await
     }
 
     /// A snapshot: our state, the members (oldest first), their transports and mesh streams.
     pub fn info(&self) -> GroupCallInfo {
-        self.shared.lock().core.group_call(&self.id)
+        self.handle.snapshot().groups.get(&self.id).map(|g| g.info.clone()).unwrap_or_else(|| GroupCallInfo {
+            group: self.id.clone(),
+            state: None,
+            members: Vec::new(),
+            transports: Vec::new(),
+            streams: Vec::new(),
+        })
     }
 
     /// Our state; `None` when we are not in the call (never entered, or left and forgotten).
@@ -219,62 +287,74 @@ impl GroupCall {
 
     /// Mesh: the peer call with each member we are connected to (or connecting).
     pub fn peer_calls(&self) -> Vec<(Participant, Call)> {
-        let st = self.shared.lock();
-        let members = st.core.group_call(&self.id).members;
-        let calls = st.core.calls();
-        drop(st);
+        let snapshot = self.handle.snapshot();
+        let members = snapshot.groups.get(&self.id).map(|g| g.info.members.clone()).unwrap_or_default();
         members
             .into_iter()
             .filter_map(|m| {
                 let p = m.participant;
-                let c = calls.iter().find(|c| {
+                let c = snapshot.calls.values().find(|c| {
                     c.room_id == self.id.room_id
                         && c.signalling == Signalling::ToDevice
                         && c.peer_user == p.user_id
                         && c.peer_device.as_ref() == Some(&p.device_id)
                         && c.state != voip_core::CallState::Ended
                 })?;
-                Some((p, Call::new(self.shared.clone(), c.call_id.clone())))
+                Some((p, Call::new(self.handle.clone(), c.call_id.clone())))
             })
             .collect()
     }
 
     /// Mesh: mutes or unmutes our microphone and/or camera towards every member.
-    pub fn set_muted(&self, audio: Option<bool>, video: Option<bool>) -> Result<(), VoipError> {
-        self.shared.command(Command::SetGroupMuted {
-            room_id: self.id.room_id.clone(),
-            call_id: self.id.call_id.clone(),
-            audio,
-            video,
-        })
+    pub async fn set_muted(&self, audio: Option<bool>, video: Option<bool>) -> Result<(), VoipError> {
+        self.handle
+            .command(Command::SetGroupMuted {
+                room_id: self.id.room_id.clone(),
+                call_id: self.id.call_id.clone(),
+                audio,
+                video,
+            })
+            .await
     }
 
     /// Mesh: shares our screen with every member (or stops).
-    pub fn set_screensharing(&self, enabled: bool) -> Result<(), VoipError> {
-        self.shared.command(Command::SetGroupScreenshare {
-            room_id: self.id.room_id.clone(),
-            call_id: self.id.call_id.clone(),
-            enabled,
-        })
+    pub async fn set_screensharing(&self, enabled: bool) -> Result<(), VoipError> {
+        self.handle
+            .command(Command::SetGroupScreenshare {
+                room_id: self.id.room_id.clone(),
+                call_id: self.id.call_id.clone(),
+                enabled,
+            })
+            .await
     }
 
     /// SFU mode: asks members for their media keys (`None`: every member).
-    pub fn request_encryption_keys(&self, participants: Option<Vec<Participant>>) -> Result<(), VoipError> {
-        self.shared.command(Command::RequestEncryptionKeys {
-            room_id: self.id.room_id.clone(),
-            call_id: self.id.call_id.clone(),
-            participants,
-        })
+    pub async fn request_encryption_keys(
+        &self,
+        participants: Option<Vec<Participant>>,
+    ) -> Result<(), VoipError> {
+        self.handle
+            .command(Command::RequestEncryptionKeys {
+                room_id: self.id.room_id.clone(),
+                call_id: self.id.call_id.clone(),
+                participants,
+            })
+            .await
     }
 
     /// SFU mode: our key in use and the latest key of every current member.
     pub fn media_keys(&self) -> Option<MediaKeys> {
-        self.shared.lock().core.media_keys(&self.id)
+        self.handle.snapshot().groups.get(&self.id).and_then(|g| g.media_keys.clone())
     }
 
-    /// The call's events, from the first one on.
-    pub fn events(&self) -> GroupCallEvents {
-        self.shared.group_events(&self.id)
+    /// Our own participant (user, device, membership id) while we are in the call.
+    pub fn local_participant(&self) -> Option<Participant> {
+        self.handle.snapshot().groups.get(&self.id).and_then(|g| g.local.clone())
+    }
+
+    /// The call's updates, from the first one on.
+    pub fn updates(&self) -> GroupCallUpdates {
+        self.handle.group_feed(&self.id)
     }
 }
 
@@ -284,7 +364,7 @@ impl GroupCall {
 impl GroupCall {
     /// Mesh: decoded audio of each connected member's streams, from now on: (member, stream id,
     /// frames). Members whose stream is not known yet are missing: ask again after
-    /// `GroupCallEvent`s.
+    /// `GroupCallUpdate`s.
     pub fn remote_audio(
         &self,
     ) -> Vec<(Participant, voip_core::StreamId, voip_webrtc::media::audio::RemoteAudio)> {

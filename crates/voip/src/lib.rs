@@ -6,12 +6,14 @@
 //! sends (through a [`Transport`]: matrix-sdk with feature `matrix`, or the in-process
 //! [`local::LocalHomeserver`]), what the media engine reports (webrtc-rs with feature `webrtc`,
 //! or any [`core::media::MediaEngine`]) and timer ticks, and executes what the core asks for.
-//! Apps hold cheap handles: [`Call`] and [`GroupCall`].
+//! Apps hold cheap handles: [`Call`] and [`GroupCall`]; the task stops when the last handle is
+//! dropped or on [`Voip::shutdown`]. Event feeds are [`futures_core::Stream`]s ([`StreamExt`]
+//! is re-exported for `next().await`); time comes from a [`Clock`] ([`ManualClock`] in tests).
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), voip::VoipError> {
 //! use voip::core::media::{MediaCommand, MediaEngine};
-//! use voip::{local::LocalHomeserver, CallType, VoipBuilder};
+//! use voip::{local::LocalHomeserver, CallType, StreamExt, VoipBuilder};
 //!
 //! # struct NoMedia;
 //! # impl MediaEngine for NoMedia { fn execute(&self, _: voip::core::CallId, _: MediaCommand) {} }
@@ -29,13 +31,13 @@
 //! let bob = start("@bob:local", "BOB")?;
 //! let mut incoming = bob.incoming_calls();
 //!
-//! let call = alice.invite_to_call(&room, CallType::Voice, &"@bob:local".into(), None)?;
+//! let call = alice.invite_to_call(&room, CallType::Voice, "@bob:local").await?;
 //! # // Without a media engine the invite is never sent; stop here in this example.
 //! # if false {
 //! let ringing = incoming.next().await.expect("bob's phone rings");
-//! ringing.answer()?;
+//! ringing.answer().await?;
 //! # }
-//! call.hangup()?;
+//! call.hangup().await?;
 //! # alice.shutdown().await; bob.shutdown().await;
 //! # Ok(()) }
 //! ```
@@ -72,6 +74,8 @@
 #![warn(unreachable_pub, missing_debug_implementations)]
 
 mod call;
+pub mod clock;
+mod driver;
 mod error;
 mod feed;
 mod group;
@@ -87,11 +91,14 @@ mod transport;
 #[cfg(feature = "webrtc")]
 mod with_webrtc;
 
-pub use call::{Call, CallEvent, CallEvents};
+pub use call::{Call, CallUpdate, CallUpdates};
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::VoipError;
 pub use feed::Subscription;
-pub use group::{GroupCall, GroupCallBackend, GroupCallEvent, GroupCallEvents};
-pub use runtime::{IncomingCalls, MediaEvents, MissedCall, Voip, VoipBuilder};
+/// `next().await` (and the other combinators) on the event streams.
+pub use futures_util::StreamExt;
+pub use group::{GroupCall, GroupCallBackend, GroupCallOptions, GroupCallUpdate, GroupCallUpdates};
+pub use runtime::{Events, IncomingCalls, MediaEvents, MissedCall, MissedCalls, Voip, VoipBuilder};
 pub use transport::{Inputs, Transport};
 
 pub use voip_core::{
@@ -111,8 +118,8 @@ pub use voip_matrix as matrix_adapter;
 #[cfg(feature = "webrtc")]
 pub use voip_webrtc as webrtc;
 
-/// Wall-clock time as the core counts it (ms since the Unix epoch).
+/// Wall-clock time as the core counts it (ms since the Unix epoch), for the in-process
+/// homeserver's timestamps; the driver asks its [`Clock`].
 pub(crate) fn now() -> voip_core::Timestamp {
-    use std::time::{SystemTime, UNIX_EPOCH};
-    voip_core::Timestamp(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64))
+    clock::system_now()
 }

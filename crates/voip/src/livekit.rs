@@ -47,19 +47,10 @@ impl GroupCall {
     /// `/sfu/get`). Call after [`GroupCall::enter`]; fetch again before `expires_at`.
     pub async fn livekit_credentials(&self) -> Result<LivekitCredentials, VoipError> {
         let GroupCallBackend::LiveKit { service_url, alias } = self.backend() else {
-            return Err(VoipError::NotLiveKit("the backend is mesh"));
+            return Err(VoipError::NotLiveKit);
         };
-        let me = self
-            .shared
-            .lock()
-            .core
-            .local_participant(self.id())
-            .ok_or(VoipError::NotLiveKit("enter the group call first"))?;
-        let adapter = self
-            .shared
-            .adapter
-            .as_ref()
-            .ok_or(VoipError::NotLiveKit("no homeserver to ask for an OpenID token"))?;
+        let me = self.local_participant().ok_or(VoipError::NotEntered)?;
+        let adapter = self.handle.ctx.adapter.as_ref().ok_or(VoipError::NoHomeserver)?;
         let openid = OpenIdSource::openid_token(adapter).await.map_err(voip_livekit::JwtError::OpenId)?;
         let request = TokenRequest::for_group(self.id(), me).with_alias(alias.clone());
         Ok(JwtServiceClient::new(service_url.clone()).get_token(&openid, &request).await?)

@@ -24,9 +24,9 @@ impl Voip {
     /// use voip::{CallType, Voip};
     /// let voip = Voip::from_client(&client)?.webrtc(voip::webrtc::WebrtcConfig::default()).build()?;
     /// let room = voip::core::RoomId::from("!dm:example.org");
-    /// let call = voip.invite_to_call(&room, CallType::Video, &"@bob:example.org".into(), None)?;
+    /// let call = voip.invite_to_call(&room, CallType::Video, "@bob:example.org").await?;
     /// call.wait_for_state(voip::CallState::Connected).await;
-    /// call.hangup()?;
+    /// call.hangup().await?;
     /// # Ok(()) }
     /// ```
     pub fn from_client(client: &matrix_sdk::Client) -> Result<VoipBuilder, VoipError> {

@@ -1,30 +1,29 @@
-//! The runtime: one tokio task per [`Voip`] that owns the sans-IO core, feeds it inputs (homeserver
-//! events, send results, media events, timers) and executes its outputs through the transport and
-//! the media engine.
+//! The public runtime: [`VoipBuilder`] starts the driver task (`crate::driver`) that owns the
+//! sans-IO core; [`Voip`] is the app's handle on it.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use tokio::sync::{broadcast, mpsc, oneshot, Notify};
-use voip_core::media::{MediaEngine, MediaEvent};
-use voip_core::{
-    CallId, CallInfo, CallType, Command, Config, Counters, DeviceId, Event, GroupCallId, Input, LocalDevice,
-    Output, RoomId, Signalling, UserId,
-};
+use futures_core::Stream;
+use voip_core::media::MediaEngine;
+use voip_core::{CallId, CallType, Command, Config, Counters, DeviceId, Event, LocalDevice, RoomId, UserId};
 
-use crate::call::{Call, CallEvent};
-use crate::feed::{Feed, Subscription};
-use crate::group::{GroupCall, GroupCallBackend, GroupCallEvent};
+use crate::call::Call;
+use crate::clock::{Clock, SystemClock};
+use crate::driver::{self, Handle, KeySink, Parts, StopHook, WeakHandle};
+use crate::feed::Subscription;
+use crate::group::{GroupCall, GroupCallOptions};
 use crate::transport::{Inputs, Transport};
-use crate::{now, VoipError};
+use crate::{StreamExt, VoipError};
 
-/// Ended calls whose event history is kept for late subscribers.
-const KEEP_ENDED: usize = 64;
+pub use crate::driver::MediaEvents;
 
 /// A missed call (famedly's "missed call" notification): an incoming call that was not answered
 /// here — it timed out, was cancelled before we answered, or was refused because we were busy.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct MissedCall {
     /// The call.
     pub call_id: CallId,
@@ -36,193 +35,8 @@ pub struct MissedCall {
     pub reason: voip_core::EndReason,
 }
 
-/// An app callback for encryption keys (a LiveKit key provider).
-type KeySink = Arc<dyn Fn(&Event) + Send + Sync>;
-
-/// Receives media events from an engine, for [`VoipBuilder::media_engine`].
-pub type MediaEvents = mpsc::UnboundedReceiver<(CallId, MediaEvent)>;
-
-pub(crate) struct State {
-    pub(crate) core: voip_core::Voip,
-    transport: Arc<dyn Transport>,
-    engine: Arc<dyn MediaEngine>,
-    calls: HashMap<CallId, Feed<CallEvent>>,
-    ended: VecDeque<CallId>,
-    groups: HashMap<GroupCallId, Feed<GroupCallEvent>>,
-    incoming: broadcast::Sender<Call>,
-    missed: broadcast::Sender<MissedCall>,
-    events: broadcast::Sender<Event>,
-    key_sinks: Vec<KeySink>,
-    stopped: bool,
-}
-
-pub(crate) struct Shared {
-    state: Mutex<State>,
-    wake: Notify,
-    local: LocalDevice,
-    #[cfg(feature = "matrix")]
-    pub(crate) adapter: Option<voip_matrix::MatrixAdapter>,
-    /// Decoded audio of the webrtc engine (`WebrtcConfig::with_audio`).
-    #[cfg(feature = "codecs")]
-    pub(crate) audio: Option<voip_webrtc::media::audio::AudioHub>,
-}
-
-impl Shared {
-    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Runs one input through the core and executes what comes out.
-    pub(crate) fn handle(self: &Arc<Self>, input: Input) -> Result<(), VoipError> {
-        let mut st = self.lock();
-        if st.stopped {
-            return Err(VoipError::Stopped);
-        }
-        let result = st.core.handle(now(), input);
-        st.drain(self);
-        drop(st);
-        // The deadline may have moved.
-        self.wake.notify_one();
-        result.map_err(VoipError::from)
-    }
-
-    /// Runs a command; errors are the caller's (API misuse), not the network's.
-    pub(crate) fn command(self: &Arc<Self>, command: Command) -> Result<(), VoipError> {
-        self.handle(Input::Command(command))
-    }
-
-    pub(crate) fn call_info(&self, call_id: &CallId) -> Option<CallInfo> {
-        self.lock().core.call(call_id)
-    }
-
-    pub(crate) fn call_events(self: &Arc<Self>, call_id: &CallId) -> Subscription<CallEvent> {
-        self.lock().calls.entry(call_id.clone()).or_default().subscribe()
-    }
-
-    pub(crate) fn group_events(&self, group: &GroupCallId) -> Subscription<GroupCallEvent> {
-        self.lock().groups.entry(group.clone()).or_default().subscribe()
-    }
-
-    pub(crate) fn local(&self) -> &LocalDevice {
-        &self.local
-    }
-}
-
-impl State {
-    fn drain(&mut self, shared: &Arc<Shared>) {
-        while let Some(out) = self.core.poll() {
-            match out {
-                Output::Send(req) => {
-                    tracing::trace!(id = %req.id, "send");
-                    self.transport.submit(req);
-                }
-                Output::Media { call_id, command } => {
-                    tracing::trace!(%call_id, ?command, "media command");
-                    self.engine.execute(call_id, command);
-                }
-                Output::Event(event) => {
-                    self.engine.observe(&event);
-                    self.dispatch(shared, event);
-                }
-            }
-        }
-    }
-
-    fn call_feed(&mut self, call_id: &CallId) -> &mut Feed<CallEvent> {
-        self.calls.entry(call_id.clone()).or_default()
-    }
-
-    fn dispatch(&mut self, shared: &Arc<Shared>, event: Event) {
-        let _ = self.events.send(event.clone());
-        let to_call = |st: &mut State, call_id: &CallId, ev: CallEvent| st.call_feed(call_id).push(ev);
-        match &event {
-            Event::IncomingCall { call_id, caller, call_type, .. } => {
-                let _span = tracing::info_span!("call", %call_id).entered();
-                tracing::info!(%caller, ?call_type, "incoming call");
-                // The call's feed exists before the app sees the handle: nothing is missed.
-                self.call_feed(call_id);
-                let _ = self.incoming.send(Call::new(shared.clone(), call_id.clone()));
-            }
-            Event::RingtoneStarted { call_id } => to_call(self, call_id, CallEvent::RingtoneStarted),
-            Event::RingtoneStopped { call_id } => to_call(self, call_id, CallEvent::RingtoneStopped),
-            Event::StateChanged { call_id, state } => {
-                tracing::info!(%call_id, ?state, "call state");
-                to_call(self, call_id, CallEvent::StateChanged(*state));
-            }
-            Event::StreamsChanged { call_id, local, remote } => to_call(
-                self,
-                call_id,
-                CallEvent::StreamsChanged { local: local.clone(), remote: remote.clone() },
-            ),
-            Event::HoldChanged { call_id, local_hold, remote_hold } => to_call(
-                self,
-                call_id,
-                CallEvent::HoldChanged { local_hold: *local_hold, remote_hold: *remote_hold },
-            ),
-            Event::AssertedIdentityChanged { call_id, identity } => {
-                to_call(self, call_id, CallEvent::AssertedIdentityChanged(identity.clone()))
-            }
-            Event::ReplacesReceived { call_id, replaces } => {
-                to_call(self, call_id, CallEvent::ReplacesReceived(replaces.clone()))
-            }
-            Event::CallReplaced { old_call_id, new_call_id } => {
-                self.call_feed(new_call_id);
-                let new_call = Call::new(shared.clone(), new_call_id.clone());
-                to_call(self, old_call_id, CallEvent::Replaced { new_call });
-            }
-            Event::AnswerSelected { call_id, party_id, user_id } => to_call(
-                self,
-                call_id,
-                CallEvent::AnswerSelected { party_id: party_id.clone(), user_id: user_id.clone() },
-            ),
-            Event::CallEnded { call_id, reason, initiator } => {
-                tracing::info!(%call_id, ?reason, ?initiator, "call ended");
-                to_call(self, call_id, CallEvent::Ended { reason: reason.clone(), initiator: *initiator });
-                self.ended.push_back(call_id.clone());
-                while self.ended.len() > KEEP_ENDED {
-                    if let Some(old) = self.ended.pop_front() {
-                        self.calls.remove(&old);
-                    }
-                }
-            }
-            Event::MissedCall { call_id, room_id, caller, reason } => {
-                let _ = self.missed.send(MissedCall {
-                    call_id: call_id.clone(),
-                    room_id: room_id.clone(),
-                    caller: caller.clone(),
-                    reason: reason.clone(),
-                });
-            }
-            Event::GroupCallStateChanged { group, state } => {
-                tracing::info!(%group, ?state, "group call state");
-                self.groups.entry(group.clone()).or_default().push(GroupCallEvent::StateChanged(*state));
-            }
-            Event::ParticipantsChanged { group, joined, left, participants } => {
-                self.groups.entry(group.clone()).or_default().push(GroupCallEvent::ParticipantsChanged {
-                    joined: joined.clone(),
-                    left: left.clone(),
-                    participants: participants.clone(),
-                });
-            }
-            Event::EncryptionKey { group, participant, local, index, key } => {
-                for sink in &self.key_sinks {
-                    sink(&event);
-                }
-                self.groups.entry(group.clone()).or_default().push(GroupCallEvent::EncryptionKey {
-                    participant: participant.clone(),
-                    local: *local,
-                    index: *index,
-                    key: key.clone(),
-                });
-            }
-            // Group notifications, declines and future events: on `Voip::events` only.
-            _ => {}
-        }
-    }
-}
-
 /// Builds a [`Voip`]: a signalling transport with its inputs, a media engine with its events, a
-/// [`Config`].
+/// [`Config`], optionally a [`Clock`].
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), voip::VoipError> {
@@ -248,6 +62,7 @@ pub struct VoipBuilder {
     inputs: Inputs,
     config: Config,
     seed: Option<[u8; 32]>,
+    clock: Arc<dyn Clock>,
     engine: Option<(Arc<dyn MediaEngine>, MediaEvents)>,
     key_sinks: Vec<KeySink>,
     #[cfg(feature = "webrtc")]
@@ -272,6 +87,7 @@ impl VoipBuilder {
             inputs: inputs.into(),
             config: Config::default(),
             seed: None,
+            clock: Arc::new(SystemClock),
             engine: None,
             key_sinks: Vec::new(),
             #[cfg(feature = "webrtc")]
@@ -293,14 +109,22 @@ impl VoipBuilder {
         self
     }
 
-    /// The media engine and the channel it reports [`MediaEvent`]s on.
+    /// Where the driver's time comes from. Default: [`SystemClock`]; tests and simulations use
+    /// a [`crate::clock::ManualClock`].
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// The media engine and the channel it reports [`voip_core::media::MediaEvent`]s on.
     pub fn media_engine(mut self, engine: Arc<dyn MediaEngine>, events: MediaEvents) -> Self {
         self.engine = Some((engine, events));
         self
     }
 
     /// Calls `sink` with every [`Event::EncryptionKey`], in order, before any subscriber sees
-    /// it: where an app's LiveKit key provider plugs in.
+    /// it: where an app's LiveKit key provider plugs in. It runs on the runtime's task with no
+    /// lock held: it may read the handles (a command needs a task of its own: `tokio::spawn`).
     pub fn on_encryption_key(mut self, sink: impl Fn(&Event) + Send + Sync + 'static) -> Self {
         self.key_sinks.push(Arc::new(sink));
         self
@@ -308,53 +132,63 @@ impl VoipBuilder {
 
     /// Starts the runtime task on the current tokio runtime.
     pub fn build(self) -> Result<Voip, VoipError> {
-        let handle = tokio::runtime::Handle::try_current().map_err(|_| VoipError::NoRuntime)?;
-        let (engine, media_events) = self.engine.ok_or(VoipError::NoMediaEngine)?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| VoipError::NoRuntime)?;
+        let (engine, media) = self.engine.ok_or(VoipError::NoMediaEngine)?;
         let seed = match self.seed {
             Some(seed) => seed,
             None => os_seed()?,
         };
         let core = voip_core::Voip::new(self.config, self.local.clone(), seed);
-        let state = State {
-            core,
-            transport: self.transport,
-            engine,
-            calls: HashMap::new(),
-            ended: VecDeque::new(),
-            groups: HashMap::new(),
-            incoming: broadcast::channel(64).0,
-            missed: broadcast::channel(64).0,
-            events: broadcast::channel(1024).0,
-            key_sinks: self.key_sinks,
-            stopped: false,
-        };
-        let shared = Arc::new(Shared {
-            state: Mutex::new(state),
-            wake: Notify::new(),
-            local: self.local,
-            #[cfg(feature = "matrix")]
-            adapter: self.adapter,
-            #[cfg(feature = "codecs")]
-            audio: self.webrtc.as_ref().and_then(|e| e.audio().cloned()),
-        });
+        #[allow(unused_mut)]
+        let (mut drain_hooks, mut final_hooks): (Vec<StopHook>, Vec<StopHook>) = (Vec::new(), Vec::new());
         #[cfg(feature = "matrix")]
-        if let Some(adapter) = &shared.adapter {
-            crate::matrix::replay_known_rooms(adapter);
+        if let Some(adapter) = self.adapter.clone() {
+            crate::matrix::replay_known_rooms(&adapter);
             #[cfg(feature = "webrtc")]
             if let Some(engine) = &self.webrtc {
-                crate::matrix::keep_turn_fresh(adapter, engine.clone());
+                crate::matrix::keep_turn_fresh(&adapter, engine.clone());
             }
+            // Sends already queued (a hangup, a leave) complete, their results reach the core.
+            drain_hooks.push(Box::new(move || Box::pin(async move { adapter.shutdown().await })));
         }
-        let (stop_tx, stop_rx) = oneshot::channel();
-        let task = handle.spawn(run(shared.clone(), self.inputs, media_events, stop_rx));
-        Ok(Voip {
-            inner: Arc::new(VoipInner {
-                shared,
-                stop: Mutex::new(Some((stop_tx, task))),
-                #[cfg(feature = "webrtc")]
-                webrtc: self.webrtc,
-            }),
-        })
+        #[cfg(feature = "webrtc")]
+        if let Some(engine) = self.webrtc.clone() {
+            final_hooks.push(Box::new(move || Box::pin(async move { engine.shutdown().await })));
+        }
+        let parts = Parts {
+            core,
+            clock: self.clock,
+            transport: self.transport,
+            inputs: self.inputs,
+            engine,
+            media,
+            key_sinks: self.key_sinks,
+            drain_hooks,
+            final_hooks,
+        };
+        let local = self.local;
+        #[cfg(feature = "matrix")]
+        let adapter = self.adapter;
+        #[cfg(feature = "webrtc")]
+        let webrtc = self.webrtc;
+        let handle = driver::start(&runtime, parts, move |channels| {
+            #[allow(unused_mut)]
+            let mut ctx = channels.into_ctx(local);
+            #[cfg(feature = "codecs")]
+            {
+                ctx.audio = webrtc.as_ref().and_then(|e| e.audio().cloned());
+            }
+            #[cfg(feature = "webrtc")]
+            {
+                ctx.webrtc = webrtc;
+            }
+            #[cfg(feature = "matrix")]
+            {
+                ctx.adapter = adapter;
+            }
+            ctx
+        });
+        Ok(Voip { handle })
     }
 }
 
@@ -366,223 +200,204 @@ pub(crate) fn os_seed() -> Result<[u8; 32], VoipError> {
     Ok(seed)
 }
 
-async fn run(
-    shared: Arc<Shared>,
-    mut inputs: Inputs,
-    mut media: MediaEvents,
-    mut stop: oneshot::Receiver<()>,
-) {
-    let mut media_open = true;
-    loop {
-        let deadline = shared.lock().core.next_deadline().map(|d| d.at);
-        let sleep = deadline.map_or(Duration::from_secs(3600), |at| Duration::from_millis(at.since(now())));
-        let input = tokio::select! {
-            biased;
-            _ = &mut stop => {
-                // Results of sends completed during shutdown still reach the core.
-                while let Some(input) = inputs.try_recv() {
-                    let _ = shared.handle(input);
-                }
-                break;
-            }
-            i = inputs.recv() => match i {
-                Some(i) => i,
-                None => {
-                    tracing::warn!("the transport's input channel closed: the runtime stops");
-                    break;
-                }
-            },
-            m = media.recv(), if media_open => match m {
-                Some((call_id, event)) => Input::Media { call_id, event },
-                None => { media_open = false; continue; }
-            },
-            _ = tokio::time::sleep(sleep) => Input::Tick,
-            _ = shared.wake.notified() => continue,
-        };
-        let is_tick = matches!(input, Input::Tick);
-        if let Err(e) = shared.handle(input) {
-            // Input from the network that the core refuses is logged and dropped, never fatal.
-            if matches!(e, VoipError::Stopped) {
-                break;
-            }
-            tracing::debug!(error = %e, tick = is_tick, "input not applied");
-        }
-    }
-    shared.lock().stopped = true;
-}
-
-struct VoipInner {
-    shared: Arc<Shared>,
-    stop: Mutex<Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)>>,
-    #[cfg(feature = "webrtc")]
-    webrtc: Option<voip_webrtc::WebrtcEngine>,
-}
-
 /// Calls for one Matrix device: the handle apps keep. Cheap to clone; clones share the runtime.
 ///
 /// Built with [`VoipBuilder`] (any transport) or `Voip::from_client` (feature `matrix`: an
-/// app's matrix-sdk `Client`). Dropping every clone does not stop the runtime task; call
-/// [`Voip::shutdown`].
+/// app's matrix-sdk `Client`). The runtime runs until [`Voip::shutdown`] or until every handle
+/// ([`Voip`], [`Call`], [`GroupCall`]) is dropped; event streams do not keep it running.
+///
+/// Getters (`calls`, `counters`, …) read the snapshot the runtime publishes after every turn;
+/// commands are `async` and return once the core has handled them.
 #[derive(Clone)]
 pub struct Voip {
-    inner: Arc<VoipInner>,
+    handle: Handle,
 }
 
 impl std::fmt::Debug for Voip {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Voip").field("device", self.inner.shared.local()).finish_non_exhaustive()
+        f.debug_struct("Voip").field("device", &self.handle.ctx.local).finish_non_exhaustive()
     }
 }
 
 impl Voip {
     /// This device.
     pub fn local_device(&self) -> &LocalDevice {
-        self.inner.shared.local()
+        &self.handle.ctx.local
     }
 
-    /// Calls `user` in `room` (the `invite_to_call` of famedly's SDK). With `device`, the call
-    /// goes to that one device over to-device messages (for example another device of our own
-    /// user); without, it rings every device of `user` through the room.
-    pub fn invite_to_call(
+    /// Calls `user` in `room`, ringing every device of `user` through the room (the
+    /// `invite_to_call` of famedly's SDK). Ids may be `&str`, ruma's `&RoomId`/`&UserId`, or
+    /// this crate's.
+    pub async fn invite_to_call(
         &self,
-        room: &RoomId,
+        room: impl AsRef<str>,
         call_type: CallType,
-        user: &UserId,
-        device: Option<&DeviceId>,
+        user: impl AsRef<str>,
     ) -> Result<Call, VoipError> {
-        let shared = &self.inner.shared;
-        let signalling = if device.is_some() { Signalling::ToDevice } else { Signalling::Room };
-        let call_id = {
-            let mut st = shared.lock();
-            if st.stopped {
-                return Err(VoipError::Stopped);
-            }
-            let call_id = st.core.place_call(
-                now(),
-                room.clone(),
-                user.clone(),
-                device.cloned(),
-                call_type,
-                signalling,
-            )?;
-            // Register the call's feed before its first events are dispatched.
-            st.calls.entry(call_id.clone()).or_default();
-            st.drain(shared);
-            call_id
-        };
-        shared.wake.notify_one();
-        Ok(Call::new(shared.clone(), call_id))
+        self.place(room.as_ref(), call_type, user.as_ref(), None).await
     }
 
-    /// Incoming calls, each as a [`Call`] whose event feed already holds everything reported so
+    /// Calls one device of `user` (for example another device of our own user) over to-device
+    /// messages; `room` is the room the call belongs to.
+    pub async fn invite_device_to_call(
+        &self,
+        room: impl AsRef<str>,
+        call_type: CallType,
+        user: impl AsRef<str>,
+        device: impl AsRef<str>,
+    ) -> Result<Call, VoipError> {
+        self.place(room.as_ref(), call_type, user.as_ref(), Some(DeviceId::from(device.as_ref()))).await
+    }
+
+    async fn place(
+        &self,
+        room: &str,
+        call_type: CallType,
+        user: &str,
+        device: Option<DeviceId>,
+    ) -> Result<Call, VoipError> {
+        let id = self.handle.place_call(room.into(), user.into(), device, call_type).await?;
+        Ok(Call::new(self.handle.clone(), id))
+    }
+
+    /// Incoming calls, each as a [`Call`] whose update feed already holds everything reported so
     /// far (famedly registers listeners before the app sees the call; so do we). Subscribe at
     /// start-up: calls that rang before are in [`Voip::calls`].
     pub fn incoming_calls(&self) -> IncomingCalls {
-        IncomingCalls(self.inner.shared.lock().incoming.subscribe())
+        IncomingCalls { ids: self.handle.incoming(), handle: self.handle.downgrade() }
     }
 
     /// Missed calls, as they happen.
-    pub fn missed_calls(&self) -> broadcast::Receiver<MissedCall> {
-        self.inner.shared.lock().missed.subscribe()
+    pub fn missed_calls(&self) -> MissedCalls {
+        MissedCalls(self.handle.missed())
     }
 
     /// Every event the core reports (calls, group calls, ringtone signals, group-call
     /// notifications, missed calls), as they happen.
-    pub fn events(&self) -> broadcast::Receiver<Event> {
-        self.inner.shared.lock().events.subscribe()
+    pub fn events(&self) -> Events {
+        Events(self.handle.events())
     }
 
     /// The calls the core knows about (ringing, in progress, just ended).
     pub fn calls(&self) -> Vec<Call> {
-        let shared = &self.inner.shared;
-        let infos = shared.lock().core.calls();
-        infos.into_iter().map(|i| Call::new(shared.clone(), i.call_id)).collect()
+        let snapshot = self.handle.snapshot();
+        snapshot.calls.keys().map(|id| Call::new(self.handle.clone(), id.clone())).collect()
     }
 
     /// A handle for a call by id, if the core knows it.
-    pub fn call(&self, call_id: &CallId) -> Option<Call> {
-        let shared = &self.inner.shared;
-        shared.call_info(call_id).map(|_| Call::new(shared.clone(), call_id.clone()))
+    pub fn call(&self, call_id: impl AsRef<str>) -> Option<Call> {
+        let id = CallId::from(call_id.as_ref());
+        self.handle.snapshot().calls.contains_key(&id).then(|| Call::new(self.handle.clone(), id))
     }
 
     /// Whether a new incoming call would ring now (famedly's `can_handle_new_call`).
     pub fn can_handle_new_call(&self) -> bool {
-        self.inner.shared.lock().core.can_handle_new_call()
+        self.handle.snapshot().can_handle_new_call
     }
 
     /// Overrides the busy policy: `Some(false)` refuses every new call (busy), `Some(true)`
     /// accepts every new call, `None` returns to the configured policy.
-    pub fn set_can_handle_new_call(&self, value: Option<bool>) -> Result<(), VoipError> {
-        self.inner.shared.command(Command::SetCanHandleNewCall { value })
+    pub async fn set_can_handle_new_call(&self, value: Option<bool>) -> Result<(), VoipError> {
+        self.handle.command(Command::SetCanHandleNewCall { value }).await
     }
 
-    /// The room's group call (`call_id` `""`) for this `application` and `scope`, with this
-    /// backend. Nothing is sent until [`GroupCall::enter`]; members already in the call are
-    /// visible at once through [`GroupCall::participants`].
-    pub fn fetch_or_create_group_call(
+    /// The room's group call (`call_id` `""`) with these options (a [`GroupCallOptions`], or
+    /// just a [`crate::GroupCallBackend`] for the defaults). Nothing is sent until
+    /// [`GroupCall::enter`]; members already in the call are visible at once through
+    /// [`GroupCall::participants`].
+    pub async fn fetch_or_create_group_call(
         &self,
-        room: &RoomId,
-        backend: GroupCallBackend,
-        application: &str,
-        scope: &str,
-    ) -> GroupCall {
-        GroupCall::new(self.inner.shared.clone(), room.clone(), backend, application, scope)
+        room: impl AsRef<str>,
+        options: impl Into<GroupCallOptions>,
+    ) -> Result<GroupCall, VoipError> {
+        let group = GroupCall::new(self.handle.clone(), room.as_ref().into(), options.into());
+        self.handle.watch_group(group.id().clone()).await?;
+        Ok(group)
     }
 
     /// What the core ignored from the network, by cause (malformed, spoofed, stale, …).
     pub fn counters(&self) -> Counters {
-        self.inner.shared.lock().core.counters().clone()
+        self.handle.snapshot().counters.clone()
     }
 
     /// The webrtc-rs engine, when the runtime was built with `VoipBuilder::webrtc`: per-call
     /// tracks, stats and sources.
     #[cfg(feature = "webrtc")]
     pub fn webrtc(&self) -> Option<&voip_webrtc::WebrtcEngine> {
-        self.inner.webrtc.as_ref()
+        self.handle.ctx.webrtc.as_ref()
     }
 
     /// The matrix-sdk adapter, when built with `Voip::from_client`.
     #[cfg(feature = "matrix")]
     pub fn matrix(&self) -> Option<&voip_matrix::MatrixAdapter> {
-        self.inner.shared.adapter.as_ref()
+        self.handle.ctx.adapter.as_ref()
     }
 
-    /// Stops the runtime. With matrix signalling, sends already queued (a hangup, a leave) are
-    /// completed first and their results handled by the core; then the task stops and the media
-    /// engine closes everything. Calls in progress are not hung up: hang up first.
+    /// Stops the runtime and waits until it has stopped. With matrix signalling, sends already
+    /// queued (a hangup, a leave) are completed first and their results handled by the core;
+    /// then every feed and stream ends and the media engine closes everything. Calls in
+    /// progress are not hung up: hang up first. Dropping every handle does the same in the
+    /// background.
     pub async fn shutdown(&self) {
-        #[cfg(feature = "matrix")]
-        if let Some(adapter) = &self.inner.shared.adapter {
-            adapter.shutdown().await;
-        }
-        let stop = self.inner.stop.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some((tx, task)) = stop {
-            let _ = tx.send(());
-            let _ = task.await;
-        }
-        #[cfg(feature = "webrtc")]
-        if let Some(engine) = &self.inner.webrtc {
-            engine.shutdown().await;
+        self.handle.stop();
+        self.stopped().await;
+    }
+
+    /// Resolves once the runtime has stopped ([`Voip::shutdown`], every handle dropped, or the
+    /// transport's input channel closed). The future holds no handle.
+    pub fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.handle.stopped()
+    }
+}
+
+/// The stream of incoming calls of [`Voip::incoming_calls`]; ends when the runtime stops. It
+/// does not keep the runtime running.
+#[derive(Debug)]
+pub struct IncomingCalls {
+    ids: Subscription<CallId>,
+    handle: WeakHandle,
+}
+
+impl Stream for IncomingCalls {
+    type Item = Call;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Call>> {
+        match self.ids.poll_next_unpin(cx) {
+            Poll::Ready(Some(id)) => Poll::Ready(self.handle.upgrade().map(|h| Call::new(h, id))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
         }
     }
 }
 
-/// The stream of incoming calls of [`Voip::incoming_calls`].
+/// The stream of [`Voip::missed_calls`]; ends when the runtime stops.
 #[derive(Debug)]
-pub struct IncomingCalls(broadcast::Receiver<Call>);
+pub struct MissedCalls(Subscription<MissedCall>);
 
-impl IncomingCalls {
-    /// The next incoming call; `None` once the runtime is gone.
-    pub async fn next(&mut self) -> Option<Call> {
-        loop {
-            match self.0.recv().await {
-                Ok(call) => return Some(call),
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!(missed = n, "incoming-call subscriber fell behind");
-                }
-                Err(broadcast::error::RecvError::Closed) => return None,
-            }
-        }
+impl Stream for MissedCalls {
+    type Item = MissedCall;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<MissedCall>> {
+        self.0.poll_next_unpin(cx)
+    }
+}
+
+/// The stream of [`Voip::events`]: every event of the core; ends when the runtime stops.
+#[derive(Debug)]
+pub struct Events(Subscription<Event>);
+
+impl Events {
+    /// The next event if one is ready, without waiting.
+    pub fn try_next(&mut self) -> Option<Event> {
+        self.0.try_next()
+    }
+}
+
+impl Stream for Events {
+    type Item = Event;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        self.0.poll_next_unpin(cx)
     }
 }
 

@@ -34,8 +34,8 @@ async fn each_member_hears_the_others_tones_on_their_streams() {
             .webrtc(WebrtcConfig::loopback().with_audio(hub))
             .build()
             .unwrap();
-        let group = voip.fetch_or_create_group_call(&room, GroupCallBackend::Mesh, "m.call", "m.room");
-        group.enter().unwrap();
+        let group = voip.fetch_or_create_group_call(&room, GroupCallBackend::Mesh).await.unwrap();
+        group.enter().await.unwrap();
         groups.push(group);
         voips.push(voip);
     }
@@ -117,7 +117,7 @@ async fn each_member_hears_the_others_tones_on_their_streams() {
         p.abort();
     }
     for g in &groups {
-        g.leave().unwrap();
+        g.leave().await.unwrap();
     }
     for v in &voips {
         v.shutdown().await;

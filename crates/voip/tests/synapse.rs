@@ -9,7 +9,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use support::{encrypted_room, received, wait_until, within, MatrixPerson};
 use voip::core::media::MediaKind;
-use voip::{CallEvent, CallState, CallType, Config, EndReason, GroupCallBackend, Initiator};
+use voip::StreamExt;
+use voip::{CallState, CallType, CallUpdate, Config, EndReason, GroupCallBackend, Initiator};
 
 fn init_tracing() {
     let _ = tracing_subscriber::fmt()
@@ -38,12 +39,12 @@ async fn video_call_with_media_both_ways_then_hangup() -> Result<()> {
     let room = encrypted_room(&[&alice.client, &bob.client]).await?;
     let mut incoming = bob.voip.incoming_calls();
 
-    let call = alice.voip.invite_to_call(&room, CallType::Video, &bob.voip.local_device().user_id, None)?;
+    let call = alice.voip.invite_to_call(&room, CallType::Video, &bob.voip.local_device().user_id).await?;
     let ringing = within("incoming call", incoming.next()).await?.context("runtime stopped")?;
     assert_eq!(ringing.id(), call.id());
     assert_eq!(ringing.remote_user().as_ref(), Some(&alice.voip.local_device().user_id));
     assert_eq!(ringing.info().map(|i| i.call_type), Some(CallType::Video));
-    ringing.answer()?;
+    ringing.answer().await?;
     within("alice connected", call.wait_for_state(CallState::Connected)).await?.context("ended")?;
     within("bob connected", ringing.wait_for_state(CallState::Connected)).await?.context("ended")?;
     within(
@@ -56,7 +57,7 @@ async fn video_call_with_media_both_ways_then_hangup() -> Result<()> {
     )
     .await?;
 
-    ringing.hangup()?;
+    ringing.hangup().await?;
     let (reason, initiator) = within("alice sees the end", call.ended()).await?.context("no end")?;
     assert_eq!((reason, initiator), (EndReason::UserHangup, Initiator::Remote));
     let (_, initiator) = within("bob's end", ringing.ended()).await?.context("no end")?;
@@ -82,29 +83,29 @@ async fn busy_callee_and_missed_call() -> Result<()> {
     let mut missed = bob.voip.missed_calls();
 
     // Bob is in a call with Alice...
-    let call = alice.voip.invite_to_call(&ab, CallType::Voice, &bob.voip.local_device().user_id, None)?;
+    let call = alice.voip.invite_to_call(&ab, CallType::Voice, &bob.voip.local_device().user_id).await?;
     let ringing = within("bob rings", incoming.next()).await?.context("stopped")?;
-    ringing.answer()?;
+    ringing.answer().await?;
     within("connected", call.wait_for_state(CallState::Connected)).await?.context("ended")?;
     assert!(!bob.voip.can_handle_new_call());
 
     // ...so Carol's call is refused as busy, and Bob gets a missed call.
-    let carols = carol.voip.invite_to_call(&cb, CallType::Voice, &bob.voip.local_device().user_id, None)?;
+    let carols = carol.voip.invite_to_call(&cb, CallType::Voice, &bob.voip.local_device().user_id).await?;
     let (reason, _) = within("carol's call ends", carols.ended()).await?.context("no end")?;
     assert_eq!(reason, EndReason::UserBusy);
-    let m = within("missed call", missed.recv()).await??;
+    let m = within("missed call", missed.next()).await?.context("stopped")?;
     assert_eq!((m.call_id.clone(), m.reason), (carols.id().clone(), EndReason::UserBusy));
     assert_eq!(m.caller, carol.voip.local_device().user_id);
     assert_eq!(call.state(), CallState::Connected, "the call in progress is untouched");
-    call.hangup()?;
+    call.hangup().await?;
     within("bob's call ends", ringing.ended()).await?;
 
     // Unanswered: Carol gives up before Bob answers: a missed call, not an answered one.
-    let again = carol.voip.invite_to_call(&cb, CallType::Voice, &bob.voip.local_device().user_id, None)?;
+    let again = carol.voip.invite_to_call(&cb, CallType::Voice, &bob.voip.local_device().user_id).await?;
     let rang = within("bob rings again", incoming.next()).await?.context("stopped")?;
     assert_eq!(rang.id(), again.id());
-    again.hangup()?;
-    let m = within("second missed call", missed.recv()).await??;
+    again.hangup().await?;
+    let m = within("second missed call", missed.next()).await?.context("stopped")?;
     assert_eq!(m.call_id, *again.id());
     let (reason, initiator) = within("bob's ringing stops", rang.ended()).await?.context("no end")?;
     assert_eq!((reason, initiator), (EndReason::UserHangup, Initiator::Remote));
@@ -117,13 +118,13 @@ async fn glare_between_two_real_clients_leaves_one_connected_call() -> Result<()
     let (alice, bob) = (&p[0], &p[1]);
     let room = encrypted_room(&[&alice.client, &bob.client]).await?;
     // Both call at the same moment: neither has seen the other's invite yet.
-    let a = alice.voip.invite_to_call(&room, CallType::Voice, &bob.voip.local_device().user_id, None)?;
-    let b = bob.voip.invite_to_call(&room, CallType::Voice, &alice.voip.local_device().user_id, None)?;
-    let (mut ea, mut eb) = (a.events(), b.events());
-    let survivor = |events: &mut voip::CallEvents| {
+    let a = alice.voip.invite_to_call(&room, CallType::Voice, &bob.voip.local_device().user_id).await?;
+    let b = bob.voip.invite_to_call(&room, CallType::Voice, &alice.voip.local_device().user_id).await?;
+    let (mut ea, mut eb) = (a.updates(), b.updates());
+    let survivor = |events: &mut voip::CallUpdates| {
         let mut replaced = None;
         while let Some(ev) = events.try_next() {
-            if let CallEvent::Replaced { new_call } = ev {
+            if let CallUpdate::Replaced { new_call } = ev {
                 replaced = Some(new_call);
             }
         }
@@ -157,7 +158,7 @@ async fn glare_between_two_real_clients_leaves_one_connected_call() -> Result<()
         .map(|c| c.id().clone())
         .collect();
     assert_eq!(live, vec![winner.id().clone()], "one live call per pair");
-    winner.hangup()?;
+    winner.hangup().await?;
     within("ended", winner_call.ended()).await?;
     Ok(())
 }
@@ -167,12 +168,12 @@ async fn three_person_mesh_call_with_media_between_everyone() -> Result<()> {
     let p = people(&["alice", "bob", "carol"], Config::default()).await?;
     let clients: Vec<_> = p.iter().map(|x| &x.client).collect();
     let room = encrypted_room(&clients).await?;
-    let groups: Vec<_> = p
-        .iter()
-        .map(|x| x.voip.fetch_or_create_group_call(&room, GroupCallBackend::Mesh, "m.call", "m.room"))
-        .collect();
+    let groups: Vec<_> = futures_util::future::try_join_all(
+        p.iter().map(|x| x.voip.fetch_or_create_group_call(&room, GroupCallBackend::Mesh)),
+    )
+    .await?;
     for g in &groups {
-        g.enter()?;
+        g.enter().await?;
     }
     within(
         "everyone connected to everyone with audio",
@@ -190,7 +191,7 @@ async fn three_person_mesh_call_with_media_between_everyone() -> Result<()> {
     )
     .await?;
     // Carol leaves: the others see it and their calls with her end.
-    groups[2].leave()?;
+    groups[2].leave().await?;
     within(
         "carol gone for alice and bob",
         wait_until(|| groups[..2].iter().all(|g| g.participants().len() == 1 && g.peer_calls().len() == 1)),
@@ -198,7 +199,7 @@ async fn three_person_mesh_call_with_media_between_everyone() -> Result<()> {
     .await?;
     within("carol left", wait_until(|| !groups[2].is_active())).await?;
     for g in &groups[..2] {
-        g.leave()?;
+        g.leave().await?;
     }
     within("alice and bob left", wait_until(|| groups.iter().all(|g| !g.is_active()))).await?;
     if groups.iter().any(|g| !g.peer_calls().is_empty()) {

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use support::{encrypted_room, received, wait_until, within, MatrixPerson, SyncMode};
 use voip::core::media::MediaKind;
+use voip::StreamExt;
 use voip::{CallState, CallType, Config, EndReason, GroupCallBackend, Initiator};
 
 fn init_tracing() {
@@ -37,10 +38,10 @@ async fn call_and_hang_up(
 ) -> Result<Duration> {
     let mut incoming = bob.voip.incoming_calls();
     let t0 = Instant::now();
-    let call = alice.voip.invite_to_call(room, CallType::Voice, &bob.voip.local_device().user_id, None)?;
+    let call = alice.voip.invite_to_call(room, CallType::Voice, &bob.voip.local_device().user_id).await?;
     let ringing = within("bob's phone rings", incoming.next()).await?.context("runtime stopped")?;
     assert_eq!(ringing.id(), call.id());
-    ringing.answer()?;
+    ringing.answer().await?;
     within(
         "connected with audio both ways",
         wait_until(|| {
@@ -59,7 +60,7 @@ async fn call_and_hang_up(
         })
     })
     .await?;
-    ringing.hangup()?;
+    ringing.hangup().await?;
     let (reason, initiator) = within("alice sees the hang-up", call.ended()).await?.context("no end")?;
     assert_eq!((reason, initiator), (EndReason::UserHangup, Initiator::Remote));
     within("bob's call ended", ringing.ended()).await?.context("no end")?;
@@ -123,12 +124,12 @@ async fn three(mode: SyncMode, tag: &str) -> Result<(Vec<MatrixPerson>, voip::co
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mesh_call_when_everyone_syncs_with_sync_service() -> Result<()> {
     let (ps, room) = three(SyncMode::Service, "mesh-ss").await?;
-    let groups: Vec<_> = ps
-        .iter()
-        .map(|p| p.voip.fetch_or_create_group_call(&room, GroupCallBackend::Mesh, "m.call", "m.room"))
-        .collect();
+    let groups: Vec<_> = futures_util::future::try_join_all(
+        ps.iter().map(|p| p.voip.fetch_or_create_group_call(&room, GroupCallBackend::Mesh)),
+    )
+    .await?;
     for g in &groups {
-        g.enter()?;
+        g.enter().await?;
     }
     within(
         "everyone connected to everyone with audio",
@@ -145,14 +146,14 @@ async fn mesh_call_when_everyone_syncs_with_sync_service() -> Result<()> {
         }),
     )
     .await?;
-    groups[2].leave()?;
+    groups[2].leave().await?;
     within(
         "the leaver is gone for the others",
         wait_until(|| groups[..2].iter().all(|g| g.participants().len() == 1 && g.peer_calls().len() == 1)),
     )
     .await?;
     for g in &groups[..2] {
-        g.leave()?;
+        g.leave().await?;
     }
     within("everyone left", wait_until(|| groups.iter().all(|g| !g.is_active()))).await?;
     Ok(())
@@ -163,12 +164,12 @@ async fn livekit_membership_and_keys_when_everyone_syncs_with_sync_service() -> 
     let (ps, room) = three(SyncMode::Service, "lk-ss").await?;
     let backend =
         GroupCallBackend::LiveKit { service_url: "https://livekit-jwt.example.org".into(), alias: None };
-    let groups: Vec<_> = ps
-        .iter()
-        .map(|p| p.voip.fetch_or_create_group_call(&room, backend.clone(), "m.call", "m.room"))
-        .collect();
+    let groups: Vec<_> = futures_util::future::try_join_all(
+        ps.iter().map(|p| p.voip.fetch_or_create_group_call(&room, backend.clone())),
+    )
+    .await?;
     for g in &groups {
-        g.enter()?;
+        g.enter().await?;
     }
     within(
         "every member sees the others and has their keys",
@@ -183,7 +184,7 @@ async fn livekit_membership_and_keys_when_everyone_syncs_with_sync_service() -> 
     let rest = &groups[..2];
     let before: Vec<String> =
         rest.iter().map(|g| g.media_keys().and_then(|k| k.local).map(|l| l.1).unwrap_or_default()).collect();
-    groups[2].leave()?;
+    groups[2].leave().await?;
     within(
         "both remaining members rotated to a key the other has",
         wait_until(|| {
@@ -201,7 +202,7 @@ async fn livekit_membership_and_keys_when_everyone_syncs_with_sync_service() -> 
     )
     .await?;
     for g in rest {
-        g.leave()?;
+        g.leave().await?;
     }
     within("everyone left", wait_until(|| groups.iter().all(|g| !g.is_active()))).await?;
     Ok(())

@@ -14,6 +14,7 @@ use anyhow::{Context, Result};
 use support::{encrypted_room, received, wait_until, within};
 use voip::core::media::MediaKind;
 use voip::webrtc::{IceServer, WebrtcConfig};
+use voip::StreamExt;
 use voip::{CallState, CallType, EndReason, Initiator, Voip};
 use voip_testkit::coturn::Coturn;
 use voip_testkit::rig::{Instance, StartOptions};
@@ -81,9 +82,9 @@ async fn relay_only_call_through_coturn_with_media_both_ways() -> Result<()> {
 
     let mut incoming = bob.voip.incoming_calls();
     let t0 = Instant::now();
-    let call = alice.voip.invite_to_call(&room, CallType::Voice, &bob.voip.local_device().user_id, None)?;
+    let call = alice.voip.invite_to_call(&room, CallType::Voice, &bob.voip.local_device().user_id).await?;
     let ringing = within("bob's phone rings", incoming.next()).await?.context("runtime stopped")?;
-    ringing.answer()?;
+    ringing.answer().await?;
     within(
         "connected with audio both ways through the relay",
         wait_until(|| {
@@ -118,7 +119,7 @@ async fn relay_only_call_through_coturn_with_media_both_ways() -> Result<()> {
         "coturn log: {allocations} allocations, {permissions} permissions"
     );
 
-    ringing.hangup()?;
+    ringing.hangup().await?;
     let (reason, initiator) = within("alice sees the hang-up", call.ended()).await?.context("no end")?;
     assert_eq!((reason, initiator), (EndReason::UserHangup, Initiator::Remote));
     for p in [&alice, &bob] {

@@ -24,7 +24,10 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use voip::core::BusySignal;
 use voip::core::{RoomId, UserId};
 use voip::webrtc::WebrtcConfig;
-use voip::{Call, CallEvent, CallType, Config, GroupCall, GroupCallBackend, GroupCallEvent, Initiator, Voip};
+use voip::StreamExt;
+use voip::{
+    Call, CallType, CallUpdate, Config, GroupCall, GroupCallBackend, GroupCallUpdate, Initiator, Voip,
+};
 
 /// Writes one protocol event (stdout is the protocol; nothing else goes there).
 fn emit(t0: std::time::Instant, ev: &str, mut fields: Value) {
@@ -93,27 +96,27 @@ fn watch(t0: std::time::Instant, state: Shared, call: Call, direction: &'static 
         "call",
         json!({"call_id": id, "direction": direction, "peer": call.remote_user().map(|u| u.to_string())}),
     );
-    let mut events = call.events();
+    let mut events = call.updates();
     tokio::spawn(async move {
         while let Some(e) = events.next().await {
             match e {
-                CallEvent::StateChanged(s) => emit(
+                CallUpdate::StateChanged(s) => emit(
                     t0,
                     "state",
                     json!({"call_id": id, "state": serde_json::to_value(s).unwrap_or(Value::Null)}),
                 ),
                 // js-sdk's words: "remote on hold" = we hold the peer; "local on hold" = held by it.
-                CallEvent::HoldChanged { local_hold, remote_hold } => emit(
+                CallUpdate::HoldChanged { local_hold, remote_hold } => emit(
                     t0,
                     "hold",
                     json!({"call_id": id, "remote_on_hold": local_hold, "local_on_hold": remote_hold}),
                 ),
-                CallEvent::Replaced { new_call } => {
+                CallUpdate::Replaced { new_call } => {
                     emit(t0, "replaced", json!({"call_id": id, "by": new_call.id().to_string()}));
                     lock(&state).call = Some(new_call.clone());
                     watch(t0, state.clone(), new_call, "replacement");
                 }
-                CallEvent::Ended { reason, initiator: who } => emit(
+                CallUpdate::Ended { reason, initiator: who } => emit(
                     t0,
                     "ended",
                     json!({"call_id": id, "reason": reason.wire_reason(), "party": initiator(&who)}),
@@ -125,11 +128,11 @@ fn watch(t0: std::time::Instant, state: Shared, call: Call, direction: &'static 
 }
 
 fn watch_group(t0: std::time::Instant, me: (String, String), group: &GroupCall) {
-    let mut events = group.events();
+    let mut events = group.updates();
     tokio::spawn(async move {
         while let Some(e) = events.next().await {
             match e {
-                GroupCallEvent::ParticipantsChanged { participants, .. } => {
+                GroupCallUpdate::ParticipantsChanged { participants, .. } => {
                     // js-sdk lists its own membership too; the library never lists ours.
                     let mut members: Vec<Value> = participants
                         .iter()
@@ -138,7 +141,7 @@ fn watch_group(t0: std::time::Instant, me: (String, String), group: &GroupCall) 
                     members.push(json!({"user_id": me.0, "device_id": me.1}));
                     emit(t0, "rtc-members", json!({"members": members}));
                 }
-                GroupCallEvent::EncryptionKey { participant, local, index, key } => emit(
+                GroupCallUpdate::EncryptionKey { participant, local, index, key } => emit(
                     t0,
                     "rtc-key",
                     json!({
@@ -149,7 +152,7 @@ fn watch_group(t0: std::time::Instant, me: (String, String), group: &GroupCall) 
                         "local": local,
                     }),
                 ),
-                GroupCallEvent::StateChanged(s) => emit(t0, "rtc-state", json!({"state": format!("{s:?}")})),
+                GroupCallUpdate::StateChanged(s) => emit(t0, "rtc-state", json!({"state": format!("{s:?}")})),
                 _ => {}
             }
         }
@@ -168,19 +171,22 @@ async fn command(
         "call" => {
             let to = c["to"].as_str().context("call: no `to`")?;
             let room = RoomId::from(c["room"].as_str().unwrap_or(&args.room));
-            let call = voip.invite_to_call(&room, CallType::Voice, &UserId::from(to), None)?;
+            let call = voip.invite_to_call(&room, CallType::Voice, &UserId::from(to)).await?;
             lock(state).call = Some(call.clone());
             watch(t0, state.clone(), call, "outgoing");
         }
         "answer" => {
             let call = lock(state).incoming.take().context("no incoming call")?;
             lock(state).call = Some(call.clone());
-            call.answer()?;
+            call.answer().await?;
         }
-        "reject" => lock(state).incoming.take().context("no incoming call")?.reject(true)?,
-        "hangup" => current()?.hangup()?,
-        "hold" => current()?.set_hold(true)?,
-        "unhold" => current()?.set_hold(false)?,
+        "reject" => {
+            let call = lock(state).incoming.take().context("no incoming call")?;
+            call.reject().await?;
+        }
+        "hangup" => current()?.hangup().await?,
+        "hold" => current()?.set_hold(true).await?,
+        "unhold" => current()?.set_hold(false).await?,
         "stats" => {
             let call = lock(state).call.clone();
             let (mut sent, mut received) = (0, 0);
@@ -205,15 +211,15 @@ async fn command(
             let room = RoomId::from(args.room.as_str());
             let backend =
                 GroupCallBackend::LiveKit { service_url: "http://127.0.0.1:9/livekit".into(), alias: None };
-            let group = voip.fetch_or_create_group_call(&room, backend, "m.call", "m.room");
+            let group = voip.fetch_or_create_group_call(&room, backend).await?;
             watch_group(t0, (args.user_id.clone(), args.device_id.clone()), &group);
-            group.enter()?;
+            group.enter().await?;
             lock(state).group = Some(group);
             emit(t0, "rtc-joined", json!({"room_id": args.room}));
         }
         "rtc-leave" => {
             let group = lock(state).group.clone().context("not joined")?;
-            group.leave()?;
+            group.leave().await?;
             emit(t0, "rtc-left", json!({"ok": true}));
         }
         other => bail!("unknown command {other:?}"),
@@ -260,7 +266,7 @@ async fn run(t0: std::time::Instant) -> anyhow::Result<()> {
     }
     let mut missed = voip.missed_calls();
     tokio::spawn(async move {
-        while let Ok(m) = missed.recv().await {
+        while let Some(m) = missed.next().await {
             emit(t0, "missed", json!({"call_id": m.call_id.to_string(), "reason": m.reason.wire_reason()}));
         }
     });
