@@ -314,7 +314,14 @@ pub async fn run(
             "connected": connected_at.is_some(),
             "duration_s": (duration * 10.0).round() / 10.0,
         }),
-        || format!("Call ended: {} by {} after {duration:.1} s", reason_name(&reason), name(&initiator)),
+        || match connected_at {
+            Some(_) => {
+                format!("Call ended: {} by {} after {duration:.1} s", reason_name(&reason), name(&initiator))
+            }
+            None => {
+                format!("Call ended before it connected: {} by {}", reason_name(&reason), name(&initiator))
+            }
+        },
     );
     for task in audio_tasks {
         // The recorder ends with the peer's track; never wait for long.
@@ -395,20 +402,24 @@ fn start_audio(
 
 /// Byte counters of the previous sample, for bitrates.
 #[derive(Debug, Default)]
-struct Rates {
+pub struct Rates {
     at: Option<Instant>,
     sent: u64,
     received: u64,
 }
 
-/// One status sample: the engine's stats and the decoded audio's level.
+/// One status sample of a call: the engine's stats and the decoded audio's level.
 async fn sample(ctx: &Ctx, call_id: &CallId, state: CallState, since: Instant, rates: &mut Rates) -> Status {
-    let mut status = Status {
-        call_id: call_id.as_str().to_owned(),
-        state: name(&state),
-        elapsed_s: (since.elapsed().as_secs_f64() * 10.0).round() / 10.0,
-        ..Status::default()
-    };
+    let mut status = one_sample(ctx, call_id, rates).await;
+    status.call_id = call_id.as_str().to_owned();
+    status.state = name(&state);
+    status.elapsed_s = (since.elapsed().as_secs_f64() * 10.0).round() / 10.0;
+    status
+}
+
+/// The media figures of one call (no id, state or time).
+async fn one_sample(ctx: &Ctx, call_id: &CallId, rates: &mut Rates) -> Status {
+    let mut status = Status::default();
     if let Some(Ok(stats)) = match ctx.voip.webrtc() {
         Some(engine) => Some(engine.stats(call_id).await),
         None => None,
@@ -427,6 +438,43 @@ async fn sample(ctx: &Ctx, call_id: &CallId, state: CallState, since: Instant, r
     }
     status.audio_level_dbfs = audio_level(&ctx.hub, call_id);
     status
+}
+
+/// The status of several calls at once (a mesh group call's peer calls): bitrates summed, the
+/// worst round-trip time and loss, the loudest peer.
+pub async fn sample_calls(
+    ctx: &Ctx,
+    calls: &[CallId],
+    state: &str,
+    since: Instant,
+    rates: &mut std::collections::HashMap<CallId, Rates>,
+) -> Status {
+    let mut total = Status {
+        state: state.to_owned(),
+        elapsed_s: (since.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+        ..Status::default()
+    };
+    rates.retain(|id, _| calls.contains(id));
+    for id in calls {
+        let s = one_sample(ctx, id, rates.entry(id.clone()).or_default()).await;
+        total.send_kbps += s.send_kbps;
+        total.recv_kbps += s.recv_kbps;
+        total.rtt_ms = max_opt(total.rtt_ms, s.rtt_ms);
+        total.loss_percent = max_opt(total.loss_percent, s.loss_percent);
+        total.audio_level_dbfs = max_opt(total.audio_level_dbfs, s.audio_level_dbfs);
+        if total.path.is_none() {
+            total.path = s.path;
+        }
+    }
+    total
+}
+
+fn max_opt<T: PartialOrd>(a: Option<T>, b: Option<T>) -> Option<T> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if b > a { b } else { a }),
+        (a, None) => a,
+        (None, b) => b,
+    }
 }
 
 /// The level of the last decoded frame of the peer's first audio stream.
@@ -464,6 +512,14 @@ mod tests {
         assert_eq!(numbered(Path::new("/tmp/out.wav"), 1), PathBuf::from("/tmp/out.wav"));
         assert_eq!(numbered(Path::new("/tmp/out.wav"), 3), PathBuf::from("/tmp/out-3.wav"));
         assert_eq!(numbered(Path::new("rec"), 2), PathBuf::from("rec-2"));
+    }
+
+    #[test]
+    fn max_opt_keeps_the_larger_known_value() {
+        assert_eq!(max_opt(Some(3.0), Some(5.0)), Some(5.0));
+        assert_eq!(max_opt(Some(3.0), None), Some(3.0));
+        assert_eq!(max_opt(None, Some(-20.0)), Some(-20.0));
+        assert_eq!(max_opt::<f64>(None, None), None);
     }
 
     #[test]

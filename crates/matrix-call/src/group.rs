@@ -10,7 +10,6 @@ use voip::{GroupCallBackend, GroupCallOptions, GroupCallState, GroupCallUpdate, 
 
 use crate::call::MediaOptions;
 use crate::error::{one_line, CliError};
-use crate::output::Status;
 use crate::Ctx;
 
 /// How to join.
@@ -65,6 +64,7 @@ pub async fn join(
     let mut give_up: Option<tokio::time::Instant> = None;
     let mut interrupted = false;
     let mut playing: HashSet<String> = HashSet::new();
+    let mut rates = std::collections::HashMap::new();
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
@@ -95,7 +95,8 @@ pub async fn join(
                             break;
                         }
                     }
-                    GroupCallUpdate::ParticipantsChanged { joined, left, participants } => {
+                    GroupCallUpdate::ParticipantsChanged { joined, left, .. } => {
+                        let participants = group.participants();
                         let ids = |ps: &[voip::Participant]| ps.iter().map(|p| p.livekit_identity()).collect::<Vec<_>>();
                         let (j, l, all) = (ids(&joined), ids(&left), ids(&participants));
                         out.event("participants", json!({ "joined": j, "left": l, "participants": all }), || {
@@ -130,13 +131,14 @@ pub async fn join(
                     }
                 }
                 if !livekit {
-                    let connected = peers.iter().filter(|(_, c)| c.state() == voip::CallState::Connected).count();
-                    let status = Status {
-                        call_id: room_id.clone(),
-                        state: format!("{connected}/{} peers", group.participants().len()),
-                        elapsed_s: (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
-                        ..Status::default()
-                    };
+                    let connected: Vec<voip::core::CallId> = peers
+                        .iter()
+                        .filter(|(_, c)| c.state() == voip::CallState::Connected)
+                        .map(|(_, c)| c.id().clone())
+                        .collect();
+                    let label = format!("{}/{} peers", connected.len(), group.participants().len());
+                    let mut status = crate::call::sample_calls(ctx, &connected, &label, started, &mut rates).await;
+                    status.call_id = room_id.clone();
                     out.status(&status);
                 }
             }

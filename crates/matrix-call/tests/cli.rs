@@ -140,7 +140,7 @@ impl Drop for Running {
 
 /// Two users on the rig's Synapse and an encrypted DM room they have both joined (made with
 /// throw-away devices that are logged out again).
-async fn two_users_with_a_dm() -> Result<(TestUser, TestUser)> {
+async fn two_users_with_a_dm() -> Result<(TestUser, TestUser, String)> {
     let hs = voip_testkit::synapse();
     let alice = voip_testkit::register_user_on(hs, "alice").await?;
     let bob = voip_testkit::register_user_on(hs, "bob").await?;
@@ -155,11 +155,18 @@ async fn two_users_with_a_dm() -> Result<(TestUser, TestUser)> {
             InitialStateEvent::with_empty_state_key(RoomEncryptionEventContent::with_recommended_defaults())
                 .to_raw_any(),
         ];
+    // Both may send group-call memberships (for `join`).
+    req.power_level_content_override = Some(
+        matrix_sdk::ruma::serde::Raw::new(&serde_json::json!({
+            "events": { "org.matrix.msc3401.call.member": 0, "com.famedly.call.member": 0 }
+        }))?
+        .cast_unchecked(),
+    );
     let room = a.create_room(req).await.context("create the DM")?;
     b.join_room_by_id(room.room_id()).await.context("bob joins")?;
     a.matrix_auth().logout().await.context("logout")?;
     b.matrix_auth().logout().await.context("logout")?;
-    Ok((alice, bob))
+    Ok((alice, bob, room.room_id().to_string()))
 }
 
 fn login(dir: &Path, user: &TestUser) -> Result<Value> {
@@ -200,9 +207,9 @@ fn tone_margin(pcm: &[f32], tones: &[f64]) -> f64 {
 }
 
 #[test]
-fn two_processes_call_each_other_and_ctrl_c_hangs_up() -> Result<()> {
+fn two_processes_call_each_other_and_ctrl_c_hangs_up_and_join_a_mesh_call() -> Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
-    let (alice, bob) = rt.block_on(two_users_with_a_dm())?;
+    let (alice, bob, room) = rt.block_on(two_users_with_a_dm())?;
     let dir = scratch("call");
     let (a_dir, b_dir) = (dir.join("alice"), dir.join("bob"));
     let tone = dir.join("tone.wav");
@@ -289,6 +296,30 @@ fn two_processes_call_each_other_and_ctrl_c_hangs_up() -> Result<()> {
     assert_eq!(b_ended["initiator"], "remote");
     let mut b = b;
     assert_eq!(b.exit_code(STEP)?, 0, "answer ends with the call");
+
+    // 4. Both join the room's group call (mesh): they call each other, media flows both ways,
+    // both leave after a while.
+    let tone_path = tone.to_str().context("path")?;
+    let join = |dir: &Path| {
+        cli(
+            dir,
+            &["join", &room, "--mesh", "--loopback", "--play", tone_path, "--loop", "--leave-after", "15"],
+        )
+    };
+    let mut a = Running::spawn("alice", join(&a_dir))?;
+    let mut b = Running::spawn("bob", join(&b_dir))?;
+    let media = |e: &Value| {
+        e["event"] == "stats" && e["state"] == "1/1 peers" && e["recv_kbps"].as_f64().unwrap_or(0.0) > 5.0
+    };
+    a.wait_for("media from bob", STEP, media)?;
+    b.wait_for("media from alice", STEP, media)?;
+    assert_eq!(a.exit_code(STEP)?, 0);
+    assert_eq!(b.exit_code(STEP)?, 0);
+    for p in [&a, &b] {
+        p.wait_event("left", Duration::from_secs(1))?;
+        let peers = p.wait_event("participants", Duration::from_secs(1))?;
+        assert_eq!(peers["participants"].as_array().map(Vec::len), Some(1), "the other member: {peers}");
+    }
 
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
