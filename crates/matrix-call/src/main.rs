@@ -14,6 +14,8 @@
 #![deny(missing_docs)]
 
 mod call;
+#[cfg(feature = "devices")]
+mod devices;
 mod error;
 mod group;
 mod interrupt;
@@ -143,6 +145,9 @@ enum Command {
         #[command(flatten)]
         net: NetArgs,
     },
+    /// List the audio input and output devices (feature `devices`).
+    #[cfg(feature = "devices")]
+    Devices,
 }
 
 /// What a call sends and records.
@@ -272,6 +277,8 @@ async fn run(cli: Cli, out: &Out, interrupt: &Interrupt) -> Result<(), CliError>
             session::login(out, &data_dir, &homeserver, credentials, &device_name).await
         }
         Command::Logout => session::logout(out, &data_dir).await,
+        #[cfg(feature = "devices")]
+        Command::Devices => devices::list(out),
         Command::Whoami => session::whoami(out, &data_dir).await,
         Command::Call { user, room, video, media, net } => {
             let options = media.options(false)?;
