@@ -23,6 +23,8 @@
 #![recursion_limit = "256"]
 
 pub mod coturn;
+#[cfg(feature = "jwt-service")]
+pub mod jwt_service;
 pub mod rig;
 
 use std::sync::OnceLock;

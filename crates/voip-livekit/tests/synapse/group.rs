@@ -18,8 +18,16 @@ use voip_livekit::{
 use crate::jwt_service::{JwtService, Options};
 use crate::{http, room_with, Device, State};
 
-fn members(d: &Device, group: &GroupCallId) -> Vec<MemberInfo> {
-    d.with(|s| s.voip.group_call(group).members)
+async fn members(d: &Device, group: &GroupCallId) -> Vec<MemberInfo> {
+    d.group(group).await.info().members
+}
+
+/// Waits until `d` sees `n` members other than itself.
+async fn wait_members(d: &Device, group: &GroupCallId, n: usize, what: &str) -> Result<()> {
+    voip_testkit::wait_for(&format!("{}: {what}", d.user_id()), crate::TIMEOUT, || async {
+        (members(d, group).await.len() == n).then_some(())
+    })
+    .await
 }
 
 /// Our own participant (with the membership id the core chose), from our first local key.
@@ -62,14 +70,11 @@ async fn call(n: usize, dialect: MembershipDialect, options: Options, check_keys
     let mut foci = Vec::new();
     for (i, d) in devices.iter().enumerate() {
         if i > 0 {
-            d.wait("the call's current members", |s| {
-                (s.voip.group_call(&group).members.len() == i).then_some(())
-            })
-            .await?;
+            wait_members(d, &group, i, "the call's current members").await?;
         }
         let hs = homeserver_transports(&d.adapter, &http()).await?;
-        let own =
-            choose_own_transport(dialect, &hs, &members(d, &group), Some(&config)).expect("a transport");
+        let current = members(d, &group).await;
+        let own = choose_own_transport(dialect, &hs, &current, Some(&config)).expect("a transport");
         // The rig's Synapse names no JWT service: the first joiner uses the configuration, the
         // others find the service in the first one's membership.
         let expected = if i == 0 { TransportSource::Config } else { TransportSource::Membership };
@@ -86,7 +91,8 @@ async fn call(n: usize, dialect: MembershipDialect, options: Options, check_keys
             owned_state_keys: false,
             notify: None,
             encryption: Some(voip_core::MediaEncryption::PerParticipantKeys),
-        });
+        })
+        .await;
         // The focus as joined (with the alias `to_focus` filled in) is the one others see.
         foci.push(LivekitFocus::from_focus(&focus).expect("a LiveKit focus"));
     }
@@ -95,11 +101,11 @@ async fn call(n: usize, dialect: MembershipDialect, options: Options, check_keys
     // token for the same LiveKit room.
     let mut creds: Vec<(Participant, LivekitCredentials)> = Vec::new();
     for (d, focus) in devices.iter().zip(&foci) {
-        d.wait("all members", |s| (s.voip.group_call(&group).members.len() == n - 1).then_some(())).await?;
+        wait_members(d, &group, n - 1, "all members").await?;
         let me = d.wait("our own key", own_participant).await?;
         let plan = sfu_plan(
             &OwnMembership { participant: me.clone(), focus: focus.clone(), created: None },
-            &members(d, &group),
+            &members(d, &group).await,
         );
         ensure!(plan.publish.as_ref().map(|f| &f.service_url) == Some(&service.url), "{plan:?}");
         ensure!(plan.services().len() == 1 && plan.unreachable.is_empty(), "{plan:?}");
@@ -176,7 +182,7 @@ async fn three_clients_get_one_livekit_room_and_each_others_keys_in_both_dialect
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_clients_through_an_old_sfu_get_service_in_both_dialects() -> Result<()> {
-    let legacy = || Options { legacy_only: true, reject_delay: false };
+    let legacy = || Options { legacy_only: true, ..Options::default() };
     call(2, MembershipDialect::MatrixRtc, legacy(), true).await?;
     call(2, MembershipDialect::Famedly, legacy(), true).await
 }

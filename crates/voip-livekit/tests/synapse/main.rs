@@ -5,7 +5,6 @@
 #![recursion_limit = "256"]
 
 mod group;
-mod jwt_service;
 mod token;
 
 use std::sync::{Arc, Mutex};
@@ -19,10 +18,9 @@ use matrix_sdk::ruma::serde::Raw;
 use matrix_sdk::ruma::OwnedUserId;
 use matrix_sdk::Client;
 use serde_json::json;
-use tokio::sync::Notify;
-use voip_core::{Config, Event, Input, LocalDevice, Output, Timestamp};
+use voip_core::{Config, Event, LocalDevice, Timestamp};
 use voip_matrix::MatrixAdapter;
-use voip_testkit::{Syncing, TestUser};
+use voip_testkit::{jwt_service, Syncing, TestUser};
 
 /// Generous: Synapse is ×3 slower when cargo saturates both cores.
 pub const TIMEOUT: Duration = Duration::from_secs(30);
@@ -35,30 +33,30 @@ pub fn http() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().expect("reqwest client")
 }
 
-/// One logged-in device: an adapter, a sync loop, and a `voip_core::Voip` driven by both.
+/// One logged-in device: an adapter, a sync loop, and the `voip` runtime's driver running a
+/// core over both (SFU mode: no media engine is ever asked for anything).
 pub struct Device {
     pub user: TestUser,
     pub client: Client,
     pub adapter: MatrixAdapter,
+    pub voip: voip::Voip,
     pub state: Arc<Mutex<State>>,
-    wake: Arc<Notify>,
-    task: tokio::task::JoinHandle<()>,
+    group: tokio::sync::Mutex<Option<voip::GroupCall>>,
+    record: tokio::task::JoinHandle<()>,
     _sync: Syncing,
 }
 
+/// The app events the device's runtime reported.
 pub struct State {
-    pub voip: voip_core::Voip,
     pub events: Vec<Event>,
 }
 
-fn drain(st: &mut State, adapter: &MatrixAdapter) {
-    while let Some(out) = st.voip.poll() {
-        match out {
-            Output::Send(req) => adapter.submit(req),
-            // SFU mode: the core never drives a media engine.
-            Output::Media { call_id, command } => panic!("media command in SFU mode: {call_id} {command:?}"),
-            Output::Event(e) => st.events.push(e),
-        }
+/// SFU mode drives no media engine: a media command is a bug.
+struct NoMedia;
+
+impl voip_core::media::MediaEngine for NoMedia {
+    fn execute(&self, call_id: voip_core::CallId, command: voip_core::MediaCommand) {
+        panic!("media command in SFU mode: {call_id} {command:?}");
     }
 }
 
@@ -67,43 +65,55 @@ impl Device {
         let user = voip_testkit::register_user(name).await?;
         let client = voip_testkit::login(&user, None).await?;
         // The adapter's handlers must exist before the first sync to see the initial state.
-        let (adapter, mut inputs) = MatrixAdapter::new(client.clone());
+        let (adapter, inputs) = MatrixAdapter::new(client.clone());
         let sync = Syncing::start(&client).await?;
         let local = LocalDevice::new(user.user_id.clone(), client.device_id().context("device")?.to_string());
-        let voip = voip_core::Voip::new(Config::default(), local, voip_core::seed_from_u64(now().0));
-        let state = Arc::new(Mutex::new(State { voip, events: Vec::new() }));
-        let wake = Arc::new(Notify::new());
-        let (st, ad, wk) = (state.clone(), adapter.clone(), wake.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                let deadline = st.lock().unwrap().voip.next_deadline().map(|d| d.at);
-                let sleep =
-                    deadline.map_or(Duration::from_secs(3600), |at| Duration::from_millis(at.since(now())));
-                let input = tokio::select! {
-                    i = inputs.recv() => match i { Some(i) => i, None => return },
-                    _ = tokio::time::sleep(sleep) => Input::Tick,
-                    _ = wk.notified() => continue,
-                };
-                let mut s = st.lock().unwrap();
-                if let Err(e) = s.voip.handle(now(), input) {
-                    tracing::warn!("input rejected: {e}");
-                }
-                drain(&mut s, &ad);
+        let (_media_tx, media_rx) = tokio::sync::mpsc::unbounded_channel();
+        let voip = voip::VoipBuilder::new(local, adapter.clone(), inputs)
+            .config(Config::default())
+            .seed(voip_core::seed_from_u64(now().0))
+            .media_engine(Arc::new(NoMedia), media_rx)
+            .build()?;
+        let state = Arc::new(Mutex::new(State { events: Vec::new() }));
+        let mut events = voip.events();
+        let st = state.clone();
+        let record = tokio::spawn(async move {
+            use voip::StreamExt;
+            while let Some(e) = events.next().await {
+                st.lock().unwrap().events.push(e);
             }
         });
-        Ok(Device { user, client, adapter, state, wake, task, _sync: sync })
+        Ok(Device {
+            user,
+            client,
+            adapter,
+            voip,
+            state,
+            group: tokio::sync::Mutex::new(None),
+            record,
+            _sync: sync,
+        })
     }
 
     pub fn user_id(&self) -> String {
         self.user.user_id.clone()
     }
 
-    pub fn command(&self, command: voip_core::Command) {
-        let mut s = self.state.lock().unwrap();
-        s.voip.handle(now(), Input::Command(command)).expect("command accepted");
-        drain(&mut s, &self.adapter);
-        drop(s);
-        self.wake.notify_one();
+    /// Runs a core command through the runtime; it must be accepted.
+    pub async fn command(&self, command: voip_core::Command) {
+        self.voip.command(command).await.expect("command accepted");
+    }
+
+    /// The handle on `group` (kept, so the runtime publishes its snapshot).
+    pub async fn group(&self, group: &voip_core::GroupCallId) -> voip::GroupCall {
+        let mut slot = self.group.lock().await;
+        if let Some(g) = slot.as_ref().filter(|g| g.id() == group) {
+            return g.clone();
+        }
+        let backend = voip::GroupCallBackend::Mesh; // only read by `enter`; tests join by command
+        let g = self.voip.fetch_or_create_group_call(&group.room_id, backend).await.expect("runtime running");
+        *slot = Some(g.clone());
+        g
     }
 
     pub fn with<T>(&self, f: impl FnOnce(&State) -> T) -> T {
@@ -122,7 +132,7 @@ impl Device {
 
 impl Drop for Device {
     fn drop(&mut self) {
-        self.task.abort();
+        self.record.abort();
     }
 }
 

@@ -67,7 +67,8 @@ async fn a_real_openid_token_buys_a_livekit_token_and_a_bogus_one_does_not() -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_old_service_is_reached_on_sfu_get_and_the_keeper_refreshes_through_synapse() -> Result<()> {
     let bob = Device::new("bob").await?;
-    let service = JwtService::start(Options { legacy_only: true, reject_delay: true }).await?;
+    let service =
+        JwtService::start(Options { legacy_only: true, reject_delay: true, ..Options::default() }).await?;
     let mut req = TokenRequest::for_group(&group(), me(&bob)).with_alias(Some("!call:localhost".into()));
     req.delayed_leave = Some(DelayedLeave { delay_id: "syd_x".into(), delay_timeout_ms: 8000 });
     // The adapter is the OpenID source: every fetch asks Synapse for a new token.

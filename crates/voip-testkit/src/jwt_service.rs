@@ -1,6 +1,6 @@
-//! A MatrixRTC JWT service for the tests, speaking lk-jwt-service's protocol: it validates the
-//! OpenID token against the real Synapse's federation `openid/userinfo` endpoint and mints real
-//! LiveKit access tokens with `livekit-api`.
+//! A MatrixRTC JWT service for tests (feature `jwt-service`), speaking lk-jwt-service's protocol:
+//! it validates the OpenID token against the real Synapse's federation `openid/userinfo` endpoint
+//! and mints real LiveKit access tokens with `livekit-api`.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,16 +18,22 @@ use livekit_api::access_token::{AccessToken, VideoGrants};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+/// The LiveKit API key the tokens are signed for.
 pub const API_KEY: &str = "testkey";
+/// The LiveKit API secret the tokens are signed with.
 pub const API_SECRET: &str = "test-secret-that-is-long-enough-for-hs256";
+/// The SFU URL the service answers with (nothing listens there).
 pub const SFU_URL: &str = "ws://127.0.0.1:7880";
 
 #[derive(Clone, Debug, Default)]
+/// How the service behaves.
 pub struct Options {
     /// An old service: no `/get_token` (404).
     pub legacy_only: bool,
     /// Refuse delayed-leave fields with 400 `M_BAD_JSON` (services without MSC4140 support).
     pub reject_delay: bool,
+    /// Lifetime of the minted tokens (`exp`); one hour when `None`, as lk-jwt-service.
+    pub ttl: Option<Duration>,
 }
 
 struct Svc {
@@ -38,17 +44,20 @@ struct Svc {
     log: Mutex<Vec<(String, bool, u16)>>,
 }
 
+/// A running service; stopped when dropped.
 pub struct JwtService {
+    /// Its base URL (the `livekit_service_url` to put in a focus).
     pub url: String,
     svc: Arc<Svc>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl JwtService {
+    /// Starts the service on a free loopback port.
     pub async fn start(options: Options) -> Result<JwtService> {
         let svc = Arc::new(Svc {
             options,
-            synapse_url: voip_testkit::synapse().url.clone(),
+            synapse_url: crate::synapse().url.clone(),
             http: reqwest::Client::builder().no_proxy().build()?,
             log: Mutex::new(Vec::new()),
         });
@@ -86,6 +95,10 @@ fn hash_json(parts: &[&str]) -> String {
 }
 
 impl Svc {
+    fn ttl(&self) -> Duration {
+        self.options.ttl.unwrap_or(Duration::from_secs(3600))
+    }
+
     fn record(&self, endpoint: &str, body: &Value, r: &Response) {
         let delay = body.get("delay_id").is_some() || body.get("delay_timeout").is_some();
         self.log.lock().unwrap().push((endpoint.into(), delay, r.status().as_u16()));
@@ -121,11 +134,11 @@ impl Svc {
     }
 }
 
-fn mint(identity: &str, room: &str) -> Response {
+fn mint(identity: &str, room: &str, ttl: Duration) -> Response {
     let jwt = AccessToken::with_api_key(API_KEY, API_SECRET)
         .with_identity(identity)
         .with_grants(VideoGrants { room_join: true, room: room.into(), ..Default::default() })
-        .with_ttl(Duration::from_secs(3600))
+        .with_ttl(ttl)
         .to_jwt()
         .expect("mint");
     Json(json!({"url": SFU_URL, "jwt": jwt})).into_response()
@@ -160,7 +173,7 @@ async fn get_token_inner(svc: &Svc, body: &Value) -> Response {
     if user != claimed_user {
         return error(StatusCode::UNAUTHORIZED, "M_UNAUTHORIZED", "claimed user does not own the token");
     }
-    mint(&hash_json(&[&user, &claimed_device, &member_id]), &hash_json(&[&room_id, &slot_id]))
+    mint(&hash_json(&[&user, &claimed_device, &member_id]), &hash_json(&[&room_id, &slot_id]), svc.ttl())
 }
 
 async fn sfu_get(State(svc): State<Arc<Svc>>, body: Bytes) -> Response {
@@ -177,7 +190,7 @@ async fn sfu_get_inner(svc: &Svc, body: &Value) -> Response {
         return error(StatusCode::BAD_REQUEST, "M_BAD_JSON", "room and device_id");
     };
     match svc.validate(body).await {
-        Ok(user) => mint(&format!("{user}:{device}"), &hash_json(&[room, "m.call#ROOM"])),
+        Ok(user) => mint(&format!("{user}:{device}"), &hash_json(&[room, "m.call#ROOM"]), svc.ttl()),
         Err(r) => r,
     }
 }
