@@ -438,8 +438,9 @@ pub struct ScheduledDelayedEvent {
     /// The state key (`None` for a delayed room event).
     #[serde(default)]
     pub state_key: Option<String>,
-    /// The delay in milliseconds (`delay_ms`; Synapse also sends the older `delay`).
-    #[serde(default, alias = "delay")]
+    /// The delay in milliseconds (`delay_ms`; older revisions of MSC4140 call it `delay`, which
+    /// adapters map here).
+    #[serde(default)]
     pub delay_ms: Option<u64>,
     /// The content the server will send.
     #[serde(default)]

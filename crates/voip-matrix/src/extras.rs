@@ -92,6 +92,25 @@ mod list_delayed_events {
     }
 }
 
+/// The entries of a delayed-event listing the core can use; unreadable ones are skipped (and
+/// logged). Synapse 1.163 sends `delay_ms` and the older revision's `delay` side by side; an entry
+/// with only `delay` gets it as `delay_ms`.
+fn parse_delayed_events(listed: Vec<Value>) -> Vec<voip_core::ScheduledDelayedEvent> {
+    listed
+        .into_iter()
+        .filter_map(|mut v| {
+            if let Some(o) = v.as_object_mut().filter(|o| !o.contains_key("delay_ms")) {
+                if let Some(d) = o.get("delay").cloned() {
+                    o.insert("delay_ms".into(), d);
+                }
+            }
+            serde_json::from_value::<voip_core::ScheduledDelayedEvent>(v)
+                .map_err(|e| tracing::warn!(%e, "unreadable delayed event in the listing"))
+                .ok()
+        })
+        .collect()
+}
+
 /// A state event with an explicit state key (e.g. a call membership
 /// `_@alice:hs_DEVICE` / `@alice:hs`).
 #[derive(Clone, Debug, PartialEq)]
@@ -344,11 +363,7 @@ impl MatrixAdapter {
             .await;
         match result {
             Ok(r) => {
-                let delayed_events = r
-                    .delayed_events
-                    .into_iter()
-                    .filter_map(|v| serde_json::from_value::<voip_core::ScheduledDelayedEvent>(v).ok())
-                    .collect();
+                let delayed_events = parse_delayed_events(r.delayed_events);
                 SendOutcome::DelayedEvents { delayed_events }
             }
             Err(f) => f.into_outcome(),
@@ -378,5 +393,30 @@ impl MatrixAdapter {
             })
             .await
             .copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_synapse_listing_parses_with_both_delay_names() {
+        // As Synapse 1.163's DelayedEventsServlet answers (DelayedEventResponseLegacyCompat).
+        let listed = vec![
+            json!({"delay_id": "syd_a", "room_id": "!r:hs", "type": "org.matrix.msc3401.call.member",
+                   "state_key": "_@a:hs_DEV_m.call", "delay_ms": 8000, "delayed_since_ts": 1_700_000_000_000u64,
+                   "content": {}, "delay": 8000, "running_since": 1_700_000_000_000u64}),
+            json!({"delay_id": "syd_b", "room_id": "!r:hs", "type": "m.room.message",
+                   "delay": 5000, "content": {"body": "later"}}),
+            json!({"room_id": "!r:hs", "type": "no delay id"}),
+        ];
+        let parsed = parse_delayed_events(listed);
+        assert_eq!(parsed.len(), 2);
+        assert_eq!(parsed[0].delay_id, "syd_a");
+        assert_eq!(parsed[0].state_key.as_deref(), Some("_@a:hs_DEV_m.call"));
+        assert_eq!(parsed[0].delay_ms, Some(8000));
+        assert_eq!((parsed[1].state_key.as_deref(), parsed[1].delay_ms), (None, Some(5000)));
     }
 }

@@ -8,6 +8,7 @@ mod calls;
 mod faults;
 mod group;
 mod plumbing;
+mod restart;
 
 use std::time::Duration;
 
