@@ -66,6 +66,7 @@ pub struct GroupCallOptions {
     scope: String,
     dialect: MembershipDialect,
     owned_state_keys: bool,
+    encryption: Option<voip_core::MediaEncryption>,
 }
 
 impl GroupCallOptions {
@@ -78,6 +79,7 @@ impl GroupCallOptions {
             application: "m.call".into(),
             scope: "m.room".into(),
             owned_state_keys: false,
+            encryption: None,
         }
     }
 
@@ -108,6 +110,21 @@ impl GroupCallOptions {
     pub fn owned_state_keys(mut self, owned: bool) -> Self {
         self.owned_state_keys = owned;
         self
+    }
+
+    /// Media encryption of a LiveKit call: per-participant keys, or none (js-sdk's
+    /// `manageMediaKeys: false`). Without a choice it follows the room's `m.room.encryption`
+    /// (see [`voip_core::MediaEncryption`]); `Event::GroupCallEncryption` and
+    /// `GroupCallInfo::encryption` tell which mode the call runs.
+    #[must_use]
+    pub fn media_encryption(mut self, encryption: voip_core::MediaEncryption) -> Self {
+        self.encryption = Some(encryption);
+        self
+    }
+
+    /// The media encryption chosen, if any (`None`: from the room).
+    pub fn chosen_media_encryption(&self) -> Option<voip_core::MediaEncryption> {
+        self.encryption
     }
 
     /// The backend.
@@ -237,6 +254,7 @@ impl GroupCall {
                 focus: o.backend.focus(&self.id.room_id),
                 owned_state_keys: o.owned_state_keys,
                 notify,
+                encryption: o.encryption,
             })
             .await
     }
@@ -259,6 +277,7 @@ impl GroupCall {
             members: Vec::new(),
             transports: Vec::new(),
             streams: Vec::new(),
+            encryption: None,
         })
     }
 

@@ -277,6 +277,23 @@ impl Server {
                 let timer = (delay_id.clone(), 0, delay_ms);
                 (SendOutcome::Sent { event_id: None, delay_id: Some(delay_id) }, Some(timer))
             }
+            SendKind::ListDelayedEvents => {
+                // MSC4140's listing: the user's pending delayed events.
+                let delayed_events = self
+                    .delayed
+                    .iter()
+                    .filter(|(_, d)| d.sender == from.user_id)
+                    .map(|(id, d)| voip_core::ScheduledDelayedEvent {
+                        delay_id: id.clone(),
+                        room_id: d.room_id.clone(),
+                        event_type: d.event_type.clone(),
+                        state_key: Some(d.state_key.clone()),
+                        delay_ms: Some(d.delay_ms),
+                        content: d.content.clone(),
+                    })
+                    .collect();
+                (SendOutcome::DelayedEvents { delayed_events }, None)
+            }
             SendKind::UpdateDelayedEvent { delay_id, action } => {
                 let Some(d) = self.delayed.get_mut(&delay_id) else {
                     return (failed("M_NOT_FOUND", "unknown delayed event"), None);
