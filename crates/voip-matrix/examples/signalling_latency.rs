@@ -10,10 +10,10 @@
 //!
 //! 1. **raw delivery**: Alice sends N plain (Megolm-encrypted) room events one after another;
 //!    each is timed from the start of the send request until Bob's event handler has it;
-//! 2. **calls**: N 1:1 voice calls, each with a real `voip_core::Voip` per device (media faked by
-//!    voip-sim's engine) driven through `MatrixAdapter`; Bob's core answers as soon as the call
-//!    rings. Timed from `place_call` (the invite is queued for sending at once) until Alice's core
-//!    receives the `m.call.answer` from sync, with the stages in between.
+//! 2. **calls**: N 1:1 voice calls, each device running the `voip` runtime (its driver task owns
+//!    the core; media faked by voip-sim's engine) over `MatrixAdapter`; Bob's app answers as soon
+//!    as the call rings. Timed from `invite_to_call` (the invite is queued for sending at once)
+//!    until Alice's runtime receives the `m.call.answer` from sync, with the stages in between.
 //!
 //! Sync: by default each client runs `sync_once` in a loop (`voip_testkit::Syncing`).
 //! `--sdk-sync` uses matrix-sdk's `Client::sync` instead, which sleeps 1 s before a request that
@@ -22,7 +22,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use matrix_sdk::config::SyncSettings;
@@ -33,58 +33,37 @@ use matrix_sdk::ruma::serde::Raw;
 use matrix_sdk::ruma::OwnedUserId;
 use matrix_sdk::Client;
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, Notify};
-use voip_core::{CallId, CallType, Event, Input, LocalDevice, Output, RoomId, Signalling, Timestamp, UserId};
+use tokio::sync::mpsc;
+use voip::core::media::{MediaCommand, MediaEngine, MediaEvent};
+use voip::{StreamExt, VoipBuilder};
+use voip_core::{CallId, CallType, Event, Input, LocalDevice};
 use voip_matrix::MatrixAdapter;
 use voip_sim::FakeMedia;
 use voip_testkit::rig::{Instance, Limits};
 
-fn now() -> Timestamp {
-    Timestamp(SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_millis() as u64)
-}
-
 /// Moments of one call, by what happened.
 type Marks = Arc<Mutex<BTreeMap<(CallId, &'static str), Instant>>>;
 
-struct Device {
-    voip: voip_core::Voip,
-    media: FakeMedia,
-    events: Vec<Event>,
-    auto_answer: bool,
+/// voip-sim's fake engine behind a real engine's channel.
+struct SimEngine {
+    fake: Mutex<FakeMedia>,
+    events: mpsc::UnboundedSender<(CallId, MediaEvent)>,
 }
 
-/// A device driving its core from the adapter's inputs, recording when call events arrive.
-struct Phone {
-    state: Arc<Mutex<Device>>,
-    adapter: MatrixAdapter,
-    wake: Arc<Notify>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-fn drain(d: &mut Device, adapter: &MatrixAdapter, marks: &Marks) {
-    while let Some(out) = d.voip.poll() {
-        match out {
-            Output::Send(req) => adapter.submit(req),
-            Output::Media { call_id, command } => {
-                for event in d.media.execute(&call_id, command) {
-                    let _ = d.voip.handle(now(), Input::Media { call_id: call_id.clone(), event });
-                }
-            }
-            Output::Event(e) => {
-                let ring = match &e {
-                    Event::IncomingCall { call_id, .. } if d.auto_answer => Some(call_id.clone()),
-                    _ => None,
-                };
-                d.events.push(e);
-                if let Some(call_id) = ring {
-                    marks.lock().unwrap().insert((call_id.clone(), "bob rings"), Instant::now());
-                    if let Err(e) = d.voip.answer(now(), call_id, None) {
-                        tracing::warn!("answer: {e}");
-                    }
-                }
-            }
+impl MediaEngine for SimEngine {
+    fn execute(&self, call_id: CallId, command: MediaCommand) {
+        let events = self.fake.lock().unwrap().execute(&call_id, command);
+        for event in events {
+            let _ = self.events.send((call_id.clone(), event));
         }
     }
+}
+
+/// A device running the `voip` runtime over the adapter, recording when call events arrive.
+struct Phone {
+    voip: voip::Voip,
+    events: Arc<Mutex<Vec<Event>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 fn call_id_of(input: &Input) -> Option<(CallId, &str)> {
@@ -102,28 +81,17 @@ impl Phone {
         who: &'static str,
         auto_answer: bool,
         marks: Marks,
-    ) -> Phone {
+    ) -> Result<Phone> {
         let client = adapter.client();
         let local = LocalDevice::new(
-            client.user_id().expect("logged in").to_string(),
-            client.device_id().expect("logged in").to_string(),
+            client.user_id().context("logged in")?.to_string(),
+            client.device_id().context("logged in")?.to_string(),
         );
-        let voip =
-            voip_core::Voip::new(voip_core::Config::default(), local, voip_core::seed_from_u64(now().0));
-        let state =
-            Arc::new(Mutex::new(Device { voip, media: FakeMedia::new(), events: Vec::new(), auto_answer }));
-        let wake = Arc::new(Notify::new());
-        let (st, ad, wk) = (state.clone(), adapter.clone(), wake.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                let deadline = st.lock().unwrap().voip.next_deadline().map(|d| d.at);
-                let sleep =
-                    deadline.map_or(Duration::from_secs(3600), |at| Duration::from_millis(at.since(now())));
-                let input = tokio::select! {
-                    i = inputs.recv() => match i { Some(i) => i, None => return },
-                    _ = tokio::time::sleep(sleep) => Input::Tick,
-                    _ = wk.notified() => continue,
-                };
+        // The adapter's inputs, timed as they reach the runtime.
+        let (tx, rx) = mpsc::channel(64);
+        let m = marks.clone();
+        let forward = tokio::spawn(async move {
+            while let Some(input) = inputs.recv().await {
                 if let Some((call, t)) = call_id_of(&input) {
                     let what = match (who, t) {
                         ("alice", "m.call.answer") => Some("alice has answer"),
@@ -131,29 +99,46 @@ impl Phone {
                         _ => None,
                     };
                     if let Some(what) = what {
-                        marks.lock().unwrap().entry((call, what)).or_insert_with(Instant::now);
+                        m.lock().unwrap().entry((call, what)).or_insert_with(Instant::now);
                     }
                 }
-                let mut d = st.lock().unwrap();
-                let _ = d.voip.handle(now(), input);
-                drain(&mut d, &ad, &marks);
+                if tx.send(input).await.is_err() {
+                    return;
+                }
             }
         });
-        Phone { state, adapter, wake, task }
-    }
-
-    fn with<T>(&self, marks: &Marks, f: impl FnOnce(&mut voip_core::Voip) -> T) -> T {
-        let mut d = self.state.lock().unwrap();
-        let r = f(&mut d.voip);
-        drain(&mut d, &self.adapter, marks);
-        drop(d);
-        self.wake.notify_one();
-        r
+        let (media_tx, media_rx) = mpsc::unbounded_channel();
+        let engine = Arc::new(SimEngine { fake: Mutex::new(FakeMedia::new()), events: media_tx });
+        let voip = VoipBuilder::new(local, adapter, rx)
+            .seed(voip_core::seed_from_u64(std::process::id().into()))
+            .media_engine(engine, media_rx)
+            .build()?;
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let (mut stream, log) = (voip.events(), events.clone());
+        let record = tokio::spawn(async move {
+            while let Some(e) = stream.next().await {
+                log.lock().unwrap().push(e);
+            }
+        });
+        let mut tasks = vec![forward, record];
+        if auto_answer {
+            // The app answers as soon as it rings.
+            let mut incoming = voip.incoming_calls();
+            tasks.push(tokio::spawn(async move {
+                while let Some(call) = incoming.next().await {
+                    marks.lock().unwrap().insert((call.id().clone(), "bob rings"), Instant::now());
+                    if let Err(e) = call.answer().await {
+                        tracing::warn!("answer: {e}");
+                    }
+                }
+            }));
+        }
+        Ok(Phone { voip, events, tasks })
     }
 
     async fn wait(&self, what: &str, mut pick: impl FnMut(&Event) -> bool) -> Result<()> {
         voip_testkit::wait_for(what, Duration::from_secs(60), || {
-            let found = self.state.lock().unwrap().events.iter().any(&mut pick);
+            let found = self.events.lock().unwrap().iter().any(&mut pick);
             async move { found.then_some(()) }
         })
         .await
@@ -162,7 +147,9 @@ impl Phone {
 
 impl Drop for Phone {
     fn drop(&mut self) {
-        self.task.abort();
+        for t in &self.tasks {
+            t.abort();
+        }
     }
 }
 
@@ -290,8 +277,8 @@ async fn main() -> Result<()> {
 
     // 2. Calls.
     let marks: Marks = Arc::default();
-    let a = Phone::start(alice_adapter, alice_inputs, "alice", false, marks.clone());
-    let b = Phone::start(bob_adapter, bob_inputs, "bob", true, marks.clone());
+    let a = Phone::start(alice_adapter, alice_inputs, "alice", false, marks.clone())?;
+    let b = Phone::start(bob_adapter, bob_inputs, "bob", true, marks.clone())?;
     let bob_id = bob_user.user_id.clone();
     let mut total = Vec::new();
     let mut to_bob = Vec::new();
@@ -299,16 +286,8 @@ async fn main() -> Result<()> {
     let mut to_alice = Vec::new();
     for _ in 0..calls {
         let t0 = Instant::now();
-        let call = a.with(&marks, |v| {
-            v.place_call(
-                now(),
-                RoomId::from(room_id.as_str()),
-                UserId::from(bob_id.as_str()),
-                None,
-                CallType::Voice,
-                Signalling::Room,
-            )
-        })?;
+        let handle = a.voip.invite_to_call(room_id.as_str(), CallType::Voice, bob_id.as_str()).await?;
+        let call = handle.id().clone();
         let c = call.clone();
         voip_testkit::wait_for("answer at alice", Duration::from_secs(60), || {
             let got = marks.lock().unwrap().get(&(c.clone(), "alice has answer")).copied();
@@ -324,7 +303,7 @@ async fn main() -> Result<()> {
         bob_turnaround.push(rings.duration_since(invite_in).as_secs_f64() * 1e3);
         to_alice.push(answer_in.duration_since(rings).as_secs_f64() * 1e3);
         // Hang up and let both sides finish before the next call.
-        a.with(&marks, |v| v.hangup(now(), call.clone()))?;
+        handle.hangup().await?;
         let ended = |c: &CallId| {
             let c = c.clone();
             move |e: &Event| matches!(e, Event::CallEnded { call_id, .. } if *call_id == c)
@@ -346,8 +325,8 @@ async fn main() -> Result<()> {
     print_row("raw room event A→B (send request start → B's handler), encrypted room", raw_ms);
     print_row("… of which the send request alone", send_ms);
     print_row("call: invite sent → caller's core has the answer", total.clone());
-    print_row("… place_call → callee's adapter has the invite", to_bob);
-    print_row("… callee: invite input → core rings and answers", bob_turnaround);
+    print_row("… invite_to_call → callee's adapter has the invite", to_bob);
+    print_row("… callee: invite input → the app sees it ring", bob_turnaround);
     print_row("… answer queued → caller's adapter has it", to_alice);
     drop((a, b));
     drop(instance);

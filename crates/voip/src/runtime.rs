@@ -315,6 +315,13 @@ impl Voip {
         Ok(group)
     }
 
+    /// Runs any command of the core's vocabulary ([`voip_core::Command`]) through the runtime:
+    /// the low-level way in, for what [`Call`] and [`GroupCall`] do not cover (tests, tools
+    /// that replay commands). Returns once the core has handled it.
+    pub async fn command(&self, command: Command) -> Result<(), VoipError> {
+        self.handle.command(command).await
+    }
+
     /// What the core ignored from the network, by cause (malformed, spoofed, stale, …).
     pub fn counters(&self) -> Counters {
         self.handle.snapshot().counters.clone()

@@ -95,7 +95,7 @@ async fn rate_limited_server_one_to_one_call_completes_and_nothing_is_lost() -> 
     let room = room_with(&mut alice, &[&bob], true).await?;
     let (alice, bob) = (Phone::new(alice), Phone::new(bob));
     let (call, _) = connect(&alice, &bob, &room).await?;
-    alice.with(|v| v.hangup(now(), call.clone())).expect("hangup");
+    alice.call(&call).hangup().await.expect("hangup");
     assert_eq!(bob.ended(&call).await?, (EndReason::UserHangup, Initiator::Remote));
     assert_eq!(alice.ended(&call).await?, (EndReason::UserHangup, Initiator::LocalUser));
 
@@ -121,7 +121,7 @@ async fn rate_limited_server_group_call_join_see_leave_and_nothing_is_lost() -> 
     let phones: Vec<Phone> = [alice, bob, carol].into_iter().map(Phone::new).collect();
     let users: Vec<String> = phones.iter().map(|p| p.peer_user.clone()).collect();
     for p in &phones {
-        p.command(join_command(&room, MembershipDialect::MatrixRtc));
+        p.command(join_command(&room, MembershipDialect::MatrixRtc)).await;
     }
     for (i, p) in phones.iter().enumerate() {
         let others: Vec<&str> =
@@ -129,7 +129,7 @@ async fn rate_limited_server_group_call_join_see_leave_and_nothing_is_lost() -> 
         wait_members(p, &room, &others).await?;
         joined(p).await?;
     }
-    phones[2].command(leave_command(&room));
+    phones[2].command(leave_command(&room)).await;
     for p in &phones[..2] {
         saw_leave(p, &users[2]).await?;
     }
@@ -199,7 +199,7 @@ async fn synapse_crash_and_restart_in_a_one_to_one_call_hangup_sent_while_down_a
 
     let instance = crash(instance).await?;
     // Hung up while the homeserver is down: the adapter keeps retrying the hangup.
-    alice.with(|v| v.hangup(now(), call.clone())).expect("hangup");
+    alice.call(&call).hangup().await.expect("hangup");
     assert_eq!(alice.ended(&call).await?, (EndReason::UserHangup, Initiator::LocalUser));
     let before = alice.adapter.send_stats();
     let instance = restart(instance).await?;
@@ -212,7 +212,7 @@ async fn synapse_crash_and_restart_in_a_one_to_one_call_hangup_sent_while_down_a
 
     // Signalling after the restart: a new call connects and ends.
     let (call, _) = connect(&bob, &alice, &room).await?;
-    bob.with(|v| v.hangup(now(), call.clone())).expect("hangup");
+    bob.call(&call).hangup().await.expect("hangup");
     assert_eq!(alice.ended(&call).await?, (EndReason::UserHangup, Initiator::Remote));
     drop(instance);
     Ok(())
@@ -227,7 +227,7 @@ async fn synapse_restart_in_a_group_call_members_stay_and_a_leave_after_it_arriv
     let (alice, bob) = (Phone::new(alice), Phone::new(bob));
     let (a, b) = (alice.peer_user.clone(), bob.peer_user.clone());
     for p in [&alice, &bob] {
-        p.command(join_command(&room, MembershipDialect::MatrixRtc));
+        p.command(join_command(&room, MembershipDialect::MatrixRtc)).await;
     }
     wait_members(&alice, &room, &[&b]).await?;
     wait_members(&bob, &room, &[&a]).await?;
@@ -240,7 +240,7 @@ async fn synapse_restart_in_a_group_call_members_stay_and_a_leave_after_it_arriv
     // in the call, and the next leave reaches the other side.
     wait_members(&alice, &room, &[&b]).await?;
     wait_members(&bob, &room, &[&a]).await?;
-    bob.command(leave_command(&room));
+    bob.command(leave_command(&room)).await;
     saw_leave(&alice, &b).await?;
     wait_members(&alice, &room, &[]).await?;
     nothing_lost(&bob).await?;
@@ -352,12 +352,12 @@ async fn child_peer() -> Result<()> {
     match role.as_str() {
         "answer" => {
             let call = phone.incoming().await?;
-            phone.with(|v| v.answer(now(), call.clone(), None)).expect("answer");
+            phone.call(&call).answer().await.expect("answer");
             phone.state_reached(&call, CallState::Connected).await?;
             say(&format!("CONNECTED {call}"));
         }
         "join" => {
-            phone.command(join_command(&room, MembershipDialect::MatrixRtc));
+            phone.command(join_command(&room, MembershipDialect::MatrixRtc)).await;
             joined(&phone).await?;
             say("JOINED");
         }
@@ -383,7 +383,7 @@ async fn alice_and_child(role: &str) -> Result<(Peer, ChildPeer, String, String)
 async fn callee_process_killed_in_a_call_caller_ends_it_by_its_timers() -> Result<()> {
     let (alice, mut child, room, bob) = alice_and_child("answer").await?;
     let alice = Phone::with_config(alice, short_config());
-    let call = alice.place_call(&room, &bob, None, Signalling::Room);
+    let call = alice.place_call(&room, &bob, None, Signalling::Room).await;
     alice.state_reached(&call, CallState::Connected).await?;
     let line = child.expect("CONNECTED").await?;
     assert_eq!(line, format!("CONNECTED {call}"));
@@ -405,7 +405,7 @@ async fn callee_process_killed_in_a_call_caller_ends_it_by_its_timers() -> Resul
 async fn group_member_process_killed_others_see_it_leave_by_delayed_leave() -> Result<()> {
     let (alice, mut child, room, bob) = alice_and_child("join").await?;
     let alice = Phone::with_config(alice, short_config());
-    alice.command(join_command(&room, MembershipDialect::MatrixRtc));
+    alice.command(join_command(&room, MembershipDialect::MatrixRtc)).await;
     child.expect("JOINED").await?;
     wait_members(&alice, &room, &[&bob]).await?;
 

@@ -4,9 +4,7 @@
 use std::collections::BTreeSet;
 
 use anyhow::Result;
-use voip_core::{
-    CallState, Command, Config, Event, Focus, GroupCallId, GroupCallState, MembershipDialect, RoomId,
-};
+use voip_core::{CallState, Command, Config, Event, Focus, GroupCallState, MembershipDialect, RoomId};
 
 use crate::calls::Phone;
 use crate::{room_with, Peer, TIMEOUT};
@@ -32,17 +30,16 @@ pub(crate) fn join_command(room: &str, dialect: MembershipDialect) -> Command {
     }
 }
 
-pub(crate) fn members(phone: &Phone, room: &str) -> BTreeSet<String> {
-    let st = phone.state.lock().unwrap();
-    let info = st.voip.group_call(&GroupCallId::room_call(RoomId::from(room)));
-    info.members.into_iter().map(|m| m.participant.user_id.0).collect()
+pub(crate) async fn members(phone: &Phone, room: &str) -> BTreeSet<String> {
+    let group = phone.group(room).await;
+    group.info().members.into_iter().map(|m| m.participant.user_id.0).collect()
 }
 
 pub(crate) async fn wait_members(phone: &Phone, room: &str, expected: &[&str]) -> Result<()> {
     let expected: BTreeSet<String> = expected.iter().map(|s| s.to_string()).collect();
     voip_testkit::wait_for(&format!("{} sees {expected:?}", phone.peer_user), TIMEOUT, || {
-        let ok = members(phone, room) == expected;
-        async move { ok.then_some(()) }
+        let expected = &expected;
+        async move { (members(phone, room).await == *expected).then_some(()) }
     })
     .await
 }
@@ -62,7 +59,7 @@ async fn three_users_join_see_each_other_and_leave_in_both_dialects() -> Result<
         let (phones, room) = three_phones(Config::default()).await?;
         let users: Vec<String> = phones.iter().map(|p| p.peer_user.clone()).collect();
         for p in &phones {
-            p.command(join_command(&room, dialect));
+            p.command(join_command(&room, dialect)).await;
         }
         for (i, p) in phones.iter().enumerate() {
             let others: Vec<&str> =
@@ -100,10 +97,9 @@ async fn three_users_join_see_each_other_and_leave_in_both_dialects() -> Result<
                 .await?;
             }
         }
-        phones[2].command(Command::LeaveGroupCall {
-            room_id: RoomId::from(room.as_str()),
-            call_id: String::new(),
-        });
+        phones[2]
+            .command(Command::LeaveGroupCall { room_id: RoomId::from(room.as_str()), call_id: String::new() })
+            .await;
         wait_members(&phones[0], &room, &[&users[1]]).await?;
         wait_members(&phones[1], &room, &[&users[0]]).await?;
         phones[0]
@@ -129,8 +125,8 @@ async fn a_client_that_disappears_is_seen_gone_within_the_delayed_leave() -> Res
     let room = room_with(&mut alice, &[&bob], true).await?;
     let (alice, bob) = (Phone::with_config(alice, config.clone()), Phone::with_config(bob, config));
     let bob_user = bob.peer_user.clone();
-    alice.command(join_command(&room, MembershipDialect::MatrixRtc));
-    bob.command(join_command(&room, MembershipDialect::MatrixRtc));
+    alice.command(join_command(&room, MembershipDialect::MatrixRtc)).await;
+    bob.command(join_command(&room, MembershipDialect::MatrixRtc)).await;
     wait_members(&alice, &room, &[&bob_user]).await?;
     // Bob's process dies: no leave, no more heartbeats.
     drop(bob);
@@ -145,7 +141,7 @@ async fn media_keys_reach_the_others_encrypted_and_rotate_when_one_leaves() -> R
     let (phones, room) = three_phones(Config::default()).await?;
     let users: Vec<String> = phones.iter().map(|p| p.peer_user.clone()).collect();
     for p in &phones {
-        p.command(join_command(&room, MembershipDialect::MatrixRtc));
+        p.command(join_command(&room, MembershipDialect::MatrixRtc)).await;
     }
     let remote_keys = |phone: &Phone, from: &str| -> Vec<String> {
         let st = phone.state.lock().unwrap();
@@ -178,7 +174,8 @@ async fn media_keys_reach_the_others_encrypted_and_rotate_when_one_leaves() -> R
 
     // Carol leaves: Bob rotates, Alice gets the new key, Carol never does.
     phones[2]
-        .command(Command::LeaveGroupCall { room_id: RoomId::from(room.as_str()), call_id: String::new() });
+        .command(Command::LeaveGroupCall { room_id: RoomId::from(room.as_str()), call_id: String::new() })
+        .await;
     voip_testkit::wait_for("alice gets bob's rotated key", TIMEOUT, || {
         let new = remote_keys(&phones[0], &users[1]).into_iter().any(|k| !bobs_first.contains(&k));
         async move { new.then_some(()) }
@@ -216,8 +213,8 @@ async fn a_server_capping_delays_gets_the_delayed_leave_at_its_maximum() -> Resu
     let (alice, bob) =
         (Phone::with_config(alice, Config::default()), Phone::with_config(bob, Config::default()));
     let bob_user = bob.peer_user.clone();
-    alice.command(join_command(&room, MembershipDialect::MatrixRtc));
-    bob.command(join_command(&room, MembershipDialect::MatrixRtc));
+    alice.command(join_command(&room, MembershipDialect::MatrixRtc)).await;
+    bob.command(join_command(&room, MembershipDialect::MatrixRtc)).await;
     wait_members(&alice, &room, &[&bob_user]).await?;
     // Bob's delayed leave runs with the server's maximum.
     let listed: serde_json::Value = reqwest::Client::new()
@@ -234,7 +231,7 @@ async fn a_server_capping_delays_gets_the_delayed_leave_at_its_maximum() -> Resu
     assert_eq!(delays, vec![3_000], "bob's delayed leave: {listed}");
     // Several capped delays later Bob is still there: the heartbeat (every 1.5 s) keeps it.
     tokio::time::sleep(Duration::from_secs(8)).await;
-    assert_eq!(members(&alice, &room), BTreeSet::from([bob_user.clone()]), "bob kept by his heartbeat");
+    assert_eq!(members(&alice, &room).await, BTreeSet::from([bob_user.clone()]), "bob kept by his heartbeat");
     // Bob's process dies: gone within the 3 s maximum (plus sync), well before 10 s.
     let died = Instant::now();
     drop(bob);
