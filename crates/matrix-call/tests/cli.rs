@@ -2,7 +2,8 @@
 //! `SYNAPSE_REG_SECRET` from `cargo xtask test`, else one started for this test process): two
 //! processes log in, call each other with WAV files on real webrtc-rs media, the recording holds
 //! the caller's tones, a restart keeps the device and its keys, Ctrl-C during a call sends the
-//! hangup, and errors end with their exit codes in one line.
+//! hangup, a rejected call ends unanswered, both join a mesh group call with media, and errors
+//! end with their exit codes in one line.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -207,7 +208,7 @@ fn tone_margin(pcm: &[f32], tones: &[f64]) -> f64 {
 }
 
 #[test]
-fn two_processes_call_each_other_and_ctrl_c_hangs_up_and_join_a_mesh_call() -> Result<()> {
+fn two_processes_call_reject_hang_up_on_ctrl_c_and_join_a_mesh_call() -> Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     let (alice, bob, room) = rt.block_on(two_users_with_a_dm())?;
     let dir = scratch("call");
@@ -297,7 +298,19 @@ fn two_processes_call_each_other_and_ctrl_c_hangs_up_and_join_a_mesh_call() -> R
     let mut b = b;
     assert_eq!(b.exit_code(STEP)?, 0, "answer ends with the call");
 
-    // 4. Both join the room's group call (mesh): they call each other, media flows both ways,
+    // 4. Bob rejects: alice's call ends unanswered (exit code 5).
+    let mut b = Running::spawn("bob", cli(&b_dir, &["reject", "--loopback", "--timeout", "60"]))?;
+    b.wait_event("waiting", STEP)?;
+    let a = run(cli(&a_dir, &["call", &bob.user_id, "--loopback"]))?;
+    assert_eq!(a.status.code(), Some(5), "a rejected call");
+    let a_events = events(&a);
+    let ended = event(&a_events, "ended").context("ended")?;
+    assert_eq!(ended["reason"], "rejected");
+    assert_eq!(ended["connected"], false);
+    assert_eq!(b.exit_code(STEP)?, 0);
+    b.wait_event("rejected", Duration::from_secs(1))?;
+
+    // 5. Both join the room's group call (mesh): they call each other, media flows both ways,
     // both leave after a while.
     let tone_path = tone.to_str().context("path")?;
     let join = |dir: &Path| {
