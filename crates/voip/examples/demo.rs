@@ -306,12 +306,9 @@ async fn livekit(t: &Timeline, world: &World, people: &[Person]) -> Result<()> {
     let room = world.room(&refs).await?;
     let backend =
         GroupCallBackend::LiveKit { service_url: "https://livekit-jwt.example.org".into(), alias: None };
-    let groups: Vec<GroupCall> = futures_util::future::try_join_all(people.iter().map(|p| {
-        // Media keys even where the room has no m.room.encryption (the in-process server's).
-        let options = voip::GroupCallOptions::new(backend.clone())
-            .media_encryption(voip::core::MediaEncryption::PerParticipantKeys);
-        p.voip.fetch_or_create_group_call(&room, options)
-    }))
+    let groups: Vec<GroupCall> = futures_util::future::try_join_all(
+        people.iter().map(|p| p.voip.fetch_or_create_group_call(&room, backend.clone())),
+    )
     .await?;
     for (p, g) in people.iter().zip(&groups) {
         g.enter().await?;

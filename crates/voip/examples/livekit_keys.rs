@@ -32,10 +32,7 @@ async fn main() -> Result<()> {
             .webrtc(WebrtcConfig::loopback())
             .livekit_key_provider(provider.clone(), IdentityScheme::Plain)
             .build()?;
-        // The in-process server's rooms have no m.room.encryption: ask for keys explicitly.
-        let options = voip::GroupCallOptions::new(backend.clone())
-            .media_encryption(voip::core::MediaEncryption::PerParticipantKeys);
-        let group = voip.fetch_or_create_group_call(&room, options).await?;
+        let group = voip.fetch_or_create_group_call(&room, backend.clone()).await?;
         group.enter().await?;
         groups.push(group);
         providers.push(provider);

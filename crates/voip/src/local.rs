@@ -4,8 +4,10 @@
 //!
 //! It is not a Matrix server (no federation, no encryption, no persistence): it routes the
 //! core's sends the way a homeserver would, so that a [`crate::Voip`] runs unchanged against it.
-//! To-device messages are marked as Olm-encrypted from the sending device, which is what a real
-//! homeserver plus matrix-sdk would report.
+//! It stands in for a homeserver plus matrix-sdk's E2EE: its rooms are encrypted rooms
+//! (`m.room.encryption` in their state, so group calls get media keys by default), room events
+//! arrive marked as Megolm-decrypted and to-device messages as Olm-encrypted from the sending
+//! device, which is what matrix-sdk would report.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), voip::VoipError> {
@@ -129,6 +131,11 @@ impl LocalHomeserver {
         for m in &members {
             s.deliver_to_room(&room, &member(&room, m, Membership::Join));
         }
+        if let Some(creator) = members.first() {
+            // An encrypted room, as clients create them (see the module docs).
+            let content = serde_json::json!({ "algorithm": "m.megolm.v1.aes-sha2" });
+            s.apply_state(room.clone(), creator.clone(), "m.room.encryption".into(), String::new(), content);
+        }
         room
     }
 
@@ -246,7 +253,8 @@ impl Server {
                     content,
                     origin_server_ts: now(),
                     age_ms: Some(0),
-                    encrypted: false,
+                    // Delivered as matrix-sdk delivers a decrypted Megolm event.
+                    encrypted: true,
                     sender_device: None,
                 };
                 self.deliver_to_room(&room_id, &Input::RoomEvent(ev));
