@@ -84,6 +84,7 @@ mod livekit;
 pub mod local;
 #[cfg(feature = "matrix")]
 mod matrix;
+mod no_media;
 mod runtime;
 #[cfg(feature = "matrix")]
 pub mod sync;
@@ -106,6 +107,8 @@ pub use voip_core::{
     NotificationType, Participant,
 };
 
+#[cfg(feature = "livekit")]
+pub use livekit::{LivekitSession, LivekitUpdate};
 /// The sans-IO core (all its types).
 pub use voip_core as core;
 /// LiveKit SFU mode: JWT service client, key providers, transport discovery.

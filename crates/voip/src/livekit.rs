@@ -8,6 +8,9 @@ use voip_livekit::{
     TokenRequest,
 };
 
+mod session;
+pub use session::{LivekitSession, LivekitUpdate};
+
 use crate::group::{GroupCall, GroupCallBackend};
 use crate::runtime::VoipBuilder;
 use crate::VoipError;
