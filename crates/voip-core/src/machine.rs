@@ -1611,15 +1611,25 @@ impl Voip {
             empty = member::empty_content(event_type);
             &empty
         };
-        match self.store.apply(room, sender, event_type, key, content, origin_ts, self.now) {
-            Ok(Some(changed)) => {
+        // In an `Input::RoomState`, the changes go straight into the batch's (looked at once, at
+        // the end); otherwise into this event's own.
+        let batch = self.deferred.is_some();
+        let mut changed = self.deferred.take().unwrap_or_default();
+        let applied =
+            self.store.apply_into(room, sender, event_type, key, content, origin_ts, self.now, &mut changed);
+        if batch {
+            self.deferred = Some(changed);
+        } else {
+            for (g, devices) in changed {
+                self.refresh_devices(&g, Some(&devices));
+            }
+        }
+        match applied {
+            Ok(true) => {
                 self.counters.applied += 1;
-                for (g, devices) in changed {
-                    self.memberships_changed(g, devices);
-                }
                 Ok(())
             }
-            Ok(None) => {
+            Ok(false) => {
                 self.counters.memberships_over_limit += 1;
                 tracing::warn!(%sender, "membership refused: its sender holds too many (or too many sticky ones)");
                 Ok(())
@@ -1722,7 +1732,7 @@ impl Voip {
             set.remove(p);
         }
         set.extend(joined_now.iter().cloned());
-        let participants = set.iter().cloned().collect();
+        let count = set.len();
         if set.is_empty() {
             self.observed.remove(group);
         }
@@ -1730,7 +1740,7 @@ impl Voip {
             group: group.clone(),
             joined: joined_now.into_iter().collect(),
             left: left_now.into_iter().collect(),
-            participants,
+            count,
         }));
     }
 
@@ -1740,6 +1750,9 @@ impl Voip {
             g.on_sent(&mut ctx, &self.store, op, sent);
         }
         self.collect_left_groups();
+        if op == GroupOp::ScheduleLeave {
+            self.cancel_stale_delayed();
+        }
     }
 
     fn group_failed(
@@ -1749,24 +1762,12 @@ impl Voip {
         op: GroupOp,
         errcode: Option<&str>,
         max_delay_ms: Option<u64>,
-        if op == GroupOp::ScheduleLeave {
-            self.cancel_stale_delayed();
-        }
     ) {
         let mut ctx = ctx!(self);
         if let Some(g) = self.groups.get_mut(group).filter(|g| g.generation == generation) {
             g.on_failed(&mut ctx, &self.store, op, errcode, max_delay_ms);
         }
         self.collect_left_groups();
-    }
-
-    fn collect_left_groups(&mut self) {
-        let left: Vec<GroupCallId> =
-            self.groups.values().filter(|g| g.state == GroupCallState::Left).map(|g| g.id.clone()).collect();
-        for id in left {
-            self.groups.remove(&id);
-            // We only observe it now: report who is still in it.
-            self.refresh_group(&id);
         if op == GroupOp::ScheduleLeave {
             self.cancel_stale_delayed();
         }
@@ -1896,6 +1897,15 @@ impl Voip {
         let mut others = devices(&self.store.raw_famedly(room, key), true);
         others.remove(self.local.device_id.as_str());
         !in_leave.contains(self.local.device_id.as_str()) && others.is_subset(&in_leave)
+    }
+
+    fn collect_left_groups(&mut self) {
+        let left: Vec<GroupCallId> =
+            self.groups.values().filter(|g| g.state == GroupCallState::Left).map(|g| g.id.clone()).collect();
+        for id in left {
+            self.groups.remove(&id);
+            // We only observe it now: report who is still in it.
+            self.refresh_group(&id);
         }
     }
 
@@ -1921,6 +1931,17 @@ impl Voip {
             device_id: self.local.device_id.clone(),
             member_id: g.member_id.clone(),
         })
+    }
+
+    /// The participants of a group call as reported so far by [`Event::ParticipantsChanged`]
+    /// (joined or only observed; our own device is never listed), ordered by user, device and
+    /// membership id. Empty for a call nobody is in.
+    pub fn participants(&self, group: &GroupCallId) -> Vec<crate::ids::Participant> {
+        let set = match self.groups.get(group) {
+            Some(g) => Some(&g.participants),
+            None => self.observed.get(group),
+        };
+        set.into_iter().flatten().cloned().collect()
     }
 
     /// A snapshot of a group call (joined or only observed).
@@ -1952,6 +1973,9 @@ impl Voip {
             transports: group::focus::transports(&members),
             members,
             streams,
+            encryption: joined_group
+                .filter(|g| g.focus != crate::wire::member::Focus::Mesh)
+                .map(|g| g.encryption),
         }
     }
 
@@ -1972,9 +1996,6 @@ impl Voip {
         let due_groups: Vec<GroupCallId> = self
             .groups
             .values()
-            encryption: joined_group
-                .filter(|g| g.focus != crate::wire::member::Focus::Mesh)
-                .map(|g| g.encryption),
             .filter(|g| g.next_timer().is_some_and(|at| at <= self.now))
             .map(|g| g.id.clone())
             .collect();

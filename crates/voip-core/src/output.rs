@@ -417,6 +417,11 @@ pub enum Event {
     /// The members of a group call changed: fires for every group call seen in a joined room
     /// (so apps can show "call in progress"), and for calls we are in. Our own device is never
     /// listed. Expiry is a timer: an expired member leaves at its expiry time.
+    ///
+    /// A diff, so that its size follows the change, not the call (one member leaving a call of
+    /// 10 000 reports one participant): apply `left`, then `joined`, to the participants known so
+    /// far (none before the first event of a group). A member whose session changed (a new
+    /// membership id) is in both. The whole list at any time: [`crate::Voip::participants`].
     ParticipantsChanged {
         /// The group call.
         group: GroupCallId,
@@ -424,8 +429,8 @@ pub enum Event {
         joined: Vec<Participant>,
         /// Who left (or expired).
         left: Vec<Participant>,
-        /// Everyone now.
-        participants: Vec<Participant>,
+        /// How many participants there are now.
+        count: usize,
     },
     /// Someone started a group call in a room and rings or notifies us (MSC4075). Fires only
     /// while the notification is valid (lifetime at most 90 s) and when it mentions us or the

@@ -10,7 +10,10 @@
 //!   members, and surfaced only while the receiver is in the call and from members;
 //! - **no ghost member** outlives its expiry or its delayed leave: a member a device shows must
 //!   have a live membership on the homeserver, give or take the time a change takes to arrive;
-//! - **no core error** (honest devices never send anything a core refuses).
+//! - **no core error** (honest devices never send anything a core refuses);
+//! - **participant reports add up**: every `participants_changed` diff applies to the
+//!   participants reported before (nobody leaves who had not joined, nobody joins twice) and
+//!   its `count` is the result.
 //!
 //! Liveness (every call ended, every pair connected, keys converged) is a property of quiet
 //! times: [`Checker::check_settled`] and the scenario's own end checks.
@@ -69,7 +72,8 @@ struct Stream {
     outputs: usize,
     generation: u32,
     state: BTreeMap<GroupCallId, GroupCallState>,
-    participants: BTreeMap<GroupCallId, BTreeSet<(UserId, DeviceId)>>,
+    /// Participants per group, from the `participants_changed` diffs.
+    participants: BTreeMap<GroupCallId, BTreeSet<Participant>>,
 }
 
 /// Checks the invariants of a running simulation; call [`Checker::check`] after every step.
@@ -146,13 +150,11 @@ impl Checker {
         let mut known: BTreeSet<(GroupCallId, UserId, DeviceId)> = stream
             .participants
             .iter()
-            .flat_map(|(g, ps)| ps.iter().map(move |(u, d)| (g.clone(), u.clone(), d.clone())))
+            .flat_map(|(g, ps)| ps.iter().map(move |p| (g.clone(), p.user_id.clone(), p.device_id.clone())))
             .collect();
         for (_, out) in &dev.outputs[stream.outputs..] {
-            if let Output::Event(Event::ParticipantsChanged { group, participants, .. }) = out {
-                known.extend(
-                    participants.iter().map(|p| (group.clone(), p.user_id.clone(), p.device_id.clone())),
-                );
+            if let Output::Event(Event::ParticipantsChanged { group, joined, .. }) = out {
+                known.extend(joined.iter().map(|p| (group.clone(), p.user_id.clone(), p.device_id.clone())));
             }
         }
         for (_, out) in &dev.outputs[stream.outputs..] {
@@ -160,11 +162,30 @@ impl Checker {
                 Output::Event(Event::GroupCallStateChanged { group, state }) => {
                     stream.state.insert(group.clone(), *state);
                 }
-                Output::Event(Event::ParticipantsChanged { group, participants, .. }) => {
-                    stream.participants.insert(
-                        group.clone(),
-                        participants.iter().map(|p| (p.user_id.clone(), p.device_id.clone())).collect(),
-                    );
+                Output::Event(Event::ParticipantsChanged { group, joined, left, count }) => {
+                    // A diff: left first, then joined (a new session of a device is in both).
+                    let set = stream.participants.entry(group.clone()).or_default();
+                    for p in left {
+                        if !set.remove(p) {
+                            fail!(
+                                now,
+                                "participants_consistent",
+                                "device {i} ({me}): {p:?} left {group:?} without having joined"
+                            );
+                        }
+                    }
+                    for p in joined {
+                        if !set.insert(p.clone()) {
+                            fail!(
+                                now,
+                                "participants_consistent",
+                                "device {i} ({me}): {p:?} joined {group:?} twice"
+                            );
+                        }
+                    }
+                    if set.len() != *count {
+                        fail!(now, "participants_consistent", "device {i} ({me}): {group:?} counts {count} participants, the diffs add up to {}", set.len());
+                    }
                 }
                 Output::Event(Event::EncryptionKey { group, participant, local: false, index, .. }) => {
                     let joined = matches!(

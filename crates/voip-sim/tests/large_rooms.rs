@@ -75,8 +75,8 @@ fn changes(outputs: &[Output]) -> Vec<(Vec<Participant>, Vec<Participant>, usize
     outputs
         .iter()
         .filter_map(|o| match o {
-            Output::Event(Event::ParticipantsChanged { joined, left, participants, .. }) => {
-                Some((joined.clone(), left.clone(), participants.len()))
+            Output::Event(Event::ParticipantsChanged { joined, left, count, .. }) => {
+                Some((joined.clone(), left.clone(), *count))
             }
             _ => None,
         })
@@ -316,4 +316,85 @@ fn a_room_state_batch_ends_where_one_by_one_ends_with_one_report_per_group() {
     assert_eq!(batch.counters().malformed, malformed + 1);
     let c = changes(&drain(&mut batch));
     assert_eq!(ids(&c[0].0), [(user(71).to_string(), "D71".to_string())]);
+}
+
+/// In a joined call of 3 000 members, one member leaving (the room, or the call) and coming back
+/// reports exactly that member: the event's size follows the change, not the call, and the
+/// whole list is still there for the asking (`Voip::participants`). The key manager sees the
+/// same change: the rotation after the leave goes to the 2 999 others, the rejoin gets a key.
+#[test]
+fn one_change_in_a_large_call_is_reported_as_that_change() {
+    const N: usize = 3_000;
+    let mut voip = machine();
+    join_livekit(&mut voip);
+    drain(&mut voip);
+    voip.handle(
+        T0,
+        Input::RoomState {
+            members: (0..N)
+                .map(|i| RoomMember {
+                    room_id: RoomId::from(ROOM),
+                    user_id: user(i),
+                    membership: Membership::Join,
+                })
+                .collect(),
+            state: (0..N).map(|i| rtc_member(i, 3_600_000)).collect(),
+        },
+    )
+    .unwrap();
+    let c = changes(&drain(&mut voip));
+    assert_eq!(c.len(), 1);
+    assert_eq!((c[0].0.len(), c[0].2), (N, N));
+    let all = voip.participants(&group());
+    assert_eq!(all.len(), N);
+    assert_eq!(all, c[0].0, "the snapshot is what the reports add up to");
+    // Recipients of each to-device send.
+    let targets = |out: &[Output]| -> Vec<usize> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Send(r) => match &r.kind {
+                    voip_core::SendKind::ToDevice { messages, .. } => Some(messages.len()),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect()
+    };
+    // A member leaves the room: one participant leaves.
+    voip.handle(T0.plus(1_000), room_member(17, Membership::Leave)).unwrap();
+    let out = drain(&mut voip);
+    let c = changes(&out);
+    assert_eq!(c.len(), 1);
+    assert!(c[0].0.is_empty());
+    assert_eq!(ids(&c[0].1), [(user(17).to_string(), "D17".to_string())]);
+    assert_eq!(c[0].2, N - 1);
+    let report = out.iter().find(|o| matches!(o, Output::Event(Event::ParticipantsChanged { .. })));
+    let size = serde_json::to_string(&report).map(|s| s.len()).unwrap_or(usize::MAX);
+    assert!(size < 1_000, "the report of one leave is small: {size} bytes");
+    assert_eq!(voip.participants(&group()).len(), N - 1);
+    assert!(!voip.participants(&group()).iter().any(|p| p.user_id == user(17)));
+    assert_eq!(targets(&out), [N - 1], "the new key goes to the others");
+    // Its membership leaves the call too (`{}`), while it is out of the room: nothing more.
+    let leave =
+        StateEvent { content: json!({}), origin_server_ts: T0.plus(1_500), ..rtc_member(17, 3_600_000) };
+    voip.handle(T0.plus(1_500), Input::StateEvent(leave)).unwrap();
+    assert!(changes(&drain(&mut voip)).is_empty());
+    voip.handle(T0.plus(2_000), room_member(17, Membership::Join)).unwrap();
+    assert!(changes(&drain(&mut voip)).is_empty(), "back in the room, not in the call");
+    // It joins the call again: one participant joins, and gets a key.
+    let rejoin = StateEvent { origin_server_ts: T0.plus(3_000), ..rtc_member(17, 3_600_000) };
+    voip.handle(T0.plus(3_000), Input::StateEvent(rejoin)).unwrap();
+    let out = drain(&mut voip);
+    let c = changes(&out);
+    assert_eq!(ids(&c[0].0), [(user(17).to_string(), "D17".to_string())]);
+    assert_eq!(c[0].2, N);
+    assert!(!targets(&out).is_empty(), "the joiner gets a key");
+    assert_eq!(voip.participants(&group()).len(), N);
+    // The rotation the leave started goes to everyone but the leaver; check the sizes seen.
+    let mut seen = targets(&out);
+    while let Some(d) = voip.next_deadline().filter(|d| d.at <= T0.plus(60_000)) {
+        voip.handle(d.at, Input::Tick).unwrap();
+        seen.extend(targets(&drain(&mut voip)));
+    }
+    assert!(seen.iter().all(|n| *n == 1 || *n == N), "only the joiner, or everyone: {seen:?}");
 }

@@ -647,8 +647,8 @@ impl Driver {
                 tracing::info!(%group, ?state, "group call state");
                 feeds.group(&group).push(GroupCallUpdate::StateChanged(state));
             }
-            Event::ParticipantsChanged { group, joined, left, participants } => {
-                feeds.group(&group).push(GroupCallUpdate::ParticipantsChanged { joined, left, participants });
+            Event::ParticipantsChanged { group, joined, left, count } => {
+                feeds.group(&group).push(GroupCallUpdate::ParticipantsChanged { joined, left, count });
             }
             Event::EncryptionKey { group, participant, local, index, key } => {
                 feeds.group(&group).push(GroupCallUpdate::EncryptionKey { participant, local, index, key });

@@ -171,8 +171,8 @@ pub enum GroupCallUpdate {
         joined: Vec<Participant>,
         /// Who left or expired.
         left: Vec<Participant>,
-        /// Everyone now.
-        participants: Vec<Participant>,
+        /// How many participants there are now (the list: [`GroupCall::participants`]).
+        count: usize,
     },
     /// A media key for the app's LiveKit key provider (SFU mode): `set_key(identity, index,
     /// key)`, the identity being [`Participant::livekit_identity`].

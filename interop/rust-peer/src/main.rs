@@ -129,12 +129,15 @@ fn watch(t0: std::time::Instant, state: Shared, call: Call, direction: &'static 
 
 fn watch_group(t0: std::time::Instant, me: (String, String), group: &GroupCall) {
     let mut events = group.updates();
+    let group = group.clone();
     tokio::spawn(async move {
         while let Some(e) = events.next().await {
             match e {
-                GroupCallUpdate::ParticipantsChanged { participants, .. } => {
-                    // js-sdk lists its own membership too; the library never lists ours.
-                    let mut members: Vec<Value> = participants
+                GroupCallUpdate::ParticipantsChanged { .. } => {
+                    // The update is a diff: the whole list is the call's snapshot. js-sdk lists
+                    // its own membership too; the library never lists ours.
+                    let mut members: Vec<Value> = group
+                        .participants()
                         .iter()
                         .map(|p| json!({"user_id": p.user_id.to_string(), "device_id": p.device_id.to_string()}))
                         .collect();

@@ -35,9 +35,6 @@ pub struct MemberInfo {
     pub feeds: Vec<String>,
 }
 
-/// Where memberships came from: one state key (or sticky key) of one type in one room.
-type Key = (RoomId, String, String);
-
 /// One member device: user and device.
 pub(crate) type Device = (UserId, DeviceId);
 
@@ -54,9 +51,21 @@ pub(crate) const MAX_KEYS_PER_SENDER: usize = 64;
 /// ones are never evicted for them). Sticky keys also expire (and are purged) with their record.
 pub(crate) const MAX_STICKY_TOTAL: usize = 100_000;
 
-/// What one membership key holds.
+/// The membership event types, as the index of a key's kind.
+const KINDS: [&str; 3] = [member::FAMEDLY_MEMBER, member::RTC_MEMBER, member::RTC_MEMBER_STICKY];
+const STICKY: usize = 2;
+
+/// Where one slot is held: a number, so that the indexes hold four bytes per record instead of
+/// a copy of the room, event type and state key.
+type SlotId = u32;
+
+/// What one membership key (room, event type, state or sticky key) holds.
 #[derive(Debug)]
 struct Slot {
+    room: RoomId,
+    /// Index into [`KINDS`].
+    kind: usize,
+    key: String,
     /// Who sent it (every record's user).
     sender: UserId,
     /// Its non-expired records.
@@ -68,16 +77,21 @@ struct Slot {
 
 /// Every membership record, indexed so that the work per change is proportional to the change:
 /// per key (where it came from), per group and device (who is in a call), per room and sender
-/// (what a `m.room.member` change touches) and by expiry (purged when its timer fires).
+/// (what a `m.room.member` change touches) and by expiry (purged when its timer fires). Keys are
+/// held once, in their slot; the indexes name slots by number.
 #[derive(Debug, Default)]
 pub(crate) struct MembershipStore {
-    by_key: BTreeMap<Key, Slot>,
-    /// Per group, per device: the keys holding a record of that device in that group.
-    by_group: BTreeMap<GroupCallId, BTreeMap<Device, BTreeSet<Key>>>,
-    /// Per room and sender: the keys it holds.
-    by_sender: BTreeMap<(RoomId, UserId), BTreeSet<Key>>,
-    /// Every record's expiry, with its key.
-    expiry: BTreeSet<(Timestamp, Key)>,
+    /// Slots by number (`None`: free, its number in `free`).
+    slots: Vec<Option<Slot>>,
+    free: Vec<SlotId>,
+    /// Per room, per kind, per state key: its slot.
+    by_key: BTreeMap<RoomId, [BTreeMap<String, SlotId>; 3]>,
+    /// Per group, per device: the slots holding a record of that device in that group.
+    by_group: BTreeMap<GroupCallId, BTreeMap<Device, Vec<SlotId>>>,
+    /// Per room and sender: the slots it holds (at most [`MAX_KEYS_PER_SENDER`]).
+    by_sender: BTreeMap<RoomId, BTreeMap<UserId, Vec<SlotId>>>,
+    /// Every record's expiry, with its slot.
+    expiry: BTreeSet<(Timestamp, SlotId)>,
     /// Sticky keys held.
     sticky: usize,
 }
@@ -94,10 +108,19 @@ fn family(x: MembershipDialect) -> MembershipDialect {
 }
 
 impl MembershipStore {
+    fn slot(&self, id: SlotId) -> Option<&Slot> {
+        self.slots.get(id as usize).and_then(Option::as_ref)
+    }
+
+    fn find(&self, room: &RoomId, kind: usize, key: &str) -> Option<SlotId> {
+        self.by_key.get(room).and_then(|kinds| kinds[kind].get(key)).copied()
+    }
+
     /// Applies one membership event at `now`; returns what changed, `None` if it was refused
     /// (a new key past [`MAX_KEYS_PER_SENDER`] or [`MAX_STICKY_TOTAL`]: nothing changes), or an
     /// error for a malformed event (which then changes nothing). Records already expired at
     /// `now` are not kept.
+    #[cfg(test)]
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn apply(
         &mut self,
@@ -109,9 +132,28 @@ impl MembershipStore {
         origin_ts: Timestamp,
         now: Timestamp,
     ) -> Result<Option<Changes>, WireError> {
-        let Some(parsed) = member::parse(event_type, content)? else { return Ok(Some(Changes::new())) };
-        let k: Key = (room.clone(), event_type.to_owned(), key.to_owned());
-        let raw = (event_type == member::FAMEDLY_MEMBER
+        let mut changes = Changes::new();
+        self.apply_into(room, sender, event_type, key, content, origin_ts, now, &mut changes)
+            .map(|applied| applied.then_some(changes))
+    }
+
+    /// [`MembershipStore::apply`], adding what changed to `changes` (many events at once: one
+    /// set of changes). Returns whether it was applied (`false`: refused, nothing changed).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn apply_into(
+        &mut self,
+        room: &RoomId,
+        sender: &UserId,
+        event_type: &str,
+        key: &str,
+        content: &Value,
+        origin_ts: Timestamp,
+        now: Timestamp,
+        changes: &mut Changes,
+    ) -> Result<bool, WireError> {
+        let Some(parsed) = member::parse(event_type, content)? else { return Ok(true) };
+        let Some(kind) = KINDS.iter().position(|k| *k == event_type) else { return Ok(true) };
+        let raw = (kind == 0
             && content.get("memberships").and_then(Value::as_array).is_some_and(|a| !a.is_empty()))
         .then(|| content.clone());
         let records: Vec<(GroupCallId, MemberInfo)> = parsed
@@ -124,55 +166,70 @@ impl MembershipStore {
             .collect();
         let live = records.iter().any(|(_, m)| m.expires_at > now);
         let holds = live || raw.is_some();
-        let held_by_sender = self.by_key.get(&k).is_some_and(|s| s.sender == *sender);
+        let existing = self.find(room, kind, key);
+        let held_by_sender = existing.and_then(|id| self.slot(id)).is_some_and(|s| s.sender == *sender);
         if holds && !held_by_sender {
-            let mine = self.by_sender.get(&(room.clone(), sender.clone())).map_or(0, BTreeSet::len);
-            let sticky = event_type == member::RTC_MEMBER_STICKY && !self.by_key.contains_key(&k);
+            let mine = self.by_sender.get(room).and_then(|u| u.get(sender)).map_or(0, Vec::len);
+            let sticky = kind == STICKY && existing.is_none();
             if mine >= MAX_KEYS_PER_SENDER || (sticky && self.sticky >= MAX_STICKY_TOTAL) {
-                return Ok(None);
+                return Ok(false);
             }
         }
-        let mut changes = Changes::new();
-        if let Some(old) = self.by_key.remove(&k) {
-            self.unindex(&k, &old, &mut changes);
-        }
         for (g, m) in &records {
-            changes.entry(g.clone()).or_default().insert(device_of(m));
+            mark(changes, g, device_of(m));
         }
+        let old = existing.and_then(|id| self.take(id, changes));
         if holds {
             let records = records.into_iter().filter(|(_, m)| m.expires_at > now).collect();
-            let slot = Slot { sender: sender.clone(), records, raw };
-            self.index(&k, &slot);
-            self.by_key.insert(k, slot);
+            // The old slot's room and key are reused (no copies for an update).
+            let slot = match old {
+                Some(mut slot) => {
+                    slot.sender = sender.clone();
+                    slot.records = records;
+                    slot.raw = raw;
+                    slot
+                }
+                None => Slot {
+                    room: room.clone(),
+                    kind,
+                    key: key.to_owned(),
+                    sender: sender.clone(),
+                    records,
+                    raw,
+                },
+            };
+            self.put(slot);
         }
-        Ok(Some(changes))
+        Ok(true)
     }
 
-    fn index(&mut self, k: &Key, slot: &Slot) {
-        self.by_sender.entry((k.0.clone(), slot.sender.clone())).or_default().insert(k.clone());
-        for (g, m) in &slot.records {
-            self.by_group.entry(g.clone()).or_default().entry(device_of(m)).or_default().insert(k.clone());
-            self.expiry.insert((m.expires_at, k.clone()));
+    /// Takes a slot out of the store and every index; its records' devices go to `changes`.
+    fn take(&mut self, id: SlotId, changes: &mut Changes) -> Option<Slot> {
+        let slot = self.slots.get_mut(id as usize)?.take()?;
+        self.free.push(id);
+        if let Some(kinds) = self.by_key.get_mut(&slot.room) {
+            kinds[slot.kind].remove(slot.key.as_str());
+            if kinds.iter().all(BTreeMap::is_empty) {
+                self.by_key.remove(&slot.room);
+            }
         }
-        if k.1 == member::RTC_MEMBER_STICKY {
-            self.sticky += 1;
-        }
-    }
-
-    fn unindex(&mut self, k: &Key, slot: &Slot, changes: &mut Changes) {
-        let owner = (k.0.clone(), slot.sender.clone());
-        if let Some(keys) = self.by_sender.get_mut(&owner) {
-            keys.remove(k);
-            if keys.is_empty() {
-                self.by_sender.remove(&owner);
+        if let Some(users) = self.by_sender.get_mut(&slot.room) {
+            if let Some(ids) = users.get_mut(&slot.sender) {
+                ids.retain(|x| *x != id);
+                if ids.is_empty() {
+                    users.remove(&slot.sender);
+                }
+            }
+            if users.is_empty() {
+                self.by_sender.remove(&slot.room);
             }
         }
         for (g, m) in &slot.records {
             let d = device_of(m);
             if let Some(devices) = self.by_group.get_mut(g) {
-                if let Some(keys) = devices.get_mut(&d) {
-                    keys.remove(k);
-                    if keys.is_empty() {
+                if let Some(ids) = devices.get_mut(&d) {
+                    ids.retain(|x| *x != id);
+                    if ids.is_empty() {
                         devices.remove(&d);
                     }
                 }
@@ -180,28 +237,70 @@ impl MembershipStore {
                     self.by_group.remove(g);
                 }
             }
-            self.expiry.remove(&(m.expires_at, k.clone()));
-            changes.entry(g.clone()).or_default().insert(d);
+            self.expiry.remove(&(m.expires_at, id));
+            mark(changes, g, d);
         }
-        if k.1 == member::RTC_MEMBER_STICKY {
+        if slot.kind == STICKY {
             self.sticky -= 1;
         }
+        Some(slot)
+    }
+
+    /// Puts a slot into the store and every index.
+    fn put(&mut self, slot: Slot) {
+        let id = match self.free.pop() {
+            Some(id) => id,
+            None => {
+                self.slots.push(None);
+                SlotId::try_from(self.slots.len() - 1).expect("fewer than 2^32 membership keys")
+            }
+        };
+        match self.by_key.get_mut(&slot.room) {
+            Some(kinds) => {
+                kinds[slot.kind].insert(slot.key.clone(), id);
+            }
+            None => {
+                let mut kinds: [BTreeMap<String, SlotId>; 3] = Default::default();
+                kinds[slot.kind].insert(slot.key.clone(), id);
+                self.by_key.insert(slot.room.clone(), kinds);
+            }
+        }
+        let users = match self.by_sender.get_mut(&slot.room) {
+            Some(users) => users,
+            None => self.by_sender.entry(slot.room.clone()).or_default(),
+        };
+        match users.get_mut(&slot.sender) {
+            Some(ids) => ids.push(id),
+            None => {
+                users.insert(slot.sender.clone(), vec![id]);
+            }
+        }
+        for (g, m) in &slot.records {
+            let devices = match self.by_group.get_mut(g) {
+                Some(devices) => devices,
+                None => self.by_group.entry(g.clone()).or_default(),
+            };
+            devices.entry(device_of(m)).or_default().push(id);
+            self.expiry.insert((m.expires_at, id));
+        }
+        if slot.kind == STICKY {
+            self.sticky += 1;
+        }
+        self.slots[id as usize] = Some(slot);
     }
 
     /// Removes every record expired at `now` (their timer fired); returns what changed.
     pub(crate) fn purge_expired(&mut self, now: Timestamp) -> Changes {
         let mut changes = Changes::new();
-        while let Some((at, k)) = self.expiry.first().cloned() {
+        while let Some(&(at, id)) = self.expiry.first() {
             if at > now {
                 break;
             }
-            self.expiry.remove(&(at, k.clone()));
-            let Some(mut slot) = self.by_key.remove(&k) else { continue };
-            self.unindex(&k, &slot, &mut changes);
+            self.expiry.remove(&(at, id));
+            let Some(mut slot) = self.take(id, &mut changes) else { continue };
             slot.records.retain(|(_, m)| m.expires_at > now);
             if !slot.records.is_empty() || slot.raw.is_some() {
-                self.index(&k, &slot);
-                self.by_key.insert(k, slot);
+                self.put(slot);
             }
         }
         changes
@@ -209,8 +308,8 @@ impl MembershipStore {
 
     /// The raw famedly content under a state key (empty object if none).
     pub(crate) fn raw_famedly(&self, room: &RoomId, key: &str) -> Value {
-        self.by_key
-            .get(&(room.clone(), member::FAMEDLY_MEMBER.to_owned(), key.to_owned()))
+        self.find(room, 0, key)
+            .and_then(|id| self.slot(id))
             .and_then(|s| s.raw.clone())
             .unwrap_or_else(|| serde_json::json!({}))
     }
@@ -226,13 +325,12 @@ impl MembershipStore {
         dialect: Option<MembershipDialect>,
         joined: impl Fn(&UserId) -> bool,
     ) -> Option<&MemberInfo> {
-        let keys = self.by_group.get(group)?.get(device)?;
+        let ids = self.by_group.get(group)?.get(device)?;
         if !joined(&device.0) {
             return None;
         }
-        let mut best: Option<&MemberInfo> = None;
-        for k in keys {
-            let Some(slot) = self.by_key.get(k) else { continue };
+        let mut best: Option<(&MemberInfo, (usize, &str))> = None;
+        for slot in ids.iter().filter_map(|id| self.slot(*id)) {
             for (g, m) in &slot.records {
                 if g != group
                     || m.participant.user_id != device.0
@@ -242,12 +340,17 @@ impl MembershipStore {
                 {
                     continue;
                 }
-                if best.is_none_or(|b| b.created <= m.created) {
-                    best = Some(m);
+                // Newest wins; on a tie the later key (event type, then state key).
+                let at = (slot.kind, slot.key.as_str());
+                let kind_order = |k: usize| KINDS[k];
+                if best.is_none_or(|(b, bk)| {
+                    (b.created, kind_order(bk.0), bk.1) <= (m.created, kind_order(at.0), at.1)
+                }) {
+                    best = Some((m, at));
                 }
             }
         }
-        best
+        best.map(|(m, _)| m)
     }
 
     /// Every device with a record in a group (expired or not yet purged).
@@ -259,9 +362,10 @@ impl MembershipStore {
     /// change can change.
     pub(crate) fn of_user(&self, room: &RoomId, user: &UserId) -> Changes {
         let mut changes = Changes::new();
-        for k in self.by_sender.get(&(room.clone(), user.clone())).into_iter().flatten() {
-            for (g, m) in self.by_key.get(k).map(|s| s.records.as_slice()).unwrap_or_default() {
-                changes.entry(g.clone()).or_default().insert(device_of(m));
+        let ids = self.by_sender.get(room).and_then(|u| u.get(user));
+        for slot in ids.into_iter().flatten().filter_map(|id| self.slot(*id)) {
+            for (g, m) in &slot.records {
+                mark(&mut changes, g, device_of(m));
             }
         }
         changes
@@ -286,13 +390,26 @@ impl MembershipStore {
 
     /// The next expiry after `now`, so that expiries are timers, not noticed late.
     pub(crate) fn next_expiry(&self, now: Timestamp) -> Option<Timestamp> {
-        self.expiry.iter().map(|(at, _)| *at).find(|at| *at > now)
+        use std::ops::Bound::{Excluded, Unbounded};
+        self.expiry.range((Excluded((now, SlotId::MAX)), Unbounded)).next().map(|(at, _)| *at)
     }
 
     /// Membership keys held (for tests and bounds).
     #[cfg(test)]
     fn keys_of(&self, room: &RoomId, sender: &UserId) -> usize {
-        self.by_sender.get(&(room.clone(), sender.clone())).map_or(0, BTreeSet::len)
+        self.by_sender.get(room).and_then(|u| u.get(sender)).map_or(0, Vec::len)
+    }
+}
+
+/// Adds one device of one group to `changes` (the group copied only when it is new there).
+fn mark(changes: &mut Changes, g: &GroupCallId, d: Device) {
+    match changes.get_mut(g) {
+        Some(devices) => {
+            devices.insert(d);
+        }
+        None => {
+            changes.insert(g.clone(), BTreeSet::from([d]));
+        }
     }
 }
 

@@ -703,7 +703,7 @@ impl GroupCall {
                 group: self.id.clone(),
                 joined: Vec::new(),
                 left,
-                participants: Vec::new(),
+                count: 0,
             });
         }
     }
@@ -729,9 +729,9 @@ impl GroupCall {
         store: &MembershipStore,
         joined: &dyn Fn(&UserId) -> bool,
         devices: Option<&BTreeSet<Device>>,
-    ) -> (Vec<Participant>, Vec<Participant>) {
+    ) {
         if matches!(self.state, GroupCallState::Leaving | GroupCallState::Left) {
-            return (Vec::new(), Vec::new());
+            return;
         }
         // Only the devices that may have changed (all of them when not told which): the work is
         // proportional to the change, not to the call.
@@ -774,7 +774,7 @@ impl GroupCall {
             }
             self.schedule_leave_then_join(ctx, store);
             // The others saw us leave and dropped our key: start keys afresh, like a new join
-            // (the next `set_members` below sends a fresh key to everyone).
+            // (the next `update_members` below sends a fresh key to everyone).
             if let Some(keys) = self.keys.as_mut() {
                 keys.leave(ctx);
             }
@@ -818,24 +818,33 @@ impl GroupCall {
         // Keys start with our join, before our membership is confirmed (famedly pre-shares
         // keys the same way; receivers buffer keys from devices whose membership is on its way).
         let first = self.keys.as_ref().is_some_and(|k| !k.is_joined());
-        if !joined_now.is_empty() || !left_now.is_empty() || first {
-            for p in &left_now {
-                self.participants.remove(p);
-            }
-            self.participants.extend(joined_now.iter().cloned());
-            if !joined_now.is_empty() || !left_now.is_empty() {
-                ctx.emit(Event::ParticipantsChanged {
-                    group: self.id.clone(),
-                    joined: joined_now.clone(),
-                    left: left_now.clone(),
-                    participants: self.participants.iter().cloned().collect(),
-                });
-            }
-            if let Some(keys) = self.keys.as_mut() {
-                keys.set_members(ctx, &self.participants);
+        if joined_now.is_empty() && left_now.is_empty() && !first {
+            return;
+        }
+        for p in &left_now {
+            self.participants.remove(p);
+        }
+        self.participants.extend(joined_now.iter().cloned());
+        // The report comes before what the key manager sends for it (its place is kept, so that
+        // the lists need not be copied for the key manager).
+        let report_at = ctx.out.len();
+        if let Some(keys) = self.keys.as_mut() {
+            if first {
+                // Our join: everyone is new to the key manager.
+                keys.update_members(ctx, &self.participants, &[]);
+            } else {
+                keys.update_members(ctx, &joined_now, &left_now);
             }
         }
-        (joined_now, left_now)
+        if !joined_now.is_empty() || !left_now.is_empty() {
+            let report = Event::ParticipantsChanged {
+                group: self.id.clone(),
+                joined: joined_now,
+                left: left_now,
+                count: self.participants.len(),
+            };
+            ctx.out.insert(report_at, crate::output::Output::Event(report));
+        }
     }
 
     pub(crate) fn next_timer(&self) -> Option<Timestamp> {

@@ -1,7 +1,7 @@
 //! Media keys of SFU (LiveKit) group calls: one [`KeyManager`] per joined group call.
 //!
 //! Rules (both transports; timings per [`KeyConfig`]):
-//! - **Our join** (the first [`KeyManager::set_members`]): a fresh key, used at once, sent to
+//! - **Our join** (the first [`KeyManager::update_members`]): a fresh key, used at once, sent to
 //!   every member device in one batch.
 //! - **A leave** (a device gone, or its membership id changed): the leaver's keys are
 //!   forgotten and a fresh key is made `leave_delay_ms` later (further leaves restart the wait),
@@ -127,7 +127,7 @@ pub(crate) struct KeyManager {
     transport: KeyTransport,
     config: KeyConfig,
     local: Participant,
-    /// Between our join (first `set_members`) and `leave`.
+    /// Between our join (first `update_members`) and `leave`.
     joined: bool,
     /// After `leave` (until a new join): everything received is ignored.
     left: bool,
@@ -178,22 +178,54 @@ impl KeyManager {
         }
     }
 
-    /// The current members other than us, after every membership change (the first call is our
-    /// join: make the first key, use it at once, send it to everyone). Computes joins and leaves;
-    /// a device whose member id changed counts as a leave and a join. Our own device is skipped
-    /// if present. Calling it after [`KeyManager::leave`] joins again.
+    /// The current members other than us, as a whole (the first call is our join: make the
+    /// first key, use it at once, send it to everyone). Works out the joins and leaves against
+    /// the members held and hands them to [`KeyManager::update_members`]; a device whose member
+    /// id changed counts as a leave and a join. Our own device is skipped if present. Calling it
+    /// after [`KeyManager::leave`] joins again. Proportional to the number of members: for a
+    /// change of a few members use [`KeyManager::update_members`].
+    #[cfg(test)]
     pub(crate) fn set_members(&mut self, ctx: &mut Ctx<'_>, members: &BTreeSet<Participant>) {
+        let left: Vec<Participant> =
+            self.members.values().filter(|p| !members.contains(*p)).cloned().collect();
+        let joined: Vec<Participant> =
+            members.iter().filter(|p| self.members.get(&device_key(p)) != Some(*p)).cloned().collect();
+        self.update_members(ctx, &joined, &left);
+    }
+
+    /// Members changed: `joined` are new (or a new session of a device: its old participant is
+    /// in `left`, or is replaced all the same), `left` are gone. The first call after
+    /// [`KeyManager::new`] or [`KeyManager::leave`] is our join (`joined` being everyone then):
+    /// a fresh key, used at once, sent to every member. The work is proportional to the change,
+    /// except where a key goes to every member (our join, a rotation). Our own device and
+    /// leavers that are not (or no longer) members are skipped.
+    pub(crate) fn update_members<'p>(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        joined: impl IntoIterator<Item = &'p Participant>,
+        left: impl IntoIterator<Item = &'p Participant>,
+    ) {
         let _span = tracing::debug_span!("keys", group = %self.group).entered();
-        let new: BTreeMap<DeviceKey, Participant> = members
-            .iter()
-            .filter(|p| !(p.user_id == self.local.user_id && p.device_id == self.local.device_id))
-            .map(|p| (device_key(p), p.clone()))
-            .collect();
-        let leavers: Vec<DeviceKey> =
-            self.members.iter().filter(|(k, p)| new.get(*k) != Some(*p)).map(|(k, _)| k.clone()).collect();
-        let joiners: Vec<DeviceKey> =
-            new.iter().filter(|(k, p)| self.members.get(*k) != Some(*p)).map(|(k, _)| k.clone()).collect();
-        self.members = new;
+        let ours = |p: &Participant| p.user_id == self.local.user_id && p.device_id == self.local.device_id;
+        let mut leavers: Vec<DeviceKey> = Vec::new();
+        for p in left.into_iter().filter(|p| !ours(p)) {
+            let k = device_key(p);
+            if self.members.get(&k) == Some(p) {
+                self.members.remove(&k);
+                leavers.push(k);
+            }
+        }
+        let mut joiners: Vec<DeviceKey> = Vec::new();
+        for p in joined.into_iter().filter(|p| !ours(p)) {
+            let k = device_key(p);
+            match self.members.insert(k.clone(), p.clone()) {
+                Some(old) if old == *p => continue,
+                // Another session of that device, not reported as left: it left all the same.
+                Some(_) => leavers.push(k.clone()),
+                None => {}
+            }
+            joiners.push(k);
+        }
         for k in &leavers {
             self.remote.remove(k);
         }
@@ -246,6 +278,7 @@ impl KeyManager {
         // the old one (found by the simulator, sfu seed 213): ask it for its key (famedly
         // members answer requests from members with their latest key; Element Call keys name
         // their member and wait in the buffer instead, and nothing is sent).
+        let leavers: BTreeSet<&DeviceKey> = leavers.iter().collect();
         let rejoined: Vec<Participant> = joiners
             .iter()
             .filter(|k| leavers.contains(k))
@@ -382,7 +415,7 @@ impl KeyManager {
     }
 
     /// When [`KeyManager::handle_timeout`] must next run.
-    /// Whether our join was processed (the first `set_members`) and we have not left since.
+    /// Whether our join was processed (the first `update_members`) and we have not left since.
     pub(crate) fn is_joined(&self) -> bool {
         self.joined && !self.left
     }
@@ -977,6 +1010,54 @@ mod tests {
         let d = receive(&mut h, &mut km, &rejoined, types::ELEMENT_CALL_KEYS, &ec_key(&rejoined, 0, 7, 3));
         assert_eq!(d, KeyDisposition::Applied);
         assert_eq!(km.current_keys(), vec![(rejoined, 0, vec![7; 16])]);
+    }
+
+    /// Member changes reported as diffs (what a group call does) end where the whole member
+    /// list would: the same sends, to the same devices, and the same members held. A new
+    /// session reported only as a join still counts as that device's leave.
+    #[test]
+    fn diffs_end_where_whole_member_lists_end() {
+        for t in [KeyTransport::ElementCall, KeyTransport::Famedly] {
+            let (mut h1, mut h2) = (Harness::new(), Harness::new());
+            let (mut whole, mut diff) = (manager(t), manager(t));
+            let all: Vec<usize> = (0..50).collect();
+            h1.with(|ctx| whole.set_members(ctx, &set(&all)));
+            h2.with(|ctx| diff.update_members(ctx, &set(&all), &[]));
+            let mut rejoined = member(7);
+            rejoined.member_id = "new-session".into();
+            let mut now: BTreeSet<Participant> = set(&all);
+            // 3 leaves, 60 joins, 7 changes its session (reported as a join only).
+            let steps: Vec<(Vec<Participant>, Vec<Participant>)> = vec![
+                (vec![], vec![member(3)]),
+                (vec![member(60)], vec![]),
+                (vec![rejoined.clone()], vec![]),
+                (vec![member(61), me()], vec![member(4), member(5), member(99)]),
+            ];
+            for (i, (joined, left)) in steps.into_iter().enumerate() {
+                for p in &left {
+                    now.remove(p);
+                }
+                now.retain(|p| !joined.iter().any(|j| j.user_id == p.user_id && j.device_id == p.device_id));
+                now.extend(joined.iter().cloned());
+                h1.advance(30_000);
+                h2.advance(30_000);
+                h1.with(|ctx| whole.set_members(ctx, &now));
+                h2.with(|ctx| diff.update_members(ctx, &joined, &left));
+                let (s1, _) = h1.drain();
+                let (s2, _) = h2.drain();
+                let targets = |s: &[Sent]| s.iter().map(Sent::targets).collect::<Vec<_>>();
+                assert_eq!(targets(&s1), targets(&s2), "{t:?} step {i}");
+                assert_eq!(whole.members, diff.members, "{t:?} step {i}");
+                h1.advance(10_000);
+                h2.advance(10_000);
+                h1.with(|ctx| whole.handle_timeout(ctx));
+                h2.with(|ctx| diff.handle_timeout(ctx));
+                assert_eq!(targets(&h1.drain().0), targets(&h2.drain().0), "{t:?} step {i}, timers");
+            }
+            assert_eq!(diff.members.get(&device_key(&rejoined)), Some(&rejoined));
+            assert!(!diff.members.contains_key(&device_key(&me())), "never ourselves");
+            assert_eq!(diff.members.len(), 50 - 3 + 2, "{t:?}");
+        }
     }
 
     #[test]
