@@ -294,12 +294,15 @@ impl MatrixAdapter {
         rx
     }
 
-    /// Replays a room's stored membership (`m.room.member`) and call-membership state into the
-    /// input channel (and the call-member subscription): for rooms the client knew before the
-    /// adapter was created.
+    /// Replays a room's stored membership (`m.room.member`), encryption and call-membership
+    /// state into the input channel as ONE [`Input::RoomState`] (the core takes a large room in
+    /// at once and reports each group call's participants once), and the call memberships to the
+    /// call-member subscription: for rooms the client knew before the adapter was created.
     pub async fn room_state_inputs(&self, room: &Room) -> Result<(), crate::AdapterError> {
+        let room_id = room.room_id().as_str();
         let mut types: Vec<&str> = vec!["m.room.member", "m.room.encryption"];
         types.extend_from_slice(inbound::CALL_MEMBER_TYPES);
+        let (mut members, mut state) = (Vec::new(), Vec::new());
         for t in types {
             for raw in room.get_state_events(t.into()).await? {
                 let json = match raw {
@@ -310,10 +313,22 @@ impl MatrixAdapter {
                         r.deserialize_as_unchecked::<Value>()
                     }
                 };
-                if let Ok(ev) = json {
-                    self.inner.dispatch_state(room.room_id().as_str(), &ev).await;
+                let Ok(ev) = json else { continue };
+                if let Some(m) = inbound::member_from_json(room_id, &ev) {
+                    members.push(m);
+                } else if let Some(e) = inbound::room_encryption_from_json(room_id, &ev) {
+                    state.push(e);
+                } else if let Some(cm) = inbound::call_member_from_json(room_id, &ev) {
+                    let tx = self.inner.call_members.lock().expect("call_members lock").clone();
+                    if let Some(tx) = tx {
+                        let _ = tx.send(cm.clone()).await;
+                    }
+                    state.push(cm.into());
                 }
             }
+        }
+        if !members.is_empty() || !state.is_empty() {
+            let _ = self.inner.inputs.send(Input::RoomState { members, state }).await;
         }
         Ok(())
     }
