@@ -176,6 +176,8 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<bool> {
     ];
     cargo(&homeserver_demo, &none)?;
     run_examples(&url, &secret)?;
+    // LiveKit mode into the LiveKit SDK's shapes, with voip-testkit's JWT service on this Synapse.
+    cargo(&["run", "-q", "-p", "voip", "--features", "livekit", "--example", "livekit_sdk"], &synapse.env)?;
     drop(synapse);
     println!("\n==> conformance fixtures");
     let fixtures_ok = crate::conformance::run(&[])?;
