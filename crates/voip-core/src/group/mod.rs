@@ -754,7 +754,12 @@ impl GroupCall {
         if devices.contains(&us) {
             let ours = self.member(store, ctx.now, joined, &us);
             self.own_present = ours.is_some();
-            if let (Some(m), None) = (&ours, self.created_ts) {
+            // Our first membership's time becomes `created_ts` of later refreshes — but only
+            // once our join is confirmed: while joining, the membership at our state key may be
+            // an earlier process's (an app restart), and claiming its time would make our rejoin
+            // look like no change to the others, who then never send this process their keys
+            // (sim sfu seed 164, once that earlier process's delayed leave is cancelled).
+            if let (Some(m), None, GroupCallState::Joined) = (&ours, self.created_ts, self.state) {
                 self.created_ts = Some(m.created);
             }
         }
