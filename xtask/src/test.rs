@@ -135,7 +135,8 @@ fn run_examples(url: &str, secret: &str) -> anyhow::Result<()> {
 /// voip-core draws no OS randomness: getrandom is not in its dependency tree (its clippy.toml
 /// forbids clocks, threads, files and hashed collections).
 fn core_is_pure() -> anyhow::Result<()> {
-    let out = cargo_cmd(&["tree", "-p", "voip-core", "-e", "normal,build", "-i", "getrandom", "--quiet"]).output()?;
+    let out = cargo_cmd(&["tree", "-p", "voip-core", "-e", "normal,build", "-i", "getrandom", "--quiet"])
+        .output()?;
     let tree = String::from_utf8_lossy(&out.stdout);
     anyhow::ensure!(!tree.contains("getrandom"), "voip-core must not depend on getrandom:\n{tree}");
     println!("==> voip-core: no getrandom in its dependency tree");

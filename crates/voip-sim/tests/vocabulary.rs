@@ -47,7 +47,8 @@ fn the_committed_schema_is_the_generated_one() {
     );
     // The fixture schema points at it for inputs.
     let fixture: Value =
-        serde_json::from_str(&std::fs::read_to_string(repo().join("fixtures/fixture.schema.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(repo().join("fixtures/fixture.schema.json")).unwrap())
+            .unwrap();
     let input_ref = &fixture["properties"]["steps"]["items"]["properties"]["input"]["$ref"];
     assert_eq!(input_ref, "vocabulary.schema.json#/$defs/Input");
 }
@@ -89,9 +90,16 @@ fn docs_conformance_names_every_tag() {
         .iter()
         .filter(|(_, tag)| {
             let word = tag.rsplit(": ").next().unwrap();
-            !doc.contains(&format!("`{word}`")) && !doc.contains(&format!("{word}|")) && !doc.contains(&format!("|{word}"))
+            !doc.contains(&format!("`{word}`"))
+                && !doc.contains(&format!("{word}|"))
+                && !doc.contains(&format!("|{word}"))
         })
         .map(|(ty, tag)| format!("{ty}: {tag}"))
         .collect();
-    assert!(missing.is_empty(), "docs/conformance.md does not name {} tags:\n{}", missing.len(), missing.join("\n"));
+    assert!(
+        missing.is_empty(),
+        "docs/conformance.md does not name {} tags:\n{}",
+        missing.len(),
+        missing.join("\n")
+    );
 }
