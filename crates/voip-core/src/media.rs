@@ -5,9 +5,11 @@
 //! to. An engine (webrtc-rs in `voip-webrtc`, a fake in `voip-sim`, or the app's own) executes
 //! the commands in order and reports results as events.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{CallId, StreamId};
+use crate::ids::StreamId;
 
 /// Voice or video, as the user chose it or as the offer implies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -193,6 +195,17 @@ pub enum MediaCommand {
     SetRemoteDescription {
         /// The remote offer or answer.
         description: SessionDescription,
+        /// The purpose of each remote stream (msid stream id → usermedia/screenshare), from the
+        /// `sdp_stream_metadata` that came with the description: the SDP does not carry it.
+        /// Empty when the peer sent no metadata (a pre-MSC3077 peer: its stream is usermedia).
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        stream_purposes: BTreeMap<StreamId, StreamPurpose>,
+    },
+    /// The peer's stream metadata changed (`m.call.sdp_stream_metadata_changed`) and with it
+    /// the purpose of a remote stream: the full map, as on `SetRemoteDescription`.
+    SetStreamPurposes {
+        /// msid stream id → usermedia/screenshare, for every stream the peer describes.
+        stream_purposes: BTreeMap<StreamId, StreamPurpose>,
     },
     /// Add remote candidates. Only sent after `SetRemoteDescription`; the core buffers earlier
     /// ones. An entry with an empty `candidate` is end-of-candidates.
@@ -217,6 +230,13 @@ pub enum MediaCommand {
     },
     /// Close the peer connection and stop local media of this call.
     Close,
+}
+
+impl MediaCommand {
+    /// `SetRemoteDescription` without stream purposes (a peer that sent no metadata).
+    pub fn set_remote_description(description: SessionDescription) -> Self {
+        MediaCommand::SetRemoteDescription { description, stream_purposes: BTreeMap::new() }
+    }
 }
 
 /// What the media engine reports about one call ([`crate::Input::Media`]).
@@ -266,63 +286,3 @@ pub enum MediaEvent {
     },
 }
 
-/// Executes the core's media commands. Implemented by `voip_webrtc::WebrtcEngine`; an app that brings its own WebRTC stack (a native libwebrtc binding, a browser bridge, a fake) implements
-/// it too and hands it to the runtime instead.
-///
-/// # Contract
-///
-/// * [`MediaEngine::execute`] never blocks and never fails: it queues the command. Commands of
-///   one call are executed in the order they were queued; calls are independent.
-/// * Results come back as `(CallId, MediaEvent)` pairs on whatever channel the engine was built
-///   with (voip-webrtc: its `MediaEventSender`); the runtime feeds each into the core as
-///   [`crate::Input::Media`]. `CreateOffer` / `CreateAnswer` answer with [`MediaEvent::LocalDescription`]
-///   (after applying it locally), and a failing operation with [`MediaEvent::Failed`].
-/// * [`MediaEvent::LocalCandidate`]s of a call are reported only after the
-///   [`MediaEvent::LocalDescription`] they belong to, with the real `sdpMid`, followed by
-///   [`MediaEvent::GatheringComplete`].
-/// * Remote candidates received before the remote description are buffered, not rejected; the
-///   end-of-candidates marker (empty `candidate`) is accepted.
-/// * The stream id of `AddLocalStream` is the msid stream id in the local SDP.
-/// * After `Close`, the call's peer connection, tasks and sockets are released, no further
-///   event is reported for it, and later commands for the same call id are dropped.
-///
-/// # Bringing your own engine
-///
-/// ```
-/// use std::sync::{mpsc, Mutex};
-/// use voip_core::media::{MediaCommand, MediaEngine, MediaEvent, SessionDescription};
-/// use voip_core::CallId;
-///
-/// /// An engine that answers every offer request with a canned description (a real one
-/// /// would drive a native WebRTC stack here).
-/// struct CannedEngine {
-///     events: Mutex<mpsc::Sender<(CallId, MediaEvent)>>,
-///     log: Mutex<Vec<(CallId, MediaCommand)>>,
-/// }
-///
-/// impl MediaEngine for CannedEngine {
-///     fn execute(&self, call_id: CallId, command: MediaCommand) {
-///         if matches!(command, MediaCommand::CreateOffer { .. }) {
-///             let description = SessionDescription::offer("v=0\r\n");
-///             let _ = self.events.lock().unwrap().send((call_id.clone(), MediaEvent::LocalDescription { description }));
-///         }
-///         self.log.lock().unwrap().push((call_id, command));
-///     }
-/// }
-///
-/// let (events, rx) = mpsc::channel();
-/// let engine: Box<dyn MediaEngine> =
-///     Box::new(CannedEngine { events: Mutex::new(events), log: Mutex::new(Vec::new()) });
-/// engine.execute("c1".into(), MediaCommand::CreateOffer { ice_restart: false });
-/// assert!(matches!(rx.try_recv(), Ok((_, MediaEvent::LocalDescription { .. }))));
-/// ```
-pub trait MediaEngine: Send + Sync + 'static {
-    /// Queue `command` for `call_id`.
-    fn execute(&self, call_id: CallId, command: MediaCommand);
-
-    /// Lets the engine see the core's app events (e.g. `StreamsChanged`, whose stream
-    /// purposes come from `sdp_stream_metadata` and are not in the SDP). Default: ignored.
-    fn observe(&self, event: &crate::Event) {
-        let _ = event;
-    }
-}

@@ -124,7 +124,7 @@ fn one_call(seed: u8) -> usize {
                             nodes[i].inbox.push_back(Input::Media { call_id: call_id.clone(), event });
                         }
                         let connects = match &command {
-                            MediaCommand::SetRemoteDescription { description } => {
+                            MediaCommand::SetRemoteDescription { description, .. } => {
                                 description.sdp_type == voip_core::media::SdpType::Answer
                             }
                             MediaCommand::CreateAnswer => true,

@@ -76,7 +76,7 @@ impl FakeMedia {
         }
         let mut out = Vec::new();
         match command {
-            MediaCommand::CreatePeer { .. } => {}
+            MediaCommand::CreatePeer { .. } | MediaCommand::SetStreamPurposes { .. } => {}
             MediaCommand::AddLocalStream { stream_id, purpose, audio, video } => {
                 if fail_local {
                     out.push(MediaEvent::Failed {
@@ -116,7 +116,7 @@ impl FakeMedia {
                 peer.maybe_connect(&mut out);
             }
             MediaCommand::Rollback => {}
-            MediaCommand::SetRemoteDescription { description } => {
+            MediaCommand::SetRemoteDescription { description, .. } => {
                 peer.remote_set = true;
                 let held = description.sdp.contains("a=sendonly") || description.sdp.contains("a=inactive");
                 peer.remote_receives = !held;

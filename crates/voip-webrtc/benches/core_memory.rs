@@ -88,7 +88,7 @@ fn engine(command: &MediaCommand) -> Vec<MediaEvent> {
             MediaEvent::GatheringComplete,
             connected,
         ],
-        MediaCommand::SetRemoteDescription { description }
+        MediaCommand::SetRemoteDescription { description, .. }
             if description.sdp_type == voip_core::media::SdpType::Answer =>
         {
             vec![connected]

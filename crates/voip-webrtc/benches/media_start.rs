@@ -59,12 +59,12 @@ async fn time_to_media(call_type: CallType) -> Duration {
     p.b.exec(&call, MediaCommand::CreatePeer { call_type });
     p.a.exec(&call, MediaCommand::CreateOffer { ice_restart: false });
     let offer = p.take_description(true).await;
-    p.b.exec(&call, MediaCommand::SetRemoteDescription { description: offer });
+    p.b.exec(&call, MediaCommand::set_remote_description(offer));
     p.b.exec(&call, stream("b-user"));
     p.b.exec(&call, MediaCommand::CreateAnswer);
     let answer = p.take_description(false).await;
     let start = Instant::now();
-    p.a.exec(&call, MediaCommand::SetRemoteDescription { description: answer });
+    p.a.exec(&call, MediaCommand::set_remote_description(answer));
     let flowing = p.pump_until(Duration::from_secs(20), |p| first_packets(p, call_type).is_some()).await;
     assert!(flowing, "media did not flow: a {:?} b {:?}", p.a.events, p.b.events);
     p.assert_no_failures();

@@ -25,7 +25,7 @@ use voip_core::media::{
     CallType, Candidate, MediaCommand, MediaEvent, MediaKind, SessionDescription, StreamPurpose,
 };
 use voip_core::{CallId, StreamId};
-use voip_webrtc::{MediaEngine, MediaEventReceiver, WebrtcConfig, WebrtcEngine};
+use voip_webrtc::{MediaEventReceiver, WebrtcConfig, WebrtcEngine};
 
 #[global_allocator]
 static HEAP: Cap<std::alloc::System> = Cap::new(std::alloc::System, usize::MAX);
@@ -128,11 +128,11 @@ impl Rig {
         self.b.execute(call.clone(), MediaCommand::CreatePeer { call_type });
         self.a.execute(call.clone(), MediaCommand::CreateOffer { ice_restart: false });
         let offer = self.description(true, call).await;
-        self.b.execute(call.clone(), MediaCommand::SetRemoteDescription { description: offer });
+        self.b.execute(call.clone(), MediaCommand::set_remote_description(offer));
         self.b.execute(call.clone(), stream("b-user"));
         self.b.execute(call.clone(), MediaCommand::CreateAnswer);
         let answer = self.description(false, call).await;
-        self.a.execute(call.clone(), MediaCommand::SetRemoteDescription { description: answer });
+        self.a.execute(call.clone(), MediaCommand::set_remote_description(answer));
     }
 
     /// Packets received on the live remote tracks of `kind` of `call`, per side (A, B).

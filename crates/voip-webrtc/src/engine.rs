@@ -1,4 +1,4 @@
-//! The media-engine contract between the core's media vocabulary and an implementation.
+//! The channel on which the engine reports [`MediaEvent`]s back to whoever drives the core.
 
 use tokio::sync::mpsc;
 use voip_core::media::MediaEvent;
@@ -16,4 +16,3 @@ pub fn media_event_channel() -> (MediaEventSender, MediaEventReceiver) {
     mpsc::unbounded_channel()
 }
 
-pub use voip_core::media::MediaEngine;

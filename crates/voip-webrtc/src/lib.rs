@@ -14,7 +14,7 @@ mod stats;
 mod webrtc_engine;
 
 pub use config::{IceServer, IceTransportPolicy, MdnsMode, TurnServerResponse, WebrtcConfig};
-pub use engine::{media_event_channel, MediaEngine, MediaEventReceiver, MediaEventSender};
+pub use engine::{media_event_channel, MediaEventReceiver, MediaEventSender};
 pub use error::{Error, Result};
 pub use media::echo::{Echo, EchoSource};
 pub use media::sink::{MediaSink, ReceivedPacket, SinkStats, TrackSink};

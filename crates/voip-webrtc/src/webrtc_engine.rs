@@ -8,12 +8,12 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 use tracing::{debug, info_span, warn, Instrument};
 use voip_core::media::{ConnectionState, MediaCommand, MediaKind, StreamPurpose};
-use voip_core::{CallId, Event, StreamId};
+use voip_core::{CallId, StreamId};
 use webrtc::peer_connection::StatsSelector;
 
 use crate::call::{spawn_counted, CallInput, CallTask, Shared, SharedRef};
 use crate::config::{IceServer, WebrtcConfig};
-use crate::engine::{media_event_channel, MediaEngine, MediaEventReceiver, MediaEventSender};
+use crate::engine::{media_event_channel, MediaEventReceiver, MediaEventSender};
 use crate::error::{Error, Result};
 use crate::media::sink::SinkStats;
 use crate::runtime::{Counters, EngineRuntime, NetworkSwitch, Resources};
@@ -41,8 +41,9 @@ pub struct LocalTrackInfo {
 pub struct RemoteTrackInfo {
     /// Stream id (msid in the remote SDP).
     pub stream_id: StreamId,
-    /// The stream's purpose, once known from the core's stream metadata
-    /// ([`MediaEngine::observe`] or [`WebrtcEngine::set_remote_purpose`]).
+    /// The stream's purpose, once known from the stream metadata that came with the remote
+    /// description (`MediaCommand::SetRemoteDescription`'s `stream_purposes`, or
+    /// [`WebrtcEngine::set_remote_purpose`]).
     pub purpose: Option<StreamPurpose>,
     /// Audio or video.
     pub kind: MediaKind,
@@ -310,8 +311,12 @@ impl WebrtcEngine {
     }
 }
 
-impl MediaEngine for WebrtcEngine {
-    fn execute(&self, call_id: CallId, command: MediaCommand) {
+impl WebrtcEngine {
+    /// Queues `command` for `call_id` (the core's `Output::Media`). Never blocks and never
+    /// fails: commands of one call run in order on that call's task; results come back as
+    /// [`MediaEvent`]s on the engine's event channel. After `Close`, later commands for the
+    /// same call are dropped. (`voip` implements its `MediaEngine` trait with this.)
+    pub fn execute(&self, call_id: CallId, command: MediaCommand) {
         let Ok(mut calls) = self.inner.calls.lock() else { return };
         let is_close = matches!(command, MediaCommand::Close);
         if is_close {
@@ -349,16 +354,15 @@ impl MediaEngine for WebrtcEngine {
             }
             CallHandle { tx, shared }
         });
+        if let MediaCommand::SetRemoteDescription { stream_purposes, .. }
+        | MediaCommand::SetStreamPurposes { stream_purposes } = &command
+        {
+            if let Ok(mut s) = handle.shared.lock() {
+                s.remote_purposes.extend(stream_purposes.iter().map(|(id, p)| (id.clone(), *p)));
+            }
+        }
         if handle.tx.send(CallInput::Media(command)).is_err() {
             warn!(%call_id, "call task is gone; command dropped");
-        }
-    }
-
-    fn observe(&self, event: &Event) {
-        if let Event::StreamsChanged { call_id, remote, .. } = event {
-            for r in remote {
-                let _ = self.set_remote_purpose(call_id, r.stream_id.clone(), r.purpose);
-            }
         }
     }
 }

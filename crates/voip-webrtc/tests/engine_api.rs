@@ -10,7 +10,7 @@ use voip_core::media::{
     CallType, MediaCommand, MediaEvent, MediaKind, MediaOperation, SessionDescription, StreamPurpose,
 };
 use voip_core::CallId;
-use voip_webrtc::{MdnsMode, MediaEngine, WebrtcConfig, WebrtcEngine};
+use voip_webrtc::{MdnsMode, WebrtcConfig, WebrtcEngine};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn muted_tracks_send_silence_and_black_frames_until_unmuted() {
@@ -63,11 +63,11 @@ async fn rollback_lets_the_polite_side_answer_the_other_offer() {
     p.a.exec(&call, MediaCommand::CreateOffer { ice_restart: false });
     let a_offer = p.take_description(true).await;
     p.b.exec(&call, MediaCommand::Rollback);
-    p.b.exec(&call, MediaCommand::SetRemoteDescription { description: a_offer });
+    p.b.exec(&call, MediaCommand::set_remote_description(a_offer));
     p.b.exec(&call, MediaCommand::CreateAnswer);
     let answer = p.take_description(false).await;
     assert_eq!(answer.sdp_type, voip_core::media::SdpType::Answer);
-    p.a.exec(&call, MediaCommand::SetRemoteDescription { description: answer });
+    p.a.exec(&call, MediaCommand::set_remote_description(answer));
     let before = p.a.remote_packets(&call, "b-user", MediaKind::Audio);
     assert!(
         p.pump_until(Duration::from_secs(5), |p| p.a.remote_packets(&call, "b-user", MediaKind::Audio)
@@ -95,7 +95,7 @@ async fn answering_a_video_offer_with_voice_only_receives_video_and_sends_audio(
     p.a.exec(&call, MediaCommand::CreateOffer { ice_restart: false });
     let offer = p.take_description(true).await;
     p.b.exec(&call, MediaCommand::CreatePeer { call_type: CallType::Video });
-    p.b.exec(&call, MediaCommand::SetRemoteDescription { description: offer });
+    p.b.exec(&call, MediaCommand::set_remote_description(offer));
     p.b.exec(
         &call,
         MediaCommand::AddLocalStream {
@@ -107,7 +107,7 @@ async fn answering_a_video_offer_with_voice_only_receives_video_and_sends_audio(
     );
     p.b.exec(&call, MediaCommand::CreateAnswer);
     let answer = p.take_description(false).await;
-    p.a.exec(&call, MediaCommand::SetRemoteDescription { description: answer });
+    p.a.exec(&call, MediaCommand::set_remote_description(answer));
     let flowing = p
         .pump_until(Duration::from_secs(10), |p| {
             p.b.remote(&call, "a-user", MediaKind::Video).is_some_and(|t| t.stats.frames >= 5)
@@ -132,7 +132,7 @@ async fn failures_are_reported_as_failed_events() {
     engine.execute(call.clone(), MediaCommand::CreatePeer { call_type: CallType::Voice });
     engine.execute(
         call.clone(),
-        MediaCommand::SetRemoteDescription { description: SessionDescription::offer("this is not sdp") },
+        MediaCommand::set_remote_description(SessionDescription::offer("this is not sdp")),
     );
     // An answer without an offer.
     engine.execute(call.clone(), MediaCommand::CreateAnswer);

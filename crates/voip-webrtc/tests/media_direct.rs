@@ -129,7 +129,7 @@ async fn offer_carries_the_stream_id_as_msid_and_remote_candidates_may_come_firs
     );
     p.b.exec(&call, MediaCommand::CreatePeer { call_type: CallType::Voice });
     p.b.exec(&call, MediaCommand::AddRemoteCandidates { candidates });
-    p.b.exec(&call, MediaCommand::SetRemoteDescription { description: offer });
+    p.b.exec(&call, MediaCommand::set_remote_description(offer));
     p.b.exec(
         &call,
         MediaCommand::AddLocalStream {
@@ -142,7 +142,7 @@ async fn offer_carries_the_stream_id_as_msid_and_remote_candidates_may_come_firs
     p.b.exec(&call, MediaCommand::CreateAnswer);
     let answer = p.take_description(false).await;
     assert!(answer.sdp.contains("a=msid:stream-abc "), "{}", answer.sdp);
-    p.a.exec(&call, MediaCommand::SetRemoteDescription { description: answer });
+    p.a.exec(&call, MediaCommand::set_remote_description(answer));
     p.trickle = true;
     let flowing = p
         .pump_until(Duration::from_secs(10), |p| {

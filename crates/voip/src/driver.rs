@@ -34,7 +34,9 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
-use voip_core::media::{MediaEngine, MediaEvent};
+use voip_core::media::MediaEvent;
+
+use crate::MediaEngine;
 use voip_core::{
     CallId, CallInfo, CallType, Command, Counters, DeviceId, Event, GroupCallId, GroupCallInfo, Input,
     LocalDevice, MediaKeys, Output, Participant, RoomId, Signalling, Timestamp, UserId,
@@ -539,7 +541,6 @@ impl Driver {
                     self.engine.execute(call_id, command);
                 }
                 Output::Event(event) => {
-                    self.engine.observe(&event);
                     self.app_events.push(event);
                 }
             }

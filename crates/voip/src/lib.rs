@@ -5,14 +5,15 @@
 //! A [`Voip`] runs one tokio task that owns the core: it feeds the core what the homeserver
 //! sends (through a [`Transport`]: matrix-sdk with feature `matrix`, or the in-process
 //! [`local::LocalHomeserver`]), what the media engine reports (webrtc-rs with feature `webrtc`,
-//! or any [`core::media::MediaEngine`]) and timer ticks, and executes what the core asks for.
+//! or any [`MediaEngine`]) and timer ticks, and executes what the core asks for.
 //! Apps hold cheap handles: [`Call`] and [`GroupCall`]; the task stops when the last handle is
 //! dropped or on [`Voip::shutdown`]. Event feeds are [`futures_core::Stream`]s ([`StreamExt`]
 //! is re-exported for `next().await`); time comes from a [`Clock`] ([`ManualClock`] in tests).
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), voip::VoipError> {
-//! use voip::core::media::{MediaCommand, MediaEngine};
+//! use voip::core::media::MediaCommand;
+//! use voip::MediaEngine;
 //! use voip::{local::LocalHomeserver, CallType, StreamExt, VoipBuilder};
 //!
 //! # struct NoMedia;
@@ -76,6 +77,7 @@
 mod call;
 pub mod clock;
 mod driver;
+mod engine;
 mod error;
 mod feed;
 mod group;
@@ -94,6 +96,7 @@ mod with_webrtc;
 
 pub use call::{Call, CallUpdate, CallUpdates};
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use engine::MediaEngine;
 pub use error::VoipError;
 pub use feed::Subscription;
 /// `next().await` (and the other combinators) on the event streams.

@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
-use voip_core::media::{MediaCommand, MediaEngine, MediaEvent, MediaOperation};
+use voip_core::media::{MediaCommand, MediaEvent, MediaOperation};
+
+use crate::MediaEngine;
 use voip_core::CallId;
 
 use crate::runtime::VoipBuilder;

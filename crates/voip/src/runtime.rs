@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_core::Stream;
-use voip_core::media::MediaEngine;
+use crate::MediaEngine;
 use voip_core::{CallId, CallType, Command, Config, Counters, DeviceId, Event, LocalDevice, RoomId, UserId};
 
 use crate::call::Call;
@@ -43,7 +43,7 @@ pub struct MissedCall {
 /// use voip::local::LocalHomeserver;
 /// use voip::VoipBuilder;
 /// # struct NoMedia;
-/// # impl voip::core::media::MediaEngine for NoMedia {
+/// # impl voip::MediaEngine for NoMedia {
 /// #     fn execute(&self, _: voip::core::CallId, _: voip::core::MediaCommand) {}
 /// # }
 /// let hs = LocalHomeserver::new();

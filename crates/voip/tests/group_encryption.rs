@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use voip::core::media::{MediaCommand, MediaEngine, MediaEvent};
+use voip::core::media::{MediaCommand, MediaEvent};
+use voip::MediaEngine;
 use voip::core::{CallId, MediaEncryption};
 use voip::local::{LocalConnection, LocalHomeserver};
 use voip::{GroupCallBackend, GroupCallOptions, Voip, VoipBuilder, VoipError};

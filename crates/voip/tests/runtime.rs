@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use voip::core::media::{MediaCommand, MediaEngine, MediaEvent};
+use voip::core::media::{MediaCommand, MediaEvent};
+use voip::MediaEngine;
 use voip::core::{CallId, Timestamp};
 use voip::local::{LocalConnection, LocalHomeserver};
 use voip::{

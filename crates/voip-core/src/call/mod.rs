@@ -117,6 +117,8 @@ pub(crate) struct Call {
     local_has_video: bool,
     local_media_attached: bool,
     remote_metadata: Option<SdpStreamMetadata>,
+    /// The remote streams' purposes as the engine last heard them.
+    engine_purposes: BTreeMap<StreamId, StreamPurpose>,
     remote_ufrag: Option<String>,
     /// The streams last reported to the app.
     last_streams: Option<(Vec<LocalStream>, Vec<RemoteStream>)>,
@@ -228,6 +230,7 @@ impl Call {
             local_has_video: false,
             local_media_attached: false,
             remote_metadata: None,
+            engine_purposes: BTreeMap::new(),
             remote_ufrag: None,
             last_streams: None,
             remote_tracks: Vec::new(),
@@ -292,7 +295,7 @@ impl Call {
         call.remote_ufrag = sdp::ice_ufrag(&p.offer.sdp).map(str::to_owned);
         call.state = CallState::Ringing;
         call.media(ctx, MediaCommand::CreatePeer { call_type });
-        call.media(ctx, MediaCommand::SetRemoteDescription { description: p.offer });
+        call.set_remote_description(ctx, p.offer);
         call.cands.remote_description_set = true;
         call.timers.set(CallTimer::RingTimeout, p.expires_at);
         ctx.emit(Event::IncomingCall {

@@ -251,6 +251,7 @@ impl Call {
                     return Ign(Ignored::NotFromPeer);
                 }
                 self.remote_metadata = Some(metadata);
+                self.update_engine_purposes(ctx);
                 self.emit_streams(ctx);
                 Applied
             }
@@ -293,7 +294,7 @@ impl Call {
             self.remote_metadata = metadata;
         }
         self.remote_ufrag = sdp::ice_ufrag(&answer.sdp).map(str::to_owned);
-        self.media(ctx, MediaCommand::SetRemoteDescription { description: answer });
+        self.set_remote_description(ctx, answer);
         self.cands.remote_description_set = true;
         let buffered = self.cands.take_remote_for(party.as_ref().map(PartyId::as_str));
         if !buffered.is_empty() {
@@ -346,7 +347,7 @@ impl Call {
                     self.remote_ufrag = ufrag;
                 }
                 let remote_hold = sdp::is_hold(&description.sdp);
-                self.media(ctx, MediaCommand::SetRemoteDescription { description });
+                self.set_remote_description(ctx, description);
                 self.answering_negotiate = true;
                 self.media(ctx, MediaCommand::CreateAnswer);
                 if remote_hold != self.remote_hold {
@@ -368,7 +369,7 @@ impl Call {
                     self.remote_metadata = metadata;
                 }
                 self.remote_ufrag = sdp::ice_ufrag(&description.sdp).map(str::to_owned);
-                self.media(ctx, MediaCommand::SetRemoteDescription { description });
+                self.set_remote_description(ctx, description);
                 self.finish_negotiation(ctx);
                 self.emit_streams(ctx);
                 Disposition::Applied

@@ -83,6 +83,29 @@ impl Call {
         v
     }
 
+    /// The purpose of each remote stream, from the peer's latest metadata.
+    fn remote_purposes(&self) -> BTreeMap<StreamId, StreamPurpose> {
+        self.remote_metadata.iter().flatten().map(|(id, m)| (StreamId(id.clone()), m.purpose)).collect()
+    }
+
+    /// Applies a remote description, telling the engine the purpose of each remote stream
+    /// from the metadata that came with it (the SDP does not carry purposes).
+    pub(super) fn set_remote_description(&mut self, ctx: &mut Ctx<'_>, description: SessionDescription) {
+        let stream_purposes = self.remote_purposes();
+        self.engine_purposes = stream_purposes.clone();
+        self.media(ctx, MediaCommand::SetRemoteDescription { description, stream_purposes });
+    }
+
+    /// After `m.call.sdp_stream_metadata_changed`: tells the engine when a remote stream's
+    /// purpose is new or changed since the last description.
+    pub(super) fn update_engine_purposes(&mut self, ctx: &mut Ctx<'_>) {
+        let stream_purposes = self.remote_purposes();
+        if stream_purposes != self.engine_purposes {
+            self.engine_purposes = stream_purposes.clone();
+            self.media(ctx, MediaCommand::SetStreamPurposes { stream_purposes });
+        }
+    }
+
     /// Emits `StreamsChanged` when the streams differ from what the app last saw.
     pub(super) fn emit_streams(&mut self, ctx: &mut Ctx<'_>) {
         let now = (self.local_streams(), self.remote_streams());

@@ -54,7 +54,7 @@ pub struct State {
 /// SFU mode drives no media engine: a media command is a bug.
 struct NoMedia;
 
-impl voip_core::media::MediaEngine for NoMedia {
+impl voip::MediaEngine for NoMedia {
     fn execute(&self, call_id: voip_core::CallId, command: voip_core::MediaCommand) {
         panic!("media command in SFU mode: {call_id} {command:?}");
     }

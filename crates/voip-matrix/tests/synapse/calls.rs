@@ -7,7 +7,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
 use tokio::sync::mpsc;
-use voip::core::media::{ConnectionState, MediaCommand, MediaEngine, MediaEvent};
+use voip::core::media::{ConnectionState, MediaCommand, MediaEvent};
+use voip::MediaEngine;
 use voip::{GroupCall, GroupCallBackend, GroupCallOptions, StreamExt, VoipBuilder};
 use voip_core::{
     CallId, CallState, CallType, Command, Config, EndReason, Event, Initiator, Input, LocalDevice, RequestId,

@@ -264,7 +264,9 @@ impl CallTask {
             MediaCommand::CreateOffer { ice_restart } => self.create_offer(ice_restart).await,
             MediaCommand::CreateAnswer => self.create_answer().await,
             MediaCommand::Rollback => self.rollback().await,
-            MediaCommand::SetRemoteDescription { description } => self.set_remote(description).await,
+            MediaCommand::SetRemoteDescription { description, .. } => self.set_remote(description).await,
+            // Recorded in the shared state when queued (`WebrtcEngine::execute`).
+            MediaCommand::SetStreamPurposes { .. } => {}
             MediaCommand::AddRemoteCandidates { candidates } => {
                 if self.remote_description_set {
                     self.add_remote_candidates(candidates).await;

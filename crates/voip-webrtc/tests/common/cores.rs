@@ -10,7 +10,7 @@ use voip_core::{
     CallId, CallState, Config, Event, Input, LocalDevice, Membership, Output, RoomEvent, RoomId, RoomMember,
     SendKind, SendOutcome, Timestamp, UserId, Voip,
 };
-use voip_webrtc::{MediaEngine, MediaEventReceiver, WebrtcConfig, WebrtcEngine};
+use voip_webrtc::{MediaEventReceiver, WebrtcConfig, WebrtcEngine};
 
 pub fn now() -> Timestamp {
     Timestamp(SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0))
@@ -147,7 +147,6 @@ impl Cores {
                     self.devs[d].engine.execute(call_id, command);
                 }
                 Output::Event(event) => {
-                    self.devs[d].engine.observe(&event);
                     self.devs[d].events.push(event);
                 }
             }

@@ -9,7 +9,7 @@ use voip_core::media::{
     StreamPurpose,
 };
 use voip_core::{CallId, StreamId};
-use voip_webrtc::{MediaEngine, MediaEventReceiver, RemoteTrackInfo, WebrtcConfig, WebrtcEngine};
+use voip_webrtc::{MediaEventReceiver, RemoteTrackInfo, WebrtcConfig, WebrtcEngine};
 
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
@@ -167,14 +167,14 @@ impl Pair {
             eprintln!("OFFER\n{}", offer.sdp);
         }
         let answerer = if a_offers { &self.b } else { &self.a };
-        answerer.exec(&call, MediaCommand::SetRemoteDescription { description: offer.clone() });
+        answerer.exec(&call, MediaCommand::set_remote_description(offer.clone()));
         answerer.exec(&call, MediaCommand::CreateAnswer);
         let answer = self.take_description(!a_offers).await;
         if std::env::var("DUMP_SDP").is_ok() {
             eprintln!("ANSWER\n{}", answer.sdp);
         }
         let offerer = if a_offers { &self.a } else { &self.b };
-        offerer.exec(&call, MediaCommand::SetRemoteDescription { description: answer.clone() });
+        offerer.exec(&call, MediaCommand::set_remote_description(answer.clone()));
         (offer, answer)
     }
 
@@ -195,7 +195,7 @@ impl Pair {
         self.b.exec(&call, MediaCommand::CreatePeer { call_type });
         self.a.exec(&call, MediaCommand::CreateOffer { ice_restart: false });
         let offer = self.take_description(true).await;
-        self.b.exec(&call, MediaCommand::SetRemoteDescription { description: offer });
+        self.b.exec(&call, MediaCommand::set_remote_description(offer));
         self.b.exec(
             &call,
             MediaCommand::AddLocalStream {
@@ -207,7 +207,7 @@ impl Pair {
         );
         self.b.exec(&call, MediaCommand::CreateAnswer);
         let answer = self.take_description(false).await;
-        self.a.exec(&call, MediaCommand::SetRemoteDescription { description: answer });
+        self.a.exec(&call, MediaCommand::set_remote_description(answer));
         let connected = self
             .pump_until(Duration::from_secs(10), |p| {
                 p.a.states().contains(&ConnectionState::Connected)
