@@ -14,6 +14,8 @@
 //!   decoded frames and `hub.input(call)` the call's input.
 
 pub mod codec;
+#[cfg(feature = "devices")]
+pub mod devices;
 mod hub;
 mod input;
 pub mod jitter;
