@@ -104,6 +104,8 @@ pub struct WebrtcConfig {
     pub(crate) network: NetworkSwitch,
     #[cfg(feature = "codecs")]
     pub(crate) audio: Option<crate::media::audio::AudioHub>,
+    #[cfg(feature = "codecs")]
+    pub(crate) video: Option<crate::media::video::VideoHub>,
 }
 
 impl fmt::Debug for WebrtcConfig {
@@ -147,6 +149,8 @@ impl Default for WebrtcConfig {
             network: NetworkSwitch::new(),
             #[cfg(feature = "codecs")]
             audio: None,
+            #[cfg(feature = "codecs")]
+            video: None,
         }
     }
 }
@@ -286,21 +290,49 @@ impl WebrtcConfig {
         self.audio.as_ref()
     }
 
-    /// Where local tracks get their frames: the audio hub when configured, else the sources.
-    pub(crate) fn source_factory(&self) -> &dyn SourceFactory {
+    /// Decoded video (feature `codecs`): local video tracks send the call's
+    /// [`crate::media::video::VideoInput`] encoded with libvpx (and answer the peer's PLI/FIR
+    /// with a keyframe), every remote video track is reassembled, decoded and handed out by
+    /// [`crate::media::video::VideoHub::remote_video`], with keyframe requests on start and after
+    /// loss. Audio tracks are not affected (see [`WebrtcConfig::with_audio`]).
+    #[cfg(feature = "codecs")]
+    #[must_use]
+    pub fn with_video(mut self, hub: crate::media::video::VideoHub) -> Self {
+        self.video = Some(hub);
+        self
+    }
+
+    /// The decoded-video hub, if configured.
+    #[cfg(feature = "codecs")]
+    pub fn video(&self) -> Option<&crate::media::video::VideoHub> {
+        self.video.as_ref()
+    }
+
+    /// Where local tracks of `kind` get their frames: the video hub (video) or the audio hub
+    /// (audio, and video without a video hub) when configured, else the sources.
+    pub(crate) fn source_factory(&self, kind: voip_core::media::MediaKind) -> &dyn SourceFactory {
+        #[cfg(feature = "codecs")]
+        if let (voip_core::media::MediaKind::Video, Some(hub)) = (kind, &self.video) {
+            return hub;
+        }
         #[cfg(feature = "codecs")]
         if let Some(hub) = &self.audio {
             return hub;
         }
+        let _ = kind;
         self.sources.as_ref()
     }
 
-    /// The app's sinks: its own and the audio hub.
+    /// The app's sinks: its own and the audio and video hubs.
     pub(crate) fn app_sinks(&self) -> Vec<Arc<dyn MediaSink>> {
         #[allow(unused_mut)]
         let mut sinks: Vec<Arc<dyn MediaSink>> = self.sink.iter().cloned().collect();
         #[cfg(feature = "codecs")]
         if let Some(hub) = &self.audio {
+            sinks.push(Arc::new(hub.clone()));
+        }
+        #[cfg(feature = "codecs")]
+        if let Some(hub) = &self.video {
             sinks.push(Arc::new(hub.clone()));
         }
         sinks

@@ -39,7 +39,10 @@ impl CallTask {
         let c = &self.config;
         let mut media = RtcMediaEngine::default();
         media.register_default_codecs()?;
-        let registry = register_default_interceptors(Registry::new(), &mut media)?;
+        let registry = register_default_interceptors(Registry::new(), &mut media)?.with(
+            rtc::interceptor::Slot::from(super::tracks::KEYFRAME_REQUEST_SLOT),
+            super::tracks::KeyframeRequestForwarder::default(),
+        );
         let settings = SettingEngineBuilder::new()
             .with_multicast_dns_mode(mdns)
             .with_prflx_acceptance_min_wait(Some(c.prflx_wait))

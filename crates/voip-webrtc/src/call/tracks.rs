@@ -2,6 +2,8 @@
 //! direction and codec parameters), remote tracks and their sinks.
 
 use super::*;
+use crate::media::sink::{FeedbackRequest, TrackFeedback};
+use webrtc::media_stream::track_local::TrackLocalEvent;
 
 /// Shared between a local track's sending task, the call task and the app API.
 #[derive(Debug, Default)]
@@ -80,6 +82,72 @@ pub(super) fn random_ssrc(seed: &str) -> u32 {
 /// How long a local track waits after its source had no frame.
 pub(super) const NO_FRAME_RETRY: Duration = Duration::from_millis(10);
 
+/// Hands inbound keyframe requests (RTCP PLI and FIR) to the application, that is to the
+/// sending task of the local track they are about (`TrackLocal::poll`), which asks its source
+/// for a keyframe. webrtc-rs stops inbound RTCP at the end of the interceptor chain unless an
+/// interceptor marks it `DeliverToApplication`; this one marks only keyframe requests, and sits
+/// last ([`KEYFRAME_REQUEST_SLOT`]) so every other interceptor has seen all RTCP first.
+#[derive(Default)]
+pub(super) struct KeyframeRequestForwarder {
+    read: std::collections::VecDeque<rtc::interceptor::TaggedPacket>,
+    write: std::collections::VecDeque<rtc::interceptor::TaggedPacket>,
+}
+
+/// Where [`KeyframeRequestForwarder`] sits in the interceptor chain (application-most).
+pub(super) const KEYFRAME_REQUEST_SLOT: usize = 14_000;
+
+/// Whether an RTCP packet asks for a keyframe.
+pub(super) fn is_keyframe_request(packet: &dyn rtc::rtcp::Packet) -> bool {
+    use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+    use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+    let any = packet.as_any();
+    any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
+}
+
+impl rtc::sansio::Protocol<rtc::interceptor::TaggedPacket, rtc::interceptor::TaggedPacket, ()>
+    for KeyframeRequestForwarder
+{
+    type Rout = rtc::interceptor::TaggedPacket;
+    type Wout = rtc::interceptor::TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, mut msg: rtc::interceptor::TaggedPacket) -> Result<(), Self::Error> {
+        if let rtc::interceptor::Packet::Rtcp(packets) = &msg.message.packet {
+            let requests: Vec<Box<dyn rtc::rtcp::Packet>> =
+                packets.iter().filter(|p| is_keyframe_request(p.as_ref())).cloned().collect();
+            if requests.is_empty() {
+                return Ok(());
+            }
+            msg.message.packet = rtc::interceptor::Packet::Rtcp(requests);
+            msg.message.add(rtc::interceptor::Attribute::DeliverToApplication);
+        }
+        self.read.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_read(&mut self) -> Option<Self::Rout> {
+        self.read.pop_front()
+    }
+
+    fn handle_write(&mut self, msg: rtc::interceptor::TaggedPacket) -> Result<(), Self::Error> {
+        self.write.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_write(&mut self) -> Option<Self::Wout> {
+        self.write.pop_front()
+    }
+}
+
+impl rtc::interceptor::Interceptor for KeyframeRequestForwarder {
+    fn bind_local_stream(&mut self, _info: &rtc::interceptor::StreamInfo) {}
+    fn unbind_local_stream(&mut self, _info: &rtc::interceptor::StreamInfo) {}
+    fn bind_remote_stream(&mut self, _info: &rtc::interceptor::StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _info: &rtc::interceptor::StreamInfo) {}
+}
+
 /// Hands one frame to webrtc-rs if the negotiated direction lets the track send.
 pub(super) async fn send_frame(
     track: &TrackLocalStaticSample,
@@ -113,6 +181,7 @@ pub(super) async fn run_source(
     ssrc: u32,
     gate: Arc<SendGate>,
     mut source: Box<dyn MediaSource>,
+    keyframe_requests: bool,
 ) {
     let mut next = tokio::time::Instant::now();
     let mut generation = 0;
@@ -137,7 +206,29 @@ pub(super) async fn run_source(
         if next + Duration::from_millis(200) < now {
             next = now;
         }
-        tokio::time::sleep_until(next).await;
+        if !keyframe_requests {
+            tokio::time::sleep_until(next).await;
+            continue;
+        }
+        // Video: while waiting for the next frame, take the peer's keyframe requests (PLI/FIR
+        // that `KeyframeRequestForwarder` let through). The poll is dropped at every tick, so
+        // its lock on the track's event queue is never held across a frame.
+        while let Ok(event) = tokio::time::timeout_at(next, track.poll()).await {
+            match event {
+                Some(TrackLocalEvent::OnRtcpPacket(packets)) => {
+                    if packets.iter().any(|p| is_keyframe_request(p.as_ref())) {
+                        debug!("keyframe requested by the peer");
+                        source.keyframe_requested();
+                    }
+                }
+                Some(_) => {}
+                None => {
+                    // Not bound (yet) or unbound: no events until the next tick.
+                    tokio::time::sleep_until(next).await;
+                    break;
+                }
+            }
+        }
     }
 }
 
@@ -151,9 +242,37 @@ pub(super) async fn run_sink(
     (call_id, app_sinks): (CallId, Vec<Arc<dyn MediaSink>>),
     pc_tx: mpsc::UnboundedSender<PcEvent>,
 ) {
-    while let Some(event) = track.poll().await {
+    let (feedback, mut requests) = TrackFeedback::channel();
+    for app in &app_sinks {
+        app.on_track_feedback(&call_id, &stream_id, kind, feedback.clone());
+    }
+    drop(feedback);
+    let mut media_ssrc = None;
+    loop {
+        let event = tokio::select! {
+            event = track.poll() => event,
+            Some(FeedbackRequest::Keyframe) = requests.recv() => {
+                let ssrc = match media_ssrc {
+                    Some(s) => Some(s),
+                    None => track.ssrcs().await.first().copied(),
+                };
+                if let Some(media_ssrc) = ssrc {
+                    let pli = rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication {
+                        sender_ssrc: 0,
+                        media_ssrc,
+                    };
+                    match track.write_rtcp(vec![Box::new(pli)]).await {
+                        Ok(()) => debug!(%stream_id, media_ssrc, "PLI sent"),
+                        Err(e) => debug!(error = %e, "PLI not sent"),
+                    }
+                }
+                continue;
+            }
+        };
+        let Some(event) = event else { break };
         match event {
             TrackRemoteEvent::OnRtpPacket(p) => {
+                media_ssrc = Some(p.header.ssrc);
                 let packet = ReceivedPacket {
                     sequence_number: p.header.sequence_number,
                     timestamp: p.header.timestamp,
@@ -188,7 +307,7 @@ impl CallTask {
         let pc = self.pc.clone().ok_or("no peer connection (CreatePeer missing or failed)")?;
         let source = self
             .config
-            .source_factory()
+            .source_factory(kind)
             .create(&self.call_id, stream_id, purpose, kind)
             .map_err(|e| e.to_string())?;
         self.track_counter += 1;
@@ -240,7 +359,10 @@ impl CallTask {
         if let (MediaKind::Audio, Some(fmtp)) = (kind, &self.remote_opus_fmtp) {
             gate.set_codec_parameters(fmtp);
         }
-        let task = spawn_counted(&self.counters, run_source(track, ssrc, gate.clone(), source));
+        let task = spawn_counted(
+            &self.counters,
+            run_source(track, ssrc, gate.clone(), source, kind == MediaKind::Video),
+        );
         info!(%stream_id, ?purpose, ?kind, %track_id, "local track added");
         if let Ok(mut s) = self.shared.lock() {
             s.local.push(LocalEntry { stream_id: stream_id.clone(), purpose, kind, gate: gate.clone() });

@@ -14,6 +14,8 @@ pub mod echo;
 pub mod opus;
 pub mod sink;
 pub mod source;
+#[cfg(feature = "codecs")]
+pub mod video;
 pub mod vp8;
 
 /// The bundled Ogg/Opus tone.

@@ -58,6 +58,19 @@ pub trait MediaSink: Send + Sync + 'static {
         self.on_packet(stream_id, kind, packet);
     }
 
+    /// The remote track `kind` of stream `stream_id` of call `call_id` started: `feedback`
+    /// sends RTCP about it to its sender (keyframe requests). Called once per track, before its
+    /// first packet. Default: dropped.
+    fn on_track_feedback(
+        &self,
+        call_id: &CallId,
+        stream_id: &StreamId,
+        kind: MediaKind,
+        feedback: TrackFeedback,
+    ) {
+        let _ = (call_id, stream_id, kind, feedback);
+    }
+
     /// The remote track `kind` of stream `stream_id` of call `call_id` ended (removed by a
     /// renegotiation, or its RTP stream closed). Default: nothing.
     fn on_track_ended(&self, call_id: &CallId, stream_id: &StreamId, kind: MediaKind) {
@@ -67,6 +80,33 @@ pub trait MediaSink: Send + Sync + 'static {
     /// Call `call_id`'s media was closed: no more packets for it. Default: nothing.
     fn on_call_closed(&self, call_id: &CallId) {
         let _ = call_id;
+    }
+}
+
+/// Sends RTCP feedback about one remote track to its sender (see
+/// [`MediaSink::on_track_feedback`]). Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct TrackFeedback {
+    tx: tokio::sync::mpsc::UnboundedSender<FeedbackRequest>,
+}
+
+/// What a [`TrackFeedback`] asks the track's receive task to send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FeedbackRequest {
+    /// An RTCP Picture Loss Indication (RFC 4585 §6.3.1).
+    Keyframe,
+}
+
+impl TrackFeedback {
+    /// A handle and the receiver the track's task reads.
+    pub(crate) fn channel() -> (Self, tokio::sync::mpsc::UnboundedReceiver<FeedbackRequest>) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        (TrackFeedback { tx }, rx)
+    }
+
+    /// Asks the sender for a keyframe (RTCP PLI); `false` once the track has ended.
+    pub fn request_keyframe(&self) -> bool {
+        self.tx.send(FeedbackRequest::Keyframe).is_ok()
     }
 }
 

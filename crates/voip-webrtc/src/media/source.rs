@@ -51,6 +51,10 @@ pub trait MediaSource: Send + 'static {
     fn negotiated(&mut self, codec_parameters: &str) {
         let _ = codec_parameters;
     }
+
+    /// The peer asked for a keyframe (RTCP PLI or FIR on a video track). Default: ignored (a
+    /// source of pre-encoded frames cannot make one).
+    fn keyframe_requested(&mut self) {}
 }
 
 /// Creates the sources for local tracks (the app's microphone, camera and screen capture).
