@@ -117,6 +117,33 @@ fn ensure_cmake() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// VP8 (feature codecs) links the system libvpx found through pkg-config: install
+/// `libvpx-dev` (and `pkg-config`) with apt-get when `pkg-config --exists vpx` fails, so a fresh
+/// machine needs nothing else.
+fn ensure_libvpx() -> anyhow::Result<()> {
+    let found = || Command::new("pkg-config").args(["--exists", "vpx"]).status().is_ok_and(|s| s.success());
+    if found() {
+        return Ok(());
+    }
+    println!("\n==> libvpx-dev is missing (VP8 for decoded video): installing it with apt-get");
+    let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0"));
+    let apt = |args: &[&str]| -> anyhow::Result<bool> {
+        let mut c = if root { Command::new("apt-get") } else { Command::new("sudo") };
+        if !root {
+            c.args(["-n", "apt-get"]);
+        }
+        Ok(c.args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .context("running apt-get")?
+            .success())
+    };
+    if !(apt(&["update", "-q"])? && apt(&["install", "-y", "-q", "libvpx-dev", "pkg-config"])? && found()) {
+        bail!("libvpx is needed for VP8 (feature codecs): install it (e.g. apt-get install libvpx-dev pkg-config)");
+    }
+    Ok(())
+}
+
 /// Every example of the `voip` crate that `run` does not run otherwise (`demo` and
 /// `answering_machine` are run below): each ends by itself and fails on a wrong result.
 fn run_examples(url: &str, secret: &str) -> anyhow::Result<()> {
@@ -147,6 +174,7 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<bool> {
     let quick = args.iter().any(|a| a == "--no-lint");
     let none = BTreeMap::new();
     ensure_cmake()?;
+    ensure_libvpx()?;
     if !quick {
         cargo(&["fmt", "--all", "--", "--check"], &none)?;
         cargo(
