@@ -27,12 +27,14 @@ pub enum BusySignal {
     Reject,
 }
 
-/// Configuration of a [`crate::Voip`]. Build with [`Config::default`] and the `with_*` setters.
+/// Configuration of a [`crate::Voip`]. Build with [`Config::default`] and the `with_*` setters
+/// (one per field); new fields may be added in minor releases.
 ///
 /// All durations are milliseconds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default)]
+#[non_exhaustive]
 pub struct Config {
     /// `lifetime` written on our `m.call.invite`, and how long an unanswered outgoing call rings
     /// before it is hung up with `invite_timeout`. Default 90 000 (the spec's recommended minimum).
@@ -141,46 +143,49 @@ impl Default for Config {
     }
 }
 
-impl Config {
-    /// Sets [`Config::invite_lifetime_ms`].
-    #[must_use]
-    pub fn with_invite_lifetime_ms(mut self, ms: u64) -> Self {
-        self.invite_lifetime_ms = ms;
-        self
-    }
+/// `with_<field>` setters, one per field, for building a [`Config`] outside this crate
+/// (`Config` is `#[non_exhaustive]`: `Config::default().with_ring_grace_ms(1_000)`).
+macro_rules! setters {
+    ($($setter:ident, $field:ident: $ty:ty),* $(,)?) => {
+        impl Config {
+            $(
+                #[doc = concat!("Sets [`Config::", stringify!($field), "`].")]
+                #[must_use]
+                pub fn $setter(mut self, value: $ty) -> Self {
+                    self.$field = value;
+                    self
+                }
+            )*
+        }
+    };
+}
 
-    /// Sets [`Config::candidate_batch_ms`].
-    #[must_use]
-    pub fn with_candidate_batch_ms(mut self, ms: u64) -> Self {
-        self.candidate_batch_ms = ms;
-        self
-    }
-
-    /// Sets [`Config::candidate_first_batch_ms`].
-    #[must_use]
-    pub fn with_candidate_first_batch_ms(mut self, ms: u64) -> Self {
-        self.candidate_first_batch_ms = ms;
-        self
-    }
-
-    /// Sets [`Config::glare`].
-    #[must_use]
-    pub fn with_glare(mut self, glare: GlareBehaviour) -> Self {
-        self.glare = glare;
-        self
-    }
-
-    /// Sets [`Config::busy_signal`].
-    #[must_use]
-    pub fn with_busy_signal(mut self, signal: BusySignal) -> Self {
-        self.busy_signal = signal;
-        self
-    }
-
-    /// Sets [`Config::negotiate_lifetime_ms`].
-    #[must_use]
-    pub fn with_negotiate_lifetime_ms(mut self, ms: u64) -> Self {
-        self.negotiate_lifetime_ms = ms;
-        self
-    }
+setters! {
+    with_invite_lifetime_ms, invite_lifetime_ms: u64,
+    with_ring_grace_ms, ring_grace_ms: u64,
+    with_default_remote_lifetime_ms, default_remote_lifetime_ms: u64,
+    with_negotiate_lifetime_ms, negotiate_lifetime_ms: u64,
+    with_candidate_batch_ms, candidate_batch_ms: u64,
+    with_candidate_first_batch_ms, candidate_first_batch_ms: u64,
+    with_ice_restart_delay_ms, ice_restart_delay_ms: u64,
+    with_max_ice_restarts, max_ice_restarts: u32,
+    with_ice_failed_timeout_ms, ice_failed_timeout_ms: u64,
+    with_max_send_retries, max_send_retries: u32,
+    with_glare, glare: GlareBehaviour,
+    with_busy_when_in_call, busy_when_in_call: bool,
+    with_busy_signal, busy_signal: BusySignal,
+    with_transferee, transferee: bool,
+    with_orphan_candidates_ms, orphan_candidates_ms: u64,
+    with_famedly_expires_ms, famedly_expires_ms: u64,
+    with_famedly_refresh_ms, famedly_refresh_ms: u64,
+    with_famedly_delayed_leave_ms, famedly_delayed_leave_ms: u64,
+    with_famedly_delayed_restart_ms, famedly_delayed_restart_ms: u64,
+    with_rtc_expires_ms, rtc_expires_ms: u64,
+    with_rtc_refresh_ms, rtc_refresh_ms: u64,
+    with_rtc_delayed_leave_ms, rtc_delayed_leave_ms: u64,
+    with_rtc_delayed_restart_ms, rtc_delayed_restart_ms: u64,
+    with_notification_lifetime_ms, notification_lifetime_ms: u64,
+    with_ended_call_memory_ms, ended_call_memory_ms: u64,
+    with_max_remote_lifetime_ms, max_remote_lifetime_ms: u64,
+    with_max_new_calls_per_minute, max_new_calls_per_minute: usize,
 }

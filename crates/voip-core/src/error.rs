@@ -26,6 +26,7 @@ pub enum Error {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "misuse", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum ApiMisuse {
     /// No call with this id (or it already ended).
     #[error("unknown or ended call {call_id}")]

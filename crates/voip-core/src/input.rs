@@ -13,6 +13,7 @@ use crate::wire::member::{Focus, MembershipDialect};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "input", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Input {
     /// A request from the app.
     Command(Command),
@@ -96,6 +97,7 @@ pub enum Signalling {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "command", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Command {
     /// Call `invitee` in `room_id`. The new call id is minted by the core and returned by
     /// [`crate::Voip::place_call`].
@@ -382,6 +384,7 @@ pub enum Membership {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "outcome", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum SendOutcome {
     /// Sent; the event id when it was a room or state event.
     Sent {

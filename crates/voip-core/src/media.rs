@@ -157,6 +157,7 @@ pub enum MediaOperation {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "op", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum MediaCommand {
     /// Create the peer connection for this call. ICE servers are the adapter's business (it
     /// holds the homeserver's TURN configuration).
@@ -243,6 +244,7 @@ impl MediaCommand {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "event", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum MediaEvent {
     /// The local description produced by `CreateOffer` / `CreateAnswer`, already applied locally.
     LocalDescription {
@@ -285,4 +287,3 @@ pub enum MediaEvent {
         error: String,
     },
 }
-

@@ -12,6 +12,7 @@ use crate::wire::call::{AssertedIdentity, CallReplaces};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "output", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Output {
     /// Send something through the homeserver; answer with [`crate::Input::SendResult`].
     Send(SendRequest),
@@ -43,6 +44,7 @@ pub struct SendRequest {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum SendKind {
     /// A room event (the adapter encrypts it with Megolm when the room is encrypted).
     RoomEvent {
@@ -154,6 +156,7 @@ pub enum ToDeviceEncryption {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum CallState {
     /// Outgoing: waiting for the engine's offer.
     CreateOffer,
@@ -187,6 +190,7 @@ pub enum CallDirection {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum EndReason {
     /// `user_hangup`.
     UserHangup,

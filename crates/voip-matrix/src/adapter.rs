@@ -343,6 +343,7 @@ impl MatrixAdapter {
             | SendKind::DelayedStateEvent { room_id, .. } => format!("room:{room_id}"),
             SendKind::UpdateDelayedEvent { .. } | SendKind::ListDelayedEvents => "delayed-updates".to_owned(),
             SendKind::ToDevice { .. } => "to-device".to_owned(),
+            _ => "other".to_owned(),
         };
         let mut lanes = self.lanes.senders.lock().expect("lanes lock");
         let tx = lanes.entry(lane).or_insert_with(|| {
@@ -434,6 +435,11 @@ impl MatrixAdapter {
                     Err(f) => f.into_outcome(),
                 }
             }
+            other => SendOutcome::Failed {
+                retryable: false,
+                error: format!("this adapter cannot send {other:?}"),
+                errcode: None,
+            },
         };
         match &outcome {
             SendOutcome::Sent { .. } | SendOutcome::DelayedEvents { .. } => tracing::debug!(%id, "sent"),

@@ -141,7 +141,7 @@ fn one_call(seed: u8) -> usize {
                             .inbox
                             .push_back(Input::Command(Command::Answer { call_id, call_type: None }));
                     }
-                    Output::Event(_) => {}
+                    _ => {}
                 }
             }
         }

@@ -135,6 +135,8 @@ impl FakeMedia {
                 peer.closed = true;
                 peer.connected = false;
             }
+            // A command this fake does not model has no media effect here.
+            _ => {}
         }
         out
     }

@@ -637,6 +637,7 @@ impl Sim {
                     let result = self.send(d, req.txn_id, req.kind);
                     self.deliver(d, Input::SendResult { id: req.id, result }, self.latency_ms);
                 }
+                other => panic!("the simulator does not know the output {other:?}"),
             }
         }
     }
@@ -808,6 +809,11 @@ impl Sim {
                 }
                 sent(None)
             }
+            other => SendOutcome::Failed {
+                retryable: false,
+                error: format!("the simulated homeserver has no endpoint for {other:?}"),
+                errcode: Some("M_UNRECOGNIZED".into()),
+            },
         }
     }
 

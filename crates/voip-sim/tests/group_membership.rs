@@ -116,7 +116,7 @@ fn without_delayed_events_members_expire_by_their_expiry() {
 
 #[test]
 fn membership_is_refreshed_and_survives_the_server_applying_the_leave() {
-    let config = Config { rtc_expires_ms: 60_000, rtc_refresh_ms: 30_000, ..Config::default() };
+    let config = Config::default().with_rtc_expires_ms(60_000).with_rtc_refresh_ms(30_000);
     let mut sim = Sim::new(12);
     let devs: Vec<DeviceIdx> =
         (0..2).map(|i| sim.add_device(USERS[i], &format!("DEV{i}"), config.clone())).collect();

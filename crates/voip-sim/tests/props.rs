@@ -80,10 +80,8 @@ fn check_silence_after_end(sim: &Sim, d: DeviceIdx) -> Result<(), TestCaseError>
             Output::Event(Event::CallEnded { call_id, .. }) => {
                 ended_at.insert(call_id.clone(), i);
             }
-            Output::Media { call_id, command } => {
-                if ended_at.contains_key(call_id) {
-                    prop_assert!(false, "media command {command:?} after {call_id} ended");
-                }
+            Output::Media { call_id, command } if ended_at.contains_key(call_id) => {
+                prop_assert!(false, "media command {command:?} after {call_id} ended");
             }
             Output::Send(req) => {
                 let first_time = seen_requests.insert(req.id);
@@ -112,7 +110,7 @@ fn check_silence_after_end(sim: &Sim, d: DeviceIdx) -> Result<(), TestCaseError>
                     );
                 }
             }
-            Output::Event(_) => {}
+            _ => {}
         }
     }
     Ok(())

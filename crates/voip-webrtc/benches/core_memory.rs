@@ -163,7 +163,7 @@ impl Pair {
             Output::Event(Event::IncomingCall { call_id, .. }) if self.answer => {
                 self.inbox[1].push_back(Input::Command(Command::Answer { call_id, call_type: None }));
             }
-            Output::Event(_) => {}
+            _ => {}
         }
     }
 

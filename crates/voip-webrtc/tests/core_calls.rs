@@ -116,7 +116,7 @@ async fn video_call_with_hold_and_screenshare_through_two_cores() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forced_ice_failure_triggers_a_restart_that_recovers() {
-    let core = Config { ice_restart_delay_ms: 200, ..Config::default() };
+    let core = Config::default().with_ice_restart_delay_ms(200);
     let media = || {
         WebrtcConfig::loopback().with_ice_timeouts(
             Some(Duration::from_millis(800)),

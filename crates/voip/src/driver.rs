@@ -543,6 +543,7 @@ impl Driver {
                 Output::Event(event) => {
                     self.app_events.push(event);
                 }
+                other => tracing::warn!(?other, "an output this driver does not know: dropped"),
             }
         }
     }

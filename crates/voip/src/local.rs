@@ -340,6 +340,7 @@ impl Server {
                 }
                 (sent(None), None)
             }
+            _ => (failed("M_UNRECOGNIZED", "the in-process homeserver has no such endpoint"), None),
         }
     }
 }

@@ -26,14 +26,12 @@ use crate::{create_room, room_with, Peer, TIMEOUT};
 
 /// Short timers so a vanished peer is noticed within seconds.
 fn short_config() -> Config {
-    Config {
-        ice_restart_delay_ms: 500,
-        max_ice_restarts: 1,
-        ice_failed_timeout_ms: 3_000,
-        rtc_delayed_leave_ms: 4_000,
-        rtc_delayed_restart_ms: 1_000,
-        ..Config::default()
-    }
+    Config::default()
+        .with_ice_restart_delay_ms(500)
+        .with_max_ice_restarts(1)
+        .with_ice_failed_timeout_ms(3_000)
+        .with_rtc_delayed_leave_ms(4_000)
+        .with_rtc_delayed_restart_ms(1_000)
 }
 
 fn leave_command(room: &str) -> Command {

@@ -119,7 +119,7 @@ async fn three_users_join_see_each_other_and_leave_in_both_dialects() -> Result<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_disappears_is_seen_gone_within_the_delayed_leave() -> Result<()> {
     // Short delays so the test is quick; the memberships themselves would last 4 h.
-    let config = Config { rtc_delayed_leave_ms: 4_000, rtc_delayed_restart_ms: 1_000, ..Config::default() };
+    let config = Config::default().with_rtc_delayed_leave_ms(4_000).with_rtc_delayed_restart_ms(1_000);
     let mut alice = Peer::new("alice").await?;
     let bob = Peer::new("bob").await?;
     let room = room_with(&mut alice, &[&bob], true).await?;

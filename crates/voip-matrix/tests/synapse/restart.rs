@@ -69,11 +69,9 @@ async fn listed(p: &Phone) -> Result<Vec<String>> {
 async fn a_restarted_device_cancels_the_delayed_leave_its_dead_process_left_behind() -> Result<()> {
     // A short delay so that the old leave would fire within the test (memberships last 4 h).
     let delay = Duration::from_secs(15);
-    let config = Config {
-        rtc_delayed_leave_ms: delay.as_millis() as u64,
-        rtc_delayed_restart_ms: 2_000,
-        ..Config::default()
-    };
+    let config = Config::default()
+        .with_rtc_delayed_leave_ms(delay.as_millis() as u64)
+        .with_rtc_delayed_restart_ms(2_000);
     let mut alice = Peer::new("alice").await?;
     let bob = Peer::new("bob").await?;
     let room = room_with(&mut alice, &[&bob], true).await?;

@@ -286,6 +286,7 @@ impl CallTask {
             }
             MediaCommand::SetHold { on_hold } => self.set_hold(on_hold).await,
             MediaCommand::Close => {}
+            other => debug!(?other, "media command this engine does not implement: ignored"),
         }
     }
 

@@ -149,6 +149,7 @@ impl Cores {
                 Output::Event(event) => {
                     self.devs[d].events.push(event);
                 }
+                other => panic!("unexpected output: {other:?}"),
             }
         }
     }
