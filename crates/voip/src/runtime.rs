@@ -6,8 +6,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use futures_core::Stream;
 use crate::MediaEngine;
+use futures_core::Stream;
 use voip_core::{CallId, CallType, Command, Config, Counters, DeviceId, Event, LocalDevice, RoomId, UserId};
 
 use crate::call::Call;

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use voip::core::media::{MediaCommand, MediaEvent};
-use voip::MediaEngine;
 use voip::core::{CallId, MediaEncryption};
 use voip::local::{LocalConnection, LocalHomeserver};
+use voip::MediaEngine;
 use voip::{GroupCallBackend, GroupCallOptions, Voip, VoipBuilder, VoipError};
 use voip_sim::FakeMedia;
 

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use voip::core::media::{MediaCommand, MediaEvent};
-use voip::MediaEngine;
 use voip::core::{CallId, Timestamp};
 use voip::local::{LocalConnection, LocalHomeserver};
+use voip::MediaEngine;
 use voip::{
     CallState, CallType, Clock, EndReason, GroupCallBackend, Initiator, ManualClock, StreamExt, Voip,
     VoipBuilder, VoipError,
