@@ -15,4 +15,3 @@ pub type MediaEventReceiver = mpsc::UnboundedReceiver<(CallId, MediaEvent)>;
 pub fn media_event_channel() -> (MediaEventSender, MediaEventReceiver) {
     mpsc::unbounded_channel()
 }
-
