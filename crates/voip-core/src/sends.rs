@@ -235,6 +235,21 @@ impl SendTable {
         }
     }
 
+    /// A newer send took over from this one (e.g. the next heartbeat from one still retrying):
+    /// dropped if it waits for a retry or behind another send, not retried if it is in flight.
+    /// A failure of it is not reported any more.
+    pub(crate) fn abandon(&mut self, id: RequestId, out: &mut VecDeque<Output>) {
+        let Some(p) = self.pending.get_mut(&id) else { return };
+        if p.held || p.retry_at.is_some() {
+            let p = self.pending.remove(&id).expect("entry checked above");
+            if p.retrying {
+                self.release(p.room().cloned(), out);
+            }
+        } else {
+            p.superseded = true;
+        }
+    }
+
     /// Removes `recipients` from pending to-device sends of `event_type` for `room` (not out yet, waiting
     /// for a retry, or in flight: a retry must not reach them any more). A send left without
     /// recipients is dropped, or not retried if it is in flight.

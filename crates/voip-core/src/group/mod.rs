@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::ctx::Ctx;
-use crate::ids::{GroupCallId, LocalDevice, Participant, RoomId, Timestamp, UserId};
+use crate::ids::{GroupCallId, LocalDevice, Participant, RequestId, RoomId, Timestamp, UserId};
 use crate::keys::{KeyConfig, KeyManager, KeyTransport};
 use crate::output::{DelayedAction, Event, SendKind};
 use crate::sends::SendPurpose;
@@ -141,6 +141,8 @@ pub(crate) struct GroupCall {
     max_delay_ms: Option<u64>,
     refresh_at: Option<Timestamp>,
     heartbeat_at: Option<Timestamp>,
+    /// The heartbeat in flight or waiting for a retry: the next one takes over from it.
+    heartbeat_req: Option<RequestId>,
     /// Media keys, for SFU (LiveKit) calls with [`MediaEncryption::PerParticipantKeys`].
     pub(crate) keys: Option<KeyManager>,
     /// The media encryption of an SFU call (mesh calls have no media keys either way).
@@ -251,6 +253,7 @@ impl GroupCall {
             max_delay_ms: None,
             refresh_at: None,
             heartbeat_at: None,
+            heartbeat_req: None,
             keys: None,
             encryption: p.encryption,
             encryption_defaulted: p.encryption_defaulted,
@@ -432,6 +435,11 @@ impl GroupCall {
     }
 
     fn send(&self, ctx: &mut Ctx<'_>, kind: SendKind, op: GroupOp) {
+        self.send_tracked(ctx, kind, op);
+    }
+
+    /// [`Self::send`], returning the send's id.
+    fn send_tracked(&self, ctx: &mut Ctx<'_>, kind: SendKind, op: GroupOp) -> RequestId {
         let purpose = if matches!(op, GroupOp::Leave | GroupOp::SendDelayedLeave) {
             SendPurpose::Ending
         } else {
@@ -439,6 +447,7 @@ impl GroupCall {
         };
         let id = ctx.sends.send(ctx.out, None, purpose, "voip.group", kind);
         ctx.sends.tag_group(id, self.id.clone(), self.generation, op);
+        id
     }
 
     /// Our state event at our state key, with this content.
@@ -870,11 +879,20 @@ impl GroupCall {
         if self.heartbeat_at.is_some_and(|t| t <= ctx.now) {
             self.heartbeat_at = None;
             if let (Some(delay_id), GroupCallState::Joined) = (self.delay_id.clone(), self.state) {
-                self.send(
+                // The heartbeats keep their pace while one is retrying: the send table's back-off
+                // (0.5, 1, 2, 4, 8 s) outlasts the delay, so a heartbeat failing a few times in
+                // a row let our delayed leave fire while we were there (sim sfu seed 1113). The
+                // new one takes over from the one still retrying.
+                if let Some(old) = self.heartbeat_req.take() {
+                    ctx.sends.abandon(old, ctx.out);
+                }
+                let id = self.send_tracked(
                     ctx,
                     SendKind::UpdateDelayedEvent { delay_id, action: DelayedAction::Restart },
                     GroupOp::Heartbeat,
                 );
+                self.heartbeat_req = Some(id);
+                self.heartbeat_at = Some(ctx.now.plus(self.restart_interval(ctx)));
             }
         }
     }
