@@ -3,16 +3,17 @@
 //
 //   node js-peer.mjs setup --hs URL [--users alice,bob] [--encrypted]   register users, create a shared room
 //   node js-peer.mjs peer  --hs URL --user-id @a:localhost --device-id DEV --token TOKEN --room !r
-//                          [--sdk 43|40] [--candidates sdp|trickle] [--crypto] [--busy]
+//                          [--sdk 43|40] [--candidates sdp|trickle] [--crypto] [--busy] [--tone HZ]
 //
 // `peer` reads commands from stdin, one JSON object a line, and writes events to stdout, one
 // JSON object a line. Everything else (js-sdk's own logging) goes to stderr.
 //
 // Commands: {"cmd":"call","to":"@b:localhost"}  {"cmd":"answer"}  {"cmd":"reject"}
 //           {"cmd":"hangup"}  {"cmd":"hold"}  {"cmd":"unhold"}  {"cmd":"stats"}
+//           {"cmd":"measure-audio","ms":2000,"target":440,"freqs":[300,1000]}
 //           {"cmd":"rtc-join"}  {"cmd":"rtc-leave"}  {"cmd":"quit"}
-// Events:   ready, incoming, state, hold, ended, stats, error, rtc-members, rtc-key, rtc-joined,
-//           rtc-left, bye. Each has "ev" and "t" (ms since start).
+// Events:   ready, incoming, state, hold, ended, stats, audio, error, rtc-members, rtc-key,
+//           rtc-joined, rtc-left, bye. Each has "ev" and "t" (ms since start).
 
 import { api, createRoom, quietLogger } from "./lib/homeserver.mjs";
 import { setupShim } from "./lib/shim.mjs";
@@ -72,7 +73,7 @@ async function setup() {
 async function peer() {
     const sdkName = String(opts.sdk ?? "43") === "40" ? "matrix-js-sdk-40" : "matrix-js-sdk";
     const trickle = opts.candidates === "trickle";
-    const media = setupShim({ trickle });
+    const media = setupShim({ trickle, toneHz: Number(opts.tone ?? 440) });
     const sdk = await import(sdkName);
     const { CallEvent, CallState, CallErrorCode } = await import(`${sdkName}/lib/webrtc/call.js`);
     const { CallEventHandlerEvent } = await import(`${sdkName}/lib/webrtc/callEventHandler.js`);
@@ -81,7 +82,7 @@ async function peer() {
     quietLogger(logger, process.env.JS_PEER_LOG ?? "warn");
     const m = { CallEvent, CallState, CallErrorCode, CallEventHandlerEvent, MatrixRTCSessionEvent };
     const sdkLabel = sdkName === "matrix-js-sdk" ? "43" : "40";
-    const commands = await startPeer({ sdk, m, sdkLabel, opts, emit });
+    const commands = await startPeer({ sdk, m, sdkLabel, opts, emit, media });
     const quit = commands.quit;
     commands.quit = async () => {
         await quit();

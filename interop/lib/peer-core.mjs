@@ -3,7 +3,7 @@
 // `sdk` is the matrix-js-sdk module, `m` the enums it needs (passed in so that the browser
 // bundle imports them statically), `emit(ev, fields)` writes one protocol event.
 
-export async function startPeer({ sdk, m, sdkLabel, opts, emit }) {
+export async function startPeer({ sdk, m, sdkLabel, opts, emit, media }) {
     const { CallEvent, CallState, CallErrorCode, CallEventHandlerEvent, MatrixRTCSessionEvent } = m;
     const client = sdk.createClient({
         baseUrl: opts.hs,
@@ -121,13 +121,15 @@ export async function startPeer({ sdk, m, sdkLabel, opts, emit }) {
             if (c.to) mc.invitee = c.to;
             call = mc;
             watch(mc, "outgoing");
-            await mc.placeVoiceCall();
+            if (c.video) await mc.placeVideoCall();
+            else await mc.placeVoiceCall();
         },
         async answer() {
             if (!incoming) throw new Error("no incoming call");
             call = incoming;
             incoming = null;
-            await call.answer(true, false);
+            // A video call is answered with the camera (the test pattern in the Node peer).
+            await call.answer(true, call.type === "video");
         },
         async reject() {
             if (!incoming) throw new Error("no incoming call");
@@ -155,6 +157,22 @@ export async function startPeer({ sdk, m, sdkLabel, opts, emit }) {
                 remote_on_hold: call?.isRemoteOnHold?.() ?? false,
                 ...s,
             });
+        },
+        // {"cmd":"measure-audio","ms":2000,"target":440,"freqs":[...]}: decoded audio of the
+        // current call's remote track; an `audio` event with the tone analysis.
+        async "measure-audio"(c) {
+            if (!call?.peerConn) throw new Error("no call");
+            if (!media?.measureAudio) throw new Error("this peer cannot read decoded audio");
+            const r = await media.measureAudio(call.peerConn, c);
+            emit("audio", { call_id: call.callId, ...r });
+        },
+        // {"cmd":"measure-video","ms":3000}: decoded video of the current call's remote track;
+        // a `video` event (frame numbers of the test pattern, size, luma movement).
+        async "measure-video"(c) {
+            if (!call?.peerConn) throw new Error("no call");
+            if (!media?.measureVideo) throw new Error("this peer cannot read decoded video");
+            const r = await media.measureVideo(call.peerConn, c);
+            emit("video", { call_id: call.callId, ...r });
         },
         async "rtc-join"() {
             const r = room();

@@ -16,14 +16,17 @@ const wrtc = require("@roamhq/wrtc");
 
 const SAMPLE_RATE = 48000;
 const FRAME = SAMPLE_RATE / 100; // 10 ms frames, as RTCAudioSource requires
+const VIDEO_W = 640;
+const VIDEO_H = 480;
+const VIDEO_FPS = 15;
 
-export function setupShim({ trickle = false } = {}) {
+export function setupShim({ trickle = false, toneHz = 440 } = {}) {
     polyfillPromiseWithResolvers();
 
     const sources = [];
     const timers = [];
 
-    /** A fake microphone: a 440 Hz tone, 10 ms frames from a timer. */
+    /** A fake microphone: a `toneHz` tone (440 Hz by default), 10 ms frames from a timer. */
     function micTrack() {
         const source = new wrtc.nonstandard.RTCAudioSource();
         const samples = new Int16Array(FRAME);
@@ -31,7 +34,7 @@ export function setupShim({ trickle = false } = {}) {
         const timer = setInterval(() => {
             for (let i = 0; i < FRAME; i++) {
                 samples[i] = Math.round(6000 * Math.sin(phase));
-                phase += (2 * Math.PI * 440) / SAMPLE_RATE;
+                phase += (2 * Math.PI * toneHz) / SAMPLE_RATE;
             }
             source.onData({ samples, sampleRate: SAMPLE_RATE, bitsPerSample: 16, channelCount: 1, numberOfFrames: FRAME });
         }, 10);
@@ -46,17 +49,30 @@ export function setupShim({ trickle = false } = {}) {
         };
     }
 
+    /** A fake camera: the frame-number test pattern (`patternFrame`), 640×480 at 15 fps. */
+    function cameraTrack() {
+        const source = new wrtc.nonstandard.RTCVideoSource();
+        let n = 0;
+        const timer = setInterval(() => {
+            source.onFrame({ width: VIDEO_W, height: VIDEO_H, data: patternFrame(n++, VIDEO_W, VIDEO_H) });
+        }, 1000 / VIDEO_FPS);
+        sources.push(source);
+        timers.push(timer);
+        return source.createTrack();
+    }
+
     const mediaDevices = {
         async getUserMedia(constraints) {
-            if (constraints?.video) {
-                const e = new Error("no camera in the interop peer");
-                e.name = "NotFoundError";
-                throw e;
-            }
-            return new wrtc.MediaStream([micTrack()]);
+            const tracks = [];
+            if (constraints?.audio) tracks.push(micTrack());
+            if (constraints?.video) tracks.push(cameraTrack());
+            return new wrtc.MediaStream(tracks.length ? tracks : [micTrack()]);
         },
         async enumerateDevices() {
-            return [{ kind: "audioinput", deviceId: "interop-mic", label: "interop tone", groupId: "interop" }];
+            return [
+                { kind: "audioinput", deviceId: "interop-mic", label: "interop tone", groupId: "interop" },
+                { kind: "videoinput", deviceId: "interop-cam", label: "interop pattern", groupId: "interop" },
+            ];
         },
         async getDisplayMedia() {
             throw new Error("no screen in the interop peer");
@@ -102,7 +118,190 @@ export function setupShim({ trickle = false } = {}) {
         stop() {
             for (const t of timers) clearInterval(t);
         },
+        measureAudio,
+        measureVideo,
     };
+}
+
+// The frame-number test pattern, the same layout as voip-webrtc's `TestPattern` (so either side
+// reads the other's numbers): two rows of 20 blocks at the top, each a twentieth of the width and
+// a tenth of the height: the 20 bits of the frame number (most significant first; white = 1),
+// then their complement; below, a luma ramp that scrolls 4 px a frame.
+const BITS = 20;
+const WHITE = 235;
+const BLACK = 16;
+
+/** Frame `n` of the pattern as I420 (BT.601 limited range). */
+export function patternFrame(n, w, h) {
+    const data = new Uint8ClampedArray((w * h * 3) / 2);
+    const bw = Math.max(Math.floor(w / BITS), 1);
+    const bh = Math.max(Math.floor(h / 10), 2);
+    for (let row = 0; row < h; row++) {
+        const line = row * w;
+        if (row < 2 * bh) {
+            for (let bit = 0; bit < BITS; bit++) {
+                const set = ((n >>> (BITS - 1 - bit)) & 1) === 1;
+                data.fill((row < bh) === set ? WHITE : BLACK, line + bit * bw, line + (bit + 1) * bw);
+            }
+            data.fill(BLACK, line + BITS * bw, line + w);
+        } else {
+            const offset = (Math.floor(row / 2) + 4 * n) % 256;
+            for (let x = 0; x < w; x++) data[line + x] = 40 + Math.floor((((offset + x) % 256) * 150) / 256);
+        }
+    }
+    data.fill(128, w * h);
+    return data;
+}
+
+/** The frame number the pattern drew into an I420 picture, or null (not clean). */
+export function readFrameNumber(data, w, h) {
+    if (w < BITS || h < 8) return null;
+    const bw = Math.max(Math.floor(w / BITS), 1);
+    const bh = Math.max(Math.floor(h / 10), 2);
+    const mean = (bit, row) => {
+        const x0 = bit * bw + Math.floor(bw / 4);
+        const y0 = row * bh + Math.floor(bh / 4);
+        const x1 = x0 + Math.max(Math.floor(bw / 2), 1);
+        const y1 = y0 + Math.max(Math.floor(bh / 2), 1);
+        let sum = 0;
+        for (let r = y0; r < y1; r++) for (let c = x0; c < x1; c++) sum += data[r * w + c];
+        return sum / ((x1 - x0) * (y1 - y0));
+    };
+    const mid = (WHITE + BLACK) / 2;
+    let n = 0;
+    for (let bit = 0; bit < BITS; bit++) {
+        const a = mean(bit, 0);
+        const b = mean(bit, 1);
+        const one = a > mid && b < mid;
+        const zero = a < mid && b > mid;
+        if (!(one || zero) || Math.abs(a - b) < 100) return null;
+        n = n * 2 + (one ? 1 : 0);
+    }
+    return n;
+}
+
+/**
+ * Decoded video of the peer connection's first remote video track, through wrtc's
+ * `RTCVideoSink`: `ms` of frames; how many carried a frame number, whether the numbers rise,
+ * the size, and how much the mean luma below the number rows moves.
+ */
+async function measureVideo(peerConn, { ms = 3000 } = {}) {
+    const receiver = peerConn?.getReceivers?.().find((r) => r.track?.kind === "video");
+    if (!receiver) throw new Error("no remote video track");
+    const sink = new wrtc.nonstandard.RTCVideoSink(receiver.track);
+    const numbers = [];
+    const lumas = [];
+    let frames = 0;
+    let width = 0;
+    let height = 0;
+    await new Promise((resolve) => {
+        setTimeout(resolve, ms);
+        sink.onframe = ({ frame }) => {
+            frames++;
+            width = frame.width;
+            height = frame.height;
+            const n = readFrameNumber(frame.data, frame.width, frame.height);
+            if (n !== null) numbers.push(n);
+            let sum = 0;
+            const from = Math.floor(frame.height / 5) * frame.width;
+            const to = frame.width * frame.height;
+            for (let i = from; i < to; i += 7) sum += frame.data[i];
+            lumas.push(sum / Math.ceil((to - from) / 7));
+        };
+    });
+    sink.stop();
+    let rising = 0;
+    for (let i = 1; i < numbers.length; i++) if (numbers[i] > numbers[i - 1]) rising++;
+    const m = lumas.reduce((a, b) => a + b, 0) / Math.max(lumas.length, 1);
+    const luma_sd = Math.sqrt(lumas.reduce((a, b) => a + (b - m) ** 2, 0) / Math.max(lumas.length, 1));
+    return {
+        ms,
+        frames,
+        width,
+        height,
+        numbered: numbers.length,
+        in_order: numbers.length > 1 && rising === numbers.length - 1,
+        first: numbers[0] ?? null,
+        last: numbers[numbers.length - 1] ?? null,
+        luma_mean: m,
+        luma_sd,
+    };
+}
+
+/** Power of `samples` (f32, [-1, 1)) at `freq` Hz, Goertzel, normalised by the length: a
+ * full-scale sine gives about 0.25 (the same as voip-webrtc's `goertzel_power`). */
+export function goertzel(samples, sampleRate, freq) {
+    const w = (2 * Math.PI * freq) / sampleRate;
+    const coeff = 2 * Math.cos(w);
+    let s1 = 0;
+    let s2 = 0;
+    for (let i = 0; i < samples.length; i++) {
+        const s0 = samples[i] + coeff * s1 - s2;
+        s2 = s1;
+        s1 = s0;
+    }
+    const n = Math.max(samples.length, 1);
+    return (s1 * s1 + s2 * s2 - coeff * s1 * s2) / (n * n);
+}
+
+/** Tone analysis of decoded PCM: level, power at each frequency, and how far `target` stands
+ * above the strongest of the others (dB). */
+export function toneReport(mono, sampleRate, target, freqs) {
+    const power = {};
+    for (const f of [target, ...freqs]) power[f] = goertzel(mono, sampleRate, f);
+    const others = freqs.filter((f) => f !== target).map((f) => power[f]);
+    const off = Math.max(...others, 1e-20);
+    let sq = 0;
+    for (let i = 0; i < mono.length; i++) sq += mono[i] * mono[i];
+    const rms = Math.sqrt(sq / Math.max(mono.length, 1));
+    return {
+        target,
+        margin_db: 10 * Math.log10(Math.max(power[target], 1e-20) / off),
+        level_dbfs: rms <= 1e-5 ? -100 : 20 * Math.log10(rms),
+        power_db: Object.fromEntries(Object.entries(power).map(([f, p]) => [f, 10 * Math.log10(Math.max(p, 1e-20))])),
+    };
+}
+
+/**
+ * Decoded audio of the peer connection's first remote audio track, through wrtc's
+ * `RTCAudioSink`: skips `skipMs`, collects `ms` of PCM (first channel) and analyses it.
+ */
+async function measureAudio(peerConn, { ms = 2000, skipMs = 200, target = 440, freqs = [] } = {}) {
+    const receiver = peerConn?.getReceivers?.().find((r) => r.track?.kind === "audio");
+    if (!receiver) throw new Error("no remote audio track");
+    const sink = new wrtc.nonstandard.RTCAudioSink(receiver.track);
+    const chunks = [];
+    let rate = 0;
+    let channels = 0;
+    let seen = 0;
+    let kept = 0;
+    await new Promise((resolve) => {
+        const deadline = setTimeout(resolve, ms + skipMs + 5000);
+        sink.ondata = (d) => {
+            rate = d.sampleRate;
+            channels = d.channelCount;
+            const frames = d.numberOfFrames ?? d.samples.length / d.channelCount;
+            seen += frames;
+            if (seen <= (skipMs * rate) / 1000) return;
+            const mono = new Float32Array(frames);
+            for (let i = 0; i < frames; i++) mono[i] = d.samples[i * d.channelCount] / 32768;
+            chunks.push(mono);
+            kept += frames;
+            if (kept >= (ms * rate) / 1000) {
+                clearTimeout(deadline);
+                resolve();
+            }
+        };
+    });
+    sink.stop();
+    const mono = new Float32Array(kept);
+    let off = 0;
+    for (const c of chunks) {
+        mono.set(c, off);
+        off += c.length;
+    }
+    if (!rate || !kept) throw new Error("RTCAudioSink delivered no audio");
+    return { ms: Math.round((kept * 1000) / rate), sample_rate: rate, channels, ...toneReport(mono, rate, target, freqs) };
 }
 
 /**

@@ -2,6 +2,10 @@
 //! [--no-handshake] [--no-sync-modes]`: what users feel, side by side with the anchor, in one run on the same
 //! machine (issue #10, docs/benchmarks.md).
 //!
+//! `cargo xtask bench --media [--seconds S] [--runs N] [--debug] [--no-build] [--no-install]`
+//! is the media benchmark instead (issue #17, see [`media`]): CPU, memory and mouth-to-ear delay
+//! of one decoded voice call, matrix-voip-rs against libwebrtc in the same run.
+//!
 //! 1. builds `synapse-rig` and the `voip` example `setup_bench` (release, as an app ships;
 //!    `--debug`: the test build);
 //! 2. `npm ci` in `interop/` unless its `node_modules` exists (or `--no-install`);
@@ -186,6 +190,9 @@ fn fmt_ratio(a: f64, b: f64) -> String {
 
 pub(crate) fn run(args: &[String]) -> anyhow::Result<bool> {
     let flag = |f: &str| args.iter().any(|a| a == f);
+    if flag("--media") {
+        return media::run(args);
+    }
     let calls: usize = match args.iter().position(|a| a == "--calls") {
         Some(i) => args.get(i + 1).context("--calls N")?.parse().context("--calls N")?,
         None => 10,
@@ -358,4 +365,125 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<bool> {
     std::fs::write(root.join("docs/setup-time.svg"), svg(&rows, floor))?;
     println!("wrote bench/results/summary.md and docs/setup-time.svg");
     Ok(true)
+}
+
+/// `cargo xtask bench --media`: one 1:1 voice call with decoded audio, both ends in one process,
+/// matrix-voip-rs (`interop/rust-peer`'s `media-bench`: the `voip` API, webrtc-rs, libopus, the
+/// jitter buffer) against libwebrtc (`bench/js-media.mjs`: two wrtc peer connections in Node,
+/// `RTCAudioSource`/`RTCAudioSink`), run alternately `--runs` times (default 3) in one network
+/// namespace; medians over the runs, ratios against the anchor of the same run.
+pub(crate) mod media {
+    use std::process::Command;
+
+    use anyhow::Context;
+    use serde_json::{json, Value};
+
+    use super::{cargo, median_p95, read_json, status, target_dir, Netns};
+
+    /// The goals of issue #17: CPU ≤ 1.0× libwebrtc's for voice, delay within ±20 ms of it.
+    const CPU_GOAL: f64 = 1.0;
+    const DELAY_GOAL_MS: f64 = 20.0;
+
+    fn num(v: &Value, k: &str) -> f64 {
+        v[k].as_f64().unwrap_or(f64::NAN)
+    }
+
+    pub(crate) fn run(args: &[String]) -> anyhow::Result<bool> {
+        let flag = |f: &str| args.iter().any(|a| a == f);
+        let value = |f: &str| args.iter().position(|a| a == f).and_then(|i| args.get(i + 1)).cloned();
+        let seconds: u64 =
+            value("--seconds").map(|s| s.parse()).transpose().context("--seconds S")?.unwrap_or(20);
+        let runs: usize = value("--runs").map(|s| s.parse()).transpose().context("--runs N")?.unwrap_or(3);
+        let root = crate::root();
+        let profile = if flag("--debug") { "debug" } else { "release" };
+        if !flag("--no-build") {
+            println!("==> building interop/rust-peer's media-bench ({profile})");
+            let mut build = vec!["build", "-q", "-p", "rust-peer", "--bin", "media-bench"];
+            if profile == "release" {
+                build.push("--release");
+            }
+            cargo(&build)?;
+        }
+        let bin = target_dir().join(profile).join("media-bench");
+        if !flag("--no-install") && !root.join("interop/node_modules").is_dir() {
+            status(
+                Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(root.join("interop")),
+                "npm ci in interop/",
+            )?;
+        }
+        let results = root.join("bench/results");
+        std::fs::create_dir_all(&results)?;
+        let ns = Netns::create(&format!("voip-media-{}", std::process::id()))?;
+        let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        let (mut rust, mut js) = (Vec::new(), Vec::new());
+        let secs = seconds.to_string();
+        for i in 0..runs {
+            // Alternate, so that a change of load hits both sides alike.
+            println!("==> run {}/{runs}: matrix-voip-rs, one {seconds} s voice call", i + 1);
+            let out = results.join(format!("media-rust-{i}.json"));
+            status(ns.exec(&bin).args(["--seconds", &secs]).arg("--out").arg(&out), "media-bench")?;
+            rust.push(read_json(&out)?);
+            println!("==> run {}/{runs}: libwebrtc (wrtc), one {seconds} s voice call", i + 1);
+            let out = results.join(format!("media-js-{i}.json"));
+            status(
+                ns.exec("node").args(["bench/js-media.mjs", "--seconds", &secs]).arg("--out").arg(&out),
+                "bench/js-media.mjs",
+            )?;
+            js.push(read_json(&out)?);
+        }
+        let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        drop(ns);
+
+        let med = |rs: &[Value], k: &str| median_p95(&rs.iter().map(|r| num(r, k)).collect::<Vec<_>>()).0;
+        let mut md = format!(
+            "One 1:1 voice call with decoded audio both ways, both ends in one process, {seconds} s \
+             measured after 2 s of warm-up, {runs} runs each alternating (Rust: {profile} build); medians \
+             over the runs. Load average before `{}`, after `{}`.\n\n\
+             | per voice call (both ends) | Rust (voip: webrtc-rs + libopus) | libwebrtc M106 (wrtc) | Rust / libwebrtc | goal |\n\
+             |---|---|---|---|---|\n",
+            load_before.trim(),
+            load_after.trim()
+        );
+        let (rc, jc) = (med(&rust, "cpu_s_per_20s_call"), med(&js, "cpu_s_per_20s_call"));
+        let (rm, jm) = (med(&rust, "rss_per_call_mib"), med(&js, "rss_per_call_mib"));
+        let (rd, jd) = (med(&rust, "delay_median_ms"), med(&js, "delay_median_ms"));
+        let (rb, jb) = (med(&rust, "rss_before_mib"), med(&js, "rss_before_mib"));
+        let cpu_met = rc / jc <= CPU_GOAL;
+        let delay_met = (rd - jd).abs() <= DELAY_GOAL_MS;
+        md += &format!(
+            "| CPU seconds per 20 s call | {rc:.2} | {jc:.2} | {} | ≤ {CPU_GOAL:.1}x: {} |\n",
+            super::fmt_ratio(rc, jc),
+            if cpu_met { "met" } else { "**missed**" }
+        );
+        md += &format!(
+            "| mouth-to-ear delay, median (ms) | {rd:.1} | {jd:.1} | {:+.1} ms | within ±{DELAY_GOAL_MS:.0} ms: {} |\n",
+            rd - jd,
+            if delay_met { "met" } else { "**missed**" }
+        );
+        md += &format!(
+            "| memory: RSS during the call − before the peers (MiB) | {rm:.1} | {jm:.1} | {} | – |\n\
+             | RSS before the peers (process with its runtime, MiB) | {rb:.1} | {jb:.1} | – | – |\n",
+            super::fmt_ratio(rm, jm)
+        );
+        let per_run = |rs: &[Value], k: &str| {
+            rs.iter().map(|r| format!("{:.2}", num(r, k))).collect::<Vec<_>>().join(", ")
+        };
+        md += &format!(
+            "\nPer run — CPU s: Rust {}; libwebrtc {}. Delay ms: Rust {}; libwebrtc {}. Bursts heard per run \
+             (both ways): Rust {}; libwebrtc {}.\n",
+            per_run(&rust, "cpu_s_per_20s_call"),
+            per_run(&js, "cpu_s_per_20s_call"),
+            per_run(&rust, "delay_median_ms"),
+            per_run(&js, "delay_median_ms"),
+            per_run(&rust, "bursts_heard"),
+            per_run(&js, "bursts_heard"),
+        );
+        println!("\n{md}");
+        std::fs::write(results.join("media.md"), &md)?;
+        let all = json!({"seconds": seconds, "runs": runs, "profile": profile, "rust": rust, "libwebrtc": js,
+            "cpu_ratio": rc / jc, "delay_diff_ms": rd - jd, "cpu_goal_met": cpu_met, "delay_goal_met": delay_met});
+        std::fs::write(results.join("media.json"), format!("{all:#}\n"))?;
+        println!("wrote bench/results/media.md and bench/results/media.json");
+        Ok(true)
+    }
 }

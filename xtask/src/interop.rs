@@ -32,6 +32,14 @@ use crate::netns::{status, Netns};
 const WAIT: Duration = Duration::from_secs(30);
 /// Audio packets each way that count as "media flows" (50 packets/s with 20 ms Opus frames).
 const PACKETS: u64 = 25;
+/// Decoded-content scenarios: what J (js-sdk) sends, what U sends, the frequencies whose
+/// Goertzel power the margin is taken against, and the margin a tone must reach (issue #17).
+const J_TONE: f64 = 440.0;
+const U_TONE: f64 = 1000.0;
+const TEST_FREQS: [f64; 6] = [300.0, 440.0, 700.0, 1000.0, 1700.0, 2500.0];
+const MIN_MARGIN_DB: f64 = 20.0;
+/// Decoded PCM analysed per side (after 200 ms skipped).
+const MEASURE_MS: u64 = 2000;
 
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| crate::root().join("target"))
@@ -306,6 +314,7 @@ fn scenarios() -> Vec<(&'static str, Run, &'static [&'static str])> {
         ("sdk40-u-calls-j", u_calls_j, OLD),
         ("sdk40-j-calls-u", j_calls_u, OLD),
         ("rtc-keys", rtc_keys, &["43-sdp"]),
+        ("decoded-audio", decoded_audio, BOTH),
         ("chromium-u-calls-j", u_calls_j, &["chromium"]),
         ("chromium-j-calls-u", j_calls_u, &["chromium"]),
     ]
@@ -513,6 +522,60 @@ fn rtc_keys(env: &Env, sc: &str, u: &Kind, j: &Kind) -> anyhow::Result<()> {
     pu.wait("J's rotated key", |e| key_from(e, juid, jdid, after(u_had)))?;
     pj.wait("U's rotated key", |e| key_from(e, uuid, udid, after(j_had)))?;
     drop(pk);
+    Ok(())
+}
+
+/// Real decoded content both ways in one call (issue #17): U calls J; J (js-sdk on wrtc) sends
+/// a 440 Hz tone from an `RTCAudioSource`, U (with `--tone`) a 1 kHz tone from its `AudioInput`;
+/// each side analyses 2 s of its *decoded* output (U: `Call::remote_audio` after libopus and the
+/// jitter buffer; J: wrtc's `RTCAudioSink` after libwebrtc's NetEq) and the other side's tone
+/// must stand ≥ 20 dB above every other test frequency.
+fn decoded_audio(env: &Env, sc: &str, u: &Kind, j: &Kind) -> anyhow::Result<()> {
+    let s = env.setup("u,j", "", false)?;
+    let tone = format!("{U_TONE}");
+    let mut pu = env.peer(sc, "u", u, &s.users[0], &s.rooms[0], &["--tone", &tone])?;
+    let mut pj = env.peer(sc, "j", j, &s.users[1], &s.rooms[0], &[])?;
+    pu.cmd(json!({"cmd": "call", "to": pj.user_id}))?;
+    pj.wait("incoming", |e| ev(e, "incoming"))?;
+    pj.cmd(json!({"cmd": "answer"}))?;
+    pu.connected()?;
+    pj.connected()?;
+    pu.audio_flows((0, 0))?;
+    pj.audio_flows((0, 0))?;
+    pu.mark();
+    pj.mark();
+    let m = |target| json!({"cmd": "measure-audio", "ms": MEASURE_MS, "target": target, "freqs": TEST_FREQS});
+    pu.cmd(m(J_TONE))?;
+    pj.cmd(m(U_TONE))?;
+    let heard_by_u =
+        pu.wait("audio", |e| ev(e, "audio") || (ev(e, "error") && e["cmd"] == "measure-audio"))?;
+    let heard_by_j =
+        pj.wait("audio", |e| ev(e, "audio") || (ev(e, "error") && e["cmd"] == "measure-audio"))?;
+    let mut failures = Vec::new();
+    for (who, from, r, want) in [("U", "J", &heard_by_u, J_TONE), ("J", "U", &heard_by_j, U_TONE)] {
+        if ev(r, "error") {
+            failures.push(format!("{who}: measure-audio failed: {}", r["message"]));
+            continue;
+        }
+        let margin = r["margin_db"].as_f64().unwrap_or(f64::NEG_INFINITY);
+        println!(
+            "      {who} decoded {from}'s {want} Hz: {margin:.1} dB above the other test frequencies, level {:.1} dBFS, {} ms at {} Hz x{}",
+            r["level_dbfs"].as_f64().unwrap_or(-100.0),
+            r["ms"],
+            r["sample_rate"],
+            r["channels"],
+        );
+        if r["target"].as_f64() != Some(want) || margin < MIN_MARGIN_DB {
+            failures.push(format!(
+                "{who}: {want} Hz only {margin:.1} dB above the rest (need {MIN_MARGIN_DB}): {r}"
+            ));
+        }
+    }
+    pj.cmd(json!({"cmd": "hangup"}))?;
+    pu.ended()?;
+    if !failures.is_empty() {
+        bail!("{}", failures.join("; "));
+    }
     Ok(())
 }
 

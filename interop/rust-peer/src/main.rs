@@ -4,8 +4,13 @@
 //!
 //! ```text
 //! rust-peer peer --hs URL --user-id @u:localhost --device-id DEV --token TOKEN --room !r:localhost
-//!                [--busy-signal hangup|reject] [--crypto] [--busy]
+//!                [--busy-signal hangup|reject] [--crypto] [--busy] [--tone HZ]
 //! ```
+//!
+//! `--tone HZ` turns on decoded audio (feature `codecs`: libopus through the engine's
+//! `AudioHub`): every call sends a `HZ` sine, and `{"cmd":"measure-audio"}` analyses the decoded
+//! PCM of the peer's audio (an `audio` event: Goertzel power at the target and other frequencies,
+//! the margin in dB, the level).
 //!
 //! It is built on the public API of the `voip` crate only: a `Voip` from a matrix-sdk `Client`
 //! (session restored from the access token the harness registered) with the webrtc-rs engine.
@@ -23,6 +28,9 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use voip::core::BusySignal;
 use voip::core::{RoomId, UserId};
+use voip::webrtc::media::audio::{
+    goertzel_power, level_dbfs, AudioConfig, AudioHub, FrameOrigin, Tone, SAMPLE_RATE,
+};
 use voip::webrtc::WebrtcConfig;
 use voip::StreamExt;
 use voip::{
@@ -45,6 +53,8 @@ struct Args {
     token: String,
     room: String,
     busy_signal: BusySignal,
+    /// `--tone HZ`: decoded audio on, every call sends this tone.
+    tone: Option<f64>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -64,6 +74,7 @@ fn parse_args() -> anyhow::Result<Args> {
             Some("reject") => BusySignal::Reject,
             _ => Config::default().busy_signal,
         },
+        tone: value("--tone").map(|t| t.parse()).transpose().context("--tone HZ")?,
     })
 }
 
@@ -73,6 +84,8 @@ struct State {
     call: Option<Call>,
     incoming: Option<Call>,
     group: Option<GroupCall>,
+    /// The decoded-audio hub (`--tone`).
+    hub: Option<AudioHub>,
 }
 
 type Shared = Arc<Mutex<State>>;
@@ -210,6 +223,12 @@ async fn command(
                 }),
             );
         }
+        "measure-audio" => {
+            let call = current()?;
+            let hub = lock(state).hub.clone().context("decoded audio is off (start with --tone HZ)")?;
+            let report = measure_audio(&call, &hub, c).await?;
+            emit(t0, "audio", report);
+        }
         "rtc-join" => {
             let room = RoomId::from(args.room.as_str());
             let backend =
@@ -230,6 +249,79 @@ async fn command(
     Ok(())
 }
 
+/// Amplitude of the tone `--tone` sends (0–1 of full scale).
+const TONE_AMPLITUDE: f32 = 0.3;
+
+/// `{"cmd":"measure-audio","ms":2000,"skip_ms":200,"target":440,"freqs":[...]}`: decoded PCM of
+/// the current call's first remote audio stream (skipping `skip_ms`, then `ms` of it) and its
+/// tone analysis, in the same terms as the js peer's `RTCAudioSink` report.
+async fn measure_audio(call: &Call, hub: &AudioHub, c: &Value) -> anyhow::Result<Value> {
+    let ms = c["ms"].as_u64().unwrap_or(2000);
+    let skip_ms = c["skip_ms"].as_u64().unwrap_or(200);
+    let target = c["target"].as_f64().context("measure-audio: no `target`")?;
+    let freqs: Vec<f64> =
+        c["freqs"].as_array().map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(ms + skip_ms + 5000);
+    // The playout starts with the first packet; the stream id comes with it (or the metadata).
+    let stream = loop {
+        if let Some(s) = hub.remote_streams(call.id()).into_iter().next() {
+            break s;
+        }
+        if let Some(s) = call.streams().1.into_iter().next() {
+            break s.stream_id;
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("no remote audio stream");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let mut audio = call.remote_audio(&stream).context("no decoded audio")?;
+    let (skip, want) = (skip_ms as usize * 48, ms as usize * 48);
+    let (mut seen, mut mono, mut channels, mut origins) = (0usize, Vec::with_capacity(want), 0u16, [0u64; 3]);
+    while mono.len() < want {
+        let Ok(Some(frame)) = tokio::time::timeout_at(deadline, audio.next()).await else {
+            bail!("decoded audio stopped after {} ms", mono.len() / 48);
+        };
+        channels = frame.channels;
+        let pcm = frame.mono_f32();
+        let n = pcm.len();
+        if seen + n > skip {
+            mono.extend_from_slice(&pcm[skip.saturating_sub(seen).min(n)..]);
+            origins[match frame.origin {
+                FrameOrigin::Decoded => 0,
+                FrameOrigin::Fec => 1,
+                FrameOrigin::Concealed => 2,
+            }] += 1;
+        }
+        seen += n;
+    }
+    let mut power = serde_json::Map::new();
+    let p_target = goertzel_power(&mono, SAMPLE_RATE, target);
+    power.insert(format!("{target}"), json!(db(p_target)));
+    let mut off = 1e-20f64;
+    for f in freqs.iter().filter(|&&f| f != target) {
+        let p = goertzel_power(&mono, SAMPLE_RATE, *f);
+        off = off.max(p);
+        power.insert(format!("{f}"), json!(db(p)));
+    }
+    Ok(json!({
+        "call_id": call.id().to_string(),
+        "stream_id": stream.to_string(),
+        "ms": mono.len() / 48,
+        "sample_rate": SAMPLE_RATE,
+        "channels": channels,
+        "target": target,
+        "margin_db": db(p_target) - db(off),
+        "level_dbfs": level_dbfs(&mono),
+        "power_db": power,
+        "frames": {"decoded": origins[0], "fec": origins[1], "concealed": origins[2]},
+    }))
+}
+
+fn db(p: f64) -> f64 {
+    10.0 * p.max(1e-20).log10()
+}
+
 async fn run(t0: std::time::Instant) -> anyhow::Result<()> {
     let args = parse_args()?;
     let client = Client::builder().homeserver_url(&args.hs).build().await.context("build client")?;
@@ -244,8 +336,15 @@ async fn run(t0: std::time::Instant) -> anyhow::Result<()> {
     let config = Config::default().with_busy_signal(args.busy_signal);
     // Inside the harness's namespace the only addresses are loopback ones (127.0.0.1, and
     // 127.0.0.2 on the veth): gather loopback candidates.
-    let voip = Voip::from_client(&client)?.config(config).webrtc(WebrtcConfig::loopback()).build()?;
+    let mut webrtc = WebrtcConfig::loopback();
     let state: Shared = Arc::default();
+    if let Some(hz) = args.tone {
+        let hub = AudioHub::new(AudioConfig::default());
+        hub.set_default_source(move || Box::new(Tone::new(hz, TONE_AMPLITUDE)));
+        webrtc = webrtc.with_audio(hub.clone());
+        lock(&state).hub = Some(hub);
+    }
+    let voip = Voip::from_client(&client)?.config(config).webrtc(webrtc).build()?;
 
     let mut incoming = voip.incoming_calls();
     {
