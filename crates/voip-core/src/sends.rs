@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use crate::group::GroupOp;
 use crate::ids::{CallId, DeviceId, GroupCallId, RequestId, RoomId, Timestamp, UserId};
-use crate::output::{Output, SendKind, SendRequest};
+use crate::output::{Output, SendKind, SendRequest, ToDeviceEncryption, ToDeviceMessage};
 
 /// What a send was for, so a final failure can be acted on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,7 +30,7 @@ struct Pending {
     group: Option<(GroupCallId, u64, GroupOp)>,
     purpose: SendPurpose,
     txn_id: String,
-    kind: SendKind,
+    kind: Kept,
     attempts: u32,
     retry_at: Option<Timestamp>,
     /// Failed at least once and not yet through: blocks later sends to its room.
@@ -42,10 +42,62 @@ struct Pending {
     superseded: bool,
 }
 
+/// What the table keeps of a send, to emit it again on a retry.
+#[derive(Clone, Debug)]
+enum Kept {
+    /// The send as it went out.
+    Kind(SendKind),
+    /// A to-device send whose messages all carry one content (a media key to every member of a
+    /// call): the content is kept once, not once per recipient, and the messages are rebuilt
+    /// only if the send is retried (10 000 members: one copy of the content instead of 10 000).
+    SharedToDevice {
+        event_type: String,
+        room_id: Option<RoomId>,
+        recipients: Vec<(UserId, DeviceId)>,
+        content: serde_json::Value,
+        encryption: ToDeviceEncryption,
+    },
+}
+
+impl Kept {
+    /// The send to emit.
+    fn to_kind(&self) -> SendKind {
+        match self {
+            Kept::Kind(kind) => kind.clone(),
+            Kept::SharedToDevice { event_type, room_id, recipients, content, encryption } => {
+                shared_to_device(event_type, room_id, recipients, content, *encryption)
+            }
+        }
+    }
+}
+
+/// One to-device send of `content` to every recipient (in the order given).
+fn shared_to_device(
+    event_type: &str,
+    room_id: &Option<RoomId>,
+    recipients: &[(UserId, DeviceId)],
+    content: &serde_json::Value,
+    encryption: ToDeviceEncryption,
+) -> SendKind {
+    SendKind::ToDevice {
+        event_type: event_type.to_owned(),
+        room_id: room_id.clone(),
+        messages: recipients
+            .iter()
+            .map(|(user_id, device_id)| ToDeviceMessage {
+                user_id: user_id.clone(),
+                device_id: device_id.clone(),
+                content: content.clone(),
+            })
+            .collect(),
+        encryption,
+    }
+}
+
 impl Pending {
     fn state_key(&self) -> Option<(&RoomId, &str, &str)> {
         match &self.kind {
-            SendKind::StateEvent { room_id, event_type, state_key, .. } => {
+            Kept::Kind(SendKind::StateEvent { room_id, event_type, state_key, .. }) => {
                 Some((room_id, event_type.as_str(), state_key.as_str()))
             }
             _ => None,
@@ -54,12 +106,15 @@ impl Pending {
 
     fn room(&self) -> Option<&RoomId> {
         match &self.kind {
-            SendKind::RoomEvent { room_id, .. }
-            | SendKind::StateEvent { room_id, .. }
-            | SendKind::DelayedStateEvent { room_id, .. } => Some(room_id),
-            SendKind::ToDevice { .. } | SendKind::UpdateDelayedEvent { .. } | SendKind::ListDelayedEvents => {
-                None
-            }
+            Kept::Kind(
+                SendKind::RoomEvent { room_id, .. }
+                | SendKind::StateEvent { room_id, .. }
+                | SendKind::DelayedStateEvent { room_id, .. },
+            ) => Some(room_id),
+            Kept::Kind(
+                SendKind::ToDevice { .. } | SendKind::UpdateDelayedEvent { .. } | SendKind::ListDelayedEvents,
+            )
+            | Kept::SharedToDevice { .. } => None,
         }
     }
 }
@@ -98,6 +153,40 @@ impl SendTable {
         txn_prefix: &str,
         kind: SendKind,
     ) -> RequestId {
+        let first = kind.clone();
+        self.queue(out, call_id, purpose, txn_prefix, Kept::Kind(kind), first)
+    }
+
+    /// [`Self::send`] of one to-device `content` to every recipient (the output is the same
+    /// `SendKind::ToDevice`, one message per recipient in this order); the table keeps the
+    /// content once for retries instead of a copy of every message.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn send_to_devices(
+        &mut self,
+        out: &mut VecDeque<Output>,
+        purpose: SendPurpose,
+        txn_prefix: &str,
+        event_type: String,
+        room_id: Option<RoomId>,
+        recipients: Vec<(UserId, DeviceId)>,
+        content: serde_json::Value,
+        encryption: ToDeviceEncryption,
+    ) -> RequestId {
+        let first = shared_to_device(&event_type, &room_id, &recipients, &content, encryption);
+        let kept = Kept::SharedToDevice { event_type, room_id, recipients, content, encryption };
+        self.queue(out, None, purpose, txn_prefix, kept, first)
+    }
+
+    /// Mints an id and queues the send; `first` is what goes out now (unless held).
+    fn queue(
+        &mut self,
+        out: &mut VecDeque<Output>,
+        call_id: Option<CallId>,
+        purpose: SendPurpose,
+        txn_prefix: &str,
+        kind: Kept,
+        first: SendKind,
+    ) -> RequestId {
         self.next_id += 1;
         let id = RequestId(self.next_id);
         let txn_id = if self.session.is_empty() {
@@ -126,7 +215,7 @@ impl SendTable {
         }
         p.held = p.room().is_some_and(|room| self.room_blocked(room));
         if !p.held {
-            out.push_back(Output::Send(SendRequest { id, txn_id: p.txn_id.clone(), kind: p.kind.clone() }));
+            out.push_back(Output::Send(SendRequest { id, txn_id: p.txn_id.clone(), kind: first }));
         }
         self.pending.insert(id, p);
         id
@@ -158,7 +247,7 @@ impl SendTable {
                 out.push_back(Output::Send(SendRequest {
                     id: *id,
                     txn_id: p.txn_id.clone(),
-                    kind: p.kind.clone(),
+                    kind: p.kind.to_kind(),
                 }));
             }
         }
@@ -260,13 +349,24 @@ impl SendTable {
         recipients: &[(UserId, DeviceId)],
     ) {
         let mut emptied = Vec::new();
+        let gone = |u: &UserId, d: &DeviceId| recipients.iter().any(|(ru, rd)| ru == u && rd == d);
         for (id, p) in self.pending.iter_mut() {
-            let SendKind::ToDevice { event_type: t, messages, room_id, .. } = &mut p.kind else { continue };
-            if t != event_type || room_id.as_ref() != Some(room) {
-                continue;
-            }
-            messages.retain(|m| !recipients.iter().any(|(u, d)| m.user_id == *u && m.device_id == *d));
-            if messages.is_empty() {
+            let now_empty = match &mut p.kind {
+                Kept::Kind(SendKind::ToDevice { event_type: t, messages, room_id, .. })
+                    if t == event_type && room_id.as_ref() == Some(room) =>
+                {
+                    messages.retain(|m| !gone(&m.user_id, &m.device_id));
+                    messages.is_empty()
+                }
+                Kept::SharedToDevice { event_type: t, room_id, recipients: to, .. }
+                    if t == event_type && room_id.as_ref() == Some(room) =>
+                {
+                    to.retain(|(u, d)| !gone(u, d));
+                    to.is_empty()
+                }
+                _ => continue,
+            };
+            if now_empty {
                 if p.held || p.retry_at.is_some() {
                     emptied.push(*id);
                 } else {
@@ -287,7 +387,7 @@ impl SendTable {
                 out.push_back(Output::Send(SendRequest {
                     id: *id,
                     txn_id: p.txn_id.clone(),
-                    kind: p.kind.clone(),
+                    kind: p.kind.to_kind(),
                 }));
             }
         }
@@ -369,6 +469,65 @@ mod tests {
             })
             .collect();
         assert_eq!(ids, vec![first, second], "retry first, then the held send");
+    }
+
+    /// A to-device send of one content to many devices goes out as the same messages a
+    /// `send` of them would, is retried identically, and loses recipients on a leave; the
+    /// table keeps the content once.
+    #[test]
+    fn a_shared_to_device_send_goes_out_and_retries_like_its_messages() {
+        let to: Vec<(UserId, DeviceId)> =
+            ["A", "B", "C"].iter().map(|d| (UserId::from("@u:x"), DeviceId::from(*d))).collect();
+        let content = serde_json::json!({"keys": [{"index": 0, "key": "k"}], "room_id": "!r"});
+        let mut t = SendTable::default();
+        let mut out = VecDeque::new();
+        let id = t.send_to_devices(
+            &mut out,
+            SendPurpose::Other,
+            "k",
+            "io.element.call.encryption_keys".into(),
+            Some(RoomId::from("!r")),
+            to.clone(),
+            content.clone(),
+            ToDeviceEncryption::Required,
+        );
+        let expected = SendKind::ToDevice {
+            event_type: "io.element.call.encryption_keys".into(),
+            room_id: Some(RoomId::from("!r")),
+            messages: to
+                .iter()
+                .map(|(u, d)| ToDeviceMessage {
+                    user_id: u.clone(),
+                    device_id: d.clone(),
+                    content: content.clone(),
+                })
+                .collect(),
+            encryption: ToDeviceEncryption::Required,
+        };
+        let Some(Output::Send(first)) = out.pop_front() else { panic!("expected a send") };
+        assert_eq!((first.id, &first.kind), (id, &expected), "one message per recipient, same content");
+        assert!(matches!(t.pending[&id].kind, Kept::SharedToDevice { .. }), "kept once");
+        t.failed(id, Timestamp(0), true, None, 5, &mut out);
+        t.fire(Timestamp(500), &mut out);
+        let Some(Output::Send(again)) = out.pop_front() else { panic!("expected a resend") };
+        assert_eq!((again.txn_id, again.kind), (first.txn_id, expected), "the retry is the same send");
+        t.failed(id, Timestamp(500), true, None, 5, &mut out);
+        t.drop_recipients(&RoomId::from("!r"), "io.element.call.encryption_keys", &to[1..2]);
+        t.fire(Timestamp(2000), &mut out);
+        let Some(Output::Send(SendRequest { kind: SendKind::ToDevice { messages, .. }, .. })) =
+            out.pop_front()
+        else {
+            panic!("expected a resend")
+        };
+        let devices: Vec<&str> = messages.iter().map(|m| m.device_id.as_str()).collect();
+        assert_eq!(devices, ["A", "C"], "the leaver is dropped from the retry");
+        t.failed(id, Timestamp(2000), true, None, 5, &mut out);
+        t.drop_recipients(
+            &RoomId::from("!r"),
+            "io.element.call.encryption_keys",
+            &[to[0].clone(), to[2].clone()],
+        );
+        assert_eq!(t.len(), 0, "a send left without recipients is dropped");
     }
 
     /// Found by `cargo xtask sim` (mesh, seed 17): a join that failed after the leave went out

@@ -19,7 +19,7 @@
 //!   but does not become the current key.
 //! - **Requests** (famedly) are answered, with our latest key, only for current member devices.
 //!
-//! Security: every key leaves in one [`SendKind::ToDevice`] with
+//! Security: every key leaves in one [`crate::output::SendKind::ToDevice`] with
 //! [`ToDeviceEncryption::Required`], addressed only to current member devices (never our own),
 //! so a device that has left never receives a key made after it left.
 
@@ -33,7 +33,7 @@ pub(crate) use transport::{KeyConfig, KeyTransport};
 
 use crate::ctx::Ctx;
 use crate::ids::{DeviceId, GroupCallId, Participant, RoomId, Timestamp, UserId};
-use crate::output::{Event, SendKind, ToDeviceEncryption, ToDeviceMessage};
+use crate::output::{Event, ToDeviceEncryption};
 use crate::sends::SendPurpose;
 use crate::wire::keys::{self as wire, types, KeyEntry, KeyEvent, KeysContent};
 use crate::wire::WireError;
@@ -374,17 +374,16 @@ impl KeyManager {
         if targets.is_empty() {
             return;
         }
-        let messages = targets
-            .into_iter()
-            .map(|(user_id, device_id)| ToDeviceMessage { user_id, device_id, content: content.clone() })
-            .collect();
-        let kind = SendKind::ToDevice {
-            event_type: types::FAMEDLY_KEYS_REQUEST.to_owned(),
-            room_id: Some(self.group.room_id.clone()),
-            messages,
-            encryption: ToDeviceEncryption::Required,
-        };
-        ctx.sends.send(ctx.out, None, SendPurpose::Other, TXN_PREFIX, kind);
+        ctx.sends.send_to_devices(
+            ctx.out,
+            SendPurpose::Other,
+            TXN_PREFIX,
+            types::FAMEDLY_KEYS_REQUEST.to_owned(),
+            Some(self.group.room_id.clone()),
+            targets.into_iter().collect(),
+            content,
+            ToDeviceEncryption::Required,
+        );
     }
 
     /// Members that joined again under the same identity (an app restart): they lost our key,
@@ -506,22 +505,19 @@ impl KeyManager {
         }
         let sent_ts = ctx.now.max(self.last_sent_ts.plus(1));
         self.last_sent_ts = sent_ts;
+        // One content for every recipient: the send table keeps it once (a call of 10 000
+        // members would otherwise hold 10 000 copies of it for retries).
         for content in self.transport.keys_contents(&self.group, &self.local, keys, sent_ts) {
-            let messages = targets
-                .iter()
-                .map(|(user_id, device_id)| ToDeviceMessage {
-                    user_id: user_id.clone(),
-                    device_id: device_id.clone(),
-                    content: content.clone(),
-                })
-                .collect();
-            let kind = SendKind::ToDevice {
-                event_type: self.transport.keys_event_type().to_owned(),
-                room_id: Some(self.group.room_id.clone()),
-                messages,
-                encryption: ToDeviceEncryption::Required,
-            };
-            ctx.sends.send(ctx.out, None, SendPurpose::Other, TXN_PREFIX, kind);
+            ctx.sends.send_to_devices(
+                ctx.out,
+                SendPurpose::Other,
+                TXN_PREFIX,
+                self.transport.keys_event_type().to_owned(),
+                Some(self.group.room_id.clone()),
+                targets.iter().map(|k| (*k).clone()).collect(),
+                content,
+                ToDeviceEncryption::Required,
+            );
         }
     }
 

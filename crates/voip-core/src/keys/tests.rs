@@ -3,7 +3,7 @@
 use super::*;
 use crate::config::Config;
 use crate::ids::LocalDevice;
-use crate::output::Output;
+use crate::output::{Output, SendKind, ToDeviceMessage};
 use crate::rng::Rng;
 use crate::sends::SendTable;
 use proptest::prelude::*;
