@@ -89,7 +89,9 @@ impl Drop for Synapse {
 /// The features every step builds with: the workspace's defaults plus decoded audio
 /// (`voip/codecs`: libopus built from source by `opusic-sys`) and matrix-sdk-ui's `SyncService`
 /// (`voip/sync-service`, for the `sync_modes` tests), so one build serves all steps.
-const FEATURES: &str = "voip/codecs,voip/sync-service";
+/// `voip/devices` and `matrix-call/devices`: microphones and speakers through cpal (ALSA), whose
+/// test (voip-webrtc's `devices`) runs a call on ALSA's `null` PCM.
+const FEATURES: &str = "voip/codecs,voip/sync-service,voip/devices,matrix-call/devices";
 
 /// libopus is built with cmake: install it with apt-get (Debian/Ubuntu, as root or with
 /// password-less sudo) when it is missing, so a fresh machine needs nothing else.
@@ -144,6 +146,53 @@ fn ensure_libvpx() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The audio devices (feature `devices`) build on cpal's ALSA host, which needs the ALSA headers
+/// (`alsa.pc`): install `libasound2-dev` with apt-get when pkg-config does not find them.
+fn ensure_alsa() -> anyhow::Result<()> {
+    let found = || Command::new("pkg-config").args(["--exists", "alsa"]).status().is_ok_and(|s| s.success());
+    if found() {
+        return Ok(());
+    }
+    println!("\n==> the ALSA headers are missing (feature devices): installing libasound2-dev with apt-get");
+    let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0"));
+    let apt = |args: &[&str]| -> anyhow::Result<bool> {
+        let mut c = if root { Command::new("apt-get") } else { Command::new("sudo") };
+        if !root {
+            c.args(["-n", "apt-get"]);
+        }
+        Ok(c.args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .context("running apt-get")?
+            .success())
+    };
+    if !(apt(&["update", "-q"])? && apt(&["install", "-y", "-q", "libasound2-dev", "pkg-config"])? && found())
+    {
+        bail!("the ALSA headers are needed for the audio devices (feature devices): apt-get install libasound2-dev");
+    }
+    Ok(())
+}
+
+/// The softphone example's self-test with its microphone and speaker on ALSA's `null` PCM (an
+/// ALSA configuration in a temporary `$XDG_CONFIG_HOME` makes it the default device), then with
+/// the peer recorded to a WAV file instead of the speaker.
+fn run_softphone() -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("voip-softphone-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("alsa"))?;
+    std::fs::write(dir.join("alsa/asoundrc"), "pcm.!default { type null }\n")?;
+    let env = BTreeMap::from([("XDG_CONFIG_HOME".to_owned(), dir.display().to_string())]);
+    let run =
+        ["run", "-q", "-p", "voip", "--features", "devices", "--example", "softphone", "--", "--self-test"];
+    let recording = dir.join("heard.wav").display().to_string();
+    let result = cargo(&run, &env).and_then(|()| {
+        let mut args = run.to_vec();
+        args.extend(["--record", &recording]);
+        cargo(&args, &env)
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
 /// Every example of the `voip` crate that `run` does not run otherwise (`demo` and
 /// `answering_machine` are run below): each ends by itself and fails on a wrong result.
 fn run_examples(url: &str, secret: &str) -> anyhow::Result<()> {
@@ -175,6 +224,7 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<bool> {
     let none = BTreeMap::new();
     ensure_cmake()?;
     ensure_libvpx()?;
+    ensure_alsa()?;
     if !quick {
         cargo(&["fmt", "--all", "--", "--check"], &none)?;
         cargo(
@@ -212,7 +262,10 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<bool> {
     let fixtures_ok = crate::conformance::run(&[])?;
     cargo(&["run", "-q", "-p", "voip", "--example", "demo"], &none)?;
     // Decoded audio through a call on the in-process homeserver: greeting and recording.
-    cargo(&["run", "-q", "-p", "voip", "--features", "codecs", "--example", "answering_machine"], &none)?;
+    // (With `devices`, which it does not use, so that the softphone below shares its build.)
+    cargo(&["run", "-q", "-p", "voip", "--features", "devices", "--example", "answering_machine"], &none)?;
+    // The softphone on the audio devices (ALSA's null PCM) and on a WAV file.
+    run_softphone()?;
     // The fault scenarios (docs/simulation.md): 300 seeds of each, in release (≈ 20 s of
     // simulation after a ≈ 1 min build).
     cargo(&["run", "-q", "--release", "-p", "voip-sim", "--bin", "sim", "--", "--seeds", "300"], &none)?;

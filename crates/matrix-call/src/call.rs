@@ -25,6 +25,67 @@ pub struct MediaOptions {
     pub echo: bool,
     /// Hang up this long after the call connected.
     pub hangup_after: Option<Duration>,
+    /// The microphone to send (when nothing is played).
+    #[cfg(feature = "devices")]
+    pub mic: Option<DeviceChoice>,
+    /// The speaker to play the other side on (when it is not recorded).
+    #[cfg(feature = "devices")]
+    pub speaker: Option<DeviceChoice>,
+}
+
+/// An audio device a call uses (feature `devices`).
+#[cfg(feature = "devices")]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceChoice {
+    /// The device's name; `None`: the default device.
+    pub name: Option<String>,
+    /// Asked for on the command line (then failing to open it is an error; otherwise the call
+    /// goes on without it).
+    pub explicit: bool,
+}
+
+#[cfg(feature = "devices")]
+impl DeviceChoice {
+    /// `--mic`/`--speaker` as given (`Some("")`: the default device), else the default device
+    /// when `implied` and a person is at the terminal.
+    pub fn pick(arg: Option<&str>, implied: bool) -> Option<Self> {
+        use std::io::IsTerminal;
+        match arg {
+            Some(name) => {
+                Some(DeviceChoice { name: (!name.is_empty()).then(|| name.to_owned()), explicit: true })
+            }
+            None if implied && std::io::stdin().is_terminal() => {
+                Some(DeviceChoice { name: None, explicit: false })
+            }
+            None => None,
+        }
+    }
+
+    fn label(&self) -> &str {
+        self.name.as_deref().unwrap_or("default")
+    }
+
+    /// An error opening the device: fatal when it was asked for, a notice otherwise.
+    fn failed(
+        &self,
+        out: &crate::output::Out,
+        what: &str,
+        e: &voip::webrtc::media::audio::devices::DeviceError,
+    ) -> Result<(), CliError> {
+        use voip::webrtc::media::audio::devices::DeviceError;
+        if self.explicit {
+            return Err(match e {
+                DeviceError::NotFound { .. } => CliError::NotFound(e.to_string()),
+                _ => CliError::Other(anyhow::anyhow!("{what}: {e}")),
+            });
+        }
+        out.event(
+            "device_unavailable",
+            json!({ "device": what, "name": self.label(), "error": e.to_string() }),
+            || format!("No {what} ({e}): going on without it"),
+        );
+        Ok(())
+    }
 }
 
 impl MediaOptions {
@@ -235,6 +296,26 @@ pub async fn run(
             return Err(CliError::Other(anyhow::anyhow!("no decoded audio for this call")));
         }
     }
+    #[cfg(feature = "devices")]
+    if let (None, Some(choice)) = (&media.play, &media.mic) {
+        use voip::webrtc::media::audio::devices::Microphone;
+        match Microphone::open(choice.name.as_deref()) {
+            Ok(mic) => {
+                let format = mic.format();
+                out.event(
+                    "device",
+                    json!({ "device": "microphone", "name": mic.device_name(), "sample_rate": format.sample_rate, "channels": format.channels }),
+                    || format!("Microphone: {} ({} Hz, {} ch)", mic.device_name(), format.sample_rate, format.channels),
+                );
+                if !call.replace_audio_input(mic) {
+                    return Err(CliError::Other(anyhow::anyhow!("no decoded audio for this call")));
+                }
+            }
+            Err(e) => choice.failed(out, "microphone", &e)?,
+        }
+    }
+    #[cfg(feature = "devices")]
+    let speaker = open_speaker(out, media, record.as_deref())?;
     let mut updates = call.updates();
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -270,6 +351,15 @@ pub async fn run(
                         if let Some(stream) = remote.first() {
                             started_audio = true;
                             audio_tasks.extend(start_audio(ctx, call, &stream.stream_id, media, record.clone()));
+                            #[cfg(feature = "devices")]
+                            if let (Some(speaker), Some(audio)) = (&speaker, call.remote_audio(&stream.stream_id)) {
+                                // The speaker plays until the peer's track ends.
+                                let playing = speaker.play(audio);
+                                audio_tasks.push(tokio::spawn(async move {
+                                    let _ = playing.await;
+                                    None
+                                }));
+                            }
                         }
                     }
                     CallUpdate::HoldChanged { local_hold, remote_hold } => {
@@ -334,6 +424,29 @@ pub async fn run(
         }
     }
     Ok(Outcome { reason, initiator, connected: connected_at.is_some(), interrupted })
+}
+
+/// The speaker a call plays the peer on: asked for (or implied) and not recording.
+#[cfg(feature = "devices")]
+fn open_speaker(
+    out: &crate::output::Out,
+    media: &MediaOptions,
+    record: Option<&Path>,
+) -> Result<Option<voip::webrtc::media::audio::devices::Speaker>, CliError> {
+    use voip::webrtc::media::audio::devices::Speaker;
+    let (None, Some(choice)) = (record, &media.speaker) else { return Ok(None) };
+    match Speaker::open(choice.name.as_deref()) {
+        Ok(speaker) => {
+            let format = speaker.format();
+            out.event(
+                "device",
+                json!({ "device": "speaker", "name": speaker.device_name(), "sample_rate": format.sample_rate, "channels": format.channels }),
+                || format!("Speaker: {} ({} Hz, {} ch)", speaker.device_name(), format.sample_rate, format.channels),
+            );
+            Ok(Some(speaker))
+        }
+        Err(e) => choice.failed(out, "speaker", &e).map(|()| None),
+    }
 }
 
 /// A finished recording.

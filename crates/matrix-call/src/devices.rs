@@ -1,47 +1,55 @@
-//! `devices` (feature `devices`): the audio input and output devices cpal sees.
+//! `devices` (feature `devices`): the audio input and output devices, as the library lists them
+//! (`voip::webrtc::media::audio::devices`); the names are what `--mic` and `--speaker` take.
 
-use cpal::traits::{DeviceTrait, HostTrait};
+use std::collections::BTreeSet;
+
 use serde_json::json;
+use voip::webrtc::media::audio::devices;
 
 use crate::error::CliError;
 use crate::output::Out;
 
-/// Lists every input and output device, with its default configuration.
+/// Lists every input and output device, with its default configuration and what it supports.
 pub fn list(out: &Out) -> Result<(), CliError> {
-    let host = cpal::default_host();
-    let host_name = host.id().name();
-    let default_input = host.default_input_device().and_then(|d| d.name().ok());
-    let default_output = host.default_output_device().and_then(|d| d.name().ok());
-    let mut count = 0;
-    for (kind, default) in [("input", &default_input), ("output", &default_output)] {
-        let devices = if kind == "input" { host.input_devices() } else { host.output_devices() };
-        let devices = devices.map_err(|e| CliError::Other(anyhow::anyhow!("{host_name}: {e}")))?;
-        for device in devices {
-            let Ok(name) = device.name() else { continue };
-            let config =
-                if kind == "input" { device.default_input_config() } else { device.default_output_config() };
-            let (rate, channels) = match &config {
-                Ok(c) => (Some(c.sample_rate().0), Some(c.channels())),
-                Err(_) => (None, None),
-            };
-            let is_default = default.as_deref() == Some(name.as_str());
-            count += 1;
-            out.event(
-                "device",
-                json!({ "host": host_name, "kind": kind, "name": name, "default": is_default,
-                        "sample_rate": rate, "channels": channels }),
-                || {
-                    let format = match (rate, channels) {
-                        (Some(r), Some(c)) => format!("{r} Hz, {c} ch"),
-                        _ => "no default configuration".to_owned(),
-                    };
-                    format!("{kind:<6} {}{name} ({format})", if is_default { "* " } else { "  " })
-                },
-            );
-        }
+    let host = devices::host_name();
+    let all = devices::list().map_err(|e| CliError::Other(anyhow::anyhow!("{host}: {e}")))?;
+    for d in &all {
+        let (rate, channels, format) = match &d.default_format {
+            Some(f) => (Some(f.sample_rate), Some(f.channels), Some(f.format.clone())),
+            None => (None, None, None),
+        };
+        let formats: BTreeSet<&str> = d.configs.iter().map(|c| c.format.as_str()).collect();
+        let max_channels = d.configs.iter().map(|c| c.channels).max();
+        let min_rate = d.configs.iter().map(|c| c.min_rate).min();
+        let max_rate = d.configs.iter().map(|c| c.max_rate).max();
+        out.event(
+            "device",
+            json!({ "host": host, "kind": d.direction.to_string(), "name": d.name, "default": d.is_default,
+                    "sample_rate": rate, "channels": channels, "format": format,
+                    "formats": formats, "max_channels": max_channels, "min_rate": min_rate, "max_rate": max_rate }),
+            || {
+                let default = match (rate, channels, &format) {
+                    (Some(r), Some(c), Some(f)) => format!("{r} Hz, {c} ch, {f}"),
+                    _ => "no default configuration".to_owned(),
+                };
+                let supports = match (min_rate, max_rate, max_channels) {
+                    (Some(lo), Some(hi), Some(ch)) => {
+                        let formats: Vec<&str> = formats.iter().copied().collect();
+                        format!("; supports {lo}–{hi} Hz, up to {ch} ch, {}", formats.join("/"))
+                    }
+                    _ => String::new(),
+                };
+                format!(
+                    "{:<6} {}{} ({default}{supports})",
+                    d.direction.to_string(),
+                    if d.is_default { "* " } else { "  " },
+                    d.name
+                )
+            },
+        );
     }
-    if count == 0 {
-        out.event("no_devices", json!({ "host": host_name }), || format!("No audio devices ({host_name})"));
+    if all.is_empty() {
+        out.event("no_devices", json!({ "host": host }), || format!("No audio devices ({host})"));
     }
     Ok(())
 }

@@ -165,6 +165,16 @@ struct MediaArgs {
     /// Hang up this many seconds after the call connected.
     #[arg(long, value_name = "SECONDS")]
     hangup_after: Option<f64>,
+    /// Send this microphone (a name from `matrix-call devices`; none: the default one). On a
+    /// terminal the default microphone is used anyway unless --play (or --echo) is given.
+    #[cfg(feature = "devices")]
+    #[arg(long, value_name = "DEVICE", num_args = 0..=1, default_missing_value = "")]
+    mic: Option<String>,
+    /// Play the other side on this speaker (none: the default one). On a terminal the default
+    /// speaker is used anyway unless --record (or --echo) is given.
+    #[cfg(feature = "devices")]
+    #[arg(long, value_name = "DEVICE", num_args = 0..=1, default_missing_value = "")]
+    speaker: Option<String>,
 }
 
 /// How media connects.
@@ -194,6 +204,10 @@ impl MediaArgs {
             record: self.record.clone(),
             echo,
             hangup_after: seconds(self.hangup_after, "--hangup-after")?,
+            #[cfg(feature = "devices")]
+            mic: call::DeviceChoice::pick(self.mic.as_deref(), self.play.is_none() && !echo),
+            #[cfg(feature = "devices")]
+            speaker: call::DeviceChoice::pick(self.speaker.as_deref(), self.record.is_none() && !echo),
         })
     }
 }
