@@ -127,6 +127,12 @@ impl WebrtcEngine {
         self.inner.config.audio()
     }
 
+    /// The decoded-video hub given to [`WebrtcConfig::with_video`] (feature `codecs`).
+    #[cfg(feature = "codecs")]
+    pub fn video(&self) -> Option<&crate::media::video::VideoHub> {
+        self.inner.config.video()
+    }
+
     /// An engine and the receiver of its events.
     pub fn with_channel(config: WebrtcConfig) -> (Self, MediaEventReceiver) {
         let (tx, rx) = media_event_channel();

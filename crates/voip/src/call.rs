@@ -302,3 +302,41 @@ impl Call {
         self.audio_input().map(|i| i.replace(source)).is_some()
     }
 }
+
+/// Decoded video (feature `codecs`, with an engine built from
+/// `WebrtcConfig::with_video(VideoHub)`).
+#[cfg(feature = "codecs")]
+impl Call {
+    fn video_hub(&self) -> Option<&voip_webrtc::media::video::VideoHub> {
+        self.handle.ctx.video.as_ref()
+    }
+
+    /// Decoded I420 frames of the peer's video stream `stream` (usermedia or screenshare, see
+    /// [`Call::streams`]), from now on: reassembled, decoded, with keyframes requested on start
+    /// and after loss (frames that depend on a lost one are dropped, not shown broken). `None`
+    /// without decoded video. The stream ends with the track or the call.
+    pub fn remote_video(
+        &self,
+        stream: &voip_core::StreamId,
+    ) -> Option<voip_webrtc::media::video::RemoteVideo> {
+        Some(self.video_hub()?.remote_video(&self.id, stream))
+    }
+
+    /// What this call sends as its camera: push I420 or RGBA frames of any size, or play a
+    /// source. Usable before the call is answered. `None` without decoded video.
+    pub fn video_input(&self) -> Option<voip_webrtc::media::video::VideoInput> {
+        Some(self.video_hub()?.input(&self.id))
+    }
+
+    /// What this call sends as its screenshare (a separate input). `None` without decoded video.
+    pub fn screenshare_input(&self) -> Option<voip_webrtc::media::video::VideoInput> {
+        Some(self.video_hub()?.input_for(&self.id, voip_core::media::StreamPurpose::Screenshare))
+    }
+
+    /// Replaces what the call sends as its camera from the next frame on (no renegotiation; the
+    /// first frame is a keyframe): a test pattern, a Y4M file, an app's capture. `false` without
+    /// decoded video.
+    pub fn replace_video_input(&self, source: impl voip_webrtc::media::video::VideoSource) -> bool {
+        self.video_input().map(|i| i.replace(source)).is_some()
+    }
+}

@@ -161,6 +161,9 @@ pub(crate) struct Ctx {
     /// Decoded audio of the webrtc engine (`WebrtcConfig::with_audio`).
     #[cfg(feature = "codecs")]
     pub(crate) audio: Option<voip_webrtc::media::audio::AudioHub>,
+    /// Decoded video of the webrtc engine (`WebrtcConfig::with_video`).
+    #[cfg(feature = "codecs")]
+    pub(crate) video: Option<voip_webrtc::media::video::VideoHub>,
 }
 
 /// A strong handle: keeps the driver running.
@@ -358,6 +361,8 @@ impl CtxChannels {
             webrtc: None,
             #[cfg(feature = "codecs")]
             audio: None,
+            #[cfg(feature = "codecs")]
+            video: None,
         }
     }
 }

@@ -418,3 +418,43 @@ impl GroupCall {
         }
     }
 }
+
+/// Mesh decoded video (feature `codecs`, with an engine built from
+/// `WebrtcConfig::with_video(VideoHub)`): every peer call carries the same camera.
+#[cfg(feature = "codecs")]
+impl GroupCall {
+    /// Mesh: decoded video of each connected member's streams, from now on: (member, stream id,
+    /// frames). Members whose stream is not known yet are missing: ask again after
+    /// `GroupCallUpdate`s.
+    pub fn remote_video(
+        &self,
+    ) -> Vec<(Participant, voip_core::StreamId, voip_webrtc::media::video::RemoteVideo)> {
+        self.peer_calls()
+            .into_iter()
+            .flat_map(|(p, call)| {
+                call.streams()
+                    .1
+                    .into_iter()
+                    .filter_map(|s| Some((p.clone(), s.stream_id.clone(), call.remote_video(&s.stream_id)?)))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// Mesh: pushes our camera's frame into the video input of every peer call, so each member
+    /// sees it.
+    pub fn push_video_frame(&self, frame: &voip_webrtc::media::video::VideoFrame) {
+        for (_, call) in self.peer_calls() {
+            if let Some(input) = call.video_input() {
+                input.push(frame.clone());
+            }
+        }
+    }
+
+    /// Mesh: every peer call plays its own copy of `source` (from its start) as the camera.
+    pub fn replace_video_input<S: voip_webrtc::media::video::VideoSource + Clone>(&self, source: S) {
+        for (_, call) in self.peer_calls() {
+            call.replace_video_input(source.clone());
+        }
+    }
+}

@@ -177,6 +177,7 @@ impl VoipBuilder {
             #[cfg(feature = "codecs")]
             {
                 ctx.audio = webrtc.as_ref().and_then(|e| e.audio().cloned());
+                ctx.video = webrtc.as_ref().and_then(|e| e.video().cloned());
             }
             #[cfg(feature = "webrtc")]
             {
