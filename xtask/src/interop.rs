@@ -40,6 +40,11 @@ const TEST_FREQS: [f64; 6] = [300.0, 440.0, 700.0, 1000.0, 1700.0, 2500.0];
 const MIN_MARGIN_DB: f64 = 20.0;
 /// Decoded PCM analysed per side (after 200 ms skipped).
 const MEASURE_MS: u64 = 2000;
+/// Decoded video watched per side, the size both test patterns are sent at, and the share of
+/// decoded frames that must carry a readable frame number.
+const VIDEO_MS: u64 = 3000;
+const VIDEO_SIZE: (u64, u64) = (640, 480);
+const MIN_NUMBERED: f64 = 0.8;
 
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| crate::root().join("target"))
@@ -315,6 +320,7 @@ fn scenarios() -> Vec<(&'static str, Run, &'static [&'static str])> {
         ("sdk40-j-calls-u", j_calls_u, OLD),
         ("rtc-keys", rtc_keys, &["43-sdp"]),
         ("decoded-audio", decoded_audio, BOTH),
+        ("decoded-video", decoded_video, BOTH),
         ("chromium-u-calls-j", u_calls_j, &["chromium"]),
         ("chromium-j-calls-u", j_calls_u, &["chromium"]),
     ]
@@ -542,6 +548,17 @@ fn decoded_audio(env: &Env, sc: &str, u: &Kind, j: &Kind) -> anyhow::Result<()> 
     pj.connected()?;
     pu.audio_flows((0, 0))?;
     pj.audio_flows((0, 0))?;
+    let failures = tones_both_ways(&mut pu, &mut pj)?;
+    pj.cmd(json!({"cmd": "hangup"}))?;
+    pu.ended()?;
+    if !failures.is_empty() {
+        bail!("{}", failures.join("; "));
+    }
+    Ok(())
+}
+
+/// Both peers analyse their decoded audio at once; prints the margins, returns what failed.
+fn tones_both_ways(pu: &mut Peer, pj: &mut Peer) -> anyhow::Result<Vec<String>> {
     pu.mark();
     pj.mark();
     let m = |target| json!({"cmd": "measure-audio", "ms": MEASURE_MS, "target": target, "freqs": TEST_FREQS});
@@ -571,6 +588,65 @@ fn decoded_audio(env: &Env, sc: &str, u: &Kind, j: &Kind) -> anyhow::Result<()> 
             ));
         }
     }
+    Ok(failures)
+}
+
+/// Real decoded video both ways, with the tones of `decoded-audio`, in one video call (issue
+/// #17): U (`--tone 1000 --video`) places a video call to J; J answers with its camera. J sends
+/// the frame-number test pattern from an `RTCVideoSource` (640×480, 15 fps), U sends
+/// voip-webrtc's `TestPattern` (same layout, 640×480, 15 fps, VP8 through libvpx). Each side
+/// watches 3 s of its decoded frames (U: `Call::remote_video`; J: wrtc's `RTCVideoSink`): at
+/// least 80 % of them must carry a readable frame number, the numbers must rise, the size must
+/// be 640×480; and each side's decoded audio must hold the other's tone.
+fn decoded_video(env: &Env, sc: &str, u: &Kind, j: &Kind) -> anyhow::Result<()> {
+    let s = env.setup("u,j", "", false)?;
+    let tone = format!("{U_TONE}");
+    let mut pu = env.peer(sc, "u", u, &s.users[0], &s.rooms[0], &["--tone", &tone, "--video"])?;
+    let mut pj = env.peer(sc, "j", j, &s.users[1], &s.rooms[0], &[])?;
+    pu.cmd(json!({"cmd": "call", "to": pj.user_id, "video": true}))?;
+    pj.wait("incoming", |e| ev(e, "incoming"))?;
+    pj.cmd(json!({"cmd": "answer"}))?;
+    pu.connected()?;
+    pj.connected()?;
+    pu.audio_flows((0, 0))?;
+    pj.audio_flows((0, 0))?;
+    pu.mark();
+    pj.mark();
+    let m = json!({"cmd": "measure-video", "ms": VIDEO_MS});
+    pu.cmd(m.clone())?;
+    pj.cmd(m)?;
+    let seen_by_u =
+        pu.wait("video", |e| ev(e, "video") || (ev(e, "error") && e["cmd"] == "measure-video"))?;
+    let seen_by_j =
+        pj.wait("video", |e| ev(e, "video") || (ev(e, "error") && e["cmd"] == "measure-video"))?;
+    let mut failures = Vec::new();
+    for (who, from, r) in [("U", "J", &seen_by_u), ("J", "U", &seen_by_j)] {
+        if ev(r, "error") {
+            failures.push(format!("{who}: measure-video failed: {}", r["message"]));
+            continue;
+        }
+        let frames = r["frames"].as_u64().unwrap_or(0);
+        let numbered = r["numbered"].as_u64().unwrap_or(0);
+        let size = (r["width"].as_u64().unwrap_or(0), r["height"].as_u64().unwrap_or(0));
+        println!(
+            "      {who} decoded {from}'s pattern: {frames} frames in {VIDEO_MS} ms at {}x{}, {numbered} with a frame \
+             number ({}..{}), in order: {}, mean luma {:.1} ± {:.1}",
+            size.0,
+            size.1,
+            r["first"],
+            r["last"],
+            r["in_order"],
+            r["luma_mean"].as_f64().unwrap_or(0.0),
+            r["luma_sd"].as_f64().unwrap_or(0.0),
+        );
+        if frames < 10 || (numbered as f64) < MIN_NUMBERED * frames as f64 || r["in_order"] != true {
+            failures.push(format!("{who}: {from}'s pattern not decoded cleanly: {r}"));
+        }
+        if size != VIDEO_SIZE {
+            failures.push(format!("{who}: {from}'s video is {}x{}, sent at 640x480", size.0, size.1));
+        }
+    }
+    failures.extend(tones_both_ways(&mut pu, &mut pj)?);
     pj.cmd(json!({"cmd": "hangup"}))?;
     pu.ended()?;
     if !failures.is_empty() {

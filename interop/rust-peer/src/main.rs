@@ -4,13 +4,16 @@
 //!
 //! ```text
 //! rust-peer peer --hs URL --user-id @u:localhost --device-id DEV --token TOKEN --room !r:localhost
-//!                [--busy-signal hangup|reject] [--crypto] [--busy] [--tone HZ]
+//!                [--busy-signal hangup|reject] [--crypto] [--busy] [--tone HZ] [--video]
 //! ```
 //!
 //! `--tone HZ` turns on decoded audio (feature `codecs`: libopus through the engine's
 //! `AudioHub`): every call sends a `HZ` sine, and `{"cmd":"measure-audio"}` analyses the decoded
 //! PCM of the peer's audio (an `audio` event: Goertzel power at the target and other frequencies,
-//! the margin in dB, the level).
+//! the margin in dB, the level). `--video` turns on decoded video (libvpx VP8 through the
+//! engine's `VideoHub`): every call's camera is voip-webrtc's `TestPattern` (640×480, 15 fps),
+//! `{"cmd":"call","video":true}` places a video call, and `{"cmd":"measure-video"}` reads the
+//! peer's decoded frames (a `video` event: frame numbers found, order, size, luma movement).
 //!
 //! It is built on the public API of the `voip` crate only: a `Voip` from a matrix-sdk `Client`
 //! (session restored from the access token the harness registered) with the webrtc-rs engine.
@@ -31,6 +34,7 @@ use voip::core::{RoomId, UserId};
 use voip::webrtc::media::audio::{
     goertzel_power, level_dbfs, AudioConfig, AudioHub, FrameOrigin, Tone, SAMPLE_RATE,
 };
+use voip::webrtc::media::video::{read_frame_number, TestPattern, VideoConfig, VideoHub};
 use voip::webrtc::WebrtcConfig;
 use voip::StreamExt;
 use voip::{
@@ -55,6 +59,8 @@ struct Args {
     busy_signal: BusySignal,
     /// `--tone HZ`: decoded audio on, every call sends this tone.
     tone: Option<f64>,
+    /// `--video`: decoded video on, every call's camera is the test pattern.
+    video: bool,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -74,6 +80,7 @@ fn parse_args() -> anyhow::Result<Args> {
             Some("reject") => BusySignal::Reject,
             _ => Config::default().busy_signal,
         },
+        video: args.iter().any(|a| a == "--video"),
         tone: value("--tone").map(|t| t.parse()).transpose().context("--tone HZ")?,
     })
 }
@@ -86,6 +93,8 @@ struct State {
     group: Option<GroupCall>,
     /// The decoded-audio hub (`--tone`).
     hub: Option<AudioHub>,
+    /// The decoded-video hub (`--video`).
+    video: Option<VideoHub>,
 }
 
 type Shared = Arc<Mutex<State>>;
@@ -187,7 +196,8 @@ async fn command(
         "call" => {
             let to = c["to"].as_str().context("call: no `to`")?;
             let room = RoomId::from(c["room"].as_str().unwrap_or(&args.room));
-            let call = voip.invite_to_call(&room, CallType::Voice, &UserId::from(to)).await?;
+            let kind = if c["video"] == true { CallType::Video } else { CallType::Voice };
+            let call = voip.invite_to_call(&room, kind, &UserId::from(to)).await?;
             lock(state).call = Some(call.clone());
             watch(t0, state.clone(), call, "outgoing");
         }
@@ -228,6 +238,14 @@ async fn command(
             let hub = lock(state).hub.clone().context("decoded audio is off (start with --tone HZ)")?;
             let report = measure_audio(&call, &hub, c).await?;
             emit(t0, "audio", report);
+        }
+        "measure-video" => {
+            let call = current()?;
+            if lock(state).video.is_none() {
+                bail!("decoded video is off (start with --video)");
+            }
+            let report = measure_video(&call, c).await?;
+            emit(t0, "video", report);
         }
         "rtc-join" => {
             let room = RoomId::from(args.room.as_str());
@@ -318,6 +336,58 @@ async fn measure_audio(call: &Call, hub: &AudioHub, c: &Value) -> anyhow::Result
     }))
 }
 
+/// Test pattern the `--video` camera sends.
+const PATTERN: (u32, u32, u32) = (640, 480, 15);
+
+/// `{"cmd":"measure-video","ms":3000}`: decoded frames of the current call's remote video for
+/// `ms`: how many carried a frame number (`read_frame_number`, the pattern both peers send),
+/// whether those rise, the size, and how much the mean luma below the number rows moves.
+async fn measure_video(call: &Call, c: &Value) -> anyhow::Result<Value> {
+    let ms = c["ms"].as_u64().unwrap_or(3000);
+    let start = tokio::time::Instant::now();
+    let until = start + std::time::Duration::from_millis(ms);
+    let stream = loop {
+        if let Some(s) = call.streams().1.into_iter().find(|s| s.has_video) {
+            break s.stream_id;
+        }
+        if tokio::time::Instant::now() > until {
+            bail!("no remote video stream");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let mut video = call.remote_video(&stream).context("no decoded video")?;
+    let (mut frames, mut numbers, mut lumas, mut size) = (0u64, Vec::new(), Vec::new(), (0, 0));
+    while let Ok(Some(frame)) = tokio::time::timeout_at(until, video.next()).await {
+        frames += 1;
+        size = (frame.width, frame.height);
+        if let Some(n) = read_frame_number(&frame) {
+            numbers.push(n);
+        }
+        let from = (frame.height / 5 * frame.width) as usize;
+        let luma = &frame.y()[from..];
+        let sum: u64 = luma.iter().step_by(7).map(|&v| u64::from(v)).sum();
+        lumas.push(sum as f64 / luma.len().div_ceil(7).max(1) as f64);
+    }
+    let rising = numbers.windows(2).filter(|w| w[1] > w[0]).count();
+    let mean = lumas.iter().sum::<f64>() / lumas.len().max(1) as f64;
+    let sd = (lumas.iter().map(|l| (l - mean).powi(2)).sum::<f64>() / lumas.len().max(1) as f64).sqrt();
+    Ok(json!({
+        "call_id": call.id().to_string(),
+        "stream_id": stream.to_string(),
+        "ms": ms,
+        "frames": frames,
+        "width": size.0,
+        "height": size.1,
+        "numbered": numbers.len(),
+        "in_order": numbers.len() > 1 && rising == numbers.len() - 1,
+        "first": numbers.first(),
+        "last": numbers.last(),
+        "luma_mean": mean,
+        "luma_sd": sd,
+        "lagged": video.lagged(),
+    }))
+}
+
 fn db(p: f64) -> f64 {
     10.0 * p.max(1e-20).log10()
 }
@@ -343,6 +413,13 @@ async fn run(t0: std::time::Instant) -> anyhow::Result<()> {
         hub.set_default_source(move || Box::new(Tone::new(hz, TONE_AMPLITUDE)));
         webrtc = webrtc.with_audio(hub.clone());
         lock(&state).hub = Some(hub);
+    }
+    if args.video {
+        let hub = VideoHub::new(VideoConfig::default());
+        let (w, h, fps) = PATTERN;
+        hub.set_default_source(move || Box::new(TestPattern::new(w, h, fps)));
+        webrtc = webrtc.with_video(hub.clone());
+        lock(&state).video = Some(hub);
     }
     let voip = Voip::from_client(&client)?.config(config).webrtc(webrtc).build()?;
 
