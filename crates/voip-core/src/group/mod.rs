@@ -529,6 +529,25 @@ impl GroupCall {
         if self.state != state {
             self.state = state;
             ctx.emit(Event::GroupCallStateChanged { group: self.id.clone(), state });
+            if state == GroupCallState::Left {
+                // However we got here (a join that failed for good, too), the participants we
+                // reported go with the group: the observer that takes over reports them afresh
+                // (sim mesh seed 3752: reported as joined twice after a failed join).
+                self.report_all_left(ctx);
+            }
+        }
+    }
+
+    /// Reports every participant as left (the diffs must add up) and forgets them.
+    fn report_all_left(&mut self, ctx: &mut Ctx<'_>) {
+        if !self.participants.is_empty() {
+            let left: Vec<Participant> = std::mem::take(&mut self.participants).into_iter().collect();
+            ctx.emit(Event::ParticipantsChanged {
+                group: self.id.clone(),
+                joined: Vec::new(),
+                left,
+                count: 0,
+            });
         }
     }
 
@@ -706,15 +725,7 @@ impl GroupCall {
                 self.send(ctx, kind, GroupOp::Leave);
             }
         }
-        if !self.participants.is_empty() {
-            let left: Vec<Participant> = std::mem::take(&mut self.participants).into_iter().collect();
-            ctx.emit(Event::ParticipantsChanged {
-                group: self.id.clone(),
-                joined: Vec::new(),
-                left,
-                count: 0,
-            });
-        }
+        self.report_all_left(ctx);
     }
 
     /// One device's membership of this call, as this call counts it (its dialect family, an
