@@ -106,8 +106,9 @@ fn new_builder() -> SampleBuilder<Vp8Packet> {
 struct Receive {
     builder: SampleBuilder<Vp8Packet>,
     decoder: Option<Vp8Decoder>,
-    /// Highest sequence number received.
+    /// Highest sequence number received, and its RTP timestamp.
     highest: Option<u16>,
+    highest_ts: u32,
     /// Sequence numbers skipped over, with when the gap was seen.
     missing: VecDeque<(u16, Instant)>,
     /// First and last sequence number seen per RTP timestamp (frame).
@@ -256,6 +257,7 @@ impl VideoHub {
                         builder: new_builder(),
                         decoder: None,
                         highest: None,
+                        highest_ts: 0,
                         missing: VecDeque::new(),
                         ranges: HashMap::new(),
                         last_seq: None,
@@ -326,11 +328,18 @@ impl VideoHub {
         let seq = packet.sequence_number;
         let mut lost = false;
         match rx.highest {
-            None => rx.highest = Some(seq),
+            None => {
+                rx.highest = Some(seq);
+                rx.highest_ts = packet.timestamp;
+            }
             Some(h) => {
                 let d = seq.wrapping_sub(h) as i16;
                 if d > 0 {
-                    if d as usize > MAX_MISSING {
+                    // A jump over many packets or over more than the loss wait of media time is
+                    // a loss burst, not reordering: give up on the gap at once.
+                    let media_jump = packet.timestamp.wrapping_sub(rx.highest_ts) as i32;
+                    let wait_ticks = self.inner.config.loss_wait.as_millis() as i32 * 90;
+                    if d as usize > MAX_MISSING || (d > 1 && media_jump > wait_ticks) {
                         lost = true;
                     } else {
                         let mut s = h.wrapping_add(1);
@@ -340,6 +349,7 @@ impl VideoHub {
                         }
                     }
                     rx.highest = Some(seq);
+                    rx.highest_ts = packet.timestamp;
                 } else if let Some(i) = rx.missing.iter().position(|&(s, _)| s == seq) {
                     rx.missing.remove(i);
                 } else {
