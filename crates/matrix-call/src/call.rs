@@ -47,14 +47,15 @@ pub struct DeviceChoice {
 #[cfg(feature = "devices")]
 impl DeviceChoice {
     /// `--mic`/`--speaker` as given (`Some("")`: the default device), else the default device
-    /// when `implied` and a person is at the terminal.
+    /// when `implied` and a person is at the terminal (stdin and stdout both terminals: never in
+    /// scripts and tests, whose output is piped).
     pub fn pick(arg: Option<&str>, implied: bool) -> Option<Self> {
         use std::io::IsTerminal;
         match arg {
             Some(name) => {
                 Some(DeviceChoice { name: (!name.is_empty()).then(|| name.to_owned()), explicit: true })
             }
-            None if implied && std::io::stdin().is_terminal() => {
+            None if implied && std::io::stdin().is_terminal() && std::io::stdout().is_terminal() => {
                 Some(DeviceChoice { name: None, explicit: false })
             }
             None => None,

@@ -165,15 +165,15 @@ struct MediaArgs {
     /// Hang up this many seconds after the call connected.
     #[arg(long, value_name = "SECONDS")]
     hangup_after: Option<f64>,
-    /// Send this microphone (a name from `matrix-call devices`; none: the default one). On a
-    /// terminal the default microphone is used anyway unless --play (or --echo) is given.
+    /// Send this microphone (`--mic=NAME`, a name from `matrix-call devices`; `--mic`: the default
+    /// one). At a terminal the default microphone is used anyway unless --play (or --echo) is given.
     #[cfg(feature = "devices")]
-    #[arg(long, value_name = "DEVICE", num_args = 0..=1, default_missing_value = "")]
+    #[arg(long, value_name = "DEVICE", num_args = 0..=1, require_equals = true, default_missing_value = "")]
     mic: Option<String>,
-    /// Play the other side on this speaker (none: the default one). On a terminal the default
-    /// speaker is used anyway unless --record (or --echo) is given.
+    /// Play the other side on this speaker (`--speaker=NAME`; `--speaker`: the default one). At a
+    /// terminal the default speaker is used anyway unless --record (or --echo) is given.
     #[cfg(feature = "devices")]
-    #[arg(long, value_name = "DEVICE", num_args = 0..=1, default_missing_value = "")]
+    #[arg(long, value_name = "DEVICE", num_args = 0..=1, require_equals = true, default_missing_value = "")]
     speaker: Option<String>,
 }
 

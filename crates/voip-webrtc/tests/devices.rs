@@ -25,7 +25,7 @@ const CHILD: &str = "VOIP_TEST_ALSA_NULL";
 /// Runs test `name` of this binary again with an ALSA configuration whose `default` PCM is
 /// `null`; its output is passed through.
 fn in_child_with_alsa_null(name: &str) {
-    let dir = std::env::temp_dir().join(format!("voip-alsa-null-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("voip-alsa-null-{}-{name}", std::process::id()));
     let conf = "pcm.!default { type null }\n";
     std::fs::create_dir_all(dir.join("alsa")).unwrap();
     std::fs::write(dir.join("alsa/asoundrc"), conf).unwrap();
