@@ -1,6 +1,6 @@
 //! [`MatrixAdapter`]: event handlers in, sends out.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,7 +22,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use voip_core::{Input, SendKind, SendOutcome, SendRequest, ToDeviceEncryption, ToDeviceMessage};
 
-use crate::extras::{DelayedEvent, DelayedEventRequest, StateEventRequest};
+use crate::extras::{DelayedEvent, DelayedEventRequest, Retries, StateEventRequest};
 use crate::inbound::{self, CallMemberState};
 use crate::retry::{self, classify, Counters, Failure, RetryPolicy, SendStats};
 use crate::turn::TurnState;
@@ -33,10 +33,12 @@ pub struct AdapterOptions {
     /// Capacity of the input channel. Handlers wait when it is full (back-pressure on the sync
     /// loop), so no event is dropped.
     pub channel_capacity: usize,
-    /// Retries of ordinary sends.
+    /// Retries of the requests the app makes through the adapter itself (`send_state`, the
+    /// delayed-event calls). The core's sends ([`MatrixAdapter::execute`]) get one attempt:
+    /// the core retries them.
     pub retry: RetryPolicy,
-    /// Retries of sends that must not be lost: `m.call.hangup`, `m.call.reject`, and state or
-    /// delayed sends flagged as a leave.
+    /// Retries of the app's own requests that must not be lost (a state send flagged
+    /// `critical`, scheduling a delayed state event, a delayed `Send`).
     pub critical_retry: RetryPolicy,
     /// Which devices may receive Olm-encrypted to-device messages.
     pub collect_strategy: CollectStrategy,
@@ -79,6 +81,46 @@ pub(crate) struct Inner {
     pub(crate) turn: tokio::sync::Mutex<TurnState>,
     pub(crate) delayed_events_supported: tokio::sync::OnceCell<bool>,
     pub(crate) counters: Counters,
+    /// Olm to-device sends of the core that reached only some devices: who has it, by
+    /// transaction id, so the core's retry (same transaction id) reaches only the rest.
+    olm_delivered: Mutex<OlmDelivered>,
+}
+
+/// Bounded memory of partly delivered Olm to-device sends ([`Inner::olm_delivered`]).
+#[derive(Default)]
+struct OlmDelivered {
+    /// Transaction id → devices (user id, device id) that got the message.
+    by_txn: HashMap<String, HashSet<(String, String)>>,
+    /// Insertion order, to drop the oldest entry beyond [`OlmDelivered::MAX`].
+    order: VecDeque<String>,
+}
+
+impl OlmDelivered {
+    /// Partly delivered sends remembered at most (the core gives up on a send long before 256
+    /// newer ones have partly failed).
+    const MAX: usize = 256;
+
+    fn delivered(&self, txn_id: &str) -> Option<&HashSet<(String, String)>> {
+        self.by_txn.get(txn_id)
+    }
+
+    fn record(&mut self, txn_id: &str, devices: impl IntoIterator<Item = (String, String)>) {
+        if !self.by_txn.contains_key(txn_id) {
+            self.order.push_back(txn_id.to_owned());
+            while self.order.len() > Self::MAX {
+                if let Some(old) = self.order.pop_front() {
+                    self.by_txn.remove(&old);
+                }
+            }
+        }
+        self.by_txn.entry(txn_id.to_owned()).or_default().extend(devices);
+    }
+
+    fn forget(&mut self, txn_id: &str) {
+        if self.by_txn.remove(txn_id).is_some() {
+            self.order.retain(|t| t != txn_id);
+        }
+    }
 }
 
 /// The matrix-sdk adapter of a [`voip_core::Voip`]: feeds it inputs and executes its sends.
@@ -128,6 +170,7 @@ impl MatrixAdapter {
             turn: tokio::sync::Mutex::new(TurnState::default()),
             delayed_events_supported: tokio::sync::OnceCell::new(),
             counters: Counters::default(),
+            olm_delivered: Mutex::default(),
         });
         let adapter = Self { inner, lanes: Arc::new(Lanes::default()) };
         adapter.register_handlers();
@@ -381,29 +424,22 @@ impl MatrixAdapter {
         }
     }
 
-    /// Executes one core send, retrying transient failures and 429s (honouring the server's
-    /// delay) within the adapter's [`RetryPolicy`], and returns the outcome for
-    /// [`Input::SendResult`]. The request's `txn_id` is the Matrix transaction id, so retries are
-    /// idempotent.
+    /// Executes one core send with ONE attempt and returns the outcome for
+    /// [`Input::SendResult`]: the core owns the retries of what it sends (back-off, the server's
+    /// `retry_after_ms`, how hard to try a hangup or a leave, room order while one waits), so
+    /// retries live in one layer. The request's `txn_id` is the Matrix transaction id, so a
+    /// retry is idempotent; an Olm to-device send that reached only some devices is retried
+    /// (same `txn_id`) to the others only. The adapter's [`RetryPolicy`]s apply to the requests
+    /// the app makes itself ([`MatrixAdapter::send_state`], the delayed-event calls, TURN).
     pub async fn execute(&self, req: SendRequest) -> SendOutcome {
         let SendRequest { id, txn_id, kind } = req;
         let outcome = match kind {
             SendKind::RoomEvent { room_id, event_type, content } => {
-                let policy = if is_critical_type(&event_type) {
-                    self.inner.options.critical_retry
-                } else {
-                    self.inner.options.retry
-                };
-                self.send_room_event(policy, room_id.as_str(), &event_type, &txn_id, content).await
+                self.send_room_event(RetryPolicy::NONE, room_id.as_str(), &event_type, &txn_id, content).await
             }
             SendKind::ToDevice { event_type, room_id, messages, encryption } => {
-                let policy = if is_critical_type(&event_type) {
-                    self.inner.options.critical_retry
-                } else {
-                    self.inner.options.retry
-                };
                 self.send_to_device(
-                    policy,
+                    RetryPolicy::NONE,
                     &event_type,
                     room_id.as_ref().map(|r| r.as_str()),
                     &txn_id,
@@ -415,7 +451,8 @@ impl MatrixAdapter {
             SendKind::StateEvent { room_id, event_type, state_key, content } => {
                 // An empty content is a leave: never given up quietly.
                 let critical = content.as_object().is_some_and(|o| o.is_empty());
-                self.send_state(StateEventRequest { room_id, event_type, state_key, content, critical }).await
+                let req = StateEventRequest { room_id, event_type, state_key, content, critical };
+                self.send_state_with(Retries::Core, req).await
             }
             SendKind::DelayedStateEvent { room_id, event_type, state_key, content, delay_ms } => {
                 let req = DelayedEventRequest {
@@ -423,14 +460,14 @@ impl MatrixAdapter {
                     event: DelayedEvent::State { event_type, state_key, content },
                     delay: Duration::from_millis(delay_ms),
                 };
-                match self.schedule_delayed(req).await {
+                match self.schedule_delayed_with(Retries::Core, req).await {
                     Ok(delay_id) => SendOutcome::Sent { event_id: None, delay_id: Some(delay_id) },
                     Err(f) => f.into_outcome(),
                 }
             }
-            SendKind::ListDelayedEvents => self.list_delayed_events().await,
+            SendKind::ListDelayedEvents => self.list_delayed_events_with(Retries::Core).await,
             SendKind::UpdateDelayedEvent { delay_id, action } => {
-                match self.update_delayed(&delay_id, action).await {
+                match self.update_delayed_with(Retries::Core, &delay_id, action).await {
                     Ok(()) => SendOutcome::Sent { event_id: None, delay_id: Some(delay_id) },
                     Err(f) => f.into_outcome(),
                 }
@@ -539,7 +576,7 @@ impl MatrixAdapter {
             }
         }
         if !olm.is_empty() {
-            if let Err(f) = self.send_olm_to_device(policy, event_type, olm).await {
+            if let Err(f) = self.send_olm_to_device(policy, event_type, txn_id, olm).await {
                 return f.into_outcome();
             }
         }
@@ -597,13 +634,20 @@ impl MatrixAdapter {
         &self,
         policy: RetryPolicy,
         event_type: &str,
-        pending: Vec<(ToDeviceMessage, Device)>,
+        txn_id: &str,
+        mut pending: Vec<(ToDeviceMessage, Device)>,
     ) -> Result<(), Failure> {
+        let key = |m: &ToDeviceMessage| (m.user_id.to_string(), m.device_id.to_string());
+        // A retry of a send that reached some devices already goes to the others only.
+        if let Some(done) = self.inner.olm_delivered.lock().ok().as_ref().and_then(|d| d.delivered(txn_id)) {
+            pending.retain(|(m, _)| !done.contains(&key(m)));
+        }
+        let all: Vec<(String, String)> = pending.iter().map(|(m, _)| key(m)).collect();
         let enc = self.inner.client.encryption();
         let strategy = self.inner.options.collect_strategy.clone();
         // Devices still to reach; a retry only targets the ones that failed.
         let pending = Arc::new(Mutex::new(pending));
-        retry::retry_counted(policy, event_type, Some(&self.inner.counters), |_| {
+        let result = retry::retry_counted(policy, event_type, Some(&self.inner.counters), |_| {
             let pending = pending.clone();
             let enc = enc.clone();
             let strategy = strategy.clone();
@@ -656,7 +700,22 @@ impl MatrixAdapter {
                 Err(failure)
             }
         })
-        .await
+        .await;
+        if let Ok(mut memory) = self.inner.olm_delivered.lock() {
+            match &result {
+                Ok(()) => memory.forget(txn_id),
+                Err(_) => {
+                    let failed: HashSet<(String, String)> =
+                        pending.lock().map(|p| p.iter().map(|(m, _)| key(m)).collect()).unwrap_or_default();
+                    let reached: Vec<(String, String)> =
+                        all.into_iter().filter(|k| !failed.contains(k)).collect();
+                    if !reached.is_empty() {
+                        memory.record(txn_id, reached);
+                    }
+                }
+            }
+        }
+        result
     }
 }
 
@@ -669,10 +728,6 @@ fn ignored_users_input(content: &IgnoredUserListEventContent) -> Input {
     Input::IgnoredUsers {
         users: content.ignored_users.keys().map(|u| voip_core::UserId::from(u.as_str())).collect(),
     }
-}
-
-fn is_critical_type(event_type: &str) -> bool {
-    matches!(event_type, "m.call.hangup" | "m.call.reject")
 }
 
 impl Inner {
@@ -727,5 +782,33 @@ impl Inner {
             }
             let _ = self.inputs.send(Input::StateEvent(cm.into())).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OlmDelivered;
+
+    fn dev(n: usize) -> (String, String) {
+        (format!("@u{n}:hs"), format!("D{n}"))
+    }
+
+    #[test]
+    fn partly_delivered_olm_sends_are_remembered_per_txn_and_bounded() {
+        let mut m = OlmDelivered::default();
+        m.record("t1", [dev(1), dev(2)]);
+        m.record("t1", [dev(3)]);
+        assert_eq!(m.delivered("t1").map(|d| d.len()), Some(3));
+        assert!(m.delivered("t2").is_none());
+        m.forget("t1");
+        assert!(m.delivered("t1").is_none());
+        assert!(m.order.is_empty());
+        for n in 0..OlmDelivered::MAX + 44 {
+            m.record(&format!("t{n}"), [dev(n)]);
+        }
+        assert_eq!(m.by_txn.len(), OlmDelivered::MAX);
+        assert_eq!(m.order.len(), OlmDelivered::MAX);
+        assert!(m.delivered("t0").is_none(), "the oldest entry is dropped first");
+        assert!(m.delivered(&format!("t{}", OlmDelivered::MAX + 43)).is_some());
     }
 }

@@ -187,23 +187,40 @@ fn raw<T>(content: &Value) -> Result<Raw<T>, Failure> {
     Ok(Raw::new(content).map_err(|e| bad(e.to_string()))?.cast_unchecked())
 }
 
+/// Who retries a request: the adapter (the app called it directly) or the core (it came
+/// through [`MatrixAdapter::execute`]; the core retries with back-off by its own rules, so the
+/// adapter makes one attempt and reports the outcome).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Retries {
+    /// The adapter's [`RetryPolicy`]s apply.
+    Adapter,
+    /// One attempt.
+    Core,
+}
+
 impl MatrixAdapter {
-    fn policy(&self, critical: bool) -> RetryPolicy {
-        if critical {
-            self.inner.options.critical_retry
-        } else {
-            self.inner.options.retry
+    /// The retry bounds of one request: the app's calls use the adapter's policies; the core's
+    /// sends ([`MatrixAdapter::execute`]) get one attempt, because the core owns their retries.
+    pub(crate) fn policy(&self, retries: Retries, critical: bool) -> RetryPolicy {
+        match retries {
+            Retries::Core => RetryPolicy::NONE,
+            Retries::Adapter if critical => self.inner.options.critical_retry,
+            Retries::Adapter => self.inner.options.retry,
         }
     }
 
     /// Sends a state event with an explicit state key, with retries. `Sent` carries the event id.
     pub async fn send_state(&self, req: StateEventRequest) -> SendOutcome {
+        self.send_state_with(Retries::Adapter, req).await
+    }
+
+    pub(crate) async fn send_state_with(&self, retries: Retries, req: StateEventRequest) -> SendOutcome {
         let result = async {
             let room = room_id(&req.room_id)?;
             let body = raw(&req.content)?;
             let client = self.inner.client.clone();
             retry::retry_counted(
-                self.policy(req.critical),
+                self.policy(retries, req.critical),
                 &req.event_type,
                 Some(&self.inner.counters),
                 |_| {
@@ -242,52 +259,70 @@ impl MatrixAdapter {
     /// [`MatrixAdapter::supports_delayed_events`]). Scheduling a leave is critical: it is retried
     /// with the critical policy.
     pub async fn schedule_delayed(&self, req: DelayedEventRequest) -> Result<String, Failure> {
+        self.schedule_delayed_with(Retries::Adapter, req).await
+    }
+
+    pub(crate) async fn schedule_delayed_with(
+        &self,
+        retries: Retries,
+        req: DelayedEventRequest,
+    ) -> Result<String, Failure> {
         let room = room_id(&req.room_id)?;
         let client = self.inner.client.clone();
         let params = DelayParameters::Timeout { timeout: req.delay };
         match &req.event {
             DelayedEvent::State { event_type, state_key, content } => {
                 let body = raw(content)?;
-                retry::retry_counted(self.policy(true), event_type, Some(&self.inner.counters), |_| {
-                    let request = delayed_state_event::unstable::Request::new_raw(
-                        room.clone(),
-                        state_key.clone(),
-                        event_type.as_str().into(),
-                        params.clone(),
-                        body.clone(),
-                    );
-                    let client = client.clone();
-                    async move {
-                        client
-                            .send(request)
-                            .with_request_config(RequestConfig::new().disable_retry())
-                            .await
-                            .map(|r| r.delay_id)
-                            .map_err(|e| classify_http(&e))
-                    }
-                })
+                retry::retry_counted(
+                    self.policy(retries, true),
+                    event_type,
+                    Some(&self.inner.counters),
+                    |_| {
+                        let request = delayed_state_event::unstable::Request::new_raw(
+                            room.clone(),
+                            state_key.clone(),
+                            event_type.as_str().into(),
+                            params.clone(),
+                            body.clone(),
+                        );
+                        let client = client.clone();
+                        async move {
+                            client
+                                .send(request)
+                                .with_request_config(RequestConfig::new().disable_retry())
+                                .await
+                                .map(|r| r.delay_id)
+                                .map_err(|e| classify_http(&e))
+                        }
+                    },
+                )
                 .await
             }
             DelayedEvent::Message { event_type, content, txn_id } => {
                 let body = raw(content)?;
-                retry::retry_counted(self.policy(false), event_type, Some(&self.inner.counters), |_| {
-                    let request = delayed_message_event::unstable::Request::new_raw(
-                        room.clone(),
-                        txn_id.as_str().into(),
-                        event_type.as_str().into(),
-                        params.clone(),
-                        body.clone(),
-                    );
-                    let client = client.clone();
-                    async move {
-                        client
-                            .send(request)
-                            .with_request_config(RequestConfig::new().disable_retry())
-                            .await
-                            .map(|r| r.delay_id)
-                            .map_err(|e| classify_http(&e))
-                    }
-                })
+                retry::retry_counted(
+                    self.policy(retries, false),
+                    event_type,
+                    Some(&self.inner.counters),
+                    |_| {
+                        let request = delayed_message_event::unstable::Request::new_raw(
+                            room.clone(),
+                            txn_id.as_str().into(),
+                            event_type.as_str().into(),
+                            params.clone(),
+                            body.clone(),
+                        );
+                        let client = client.clone();
+                        async move {
+                            client
+                                .send(request)
+                                .with_request_config(RequestConfig::new().disable_retry())
+                                .await
+                                .map(|r| r.delay_id)
+                                .map_err(|e| classify_http(&e))
+                        }
+                    },
+                )
                 .await
             }
         }
@@ -296,6 +331,15 @@ impl MatrixAdapter {
     /// Restarts, sends or cancels a delayed event. A `delay_id` that is unknown (already sent or
     /// cancelled) fails permanently with `M_NOT_FOUND`.
     pub async fn update_delayed(&self, delay_id: &str, action: DelayedAction) -> Result<(), Failure> {
+        self.update_delayed_with(Retries::Adapter, delay_id, action).await
+    }
+
+    pub(crate) async fn update_delayed_with(
+        &self,
+        retries: Retries,
+        delay_id: &str,
+        action: DelayedAction,
+    ) -> Result<(), Failure> {
         let client = self.inner.client.clone();
         let action_name = match action {
             DelayedAction::Restart => "restart",
@@ -304,7 +348,7 @@ impl MatrixAdapter {
         };
         // Sending a leave now must not be lost; restarts are frequent and cheap to miss once.
         let critical = action == DelayedAction::Send;
-        retry::retry_counted(self.policy(critical), action_name, Some(&self.inner.counters), |_| {
+        retry::retry_counted(self.policy(retries, critical), action_name, Some(&self.inner.counters), |_| {
             let a = match action {
                 DelayedAction::Restart => update_delayed_event::unstable::UpdateAction::Restart,
                 DelayedAction::Send => update_delayed_event::unstable::UpdateAction::Send,
@@ -334,9 +378,16 @@ impl MatrixAdapter {
     /// Entries that do not parse are skipped. A server without the endpoint answers `404` or
     /// `400` `M_UNRECOGNIZED`: reported as a failure with errcode `M_UNRECOGNIZED`, not retried.
     pub async fn list_delayed_events(&self) -> SendOutcome {
+        self.list_delayed_events_with(Retries::Adapter).await
+    }
+
+    pub(crate) async fn list_delayed_events_with(&self, retries: Retries) -> SendOutcome {
         let client = self.inner.client.clone();
-        let result =
-            retry::retry_counted(self.policy(false), "list-delayed", Some(&self.inner.counters), |_| {
+        let result = retry::retry_counted(
+            self.policy(retries, false),
+            "list-delayed",
+            Some(&self.inner.counters),
+            |_| {
                 let client = client.clone();
                 async move {
                     client
@@ -359,8 +410,9 @@ impl MatrixAdapter {
                             }
                         })
                 }
-            })
-            .await;
+            },
+        )
+        .await;
         match result {
             Ok(r) => {
                 let delayed_events = parse_delayed_events(r.delayed_events);

@@ -10,8 +10,8 @@
 //! * **executes the core's sends** ([`MatrixAdapter::execute`] / [`MatrixAdapter::submit`]): room
 //!   events with the core's `txn_id` as transaction id, to-device batches Olm-encrypted where
 //!   asked (a `Required` message to a device without known keys, or any media-key message that
-//!   cannot be encrypted, is refused rather than sent in clear), with retries and back-off
-//!   honouring `Retry-After` ([`RetryPolicy`]);
+//!   cannot be encrypted, is refused rather than sent in clear), one attempt each: the core
+//!   owns the retries of its sends (back-off, `Retry-After`), so they live in one layer;
 //! * offers what group calls need before the core models it: state events with explicit keys
 //!   ([`MatrixAdapter::send_state`]), MSC4140 delayed events ([`MatrixAdapter::schedule_delayed`],
 //!   [`MatrixAdapter::update_delayed`]), OpenID tokens, TURN servers with TTL refresh,

@@ -134,7 +134,8 @@ fn max_delay_exceeded(api: &matrix_sdk::ruma::api::error::Error) -> Option<Durat
     tail[digits.len()..].starts_with("ms)").then(|| digits.parse().ok().map(Duration::from_millis)).flatten()
 }
 
-/// Bounds of the adapter's own retries (on top of which the core may retry again).
+/// Bounds of the adapter's retries of requests the app makes through it directly (the core's
+/// sends get one attempt: the core retries them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// Attempts in total, including the first.
@@ -215,10 +216,11 @@ pub struct SendStats {
     pub rate_limited: u64,
     /// Attempts that failed with a network error or a 5xx.
     pub transient: u64,
-    /// Attempts the adapter retried after a failure.
+    /// Attempts the adapter retried after a failure (only the app's own requests: the core's
+    /// sends get one attempt each and the core retries them).
     pub retried: u64,
-    /// Requests whose retries ran out (rate limits, network errors, 5xx): their last failure
-    /// was reported to the core (which may retry them itself).
+    /// App requests whose adapter retries ran out (rate limits, network errors, 5xx). A core
+    /// send that failed is not counted here: its outcome went back to the core, which retries.
     pub given_up: u64,
     /// Requests the server refused for good (a 4xx other than 429, not retried): the core
     /// decides what follows (e.g. a leave sent directly when its delayed event is gone).
@@ -300,8 +302,13 @@ where
                                 failure,
                                 Failure::Permanent { .. } | Failure::MaxDelayExceeded { .. }
                             );
-                            let counter = if refused { &c.refused } else { &c.given_up };
-                            counter.fetch_add(1, Ordering::Relaxed);
+                            // One attempt by design (a core send: the core retries it) is not
+                            // the adapter giving up.
+                            if refused {
+                                c.refused.fetch_add(1, Ordering::Relaxed);
+                            } else if policy.max_attempts > 1 {
+                                c.given_up.fetch_add(1, Ordering::Relaxed);
+                            }
                         }
                         return Err(failure);
                     }

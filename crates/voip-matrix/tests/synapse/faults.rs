@@ -59,9 +59,14 @@ async fn joined(phone: &Phone) -> Result<()> {
         .await
 }
 
-/// Every request of `phone` got a result; none was lost to rate limiting. Delayed-event updates
-/// may legitimately find their event gone (`M_NOT_FOUND`, e.g. a heartbeat racing the leave);
-/// everything else must have been sent. Returns how many requests there were.
+/// Every request of `phone` got a result; none was lost to rate limiting. The core owns the
+/// retries (the adapter makes one attempt per try and a retry reuses the request id), so a
+/// request's result is its last attempt's. Two kinds may end unsent on purpose, the core having
+/// dropped them while they waited for their retry: candidates of a call that ended meanwhile,
+/// and a delayed-leave heartbeat (`update delayed Restart`) that the next heartbeat replaced.
+/// Delayed-event updates may also find their event gone (`M_NOT_FOUND`, e.g. a heartbeat racing
+/// the leave). Everything else — invites, answers, hangups, memberships, leaves, keys — must
+/// have been sent. Returns how many requests there were.
 async fn nothing_lost(phone: &Phone) -> Result<usize> {
     let all = phone.settled_sends().await?;
     for (what, outcome) in &all {
@@ -69,6 +74,9 @@ async fn nothing_lost(phone: &Phone) -> Result<usize> {
             SendOutcome::Sent { .. } | SendOutcome::DelayedEvents { .. } => true,
             SendOutcome::Failed { errcode: Some(code), .. } => {
                 what.starts_with("update delayed") && code == "M_NOT_FOUND"
+            }
+            SendOutcome::RateLimited { .. } | SendOutcome::Failed { retryable: true, errcode: None, .. } => {
+                what == "m.call.candidates" || what == "update delayed Restart"
             }
             _ => false,
         };
@@ -98,7 +106,10 @@ async fn rate_limited_server_one_to_one_call_completes_and_nothing_is_lost() -> 
     assert_eq!(alice.ended(&call).await?, (EndReason::UserHangup, Initiator::LocalUser));
 
     let sends = nothing_lost(&alice).await? + nothing_lost(&bob).await?;
-    for what in ["m.call.invite", "m.call.select_answer", "m.call.hangup"] {
+    // `m.call.select_answer` may be dropped by the core when alice hangs up while it still
+    // waits (behind a rate-limited candidates send) for its turn: the hangup ends the call on
+    // every device anyway. The invite and the hangup must get through.
+    for what in ["m.call.invite", "m.call.hangup"] {
         assert!(sent(&alice, what), "alice's {what} was not sent");
     }
     assert!(sent(&bob, "m.call.answer"), "bob's answer was not sent");
@@ -196,7 +207,8 @@ async fn synapse_crash_and_restart_in_a_one_to_one_call_hangup_sent_while_down_a
     nothing_lost(&bob).await?;
 
     let instance = crash(instance).await?;
-    // Hung up while the homeserver is down: the adapter keeps retrying the hangup.
+    // Hung up while the homeserver is down: the core keeps retrying the hangup (the adapter
+    // makes one attempt per retry).
     alice.call(&call).hangup().await.expect("hangup");
     assert_eq!(alice.ended(&call).await?, (EndReason::UserHangup, Initiator::LocalUser));
     let before = alice.adapter.send_stats();
