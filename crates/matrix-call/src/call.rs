@@ -298,10 +298,13 @@ pub async fn run(
         }
     }
     #[cfg(feature = "devices")]
+    let mut mic_monitor = None;
+    #[cfg(feature = "devices")]
     if let (None, Some(choice)) = (&media.play, &media.mic) {
         use voip::webrtc::media::audio::devices::Microphone;
         match Microphone::open(choice.name.as_deref()) {
             Ok(mic) => {
+                mic_monitor = Some((mic.monitor(), mic.format().sample_rate));
                 let format = mic.format();
                 out.event(
                     "device",
@@ -394,6 +397,13 @@ pub async fn run(
         }
     };
     out.finish();
+    #[cfg(feature = "devices")]
+    {
+        let devices = speaker.as_ref().map(|s| ("speaker", s.monitor(), s.format().sample_rate)).into_iter();
+        for (what, monitor, rate) in devices.chain(mic_monitor.map(|(m, rate)| ("microphone", m, rate))) {
+            device_report(out, call, what, &monitor.stats(), rate);
+        }
+    }
     let (reason, initiator) = ended.unwrap_or((EndReason::UnknownError, Initiator::Library));
     let duration = connected_at.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0);
     out.event(
@@ -425,6 +435,35 @@ pub async fn run(
         }
     }
     Ok(Outcome { reason, initiator, connected: connected_at.is_some(), interrupted })
+}
+
+/// What a device did during the call: seconds of audio from (speaker) or to (microphone) the
+/// call, underruns and overflows (buffer empty or full), callbacks, whether it was paced.
+#[cfg(feature = "devices")]
+fn device_report(
+    out: &crate::output::Out,
+    call: &Call,
+    what: &str,
+    st: &voip::webrtc::media::audio::devices::DeviceStats,
+    rate: u32,
+) {
+    let secs = |n: u64| (n as f64 / f64::from(rate.max(1)) * 100.0).round() / 100.0;
+    out.event(
+        "device_stats",
+        json!({ "call_id": call.id().as_str(), "device": what, "delivered_s": secs(st.delivered),
+                "underrun_s": secs(st.underrun), "overflow_s": secs(st.overflow), "callbacks": st.callbacks,
+                "errors": st.errors, "paced": st.paced }),
+        || {
+            format!(
+                "{what}: {:.1} s of the call's audio, {:.1} s underrun, {:.1} s overflow, {} callbacks{}",
+                secs(st.delivered),
+                secs(st.underrun),
+                secs(st.overflow),
+                st.callbacks,
+                if st.paced { " (unclocked device, paced)" } else { "" }
+            )
+        },
+    );
 }
 
 /// The speaker a call plays the peer on: asked for (or implied) and not recording.

@@ -401,3 +401,74 @@ fn errors_have_one_line_and_their_exit_code() -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// With the `devices` feature: a call on the microphone and the speaker. Both processes run with
+/// an ALSA configuration (a temporary `$XDG_CONFIG_HOME`) whose default PCM is ALSA's `null`, so
+/// no sound card is needed: bob answers playing the tones and listening on his speaker, alice
+/// talks into her microphone (null capture: silence) and listens on her speaker.
+#[cfg(feature = "devices")]
+#[test]
+fn a_call_on_the_microphone_and_the_speaker() -> Result<()> {
+    let rt = tokio::runtime::Runtime::new()?;
+    let (alice, bob, _room) = rt.block_on(two_users_with_a_dm())?;
+    let dir = scratch("devices");
+    let (a_dir, b_dir) = (dir.join("alice"), dir.join("bob"));
+    std::fs::create_dir_all(dir.join("alsa"))?;
+    std::fs::write(dir.join("alsa/asoundrc"), "pcm.!default { type null }\n")?;
+    let tone = dir.join("tone.wav");
+    write_tones(&tone)?;
+    login(&b_dir, &bob)?;
+    login(&a_dir, &alice)?;
+    let with_null = |mut c: Command| {
+        c.env("XDG_CONFIG_HOME", &dir);
+        c
+    };
+
+    // Named by the device's name (`default`, the null PCM here) and by default.
+    let tone_path = tone.to_str().context("path")?;
+    let b = Running::spawn(
+        "bob",
+        with_null(cli(&b_dir, &["answer", "--loopback", "--play", tone_path, "--speaker=default"])),
+    )?;
+    b.wait_event("waiting", STEP)?;
+    let a = run(with_null(cli(
+        &a_dir,
+        &["call", &bob.user_id, "--loopback", "--mic", "--speaker", "--hangup-after", "4"],
+    )))?;
+    assert_eq!(a.status.code(), Some(0), "the caller's exit code");
+    let a_events = events(&a);
+    let device = |what: &str| {
+        a_events.iter().find(|e| e["event"] == "device" && e["device"] == what).cloned().unwrap_or_default()
+    };
+    assert_eq!(device("microphone")["name"], "default", "{a_events:?}");
+    assert_eq!(device("speaker")["name"], "default", "{a_events:?}");
+    let stats = |what: &str| {
+        a_events
+            .iter()
+            .find(|e| e["event"] == "device_stats" && e["device"] == what)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let (speaker, mic) = (stats("speaker"), stats("microphone"));
+    eprintln!("alice's speaker: {speaker}\nalice's microphone: {mic}");
+    // Held 4 s: the jitter buffer fills in the first half second or so.
+    let played = speaker["delivered_s"].as_f64().unwrap_or(0.0);
+    assert!(played >= 2.5, "the speaker played {played} s of bob");
+    let sent = mic["delivered_s"].as_f64().unwrap_or(0.0);
+    assert!(sent >= 2.5, "the microphone gave the call {sent} s");
+    // Alice heard bob's tones: the status line's audio level of the other side.
+    let loudest = a_events
+        .iter()
+        .filter(|e| e["event"] == "stats")
+        .filter_map(|e| e["audio_level_dbfs"].as_f64())
+        .fold(-200.0, f64::max);
+    assert!(loudest > -30.0, "alice heard bob at {loudest} dBFS");
+    let mut b = b;
+    b.wait_event("ended", STEP)?;
+    let b_speaker =
+        b.wait_for("speaker stats", STEP, |e| e["event"] == "device_stats" && e["device"] == "speaker")?;
+    assert!(b_speaker["delivered_s"].as_f64().unwrap_or(0.0) >= 2.5, "bob's speaker: {b_speaker}");
+    assert_eq!(b.exit_code(STEP)?, 0);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
