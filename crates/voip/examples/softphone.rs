@@ -220,7 +220,14 @@ async fn hold(call: &Call, opts: &Opts) -> Result<Heard> {
         .context("not connected within 30 s")?
         .context("the call ended before it connected")?;
     println!("connected");
-    let audio = Audio::start(call, opts)?;
+    let audio = match Audio::start(call, opts) {
+        Ok(a) => a,
+        Err(e) => {
+            // No microphone or speaker: end the call rather than leave the peer hanging.
+            let _ = call.hangup().await;
+            return Err(e);
+        }
+    };
     match opts.hangup_after {
         Some(d) => {
             if tokio::time::timeout(d, call.ended()).await.is_err() {
@@ -397,7 +404,8 @@ fn list_devices() -> Result<()> {
 async fn main() -> Result<()> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "error".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "error,matrix_sdk::http_client=off".into()),
         )
         .try_init();
     let opts = parse_args()?;
