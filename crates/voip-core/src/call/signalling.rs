@@ -73,8 +73,16 @@ impl Call {
     /// A send for this call failed for good.
     pub(crate) fn send_gave_up(&mut self, ctx: &mut Ctx<'_>, purpose: SendPurpose) {
         match purpose {
+            // The peer has heard from us (it invited us, or answered our invite): end the call
+            // and tell it. A send that "failed" may have reached it (a lost response looks the
+            // same) and a later send may get through; without the hangup a caller that got our
+            // answer kept a connected call we had ended (sim mesh seed 5621: its mesh call was
+            // never placed again).
+            SendPurpose::Setup | SendPurpose::Candidates if self.opponent.is_some() => {
+                self.hangup(ctx, EndReason::SignallingTimeout, Initiator::Library);
+            }
+            // Our invite never got through: nobody to tell.
             SendPurpose::Setup | SendPurpose::Candidates => {
-                // The peer cannot be told either; end here.
                 self.end(ctx, EndReason::SignallingTimeout, Initiator::Library, false);
             }
             SendPurpose::Ending | SendPurpose::Other => {}
