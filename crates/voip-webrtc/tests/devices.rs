@@ -16,7 +16,7 @@ use common::Pair;
 use voip_core::media::{CallType, MediaKind};
 use voip_core::StreamId;
 use voip_webrtc::media::audio::devices::{self, DeviceError, DeviceOptions, Direction, Microphone, Speaker};
-use voip_webrtc::media::audio::{AudioConfig, AudioHub, Tone};
+use voip_webrtc::media::audio::{AudioConfig, AudioHub, PcmSource, Tone};
 use voip_webrtc::WebrtcConfig;
 
 /// Set in the child process that runs with `default` = ALSA `null`.
@@ -100,10 +100,31 @@ fn devices_are_listed_and_a_missing_one_is_an_error() {
         other => panic!("expected NotFound, got {other:?}"),
     }
     assert!(matches!(Speaker::open(Some("no such speaker")), Err(DeviceError::NotFound { .. })));
-    // A rate the device has, asked for explicitly.
-    let options = DeviceOptions { sample_rate: Some(16_000), ..DeviceOptions::default() };
-    let mic = Microphone::open_with(&options).expect("16 kHz microphone");
-    assert_eq!(mic.format().sample_rate, 16_000);
+    // A rate and a sample format asked for explicitly: 16 kHz i16 capture, 48 kHz i16 playback.
+    let options =
+        DeviceOptions { sample_rate: Some(16_000), format: Some("i16".into()), ..DeviceOptions::default() };
+    let mut mic = Microphone::open_with(&options).expect("16 kHz i16 microphone");
+    assert_eq!((mic.format().sample_rate, mic.format().format.as_str()), (16_000, "i16"));
+    let options = DeviceOptions { format: Some("i16".into()), sample_rate: Some(48_000), ..options };
+    let speaker = Speaker::open_with(&options).expect("48 kHz i16 speaker");
+    assert_eq!(speaker.format().format, "i16");
+    let unsupported = DeviceOptions { format: Some("i24".into()), ..DeviceOptions::default() };
+    assert!(matches!(Speaker::open_with(&unsupported), Err(DeviceError::Config { .. })));
+    // Both run: the speaker plays pushed PCM (mono 48 kHz, remixed to the device's channels),
+    // the microphone gives samples once its prebuffer is filled.
+    let start = std::time::Instant::now();
+    let mut read = 0;
+    let mut buf = vec![1.0f32; 320 * usize::from(mic.format().channels)];
+    while start.elapsed() < Duration::from_millis(600) {
+        speaker.push_f32(48_000, 1, &[0.25; 960]);
+        read += mic.read(&mut buf);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (s, m) = (speaker.stats(), mic.stats());
+    println!("i16 speaker {s:?}; i16 microphone {m:?}");
+    assert!(s.delivered > 48_000 / 4, "the i16 speaker played {} samples", s.delivered);
+    assert!(m.delivered > 16_000 / 4 && read > 0, "the i16 microphone gave {} samples", m.delivered);
+    assert!(buf.iter().all(|&x| x == 0.0), "null capture is silence");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

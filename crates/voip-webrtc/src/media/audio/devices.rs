@@ -269,6 +269,9 @@ pub struct DeviceOptions {
     pub device: Option<String>,
     /// Sample rate to ask for; `None`: the device's default (the library resamples either way).
     pub sample_rate: Option<u32>,
+    /// Sample format to ask for (`i16`, `f32`, … as [`ConfigRange::format`] names them);
+    /// `None`: the device's default (the library converts either way).
+    pub format: Option<String>,
     /// Samples per channel per callback (cpal's fixed buffer size); `None`: the device's default.
     pub callback_frames: Option<u32>,
     /// The most audio the buffer between the device and the call holds; beyond it the oldest
@@ -283,6 +286,7 @@ impl Default for DeviceOptions {
         DeviceOptions {
             device: None,
             sample_rate: None,
+            format: None,
             callback_frames: None,
             max_buffer: Duration::from_millis(200),
             prebuffer: Duration::from_millis(40),
@@ -469,7 +473,9 @@ fn choose_config(
         Direction::Output => device.default_output_config().map_err(|e| config_err(e.to_string()))?,
     };
     let mut chosen = default.clone();
-    if let Some(rate) = options.sample_rate {
+    if options.sample_rate.is_some() || options.format.is_some() {
+        let rate = options.sample_rate.unwrap_or(default.sample_rate().0);
+        let format = options.format.clone().unwrap_or_else(|| format_name(default.sample_format()));
         let ranges: Vec<cpal::SupportedStreamConfigRange> = match direction {
             Direction::Input => {
                 device.supported_input_configs().map_err(|e| config_err(e.to_string()))?.collect()
@@ -480,9 +486,9 @@ fn choose_config(
         };
         let fit = ranges
             .into_iter()
-            .filter(|r| r.channels() == default.channels() && r.sample_format() == default.sample_format())
+            .filter(|r| r.channels() == default.channels() && format_name(r.sample_format()) == format)
             .find_map(|r| r.try_with_sample_rate(cpal::SampleRate(rate)));
-        chosen = fit.ok_or_else(|| config_err(format!("{rate} Hz not supported")))?;
+        chosen = fit.ok_or_else(|| config_err(format!("{rate} Hz {format} not supported")))?;
     }
     let mut config = chosen.config();
     if let Some(frames) = options.callback_frames {
