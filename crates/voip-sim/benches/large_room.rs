@@ -15,7 +15,8 @@
 //! member events). `LARGE_ROOM_ONCE=1 cargo bench -p voip-sim --bench large_room` runs every
 //! take-in (batch and one by one) once, prints its wall time and the heap it left behind per
 //! room member (a counting global allocator, `cap`), and exits; `LARGE_ROOM_ONLY=<substring>`
-//! picks scenarios.
+//! picks scenarios. Next to the wall time it prints the thread's CPU time for the same span
+//! (Linux `schedstat`), which a loaded machine inflates far less.
 
 use std::time::Instant;
 
@@ -188,13 +189,23 @@ fn scenarios() -> Vec<Scenario> {
     v
 }
 
+/// CPU time this thread has run, from `/proc/thread-self/schedstat` (Linux): on a loaded
+/// machine the wall time counts the time other processes had the core, this does not.
+fn thread_cpu() -> Option<std::time::Duration> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns: u64 = s.split_whitespace().next()?.parse().ok()?;
+    Some(std::time::Duration::from_nanos(ns))
+}
+
 fn run_once(s: &Scenario) {
     let mut voip = machine(s.mode, s.dialect);
     let before = HEAP.allocated() as isize;
     let mesh = matches!(s.mode, Mode::JoinedMesh);
+    let mut cpu_start = None;
     let (participants, took) = if s.batch {
         // As under criterion: the input is built first, the time is the core taking it in.
         let input = room_state(s.call, s.dialect, mesh);
+        cpu_start = thread_cpu();
         let start = Instant::now();
         voip.handle(T0, input).expect("room state");
         let mut n = 0;
@@ -206,16 +217,19 @@ fn run_once(s: &Scenario) {
         }
         (n, start.elapsed())
     } else {
+        cpu_start = thread_cpu();
         let start = Instant::now();
         let n = take_in(&mut voip, s.call, s.dialect, mesh, false);
         (n, start.elapsed())
     };
+    let cpu = cpu_start.zip(thread_cpu()).map(|(a, b)| (b - a).as_secs_f64() * 1e3);
     let heap = HEAP.allocated() as isize - before;
     assert_eq!(participants, s.call, "{}: every call member is a participant", s.name);
     println!(
-        "{:<45} {:>10.1} ms   heap after {:>7} KiB = {:>5} B per room member",
+        "{:<45} {:>10.1} ms (cpu {:>7.1} ms)   heap after {:>7} KiB = {:>5} B per room member",
         s.name,
         took.as_secs_f64() * 1e3,
+        cpu.unwrap_or(f64::NAN),
         heap / 1024,
         heap / ROOM_MEMBERS as isize
     );
