@@ -201,11 +201,10 @@ fn run_once(s: &Scenario) {
     let mut voip = machine(s.mode, s.dialect);
     let before = HEAP.allocated() as isize;
     let mesh = matches!(s.mode, Mode::JoinedMesh);
-    let mut cpu_start = None;
-    let (participants, took) = if s.batch {
+    let (participants, took, cpu_start) = if s.batch {
         // As under criterion: the input is built first, the time is the core taking it in.
         let input = room_state(s.call, s.dialect, mesh);
-        cpu_start = thread_cpu();
+        let cpu_start = thread_cpu();
         let start = Instant::now();
         voip.handle(T0, input).expect("room state");
         let mut n = 0;
@@ -215,12 +214,12 @@ fn run_once(s: &Scenario) {
             }
             black_box(o);
         }
-        (n, start.elapsed())
+        (n, start.elapsed(), cpu_start)
     } else {
-        cpu_start = thread_cpu();
+        let cpu_start = thread_cpu();
         let start = Instant::now();
         let n = take_in(&mut voip, s.call, s.dialect, mesh, false);
-        (n, start.elapsed())
+        (n, start.elapsed(), cpu_start)
     };
     let cpu = cpu_start.zip(thread_cpu()).map(|(a, b)| (b - a).as_secs_f64() * 1e3);
     let heap = HEAP.allocated() as isize - before;
