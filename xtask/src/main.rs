@@ -1,6 +1,8 @@
 //! Project tasks, run as `cargo xtask <task>`:
 //!
 //! - `conformance [--dir DIR] [--filter PAT]`: run the conformance fixtures.
+//! - `demo [-- ARGS]`: the README's demo with decoded audio and video (installs cmake and
+//!   libvpx-dev when missing, see `demo.rs`).
 //! - `test`: everything CI runs (format, lints, unit/integration tests with a real Synapse,
 //!   fixtures, packaging).
 //! - `package [--verify-all]`: `cargo package` for every publishable crate (see `package.rs`).
@@ -9,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 mod conformance;
+mod demo;
 mod netns;
 mod package;
 mod test;
@@ -17,6 +20,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("conformance") => conformance::run(&args[1..]),
+        Some("demo") => demo::run(&args[1..]),
         Some("test") => test::run(&args[1..]),
         Some("package") => package::run(&args[1..]),
         Some("interop") => {
@@ -38,7 +42,9 @@ fn main() -> ExitCode {
             sim::run(&args[1..])
         }
         other => {
-            eprintln!("usage: cargo xtask <test|package|conformance|sim|interop|bench> …  (got {other:?})");
+            eprintln!(
+                "usage: cargo xtask <test|demo|package|conformance|sim|interop|bench> …  (got {other:?})"
+            );
             return ExitCode::from(2);
         }
     };

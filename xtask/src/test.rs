@@ -3,9 +3,9 @@
 //! cached virtualenv on first use by `voip-testkit`'s rig), every test of the workspace against
 //! it (`matrix-call`'s among them: two `matrix-call` processes log in and call each other, ~15 s),
 //! the doc tests, the demo against that Synapse, the conformance fixtures, the demo on the
-//! in-process homeserver (both on real webrtc-rs media), a fault simulation (300 seeds per
-//! scenario, release) and `cargo package` of the publishable crates. Synapse is stopped however
-//! the run ends.
+//! in-process homeserver (both on real webrtc-rs media, decoded with libopus and libvpx), a
+//! fault simulation (300 seeds per scenario, release) and `cargo package` of the publishable
+//! crates. Synapse is stopped however the run ends.
 //!
 //! `--no-lint` skips format and clippy (for a quick local run).
 
@@ -95,7 +95,7 @@ const FEATURES: &str = "voip/codecs,voip/sync-service,voip/devices,matrix-call/d
 
 /// libopus is built with cmake: install it with apt-get (Debian/Ubuntu, as root or with
 /// password-less sudo) when it is missing, so a fresh machine needs nothing else.
-fn ensure_cmake() -> anyhow::Result<()> {
+pub(crate) fn ensure_cmake() -> anyhow::Result<()> {
     let found = |cmd: &str| Command::new(cmd).arg("--version").output().is_ok_and(|o| o.status.success());
     if found("cmake") {
         return Ok(());
@@ -122,7 +122,7 @@ fn ensure_cmake() -> anyhow::Result<()> {
 /// VP8 (feature codecs) links the system libvpx found through pkg-config: install
 /// `libvpx-dev` (and `pkg-config`) with apt-get when `pkg-config --exists vpx` fails, so a fresh
 /// machine needs nothing else.
-fn ensure_libvpx() -> anyhow::Result<()> {
+pub(crate) fn ensure_libvpx() -> anyhow::Result<()> {
     let found = || Command::new("pkg-config").args(["--exists", "vpx"]).status().is_ok_and(|s| s.success());
     if found() {
         return Ok(());
@@ -240,11 +240,15 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<bool> {
     cargo(&["test", "--workspace", "--doc", "--features", FEATURES], &synapse.env)?;
     // The demo against the real homeserver too (it registers its own users).
     let (url, secret) = (synapse.env["SYNAPSE_URL"].clone(), synapse.env["SYNAPSE_REG_SECRET"].clone());
+    // With decoded media (`codecs`, through `devices`: the answering machine's and softphone's
+    // build below, so the demo adds no build of its own).
     let homeserver_demo = [
         "run",
         "-q",
         "-p",
         "voip",
+        "--features",
+        "devices",
         "--example",
         "demo",
         "--",
@@ -260,7 +264,7 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<bool> {
     drop(synapse);
     println!("\n==> conformance fixtures");
     let fixtures_ok = crate::conformance::run(&[])?;
-    cargo(&["run", "-q", "-p", "voip", "--example", "demo"], &none)?;
+    cargo(&["run", "-q", "-p", "voip", "--features", "devices", "--example", "demo"], &none)?;
     // Decoded audio through a call on the in-process homeserver: greeting and recording.
     // (With `devices`, which it does not use, so that the softphone below shares its build.)
     cargo(&["run", "-q", "-p", "voip", "--features", "devices", "--example", "answering_machine"], &none)?;

@@ -6,12 +6,20 @@
 //! 3. A LiveKit-mode group call (Element Call's MatrixRTC format): media keys exchanged over
 //!    to-device; one member leaves and the keys rotate (printed as short fingerprints).
 //!
-//! Media is real webrtc-rs (Opus tone, VP8 clip) over loopback. Signalling runs on an in-process
-//! homeserver by default, or on a real one:
+//! Media is real webrtc-rs over loopback. Built with the `codecs` feature (`cargo xtask demo`
+//! builds it so), every person sends a tone of their own (alice 440 Hz, bob 660 Hz, carol 880 Hz)
+//! encoded with libopus and a frame-numbered `TestPattern` (320×240, 30 fps) encoded with libvpx,
+//! and the demo prints what each side *decodes*: per call, the RMS level in dBFS over one second,
+//! the dominant frequency (and a Goertzel check that it is the peer's tone), decoded video frames
+//! per second, the last frame's number and its resolution. It fails if a side of the video call
+//! decodes no audio or no video, or hears the wrong tone. Without `codecs` the media is a
+//! pre-encoded Opus tone and VP8 clip and the demo counts packets only. Signalling runs on an
+//! in-process homeserver by default, or on a real one:
 //!
 //! ```text
-//! cargo run -p voip --example demo
-//! cargo run -p voip --example demo -- --homeserver http://127.0.0.1:8008 --registration-secret SECRET
+//! cargo xtask demo                                  # = cargo run -p voip --features codecs --example demo
+//! cargo run -p voip --example demo                  # signalling and media, no decoding
+//! cargo run -p voip --features codecs --example demo -- --homeserver http://127.0.0.1:8008 --registration-secret SECRET
 //! ```
 //!
 //! The second form registers three fresh users (Synapse's shared-secret registration) and runs
@@ -24,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
-use support::{encrypted_room, wait_until, MatrixPerson};
+use support::{encrypted_room, wait_until};
 use voip::core::media::{MediaKind, StreamPurpose};
 use voip::core::{RoomId, UserId};
 use voip::local::LocalHomeserver;
@@ -49,6 +57,13 @@ struct Person {
     voip: Voip,
 }
 
+/// One registered, logged-in and syncing device on the real homeserver.
+struct OnServer {
+    voip: Voip,
+    client: matrix_sdk::Client,
+    _sync: voip_testkit::Syncing,
+}
+
 impl Person {
     fn user(&self) -> UserId {
         self.voip.local_device().user_id.clone()
@@ -57,7 +72,7 @@ impl Person {
 
 enum World {
     Local(LocalHomeserver),
-    Matrix(Vec<MatrixPerson>),
+    Matrix(Vec<OnServer>),
 }
 
 struct Timeline(Instant);
@@ -108,8 +123,18 @@ async fn connected(call: &Call) -> Result<()> {
 
 // ===== the worlds =====
 
-fn media() -> WebrtcConfig {
-    WebrtcConfig::loopback()
+/// `name`'s media: with `codecs`, decoded audio and video whose inputs play `name`'s tone and a
+/// test pattern (on every call, screenshare included); without, webrtc-rs's packet sources.
+fn media(name: &str) -> WebrtcConfig {
+    #[cfg(feature = "codecs")]
+    {
+        decoded::media(name)
+    }
+    #[cfg(not(feature = "codecs"))]
+    {
+        let _ = name;
+        WebrtcConfig::loopback()
+    }
 }
 
 async fn local_world() -> Result<(World, Vec<Person>)> {
@@ -119,7 +144,7 @@ async fn local_world() -> Result<(World, Vec<Person>)> {
         [("alice", "@alice:local", "ALICE"), ("bob", "@bob:local", "BOB"), ("carol", "@carol:local", "CAROL")]
     {
         let c = hs.connect(user, device);
-        let voip = VoipBuilder::new(c.device, c.transport, c.inputs).webrtc(media()).build()?;
+        let voip = VoipBuilder::new(c.device, c.transport, c.inputs).webrtc(media(name)).build()?;
         people.push(Person { name, voip });
     }
     Ok((World::Local(hs), people))
@@ -134,9 +159,13 @@ async fn matrix_world(url: &str, secret: &str, server_name: &str) -> Result<(Wor
     };
     let (mut people, mut matrix) = (Vec::new(), Vec::new());
     for name in ["alice", "bob", "carol"] {
-        let person = MatrixPerson::new(&hs, name, voip::Config::default()).await?;
-        people.push(Person { name, voip: person.voip.clone() });
-        matrix.push(person);
+        let user = voip_testkit::register_user_on(&hs, name).await?;
+        let client = voip_testkit::login(&user, None).await?;
+        // Built before the first sync, so it sees the initial state.
+        let voip = Voip::from_client(&client)?.webrtc(media(name)).build()?;
+        let sync = voip_testkit::Syncing::start(&client).await?;
+        people.push(Person { name, voip: voip.clone() });
+        matrix.push(OnServer { voip, client, _sync: sync });
     }
     Ok((World::Matrix(matrix), people))
 }
@@ -197,6 +226,15 @@ async fn one_to_one(t: &Timeline, world: &World, alice: &Person, bob: &Person) -
             ),
         );
     }
+    #[cfg(feature = "codecs")]
+    for (p, to, c) in [(alice, bob, &call), (bob, alice, &ringing)] {
+        decoded::restart_pattern(t, p, to, c);
+    }
+    #[cfg(feature = "codecs")]
+    t.step("both sides decode the other's tone and pattern", async {
+        decoded::check_call(t, &[(alice, bob, &call), (bob, alice, &ringing)], true).await
+    })
+    .await?;
 
     call.set_hold(true).await?;
     t.say(alice.name, "puts bob on hold");
@@ -292,6 +330,20 @@ async fn mesh(t: &Timeline, world: &World, people: &[Person]) -> Result<()> {
             .collect();
         t.say(p.name, format!("audio packets: {}", counts.join(", ")));
     }
+    #[cfg(feature = "codecs")]
+    t.step("every member decodes every other member's tone", async {
+        let mut calls = Vec::new();
+        for (p, g) in people.iter().zip(&groups) {
+            for (who, c) in g.peer_calls() {
+                let peer = people.iter().find(|q| q.user() == who.user_id).context("a member")?;
+                decoded::restart_pattern(t, p, peer, &c);
+                calls.push((p, peer, c));
+            }
+        }
+        let refs: Vec<(&Person, &Person, &Call)> = calls.iter().map(|(p, q, c)| (*p, *q, c)).collect();
+        decoded::check_call(t, &refs, false).await
+    })
+    .await?;
     for (p, g) in people.iter().zip(&groups) {
         g.leave().await?;
         t.say(p.name, "leaves");
@@ -399,6 +451,13 @@ async fn run() -> Result<()> {
             local_world().await?
         }
     };
+    if cfg!(feature = "codecs") {
+        println!("decoded media: libopus and libvpx; alice sends 440 Hz, bob 660 Hz, carol 880 Hz, each a 320×240 pattern");
+    } else {
+        println!(
+            "decoded media: not built (it needs `--features codecs`: `cargo xtask demo`); packet counts only"
+        );
+    }
     let [alice, bob, _carol] = &people[..] else { unreachable!("three people") };
     one_to_one(&t, &world, alice, bob).await?;
     mesh(&t, &world, &people).await?;
@@ -434,5 +493,150 @@ fn main() -> ExitCode {
             eprintln!("demo failed: not finished within 90 s");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Decoded media (feature `codecs`): what each side hears and sees.
+#[cfg(feature = "codecs")]
+mod decoded {
+    use super::*;
+    use voip::webrtc::media::audio::{goertzel_power, level_dbfs, AudioConfig, AudioHub, Tone, SAMPLE_RATE};
+    use voip::webrtc::media::video::{read_frame_number, TestPattern, VideoConfig, VideoHub};
+
+    /// How long each side listens and watches.
+    const SPAN: Duration = Duration::from_secs(1);
+
+    /// The tone `name` sends.
+    pub fn tone(name: &str) -> f64 {
+        match name {
+            "alice" => 440.0,
+            "bob" => 660.0,
+            _ => 880.0,
+        }
+    }
+
+    pub fn media(name: &str) -> WebrtcConfig {
+        let audio = AudioHub::new(AudioConfig::default());
+        let freq = tone(name);
+        audio.set_default_source(move || Box::new(Tone::new(freq, 0.3)));
+        let video = VideoHub::new(VideoConfig::default());
+        video.set_default_source(|| Box::new(TestPattern::new(320, 240, 30)));
+        WebrtcConfig::loopback().with_audio(audio).with_video(video)
+    }
+
+    /// One second of one remote stream, decoded.
+    struct Heard {
+        audio_frames: usize,
+        samples: Vec<f32>,
+        video_frames: usize,
+        last_number: Option<u32>,
+        size: Option<(u32, u32)>,
+    }
+
+    /// The peer's usermedia stream on `call`, once known with its tracks.
+    async fn usermedia(call: &Call, video: bool) -> Result<voip::core::StreamId> {
+        loop {
+            let found =
+                call.streams().1.into_iter().find(|s| {
+                    s.purpose == StreamPurpose::Usermedia && s.has_audio && (s.has_video || !video)
+                });
+            if let Some(s) = found {
+                return Ok(s.stream_id);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn listen(call: &Call, video: bool) -> Result<Heard> {
+        let stream = usermedia(call, video).await?;
+        let mut audio = call.remote_audio(&stream).context("no decoded audio configured")?;
+        let mut frames = call.remote_video(&stream).context("no decoded video configured")?;
+        let end = tokio::time::Instant::now() + SPAN;
+        let hear = async {
+            let (mut n, mut samples) = (0, Vec::new());
+            while let Ok(Some(f)) = tokio::time::timeout_at(end, audio.next()).await {
+                n += 1;
+                samples.extend(f.mono_f32());
+            }
+            (n, samples)
+        };
+        let see = async {
+            let (mut n, mut last, mut size) = (0, None, None);
+            while let Ok(Some(f)) = tokio::time::timeout_at(end, frames.next()).await {
+                n += 1;
+                last = read_frame_number(&f).or(last);
+                size = Some((f.width, f.height));
+            }
+            (n, last, size)
+        };
+        let ((audio_frames, samples), (video_frames, last_number, size)) = tokio::join!(hear, see);
+        Ok(Heard { audio_frames, samples, video_frames, last_number, size })
+    }
+
+    /// Restarts `p`'s camera pattern on `call` (its next frame is a keyframe). The keyframe that
+    /// starts a track can reach the peer before the peer's receiving track is bound, and with
+    /// video sent both ways the peer's keyframe requests (PLI) were not seen arriving at the
+    /// sender here; a keyframe sent once both sides receive makes the pictures decodable.
+    pub fn restart_pattern(t: &Timeline, p: &Person, to: &Person, call: &Call) {
+        if call.replace_video_input(TestPattern::new(320, 240, 30)) {
+            t.say(p.name, format!("restarts its camera pattern to {} (a fresh keyframe)", to.name));
+        }
+    }
+
+    /// The strongest frequency of `samples` between 100 Hz and 2 kHz (20 Hz steps).
+    fn dominant(samples: &[f32]) -> f64 {
+        (5..=100)
+            .map(|k| f64::from(k) * 20.0)
+            .map(|f| (f, goertzel_power(samples, SAMPLE_RATE, f)))
+            .fold((0.0, -1.0), |best, x| if x.1 > best.1 { x } else { best })
+            .0
+    }
+
+    /// Each `(listener, peer, call)` listens to `peer` on `call` for a second (all at once) and
+    /// prints what it decoded. Fails when a listener decodes no audio, hears silence or not the
+    /// peer's tone, or (with `video`) decodes no video frame.
+    pub async fn check_call(t: &Timeline, calls: &[(&Person, &Person, &Call)], video: bool) -> Result<()> {
+        let heard =
+            futures_util::future::try_join_all(calls.iter().map(|(_, _, c)| listen(c, video))).await?;
+        let mut failures = Vec::new();
+        for ((me, peer, _), h) in calls.iter().zip(heard) {
+            let level = level_dbfs(&h.samples);
+            let want = tone(peer.name);
+            let at_want = goertzel_power(&h.samples, SAMPLE_RATE, want);
+            // The other people's tones, the strongest of them.
+            let others = ["alice", "bob", "carol"]
+                .iter()
+                .map(|n| tone(n))
+                .filter(|&f| f != want)
+                .map(|f| goertzel_power(&h.samples, SAMPLE_RATE, f))
+                .fold(1e-12, f64::max);
+            let margin = 10.0 * (at_want.max(1e-12) / others).log10();
+            let dominant = dominant(&h.samples);
+            let fps = h.video_frames as f64 / SPAN.as_secs_f64();
+            let picture = match (h.size, h.last_number) {
+                (Some((w, hgt)), Some(n)) => format!(", last frame #{n} {w}×{hgt}"),
+                (Some((w, hgt)), None) => format!(", last frame {w}×{hgt} (no number)"),
+                _ => String::new(),
+            };
+            t.say(
+                me.name,
+                format!(
+                    "decoded from {}: audio {} frames, {level:.1} dBFS, dominant {dominant:.0} Hz ({want:.0} Hz {margin:+.0} dB over the other tones); video {fps:.0} frames/s{picture}",
+                    peer.name, h.audio_frames
+                ),
+            );
+            if h.audio_frames == 0 {
+                failures.push(format!("{} decoded no audio from {}", me.name, peer.name));
+            } else if level < -40.0 || (dominant - want).abs() > 20.0 || margin < 20.0 {
+                failures.push(format!("{} does not hear {}'s {want} Hz tone", me.name, peer.name));
+            }
+            if video && h.video_frames == 0 {
+                failures.push(format!("{} decoded no video from {}", me.name, peer.name));
+            }
+        }
+        if !failures.is_empty() {
+            bail!("{}", failures.join("; "));
+        }
+        Ok(())
     }
 }
