@@ -75,6 +75,16 @@ async fn callee_sees_the_callers_numbered_pattern_and_a_replaced_camera() {
     assert!(frames.len() >= 8, "only {} frames after the switch", frames.len());
     assert!(frames.iter().all(|f| (f.width, f.height) == (160, 120) && read_frame_number(f).is_some()));
 
+    // The same frames through `futures::Stream` (what an app's select loop or UI binding uses).
+    let streamed: Vec<_> = tokio::time::timeout(
+        Duration::from_secs(2),
+        voip::StreamExt::take(&mut video, 5).collect::<Vec<_>>(),
+    )
+    .await
+    .expect("five frames within 2 s through the Stream API");
+    assert_eq!(streamed.len(), 5);
+    assert!(streamed.iter().all(|f| (f.width, f.height) == (160, 120) && read_frame_number(f).is_some()));
+
     call.hangup().await.unwrap();
     let _ = tokio::time::timeout(Duration::from_secs(5), answered.ended()).await;
     ann.shutdown().await;

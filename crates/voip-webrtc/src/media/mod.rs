@@ -11,6 +11,8 @@
 pub mod audio;
 pub mod container;
 pub mod echo;
+#[cfg(feature = "codecs")]
+mod frames;
 pub mod opus;
 pub mod sink;
 pub mod source;

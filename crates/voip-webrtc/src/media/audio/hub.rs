@@ -135,26 +135,31 @@ impl std::fmt::Debug for AudioHub {
 /// Decoded frames of one remote audio stream. Ends when the track or the call ends.
 #[derive(Debug)]
 pub struct RemoteAudio {
-    rx: broadcast::Receiver<AudioFrame>,
-    lagged: u64,
+    frames: crate::media::frames::Frames<AudioFrame>,
 }
 
 impl RemoteAudio {
     /// The next frame; `None` once the track ended. A reader that falls more than 2 s behind
     /// loses the oldest frames (counted by [`RemoteAudio::lagged`]).
     pub async fn next(&mut self) -> Option<AudioFrame> {
-        loop {
-            match self.rx.recv().await {
-                Ok(f) => return Some(f),
-                Err(broadcast::error::RecvError::Lagged(n)) => self.lagged += n,
-                Err(broadcast::error::RecvError::Closed) => return None,
-            }
-        }
+        self.frames.next().await
     }
 
     /// Frames this reader missed by falling behind.
     pub fn lagged(&self) -> u64 {
-        self.lagged
+        self.frames.lagged()
+    }
+}
+
+/// The same frames as [`RemoteAudio::next`], as a `futures::Stream`.
+impl futures_core::Stream for RemoteAudio {
+    type Item = AudioFrame;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<AudioFrame>> {
+        self.frames.poll_frame(cx)
     }
 }
 
@@ -217,7 +222,9 @@ impl AudioHub {
     /// Decoded frames of the remote stream `stream_id` of call `call_id`, from now on (also
     /// before its track arrived).
     pub fn remote_audio(&self, call_id: &CallId, stream_id: &StreamId) -> RemoteAudio {
-        RemoteAudio { rx: self.track(call_id, stream_id).tx.subscribe(), lagged: 0 }
+        RemoteAudio {
+            frames: crate::media::frames::Frames::new(self.track(call_id, stream_id).tx.subscribe()),
+        }
     }
 
     /// Playout counters of a remote stream (`None` before its first packet).

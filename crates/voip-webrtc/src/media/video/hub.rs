@@ -164,26 +164,31 @@ impl std::fmt::Debug for VideoHub {
 /// Decoded frames of one remote video stream. Ends when the track or the call ends.
 #[derive(Debug)]
 pub struct RemoteVideo {
-    rx: broadcast::Receiver<VideoFrame>,
-    lagged: u64,
+    frames: crate::media::frames::Frames<VideoFrame>,
 }
 
 impl RemoteVideo {
     /// The next frame; `None` once the track ended. A reader more than 16 frames behind loses
     /// the oldest ones (counted by [`RemoteVideo::lagged`]).
     pub async fn next(&mut self) -> Option<VideoFrame> {
-        loop {
-            match self.rx.recv().await {
-                Ok(f) => return Some(f),
-                Err(broadcast::error::RecvError::Lagged(n)) => self.lagged += n,
-                Err(broadcast::error::RecvError::Closed) => return None,
-            }
-        }
+        self.frames.next().await
     }
 
     /// Frames this reader missed by falling behind.
     pub fn lagged(&self) -> u64 {
-        self.lagged
+        self.frames.lagged()
+    }
+}
+
+/// The same frames as [`RemoteVideo::next`], as a `futures::Stream`.
+impl futures_core::Stream for RemoteVideo {
+    type Item = VideoFrame;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<VideoFrame>> {
+        self.frames.poll_frame(cx)
     }
 }
 
@@ -277,7 +282,9 @@ impl VideoHub {
     /// Decoded frames of the remote video stream `stream_id` of call `call_id`, from now on
     /// (also before its track arrived).
     pub fn remote_video(&self, call_id: &CallId, stream_id: &StreamId) -> RemoteVideo {
-        RemoteVideo { rx: self.track(call_id, stream_id).tx.subscribe(), lagged: 0 }
+        RemoteVideo {
+            frames: crate::media::frames::Frames::new(self.track(call_id, stream_id).tx.subscribe()),
+        }
     }
 
     /// Counters of a remote video stream (`None` before anything was known of it).
