@@ -154,6 +154,11 @@ impl FakeMedia {
         peer.connected
     }
 
+    /// Whether `call_id`'s peer connection is open and has a local description.
+    pub fn is_negotiating(&self, call_id: &CallId) -> bool {
+        self.peers.get(call_id).is_some_and(|p| !p.closed && p.local_set)
+    }
+
     /// The calls whose peer connection is open and has a local description (this device is an
     /// end of the call, not a sibling that only rang).
     pub fn negotiating_calls(&self) -> Vec<CallId> {

@@ -151,8 +151,8 @@ pub struct Injected {
     pub partitioned_sends: u64,
     /// Deliveries released late as one sync batch.
     pub batched: u64,
-    /// Connected peer connections whose other end crashed (ICE then goes `Disconnected` and
-    /// `Failed` on this end).
+    /// Connected peer connections whose other end crashed or closed its end (ICE then goes
+    /// `Disconnected` and `Failed` on this end, unless the call ends first).
     pub dead_peer_connections: u64,
 }
 
@@ -443,7 +443,21 @@ impl Sim {
         }
     }
 
-    /// If `call_id` on `e` is a call with an end that crashed, its connection is dead: it never
+    /// `d` closed its end of `call_id`'s peer connection (its call ended). The other end learns
+    /// it from the hangup, normally; if no hangup gets there (it died with a crash, or was
+    /// never sent), its ICE goes `Disconnected`, then `Failed`, as with a crashed end (a real
+    /// agent's consent checks stop being answered) instead of the connection staying up for
+    /// ever (sim mesh seed 7133: a device left while partitioned, its hangups waited for the
+    /// partition, and it crashed).
+    fn closed_end(&mut self, d: DeviceIdx, call_id: &CallId) {
+        let local = self.devices[d.0].voip.local_device().clone();
+        self.dead_ends.entry(call_id.clone()).or_default().push((local.user_id, local.device_id));
+        for e in (0..self.devices.len()).filter(|e| *e != d.0).map(DeviceIdx) {
+            self.check_dead_end(e, call_id);
+        }
+    }
+
+    /// If `call_id` on `e` is a call with an end that crashed (or closed its connection), its connection is dead: it never
     /// connects, and if connected it goes `Disconnected`, then `Failed`.
     fn check_dead_end(&mut self, e: DeviceIdx, call_id: &CallId) {
         let Some(dead) = self.dead_ends.get(call_id) else { return };
@@ -627,7 +641,12 @@ impl Sim {
                 Output::Event(e) => self.devices[d.0].events.push((now, e)),
                 Output::Media { call_id, command } => {
                     self.check_dead_end(d, &call_id);
+                    let closing = matches!(command, voip_core::media::MediaCommand::Close)
+                        && self.devices[d.0].media.is_negotiating(&call_id);
                     let events = self.devices[d.0].media.execute(&call_id, command);
+                    if closing {
+                        self.closed_end(d, &call_id);
+                    }
                     for event in events {
                         let input = Input::Media { call_id: call_id.clone(), event };
                         self.deliver(d, input, self.media_delay_ms);
