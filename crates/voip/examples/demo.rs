@@ -583,11 +583,13 @@ mod decoded {
         }
     }
 
-    /// The strongest frequency of `samples` between 100 Hz and 2 kHz (20 Hz steps).
+    /// The strongest frequency of `samples` between 100 Hz and 2 kHz (20 Hz steps), scanned on
+    /// every 4th sample (12 kHz: well above twice 2 kHz, and 4× less work).
     fn dominant(samples: &[f32]) -> f64 {
+        let decimated: Vec<f32> = samples.iter().step_by(4).copied().collect();
         (5..=100)
             .map(|k| f64::from(k) * 20.0)
-            .map(|f| (f, goertzel_power(samples, SAMPLE_RATE, f)))
+            .map(|f| (f, goertzel_power(&decimated, SAMPLE_RATE / 4, f)))
             .fold((0.0, -1.0), |best, x| if x.1 > best.1 { x } else { best })
             .0
     }
