@@ -32,6 +32,7 @@ struct Setup {
     hub_a: VideoHub,
     hub_b: VideoHub,
     video_b: RemoteVideo,
+    video_a: RemoteVideo,
 }
 
 async fn setup() -> Setup {
@@ -42,20 +43,24 @@ async fn setup() -> Setup {
         WebrtcConfig::loopback().with_video(hub_b.clone()),
     );
     hub_a.input(&pair.call).replace(TestPattern::new(640, 480, 30));
+    // Video both ways (b sends a small pattern back): each side's keyframe requests must reach
+    // the other's sender although both have a remote and a local video track.
+    hub_b.input(&pair.call).replace(TestPattern::new(160, 120, 15));
     let video_b = hub_b.remote_video(&pair.call, &StreamId::from("a-user"));
+    let video_a = hub_a.remote_video(&pair.call, &StreamId::from("b-user"));
     pair.connect(CallType::Video).await;
     let call = pair.call.clone();
     let flowing = pair
         .pump_until(Duration::from_secs(10), |p| p.b.remote_packets(&call, "a-user", MediaKind::Video) >= 30)
         .await;
     assert!(flowing, "no video packets at b");
-    Setup { pair, hub_a, hub_b, video_b }
+    Setup { pair, hub_a, hub_b, video_b, video_a }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pattern_640x480_arrives_numbered_in_order_and_a_loss_burst_recovers_by_keyframe() {
     let _serial = SERIAL.lock().await;
-    let Setup { mut pair, hub_a, hub_b, mut video_b } = setup().await;
+    let Setup { mut pair, hub_a, hub_b, mut video_b, mut video_a } = setup().await;
     let call = pair.call.clone();
     let stream = StreamId::from("a-user");
     let pattern = TestPattern::new(640, 480, 30);
@@ -140,6 +145,13 @@ async fn pattern_640x480_arrives_numbered_in_order_and_a_loss_burst_recovers_by_
     assert!(after_b.keyframes > before_b.keyframes, "no keyframe after the loss");
     assert!(after.windows(2).all(|w| w[1].1 > w[0].1), "numbers out of order after recovery");
     assert!(after.len() >= 30, "only {} frames after recovery", after.len());
+
+    // The way back: a decodes b's pattern, and b's sender heard a's keyframe requests too.
+    let back = collect(&mut video_a, Duration::from_secs(1)).await;
+    assert!(back.len() >= 8, "a decoded only {} of b's frames in 1 s", back.len());
+    assert!(back.iter().all(|(_, f)| (f.width, f.height) == (160, 120) && read_frame_number(f).is_some()));
+    let b_sender = hub_b.local_stats(&call).unwrap();
+    assert!(b_sender.keyframe_requests >= 1, "b's sender never got a's PLI: {b_sender:?}");
 
     // Mute: nothing arrives.
     pair.a.exec(

@@ -227,10 +227,6 @@ async fn one_to_one(t: &Timeline, world: &World, alice: &Person, bob: &Person) -
         );
     }
     #[cfg(feature = "codecs")]
-    for (p, to, c) in [(alice, bob, &call), (bob, alice, &ringing)] {
-        decoded::restart_pattern(t, p, to, c);
-    }
-    #[cfg(feature = "codecs")]
     t.step("both sides decode the other's tone and pattern", async {
         decoded::check_call(t, &[(alice, bob, &call), (bob, alice, &ringing)], true).await
     })
@@ -336,7 +332,6 @@ async fn mesh(t: &Timeline, world: &World, people: &[Person]) -> Result<()> {
         for (p, g) in people.iter().zip(&groups) {
             for (who, c) in g.peer_calls() {
                 let peer = people.iter().find(|q| q.user() == who.user_id).context("a member")?;
-                decoded::restart_pattern(t, p, peer, &c);
                 calls.push((p, peer, c));
             }
         }
@@ -571,16 +566,6 @@ mod decoded {
         };
         let ((audio_frames, samples), (video_frames, last_number, size)) = tokio::join!(hear, see);
         Ok(Heard { audio_frames, samples, video_frames, last_number, size })
-    }
-
-    /// Restarts `p`'s camera pattern on `call` (its next frame is a keyframe). The keyframe that
-    /// starts a track can reach the peer before the peer's receiving track is bound, and with
-    /// video sent both ways the peer's keyframe requests (PLI) were not seen arriving at the
-    /// sender here; a keyframe sent once both sides receive makes the pictures decodable.
-    pub fn restart_pattern(t: &Timeline, p: &Person, to: &Person, call: &Call) {
-        if call.replace_video_input(TestPattern::new(320, 240, 30)) {
-            t.say(p.name, format!("restarts its camera pattern to {} (a fresh keyframe)", to.name));
-        }
     }
 
     /// The strongest frequency of `samples` between 100 Hz and 2 kHz (20 Hz steps), scanned on

@@ -315,7 +315,10 @@ impl CallTask {
             MediaKind::Audio => "audio",
             MediaKind::Video => "video",
         };
-        let track_id = format!("{}-{kind_str}-{}", self.call_id, self.track_counter);
+        // Unique per side, not only per call: webrtc-rs routes inbound RTCP (the peer's PLI
+        // about our track) to the *remote* track of that id first, so a local track named like
+        // the peer's (both `{call_id}-video-1`) lost every keyframe request in two-way video.
+        let track_id = format!("{stream_id}-{kind_str}-{}", self.track_counter);
         let (codec_kind, codec) = match kind {
             MediaKind::Audio => (
                 RtpCodecKind::Audio,
