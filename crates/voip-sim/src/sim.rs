@@ -492,10 +492,15 @@ impl Sim {
         }
     }
 
-    /// Restarts a crashed (or running) device with a fresh core: it learns the room members and
-    /// the current room state, then gets what waited for it (timeline and to-device events) as
-    /// one sync batch.
+    /// Restarts a crashed (or running: its peer connections die as in a crash) device with a
+    /// fresh core: it learns the room members and the current room state, then gets what
+    /// waited for it (timeline and to-device events) as one sync batch.
     pub fn restart(&mut self, d: DeviceIdx, config: Config) {
+        if !self.devices[d.0].crashed {
+            // A running app restarted: its old process's peer connections die as in a crash
+            // (sim mesh seed 8421: the far end kept a connected call to the old process).
+            self.fail_peer_connections_of(d);
+        }
         let held = self.offline_inbox.remove(&d).unwrap_or_default();
         {
             let dev = &mut self.devices[d.0];
