@@ -3,7 +3,7 @@
 // call between two libwebrtc peers (@roamhq/wrtc, libwebrtc M106) in one Node process, measured
 // the way interop/rust-peer's `media-bench` measures two matrix-voip-rs peers:
 //
-//   node bench/js-media.mjs [--seconds 20] [--warmup 2] [--out FILE]
+//   node bench/js-media.mjs [--seconds 20] [--warmup 2] [--video] [--out FILE]
 //
 // * CPU: user + system time of the whole process (/proc/self/stat) over the call window;
 // * memory: VmRSS during the call minus before the first peer connection existed;
@@ -11,6 +11,11 @@
 //   RTCAudioSource (10 ms frames of 48 kHz PCM, paced by the clock); the instant a burst's first
 //   frame is pushed to the instant the other side's RTCAudioSink delivers the first decoded frame
 //   above −30 dBFS.
+//
+// `--video` makes it a video call: both ends also send the frame-number test pattern
+// (interop/lib/shim.mjs `patternFrame`, the layout of voip-webrtc's `TestPattern`) from an
+// RTCVideoSource at 640×480, 30 fps, capped at 1000 kbit/s by `b=AS` (the Rust side's VP8
+// bitrate), and count the other's decoded frames at an RTCVideoSink.
 //
 // The SDP goes straight from one RTCPeerConnection to the other (no signalling server: the
 // signalling is not what is measured). Must run inside the network namespace `cargo xtask bench`
@@ -24,7 +29,8 @@ import { fileURLToPath } from "node:url";
 const here = dirname(fileURLToPath(import.meta.url));
 const require = createRequire(join(here, "..", "interop", "package.json"));
 const wrtc = require("@roamhq/wrtc");
-const { RTCAudioSource, RTCAudioSink } = wrtc.nonstandard;
+const { RTCAudioSource, RTCAudioSink, RTCVideoSource, RTCVideoSink } = wrtc.nonstandard;
+const { patternFrame } = await import("../interop/lib/shim.mjs");
 
 const argv = process.argv.slice(2);
 const opt = (name, dflt) => {
@@ -34,6 +40,8 @@ const opt = (name, dflt) => {
 const seconds = Number(opt("--seconds", "20"));
 const warmup = Number(opt("--warmup", "2"));
 const out = opt("--out");
+const video = argv.includes("--video");
+const VIDEO = { width: 640, height: 480, fps: 30, maxBitrate: 1_000_000 };
 
 const RATE = 48000;
 const FRAME = RATE / 100; // 10 ms, as RTCAudioSource requires
@@ -78,6 +86,40 @@ function burstSource(freq) {
         }
     }, 10);
     return { track: source.createTrack(), onsets, stop: () => clearInterval(timer) };
+}
+
+/** An RTCVideoSource fed the test pattern at VIDEO.fps (paced by the clock). */
+function patternSource() {
+    const source = new RTCVideoSource();
+    let n = 0;
+    const start = now();
+    const timer = setInterval(() => {
+        const due = Math.floor(((now() - start) * VIDEO.fps) / 1000);
+        while (n <= due) source.onFrame({ width: VIDEO.width, height: VIDEO.height, data: patternFrame(n++, VIDEO.width, VIDEO.height) });
+    }, 1000 / VIDEO.fps / 2);
+    return { track: source.createTrack(), stop: () => clearInterval(timer) };
+}
+
+/** Decoded frames at an RTCVideoSink on `track`, while `recording.on`. */
+function watchVideo(track, recording) {
+    const sink = new RTCVideoSink(track);
+    const seen = { frames: 0, width: 0, height: 0 };
+    sink.onframe = ({ frame }) => {
+        if (!recording.on) return;
+        seen.frames++;
+        seen.width = frame.width;
+        seen.height = frame.height;
+    };
+    return { seen, stop: () => sink.stop() };
+}
+
+/** Video bytes received by `pc` (inbound-rtp). */
+async function videoBytes(pc) {
+    let bytes = 0;
+    (await pc.getStats()).forEach((s) => {
+        if (s.type === "inbound-rtp" && (s.kind ?? s.mediaType) === "video") bytes += s.bytesReceived ?? 0;
+    });
+    return bytes;
 }
 
 function levelDbfs(samples, channels) {
@@ -131,17 +173,36 @@ async function main() {
     const srcB = burstSource(440);
     pcA.addTrack(srcA.track, new wrtc.MediaStream([srcA.track]));
     pcB.addTrack(srcB.track, new wrtc.MediaStream([srcB.track]));
+    const cams = [];
+    if (video) {
+        for (const pc of [pcA, pcB]) {
+            const cam = patternSource();
+            pc.addTrack(cam.track, new wrtc.MediaStream([cam.track]));
+            cams.push({ cam });
+        }
+    }
     const recording = { on: false };
+    const remoteVideo = [];
     const remote = (pc) =>
         new Promise((resolve) => {
-            pc.ontrack = (e) => resolve(e.track);
+            pc.ontrack = (e) => {
+                if (e.track.kind === "audio") resolve(e.track);
+                else remoteVideo.push(e.track);
+            };
         });
     const trackAtA = remote(pcA);
     const trackAtB = remote(pcB);
+    // Video: cap each sender at the Rust side's VP8 bitrate with `b=AS` in the description it
+    // receives (libwebrtc would ramp up to ~2.5 Mbit/s; wrtc's setParameters refuses maxBitrate).
+    const capped = (d) => {
+        if (!video) return d;
+        const sdp = d.sdp.replace(/(m=video[^\r\n]*\r\n(?:[^m][^\r\n]*\r\n)*?c=[^\r\n]*\r\n)/, `$1b=AS:${VIDEO.maxBitrate / 1000}\r\n`);
+        return { type: d.type, sdp };
+    };
     await pcA.setLocalDescription(await pcA.createOffer());
-    await pcB.setRemoteDescription(pcA.localDescription);
+    await pcB.setRemoteDescription(capped(pcA.localDescription));
     await pcB.setLocalDescription(await pcB.createAnswer());
-    await pcA.setRemoteDescription(pcB.localDescription);
+    await pcA.setRemoteDescription(capped(pcB.localDescription));
     const connected = (pc) =>
         new Promise((resolve, reject) => {
             const check = () => {
@@ -154,10 +215,13 @@ async function main() {
         });
     await Promise.race([Promise.all([connected(pcA), connected(pcB)]), sleep(20000).then(() => Promise.reject(new Error("not connected in 20 s")))]);
     const connectedMs = now() - tCall;
+
     const atB = listen(await trackAtB, recording);
     const atA = listen(await trackAtA, recording);
+    const watchers = remoteVideo.map((t) => watchVideo(t, recording));
     await sleep(warmup * 1000);
 
+    const bytes0 = video ? (await videoBytes(pcA)) + (await videoBytes(pcB)) : 0;
     const cpu0 = cpuSeconds();
     const wall0 = now();
     recording.on = true;
@@ -165,10 +229,14 @@ async function main() {
     recording.on = false;
     const cpu = cpuSeconds() - cpu0;
     const wall = (now() - wall0) / 1000;
+    const bytes = video ? (await videoBytes(pcA)) + (await videoBytes(pcB)) - bytes0 : 0;
     const rssCall = rssMib();
     const all = [...delays(srcA.onsets, atB.heard), ...delays(srcB.onsets, atA.heard)];
     const result = {
         impl: "libwebrtc M106 (@roamhq/wrtc 0.10.0, Node)",
+        video,
+        video_decoded: watchers.map((w) => ({ ...w.seen })),
+        video_kbps_each_way: video ? (bytes * 8) / 1000 / wall / 2 : undefined,
         seconds: wall,
         connected_ms: connectedMs,
         cpu_s: cpu,
@@ -182,7 +250,7 @@ async function main() {
         delays_ms: all,
         delay_median_ms: median(all),
     };
-    for (const x of [srcA, srcB, atA, atB]) x.stop();
+    for (const x of [srcA, srcB, atA, atB, ...watchers, ...cams.map((c) => c.cam)]) x.stop();
     pcA.close();
     pcB.close();
     process.stdout.write(JSON.stringify(result) + "\n");

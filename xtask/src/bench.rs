@@ -2,9 +2,10 @@
 //! [--no-handshake] [--no-sync-modes]`: what users feel, side by side with the anchor, in one run on the same
 //! machine (issue #10, docs/benchmarks.md).
 //!
-//! `cargo xtask bench --media [--seconds S] [--runs N] [--debug] [--no-build] [--no-install]`
-//! is the media benchmark instead (issue #17, see [`media`]): CPU, memory and mouth-to-ear delay
-//! of one decoded voice call, matrix-voip-rs against libwebrtc in the same run.
+//! `cargo xtask bench --media [--seconds S] [--runs N] [--no-video] [--debug] [--no-build]
+//! [--no-install]` is the media benchmark instead (issue #17, see [`media`]): CPU, memory and
+//! mouth-to-ear delay of one decoded voice call and one 640×480@30 video call, matrix-voip-rs
+//! against libwebrtc in the same run.
 //!
 //! 1. builds `synapse-rig` and the `voip` example `setup_bench` (release, as an app ships;
 //!    `--debug`: the test build);
@@ -367,12 +368,15 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<bool> {
     Ok(true)
 }
 
-/// `cargo xtask bench --media`: one 1:1 voice call with decoded audio, both ends in one process,
+/// `cargo xtask bench --media`: one 1:1 call with decoded media, both ends in one process,
 /// matrix-voip-rs (`interop/rust-peer`'s `media-bench`: the `voip` API, webrtc-rs, libopus, the
-/// jitter buffer) against libwebrtc (`bench/js-media.mjs`: two wrtc peer connections in Node,
-/// `RTCAudioSource`/`RTCAudioSink`), run alternately `--runs` times (default 3) in one network
-/// namespace; medians over the runs, ratios against the anchor of the same run.
+/// jitter buffer; libvpx for video) against libwebrtc (`bench/js-media.mjs`: two wrtc peer
+/// connections in Node, `RTCAudioSource`/`RTCAudioSink`, `RTCVideoSource`/`RTCVideoSink`), run
+/// alternately `--runs` times (default 3) in one network namespace: a voice call, then (unless
+/// `--no-video`) a 640×480@30 video call; medians over the runs, ratios against the anchor
+/// measured in the same run.
 pub(crate) mod media {
+    use std::path::Path;
     use std::process::Command;
 
     use anyhow::Context;
@@ -380,12 +384,98 @@ pub(crate) mod media {
 
     use super::{cargo, median_p95, read_json, status, target_dir, Netns};
 
-    /// The goals of issue #17: CPU ≤ 1.0× libwebrtc's for voice, delay within ±20 ms of it.
-    const CPU_GOAL: f64 = 1.0;
+    /// The goals of issue #17: CPU ≤ 1.0× libwebrtc's for voice and ≤ 1.5× for video, delay
+    /// within ±20 ms of libwebrtc's.
+    const VOICE_CPU_GOAL: f64 = 1.0;
+    const VIDEO_CPU_GOAL: f64 = 1.5;
     const DELAY_GOAL_MS: f64 = 20.0;
 
     fn num(v: &Value, k: &str) -> f64 {
         v[k].as_f64().unwrap_or(f64::NAN)
+    }
+
+    fn med(rs: &[Value], k: &str) -> f64 {
+        median_p95(&rs.iter().map(|r| num(r, k)).collect::<Vec<_>>()).0
+    }
+
+    fn per_run(rs: &[Value], k: &str) -> String {
+        rs.iter().map(|r| format!("{:.2}", num(r, k))).collect::<Vec<_>>().join(", ")
+    }
+
+    fn met(ok: bool) -> &'static str {
+        if ok {
+            "met"
+        } else {
+            "**missed**"
+        }
+    }
+
+    /// Decoded video frames per run, both ends: "A+B @ WxH".
+    fn frames(rs: &[Value]) -> String {
+        rs.iter()
+            .map(|r| {
+                let v = r["video_decoded"].as_array().cloned().unwrap_or_default();
+                let n: Vec<String> = v.iter().map(|x| x["frames"].to_string()).collect();
+                let size = v.first().map(|x| format!("{}x{}", x["width"], x["height"])).unwrap_or_default();
+                format!("{} @ {size}", n.join("+"))
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Decoded video frames per second each way in a run (mean of both receivers).
+    fn fps(r: &Value) -> f64 {
+        let v = r["video_decoded"].as_array().cloned().unwrap_or_default();
+        let total: f64 = v.iter().filter_map(|x| x["frames"].as_f64()).sum();
+        total / v.len().max(1) as f64 / num(r, "seconds")
+    }
+
+    /// CPU milliseconds per decoded video frame (both ends' whole work, audio included, over
+    /// the frames both receivers decoded) in a run.
+    fn cpu_per_frame_ms(r: &Value) -> f64 {
+        let v = r["video_decoded"].as_array().cloned().unwrap_or_default();
+        let total: f64 = v.iter().filter_map(|x| x["frames"].as_f64()).sum();
+        1000.0 * num(r, "cpu_s") / total
+    }
+
+    fn med_of(rs: &[Value], f: fn(&Value) -> f64) -> f64 {
+        median_p95(&rs.iter().map(f).collect::<Vec<_>>()).0
+    }
+
+    /// `runs` alternating runs of both sides; (Rust results, libwebrtc results).
+    fn measure(
+        ns: &Netns,
+        bin: &Path,
+        results: &Path,
+        kind: &str,
+        seconds: u64,
+        runs: usize,
+    ) -> anyhow::Result<(Vec<Value>, Vec<Value>)> {
+        let (mut rust, mut js) = (Vec::new(), Vec::new());
+        let secs = seconds.to_string();
+        let extra: &[&str] = if kind == "video" { &["--video"] } else { &[] };
+        for i in 0..runs {
+            // Alternate, so that a change of load hits both sides alike.
+            println!("==> {kind} run {}/{runs}: matrix-voip-rs, one {seconds} s call", i + 1);
+            let out = results.join(format!("media-{kind}-rust-{i}.json"));
+            status(
+                ns.exec(bin).args(["--seconds", &secs]).args(extra).arg("--out").arg(&out),
+                "media-bench",
+            )?;
+            rust.push(read_json(&out)?);
+            println!("==> {kind} run {}/{runs}: libwebrtc (wrtc), one {seconds} s call", i + 1);
+            let out = results.join(format!("media-{kind}-js-{i}.json"));
+            status(
+                ns.exec("node")
+                    .args(["bench/js-media.mjs", "--seconds", &secs])
+                    .args(extra)
+                    .arg("--out")
+                    .arg(&out),
+                "bench/js-media.mjs",
+            )?;
+            js.push(read_json(&out)?);
+        }
+        Ok((rust, js))
     }
 
     pub(crate) fn run(args: &[String]) -> anyhow::Result<bool> {
@@ -413,33 +503,25 @@ pub(crate) mod media {
         }
         let results = root.join("bench/results");
         std::fs::create_dir_all(&results)?;
+        // One JSON file per run (all of them also go into bench/results/media.json).
+        let runs_dir = target_dir().join("media-bench");
+        std::fs::create_dir_all(&runs_dir)?;
         let ns = Netns::create(&format!("voip-media-{}", std::process::id()))?;
         let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-        let (mut rust, mut js) = (Vec::new(), Vec::new());
-        let secs = seconds.to_string();
-        for i in 0..runs {
-            // Alternate, so that a change of load hits both sides alike.
-            println!("==> run {}/{runs}: matrix-voip-rs, one {seconds} s voice call", i + 1);
-            let out = results.join(format!("media-rust-{i}.json"));
-            status(ns.exec(&bin).args(["--seconds", &secs]).arg("--out").arg(&out), "media-bench")?;
-            rust.push(read_json(&out)?);
-            println!("==> run {}/{runs}: libwebrtc (wrtc), one {seconds} s voice call", i + 1);
-            let out = results.join(format!("media-js-{i}.json"));
-            status(
-                ns.exec("node").args(["bench/js-media.mjs", "--seconds", &secs]).arg("--out").arg(&out),
-                "bench/js-media.mjs",
-            )?;
-            js.push(read_json(&out)?);
-        }
+        let (rust, js) = measure(&ns, &bin, &runs_dir, "voice", seconds, runs)?;
+        let video = if flag("--no-video") {
+            None
+        } else {
+            Some(measure(&ns, &bin, &runs_dir, "video", seconds, runs)?)
+        };
         let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
         drop(ns);
 
-        let med = |rs: &[Value], k: &str| median_p95(&rs.iter().map(|r| num(r, k)).collect::<Vec<_>>()).0;
         let mut md = format!(
-            "One 1:1 voice call with decoded audio both ways, both ends in one process, {seconds} s \
-             measured after 2 s of warm-up, {runs} runs each alternating (Rust: {profile} build); medians \
-             over the runs. Load average before `{}`, after `{}`.\n\n\
-             | per voice call (both ends) | Rust (voip: webrtc-rs + libopus) | libwebrtc M106 (wrtc) | Rust / libwebrtc | goal |\n\
+            "One 1:1 call with decoded media both ways, both ends in one process, {seconds} s measured \
+             after 2 s of warm-up, {runs} runs per side alternating (Rust: {profile} build); medians over \
+             the runs. Load average before `{}`, after `{}`.\n\n\
+             | per call (both ends) | Rust (voip: webrtc-rs + libopus/libvpx) | libwebrtc M106 (wrtc) | Rust / libwebrtc | goal |\n\
              |---|---|---|---|---|\n",
             load_before.trim(),
             load_after.trim()
@@ -448,29 +530,56 @@ pub(crate) mod media {
         let (rm, jm) = (med(&rust, "rss_per_call_mib"), med(&js, "rss_per_call_mib"));
         let (rd, jd) = (med(&rust, "delay_median_ms"), med(&js, "delay_median_ms"));
         let (rb, jb) = (med(&rust, "rss_before_mib"), med(&js, "rss_before_mib"));
-        let cpu_met = rc / jc <= CPU_GOAL;
+        let voice_cpu_met = rc / jc <= VOICE_CPU_GOAL;
         let delay_met = (rd - jd).abs() <= DELAY_GOAL_MS;
         md += &format!(
-            "| CPU seconds per 20 s call | {rc:.2} | {jc:.2} | {} | ≤ {CPU_GOAL:.1}x: {} |\n",
+            "| voice: CPU seconds per 20 s call | {rc:.2} | {jc:.2} | {} | ≤ {VOICE_CPU_GOAL:.1}x: {} |\n\
+             | voice: mouth-to-ear delay, median (ms) | {rd:.1} | {jd:.1} | {:+.1} ms | within ±{DELAY_GOAL_MS:.0} ms: {} |\n\
+             | voice: RSS during the call − before the peers (MiB) | {rm:.1} | {jm:.1} | {} | – |\n",
             super::fmt_ratio(rc, jc),
-            if cpu_met { "met" } else { "**missed**" }
-        );
-        md += &format!(
-            "| mouth-to-ear delay, median (ms) | {rd:.1} | {jd:.1} | {:+.1} ms | within ±{DELAY_GOAL_MS:.0} ms: {} |\n",
+            met(voice_cpu_met),
             rd - jd,
-            if delay_met { "met" } else { "**missed**" }
+            met(delay_met),
+            super::fmt_ratio(rm, jm),
         );
+        let mut video_cpu_met = None;
+        if let Some((rv, jv)) = &video {
+            let (rc, jc) = (med(rv, "cpu_s_per_20s_call"), med(jv, "cpu_s_per_20s_call"));
+            let (rm, jm) = (med(rv, "rss_per_call_mib"), med(jv, "rss_per_call_mib"));
+            let (rk, jk) = (med(rv, "video_kbps_each_way"), med(jv, "video_kbps_each_way"));
+            let (rd, jd) = (med(rv, "delay_median_ms"), med(jv, "delay_median_ms"));
+            let (rf, jf) = (med_of(rv, fps), med_of(jv, fps));
+            let (rp, jp) = (med_of(rv, cpu_per_frame_ms), med_of(jv, cpu_per_frame_ms));
+            // CPU per call compares like with like only if both decoded (nearly) the same
+            // frame rate; otherwise the goal is judged on CPU per decoded frame and says so.
+            let same_rate = rf >= 0.9 * jf;
+            let goal = if same_rate { rc / jc } else { rp / jp };
+            video_cpu_met = Some(goal <= VIDEO_CPU_GOAL && same_rate);
+            let verdict = if same_rate {
+                met(goal <= VIDEO_CPU_GOAL).to_owned()
+            } else {
+                format!("**not comparable** (Rust decoded {rf:.1} fps, libwebrtc {jf:.1})")
+            };
+            md += &format!(
+                "| video 640×480@30 + voice: CPU seconds per 20 s call | {rc:.2} | {jc:.2} | {} | ≤ {VIDEO_CPU_GOAL:.1}x: {verdict} |\n\
+                 | video: decoded frames per second each way | {rf:.1} | {jf:.1} | {} | – |\n\
+                 | video: CPU ms per decoded frame (both ends, audio included) | {rp:.2} | {jp:.2} | {} | ≤ {VIDEO_CPU_GOAL:.1}x: {} |\n\
+                 | video: received video bitrate each way (kbit/s) | {rk:.0} | {jk:.0} | {} | – |\n\
+                 | video: RSS during the call − before the peers (MiB) | {rm:.1} | {jm:.1} | {} | – |\n\
+                 | video call: audio mouth-to-ear delay, median (ms) | {rd:.1} | {jd:.1} | {:+.1} ms | – |\n",
+                super::fmt_ratio(rc, jc),
+                super::fmt_ratio(rf, jf),
+                super::fmt_ratio(rp, jp),
+                met(rp / jp <= VIDEO_CPU_GOAL),
+                super::fmt_ratio(rk, jk),
+                super::fmt_ratio(rm, jm),
+                rd - jd,
+            );
+        }
         md += &format!(
-            "| memory: RSS during the call − before the peers (MiB) | {rm:.1} | {jm:.1} | {} | – |\n\
-             | RSS before the peers (process with its runtime, MiB) | {rb:.1} | {jb:.1} | – | – |\n",
-            super::fmt_ratio(rm, jm)
-        );
-        let per_run = |rs: &[Value], k: &str| {
-            rs.iter().map(|r| format!("{:.2}", num(r, k))).collect::<Vec<_>>().join(", ")
-        };
-        md += &format!(
-            "\nPer run — CPU s: Rust {}; libwebrtc {}. Delay ms: Rust {}; libwebrtc {}. Bursts heard per run \
-             (both ways): Rust {}; libwebrtc {}.\n",
+            "| RSS of the process before the peers (MiB) | {rb:.1} | {jb:.1} | – | – |\n\n\
+             Per run — voice CPU s: Rust {}; libwebrtc {}. Voice delay ms: Rust {}; libwebrtc {}. Bursts \
+             heard per voice run (both ways): Rust {}; libwebrtc {}.\n",
             per_run(&rust, "cpu_s_per_20s_call"),
             per_run(&js, "cpu_s_per_20s_call"),
             per_run(&rust, "delay_median_ms"),
@@ -478,10 +587,24 @@ pub(crate) mod media {
             per_run(&rust, "bursts_heard"),
             per_run(&js, "bursts_heard"),
         );
+        if let Some((rv, jv)) = &video {
+            md += &format!(
+                "Per run — video CPU s: Rust {}; libwebrtc {}. Decoded video frames (A+B) in the window: \
+                 Rust {}; libwebrtc {}.\n",
+                per_run(rv, "cpu_s_per_20s_call"),
+                per_run(jv, "cpu_s_per_20s_call"),
+                frames(rv),
+                frames(jv),
+            );
+        }
         println!("\n{md}");
         std::fs::write(results.join("media.md"), &md)?;
-        let all = json!({"seconds": seconds, "runs": runs, "profile": profile, "rust": rust, "libwebrtc": js,
-            "cpu_ratio": rc / jc, "delay_diff_ms": rd - jd, "cpu_goal_met": cpu_met, "delay_goal_met": delay_met});
+        let all = json!({
+            "seconds": seconds, "runs": runs, "profile": profile,
+            "voice": {"rust": rust, "libwebrtc": js},
+            "video": video.as_ref().map(|(r, j)| json!({"rust": r, "libwebrtc": j})),
+            "voice_cpu_goal_met": voice_cpu_met, "delay_goal_met": delay_met, "video_cpu_goal_met": video_cpu_met,
+        });
         std::fs::write(results.join("media.json"), format!("{all:#}\n"))?;
         println!("wrote bench/results/media.md and bench/results/media.json");
         Ok(true)

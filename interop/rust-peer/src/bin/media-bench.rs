@@ -1,7 +1,7 @@
 //! `media-bench`: the Rust side of `cargo xtask bench --media` (docs/benchmarks.md, issue #17).
 //!
 //! ```text
-//! media-bench [--seconds 20] [--warmup 2] [--out FILE]
+//! media-bench [--seconds 20] [--warmup 2] [--video] [--out FILE]
 //! ```
 //!
 //! One process holds both ends of one 1:1 voice call, on the public API of the `voip` crate
@@ -16,6 +16,9 @@
 //!   of a burst's first sample (when the encoder's input reads it) to the instant the other
 //!   side's playout emits the first decoded frame above −30 dBFS.
 //!
+//! `--video` makes it a video call: both ends also send voip-webrtc's `TestPattern` at 640×480,
+//! 30 fps (VP8 by libvpx at the default 1000 kbit/s CBR) and read the other's decoded frames.
+//!
 //! Prints one JSON object (and writes it to `--out`).
 
 use std::sync::{Arc, Mutex};
@@ -25,6 +28,7 @@ use anyhow::{bail, Context};
 use serde_json::json;
 use voip::local::LocalHomeserver;
 use voip::webrtc::media::audio::{AudioConfig, AudioHub, PcmSource};
+use voip::webrtc::media::video::{TestPattern, VideoConfig, VideoHub};
 use voip::webrtc::WebrtcConfig;
 use voip::StreamExt;
 use voip::{Call, CallState, CallType, VoipBuilder};
@@ -132,6 +136,29 @@ async fn arrivals(call: Call, until: tokio::time::Instant) -> anyhow::Result<(Ve
     Ok((heard, frames))
 }
 
+/// Decoded video frames of `call` until `until`: (frames, last width, last height).
+async fn watch_video(call: Call, until: tokio::time::Instant) -> anyhow::Result<(u64, u32, u32)> {
+    let stream = remote_stream(&call).await?;
+    let mut video = call.remote_video(&stream).context("no decoded video")?;
+    let mut seen = (0, 0, 0);
+    while let Ok(Some(frame)) = tokio::time::timeout_at(until, video.next()).await {
+        seen = (seen.0 + 1, frame.width, frame.height);
+    }
+    Ok(seen)
+}
+
+/// Video payload bytes `voip` received in `call` (engine statistics, inbound video streams).
+async fn video_bytes(voip: &voip::Voip, call: &Call) -> u64 {
+    let Some(engine) = voip.webrtc() else { return 0 };
+    let Ok(stats) = engine.stats(call.id()).await else { return 0 };
+    stats
+        .streams
+        .iter()
+        .filter(|s| !s.outbound && s.kind == voip::core::media::MediaKind::Video)
+        .map(|s| s.bytes)
+        .sum()
+}
+
 /// Delay of each heard burst after the latest onset before it (within one period).
 fn delays_ms(onsets: &[Instant], heard: &[Instant]) -> Vec<f64> {
     heard
@@ -157,25 +184,33 @@ fn median(xs: &[f64]) -> f64 {
 async fn main() -> anyhow::Result<()> {
     let seconds: u64 = arg("--seconds").map(|s| s.parse()).transpose()?.unwrap_or(20);
     let warmup: u64 = arg("--warmup").map(|s| s.parse()).transpose()?.unwrap_or(2);
+    let video = std::env::args().any(|a| a == "--video");
     let rss_before = rss_mib()?;
 
     let hs = LocalHomeserver::new();
     let room = hs.create_room(&["@a:local", "@b:local"]);
     let mut ends = Vec::new();
+    let mut video_hubs = Vec::new();
     for (user, device, freq) in [("@a:local", "A", 1000.0), ("@b:local", "B", 440.0)] {
         let onsets = Arc::new(Mutex::new(Vec::new()));
         let hub = AudioHub::new(AudioConfig::default());
         let o = onsets.clone();
         hub.set_default_source(move || Box::new(Bursts { freq, n: 0, onsets: o.clone() }));
         let c = hs.connect(user, device);
-        let voip = VoipBuilder::new(c.device, c.transport, c.inputs)
-            .webrtc(WebrtcConfig::loopback().with_audio(hub))
-            .build()?;
+        let mut webrtc = WebrtcConfig::loopback().with_audio(hub);
+        if video {
+            let hub = VideoHub::new(VideoConfig::default());
+            hub.set_default_source(|| Box::new(TestPattern::new(640, 480, 30)));
+            video_hubs.push(hub.clone());
+            webrtc = webrtc.with_video(hub);
+        }
+        let voip = VoipBuilder::new(c.device, c.transport, c.inputs).webrtc(webrtc).build()?;
         ends.push((voip, onsets));
     }
     let mut incoming = ends[1].0.incoming_calls();
     let t_call = Instant::now();
-    let a = ends[0].0.invite_to_call(&room, CallType::Voice, "@b:local").await?;
+    let kind = if video { CallType::Video } else { CallType::Voice };
+    let a = ends[0].0.invite_to_call(&room, kind, "@b:local").await?;
     let b = tokio::time::timeout(Duration::from_secs(20), incoming.next()).await?.context("no call")?;
     b.answer().await?;
     for call in [&a, &b] {
@@ -187,17 +222,48 @@ async fn main() -> anyhow::Result<()> {
     let connected_ms = t_call.elapsed().as_secs_f64() * 1000.0;
     tokio::time::sleep(Duration::from_secs(warmup)).await;
 
+    let bytes0 = video_bytes(&ends[0].0, &a).await + video_bytes(&ends[1].0, &b).await;
     let cpu0 = cpu_seconds()?;
     let wall0 = Instant::now();
     let until = tokio::time::Instant::now() + Duration::from_secs(seconds);
     let heard_by_b = tokio::spawn(arrivals(b.clone(), until));
     let heard_by_a = tokio::spawn(arrivals(a.clone(), until));
+    let (seen_by_b, seen_by_a) = if video {
+        (Some(tokio::spawn(watch_video(b.clone(), until))), Some(tokio::spawn(watch_video(a.clone(), until))))
+    } else {
+        (None, None)
+    };
     let (hb, fb) = heard_by_b.await??;
     let (ha, fa) = heard_by_a.await??;
+    let mut video_seen = Vec::new();
+    for t in [seen_by_a, seen_by_b].into_iter().flatten() {
+        let (frames, w, h) = t.await??;
+        video_seen.push(json!({"frames": frames, "width": w, "height": h}));
+    }
     let cpu = cpu_seconds()? - cpu0;
     let wall = wall0.elapsed().as_secs_f64();
     let rss_call = rss_mib()?;
+    let bytes = video_bytes(&ends[0].0, &a).await + video_bytes(&ends[1].0, &b).await - bytes0;
 
+    // Where video frames go: encoded by each sender, and per receiver reassembled, decoded,
+    // dropped (whole call, warm-up included).
+    let mut video_stats = Vec::new();
+    for (hub, mine) in video_hubs.iter().zip([&a, &b]) {
+        let local = hub.local_stats(mine.id());
+        let stream = mine.streams().1.into_iter().next().map(|s| s.stream_id);
+        let remote = stream.and_then(|s| hub.remote_stats(mine.id(), &s));
+        video_stats.push(json!({
+            "frames_encoded": local.map(|l| l.frames_encoded),
+            "keyframes_sent": local.map(|l| l.keyframes),
+            "keyframe_requests": local.map(|l| l.keyframe_requests),
+            "remote": remote.map(|r| json!({
+                "packets": r.packets, "frames_received": r.frames_received,
+                "frames_decoded": r.frames_decoded, "frames_dropped": r.frames_dropped,
+                "losses": r.losses, "plis_sent": r.plis_sent, "stale": r.stale,
+                "decode_errors": r.decode_errors,
+            })),
+        }));
+    }
     let onsets = |i: usize| ends[i].1.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let mut delays = delays_ms(&onsets(0), &hb);
     delays.extend(delays_ms(&onsets(1), &ha));
@@ -207,7 +273,11 @@ async fn main() -> anyhow::Result<()> {
         voip.shutdown().await;
     }
     let out = json!({
-        "impl": "rust (voip: webrtc-rs + libopus)",
+        "impl": if video { "rust (voip: webrtc-rs + libopus + libvpx)" } else { "rust (voip: webrtc-rs + libopus)" },
+        "video": video,
+        "video_decoded": video_seen,
+        "video_stats": video_stats,
+        "video_kbps_each_way": video.then(|| bytes as f64 * 8.0 / 1000.0 / wall / 2.0),
         "seconds": wall,
         "connected_ms": connected_ms,
         "cpu_s": cpu,
