@@ -323,6 +323,8 @@ fn scenarios() -> Vec<(&'static str, Run, &'static [&'static str])> {
         ("decoded-video", decoded_video, BOTH),
         ("chromium-u-calls-j", u_calls_j, &["chromium"]),
         ("chromium-j-calls-u", j_calls_u, &["chromium"]),
+        ("chromium-decoded-audio", decoded_audio, &["chromium"]),
+        ("chromium-decoded-video", decoded_video, &["chromium"]),
     ]
 }
 
