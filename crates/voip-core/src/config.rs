@@ -27,7 +27,7 @@ pub enum BusySignal {
     Reject,
 }
 
-/// Configuration of a [`crate::Voip`]. Build with [`Config::default`] and the `with_*` setters
+/// Configuration of a [`crate::VoipMachine`]. Build with [`Config::default`] and the `with_*` setters
 /// (one per field); new fields may be added in minor releases.
 ///
 /// All durations are milliseconds.

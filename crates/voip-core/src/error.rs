@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::ids::{CallId, GroupCallId};
 use crate::wire::WireError;
 
-/// Error returned by [`crate::Voip::handle`]. The core's state is consistent after any error:
+/// Error returned by [`crate::VoipMachine::handle`]. The core's state is consistent after any error:
 /// the input was refused as a whole.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]

@@ -9,7 +9,7 @@ use crate::output::EndReason;
 use crate::wire::call::{AssertedIdentity, CallReplaces};
 use crate::wire::member::{Focus, MembershipDialect};
 
-/// One input to [`crate::Voip::handle`].
+/// One input to [`crate::VoipMachine::handle`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "input", rename_all = "snake_case")]
@@ -100,7 +100,7 @@ pub enum Signalling {
 #[non_exhaustive]
 pub enum Command {
     /// Call `invitee` in `room_id`. The new call id is minted by the core and returned by
-    /// [`crate::Voip::place_call`].
+    /// [`crate::VoipMachine::place_call`].
     PlaceCall {
         /// The room the call belongs to.
         room_id: RoomId,
@@ -360,14 +360,14 @@ pub struct RoomMember {
     /// The user.
     pub user_id: UserId,
     /// The membership.
-    pub membership: Membership,
+    pub membership: RoomMembership,
 }
 
 /// A room membership state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
-pub enum Membership {
+pub enum RoomMembership {
     /// Joined.
     Join,
     /// Invited.

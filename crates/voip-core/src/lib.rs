@@ -33,10 +33,10 @@ pub use ids::{
     UserId,
 };
 pub use input::{
-    Command, Input, Membership, RoomEvent, RoomMember, ScheduledDelayedEvent, SendOutcome, Signalling,
+    Command, Input, RoomEvent, RoomMember, RoomMembership, ScheduledDelayedEvent, SendOutcome, Signalling,
     StateEvent, ToDeviceEvent,
 };
-pub use machine::{Counters, MediaKeys, Voip};
+pub use machine::{Counters, MediaKeys, VoipMachine};
 #[cfg(feature = "testing")]
 pub use machine::{Footprint, Usage};
 pub use media::{CallType, MediaCommand, MediaEvent};

@@ -8,7 +8,7 @@ use crate::input::Signalling;
 use crate::media::{CallType, MediaCommand, StreamPurpose};
 use crate::wire::call::{AssertedIdentity, CallReplaces};
 
-/// One output of [`crate::Voip::poll`].
+/// One output of [`crate::VoipMachine::poll`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "output", rename_all = "snake_case")]
@@ -425,7 +425,7 @@ pub enum Event {
     /// A diff, so that its size follows the change, not the call (one member leaving a call of
     /// 10 000 reports one participant): apply `left`, then `joined`, to the participants known so
     /// far (none before the first event of a group). A member whose session changed (a new
-    /// membership id) is in both. The whole list at any time: [`crate::Voip::participants`].
+    /// membership id) is in both. The whole list at any time: [`crate::VoipMachine::participants`].
     ParticipantsChanged {
         /// The group call.
         group: GroupCallId,

@@ -89,7 +89,7 @@ impl From<CallTimer> for TimerKind {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Deadline {
-    /// When: call [`crate::Voip::handle`] with [`crate::Input::Tick`] at or after it.
+    /// When: call [`crate::VoipMachine::handle`] with [`crate::Input::Tick`] at or after it.
     pub at: Timestamp,
     /// Which timer.
     pub reason: TimerKind,

@@ -5,9 +5,9 @@
 
 use serde_json::{json, Value};
 use voip_core::{
-    Command, Counters, DelayedAction, Event, GroupCallId, Input, LocalDevice, MediaEncryption, Membership,
-    MembershipDialect, Output, RoomId, RoomMember, ScheduledDelayedEvent, SendKind, SendOutcome, SendRequest,
-    StateEvent, Timestamp, ToDeviceEvent, UserId, Voip,
+    Command, Counters, DelayedAction, Event, GroupCallId, Input, LocalDevice, MediaEncryption,
+    MembershipDialect, Output, RoomId, RoomMember, RoomMembership, ScheduledDelayedEvent, SendKind,
+    SendOutcome, SendRequest, StateEvent, Timestamp, ToDeviceEvent, UserId, VoipMachine,
 };
 
 const ROOM: &str = "!group:example.org";
@@ -21,13 +21,14 @@ const RTC: &str = "org.matrix.msc3401.call.member";
 const FAMEDLY: &str = "com.famedly.call.member";
 
 struct H {
-    voip: Voip,
+    voip: VoipMachine,
     now: Timestamp,
 }
 
 impl H {
     fn new() -> H {
-        let voip = Voip::new(Default::default(), LocalDevice::new(ME, "ALICE"), voip_core::seed_from_u64(3));
+        let voip =
+            VoipMachine::new(Default::default(), LocalDevice::new(ME, "ALICE"), voip_core::seed_from_u64(3));
         H { voip, now: Timestamp(T0) }
     }
 
@@ -288,7 +289,7 @@ fn member(user: &str) -> Input {
     Input::RoomMember(RoomMember {
         room_id: RoomId::from(ROOM),
         user_id: UserId::from(user),
-        membership: Membership::Join,
+        membership: RoomMembership::Join,
     })
 }
 

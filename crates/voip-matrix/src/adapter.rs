@@ -123,7 +123,7 @@ impl OlmDelivered {
     }
 }
 
-/// The matrix-sdk adapter of a [`voip_core::Voip`]: feeds it inputs and executes its sends.
+/// The matrix-sdk adapter of a [`voip_core::VoipMachine`]: feeds it inputs and executes its sends.
 ///
 /// Created from the app's [`Client`]; registers event handlers on it, so the app keeps running
 /// its own sync loop. Cheap to clone.
@@ -740,11 +740,11 @@ impl Inner {
         let mut out = Vec::new();
         if let Some(me) = self.client.user_id() {
             let membership = match room.state() {
-                matrix_sdk::RoomState::Joined => Some(voip_core::Membership::Join),
-                matrix_sdk::RoomState::Invited => Some(voip_core::Membership::Invite),
-                matrix_sdk::RoomState::Left => Some(voip_core::Membership::Leave),
-                matrix_sdk::RoomState::Banned => Some(voip_core::Membership::Ban),
-                matrix_sdk::RoomState::Knocked => Some(voip_core::Membership::Knock),
+                matrix_sdk::RoomState::Joined => Some(voip_core::RoomMembership::Join),
+                matrix_sdk::RoomState::Invited => Some(voip_core::RoomMembership::Invite),
+                matrix_sdk::RoomState::Left => Some(voip_core::RoomMembership::Leave),
+                matrix_sdk::RoomState::Banned => Some(voip_core::RoomMembership::Ban),
+                matrix_sdk::RoomState::Knocked => Some(voip_core::RoomMembership::Knock),
             };
             if let Some(membership) = membership {
                 out.push(voip_core::RoomMember {

@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 use voip_core::wire::call::is_call_event_type;
-use voip_core::{DeviceId, Membership, RoomEvent, RoomId, RoomMember, Timestamp, ToDeviceEvent, UserId};
+use voip_core::{DeviceId, RoomEvent, RoomId, RoomMember, RoomMembership, Timestamp, ToDeviceEvent, UserId};
 
 /// State event types of group-call memberships, in both dialects (MSC3401 as used by Element
 /// Call / matrix-js-sdk, and famedly's).
@@ -121,11 +121,11 @@ pub fn member_from_json(room_id: &str, ev: &Value) -> Option<RoomMember> {
         return None;
     }
     let membership = match ev.pointer("/content/membership").and_then(Value::as_str)? {
-        "join" => Membership::Join,
-        "invite" => Membership::Invite,
-        "leave" => Membership::Leave,
-        "ban" => Membership::Ban,
-        "knock" => Membership::Knock,
+        "join" => RoomMembership::Join,
+        "invite" => RoomMembership::Invite,
+        "leave" => RoomMembership::Leave,
+        "ban" => RoomMembership::Ban,
+        "knock" => RoomMembership::Knock,
         _ => return None,
     };
     Some(RoomMember {
@@ -218,7 +218,7 @@ mod tests {
     #[test]
     fn members() {
         let ev = json!({"type": "m.room.member", "state_key": "@b:hs", "sender": "@b:hs", "content": {"membership": "leave"}});
-        assert_eq!(member_from_json("!r:hs", &ev).unwrap().membership, Membership::Leave);
+        assert_eq!(member_from_json("!r:hs", &ev).unwrap().membership, RoomMembership::Leave);
         let cm = json!({"type": "com.famedly.call.member", "state_key": "@b:hs", "sender": "@b:hs", "content": {"memberships": []}});
         assert_eq!(call_member_from_json("!r:hs", &cm).unwrap().state_key, "@b:hs");
         assert!(is_media_key_type("io.element.call.encryption_keys"));

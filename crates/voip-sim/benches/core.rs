@@ -1,6 +1,6 @@
 //! Criterion benchmarks of the core:
 //! - `call_flow`: one complete 1:1 call (invite → answer → select_answer → candidates →
-//!   connected → hangup) between two `Voip` machines, every room event serialized to a JSON
+//!   connected → hangup) between two `VoipMachine` machines, every room event serialized to a JSON
 //!   string and parsed back as a homeserver would, with real captured js-sdk SDPs (~2.6 kB);
 //! - `candidates_event`: the cost of handling one received `m.call.candidates` event (parse +
 //!   route + apply) on a connecting call.
@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use voip_core::media::{Candidate, ConnectionState, MediaCommand, MediaEvent, SessionDescription};
 use voip_core::{
     CallId, CallType, Command, Config, Input, LocalDevice, Output, RoomEvent, RoomId, SendKind, SendOutcome,
-    Signalling, Timestamp, UserId, Voip,
+    Signalling, Timestamp, UserId, VoipMachine,
 };
 
 /// The offer SDP matrix-js-sdk 43 sent in `shared/captures/matrix-js-sdk/node/sent/m.call.invite.json`.
@@ -53,7 +53,7 @@ fn engine(command: &MediaCommand) -> Vec<MediaEvent> {
 }
 
 struct Node {
-    voip: Voip,
+    voip: VoipMachine,
     inbox: VecDeque<Input>,
 }
 
@@ -62,11 +62,19 @@ fn one_call(seed: u8) -> usize {
     let mut now = Timestamp(1_700_000_000_000);
     let mut nodes = [
         Node {
-            voip: Voip::new(Config::default(), LocalDevice::new("@alice:example.org", "A"), [seed; 32]),
+            voip: VoipMachine::new(
+                Config::default(),
+                LocalDevice::new("@alice:example.org", "A"),
+                [seed; 32],
+            ),
             inbox: VecDeque::new(),
         },
         Node {
-            voip: Voip::new(Config::default(), LocalDevice::new("@bob:example.org", "B"), [seed ^ 0xff; 32]),
+            voip: VoipMachine::new(
+                Config::default(),
+                LocalDevice::new("@bob:example.org", "B"),
+                [seed ^ 0xff; 32],
+            ),
             inbox: VecDeque::new(),
         },
     ];
@@ -177,7 +185,7 @@ fn call_flow(c: &mut Criterion) {
 
 fn candidates_event(c: &mut Criterion) {
     let now = Timestamp(1_700_000_000_000);
-    let mut voip = Voip::new(Config::default(), LocalDevice::new("@bob:example.org", "B"), [3; 32]);
+    let mut voip = VoipMachine::new(Config::default(), LocalDevice::new("@bob:example.org", "B"), [3; 32]);
     let call_id = CallId::from("1700000000000benchmarkcallid");
     let invite = RoomEvent {
         room_id: RoomId::from(ROOM),
@@ -238,9 +246,9 @@ fn member_state(i: usize, ts: u64) -> voip_core::StateEvent {
 }
 
 /// A machine in an Element Call (MatrixRTC, LiveKit) group call with `n` other members.
-fn big_call(n: usize) -> (Voip, Timestamp) {
+fn big_call(n: usize) -> (VoipMachine, Timestamp) {
     let now = Timestamp(1_700_000_000_000);
-    let mut voip = Voip::new(Config::default(), LocalDevice::new("@me:example.org", "ME"), [9; 32]);
+    let mut voip = VoipMachine::new(Config::default(), LocalDevice::new("@me:example.org", "ME"), [9; 32]);
     voip.handle(
         now,
         Input::Command(Command::JoinGroupCall {

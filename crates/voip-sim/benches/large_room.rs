@@ -1,4 +1,4 @@
-//! Large rooms (issue #15): the cost of taking in a room's state through [`Voip::handle`], and
+//! Large rooms (issue #15): the cost of taking in a room's state through [`VoipMachine::handle`], and
 //! of each further `m.room.member` event.
 //!
 //! The room has `ROOM_MEMBERS` joined users; `call` of them are in the room's group call, each
@@ -24,8 +24,8 @@ use cap::Cap;
 use criterion::{black_box, criterion_group, Criterion};
 use serde_json::json;
 use voip_core::{
-    Command, Config, Event, Focus, Input, LocalDevice, Membership, MembershipDialect, Output, RoomId,
-    RoomMember, StateEvent, Timestamp, UserId, Voip,
+    Command, Config, Event, Focus, Input, LocalDevice, MembershipDialect, Output, RoomId, RoomMember,
+    RoomMembership, StateEvent, Timestamp, UserId, VoipMachine,
 };
 
 /// Counts the bytes currently allocated.
@@ -74,7 +74,7 @@ fn call_member(i: usize, dialect: MembershipDialect, mesh: bool) -> StateEvent {
     }
 }
 
-fn room_member(i: usize, membership: Membership) -> RoomMember {
+fn room_member(i: usize, membership: RoomMembership) -> RoomMember {
     RoomMember { room_id: RoomId::from(ROOM), user_id: user(i), membership }
 }
 
@@ -88,8 +88,8 @@ enum Mode {
     JoinedMesh,
 }
 
-fn machine(mode: Mode, dialect: MembershipDialect) -> Voip {
-    let mut voip = Voip::new(Config::default(), LocalDevice::new("@me:example.org", "ME"), [3; 32]);
+fn machine(mode: Mode, dialect: MembershipDialect) -> VoipMachine {
+    let mut voip = VoipMachine::new(Config::default(), LocalDevice::new("@me:example.org", "ME"), [3; 32]);
     voip.handle(T0, Input::ServerSupport { delayed_events: true }).expect("support");
     let focus = match mode {
         Mode::Observe => None,
@@ -122,9 +122,15 @@ fn machine(mode: Mode, dialect: MembershipDialect) -> Voip {
 /// Feeds the call memberships of users `0..call`, then the room joins of `0..ROOM_MEMBERS`:
 /// one input each, draining outputs after each, or (`batch`) all in one [`Input::RoomState`].
 /// Returns how many participants the last `participants_changed` counted.
-fn take_in(voip: &mut Voip, call: usize, dialect: MembershipDialect, mesh: bool, batch: bool) -> usize {
+fn take_in(
+    voip: &mut VoipMachine,
+    call: usize,
+    dialect: MembershipDialect,
+    mesh: bool,
+    batch: bool,
+) -> usize {
     let mut participants = 0;
-    let mut drain = |voip: &mut Voip| {
+    let mut drain = |voip: &mut VoipMachine| {
         while let Some(o) = voip.poll() {
             if let Output::Event(Event::ParticipantsChanged { count, .. }) = &o {
                 participants = *count;
@@ -133,7 +139,7 @@ fn take_in(voip: &mut Voip, call: usize, dialect: MembershipDialect, mesh: bool,
         }
     };
     let state = (0..call).map(|i| call_member(i, dialect, mesh));
-    let members = (0..ROOM_MEMBERS).map(|i| room_member(i, Membership::Join));
+    let members = (0..ROOM_MEMBERS).map(|i| room_member(i, RoomMembership::Join));
     if batch {
         voip.handle(T0, room_state(call, dialect, mesh)).expect("room state");
         drain(voip);
@@ -153,7 +159,7 @@ fn take_in(voip: &mut Voip, call: usize, dialect: MembershipDialect, mesh: bool,
 /// The whole room as one input.
 fn room_state(call: usize, dialect: MembershipDialect, mesh: bool) -> Input {
     Input::RoomState {
-        members: (0..ROOM_MEMBERS).map(|i| room_member(i, Membership::Join)).collect(),
+        members: (0..ROOM_MEMBERS).map(|i| room_member(i, RoomMembership::Join)).collect(),
         state: (0..call).map(|i| call_member(i, dialect, mesh)).collect(),
     }
 }
@@ -278,12 +284,12 @@ fn bench_further(c: &mut Criterion) {
         let mut voip = machine(mode, dialect);
         take_in(&mut voip, ROOM_MEMBERS, dialect, false, true);
         // A user of the room who is not in the call.
-        let outsider = RoomMember { user_id: user(ROOM_MEMBERS + 1), ..room_member(0, Membership::Join) };
+        let outsider = RoomMember { user_id: user(ROOM_MEMBERS + 1), ..room_member(0, RoomMembership::Join) };
         let mut flip = false;
         g.bench_function(format!("10000_call_{m}/user_not_in_call"), |b| {
             b.iter(|| {
                 flip = !flip;
-                let membership = if flip { Membership::Leave } else { Membership::Join };
+                let membership = if flip { RoomMembership::Leave } else { RoomMembership::Join };
                 voip.handle(T0, Input::RoomMember(RoomMember { membership, ..outsider.clone() }))
                     .expect("member");
                 while let Some(o) = voip.poll() {
@@ -297,7 +303,7 @@ fn bench_further(c: &mut Criterion) {
             g.bench_function(format!("10000_call_{m}/call_member"), |b| {
                 b.iter(|| {
                     flip = !flip;
-                    let membership = if flip { Membership::Leave } else { Membership::Join };
+                    let membership = if flip { RoomMembership::Leave } else { RoomMembership::Join };
                     voip.handle(T0, Input::RoomMember(room_member(7, membership))).expect("member");
                     while let Some(o) = voip.poll() {
                         black_box(o);

@@ -7,7 +7,7 @@
 //! output and matches it as a JSON subset, optionally capturing values for later steps
 //! (`{{name}}` in any later string); `expect_error` matches the last input's error;
 //! `expect_none` asserts that no output is left; `expect_call` matches a call snapshot;
-//! `expect_media_keys` matches the media keys of an SFU group call (`Voip::media_keys`).
+//! `expect_media_keys` matches the media keys of an SFU group call (`VoipMachine::media_keys`).
 
 use std::collections::BTreeMap;
 use std::collections::VecDeque;
@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use serde_json::Value;
-use voip_core::{seed_from_u64, CallId, Config, GroupCallId, Input, LocalDevice, RoomId, Timestamp, Voip};
+use voip_core::{
+    seed_from_u64, CallId, Config, GroupCallId, Input, LocalDevice, RoomId, Timestamp, VoipMachine,
+};
 
 /// One fixture file.
 #[derive(Debug, Deserialize)]
@@ -137,13 +139,13 @@ pub fn run(fx: &Fixture) -> Result<(), FixtureError> {
     }
     let config: Config =
         serde_json::from_value(config_json).map_err(|e| fail(0, format!("bad config: {e}")))?;
-    let mut voip = Voip::new(config, fx.device.clone(), seed_from_u64(fx.seed));
+    let mut voip = VoipMachine::new(config, fx.device.clone(), seed_from_u64(fx.seed));
     let start = Timestamp(fx.start_ms);
     let mut now = start;
     let mut vars: BTreeMap<String, Value> = BTreeMap::new();
     let mut pending: VecDeque<Value> = VecDeque::new();
     let mut last_result: Option<Result<(), voip_core::Error>> = None;
-    let collect = |voip: &mut Voip, pending: &mut VecDeque<Value>| {
+    let collect = |voip: &mut VoipMachine, pending: &mut VecDeque<Value>| {
         while let Some(out) = voip.poll() {
             let v = serde_json::to_value(&out).expect("outputs serialize");
             if !fx.ignore_outputs.iter().any(|pat| subset(pat, &v).is_ok()) {

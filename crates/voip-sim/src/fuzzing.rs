@@ -8,7 +8,7 @@
 //! - [`handle`]: the core's input handler fed a JSON list of [`Input`]s on a device with a live
 //!   1:1 call and SFU and mesh group calls: a cleartext to-device call event changes no call and
 //!   causes no output; no map that remote input grows exceeds its per-sender or total bound
-//!   (`Voip::footprint`); no peer gets more live calls than its new-call budget; deadlines are
+//!   (`VoipMachine::footprint`); no peer gets more live calls than its new-call budget; deadlines are
 //!   never in the past (and, built with debug assertions, no arithmetic overflows); afterwards
 //!   the machine still works.
 //!
@@ -17,8 +17,8 @@
 use serde_json::Value;
 use voip_core::wire::{call, keys, member};
 use voip_core::{
-    CallType, Command, Config, Focus, Input, LocalDevice, Membership, MembershipDialect, RoomId, RoomMember,
-    Signalling, Timestamp, UserId, Voip,
+    CallType, Command, Config, Focus, Input, LocalDevice, MembershipDialect, RoomId, RoomMember,
+    RoomMembership, Signalling, Timestamp, UserId, VoipMachine,
 };
 
 /// A harness: raw bytes in, a panic when an oracle breaks.
@@ -102,14 +102,15 @@ pub fn wire_keys(data: &[u8]) {
 const ROOM: &str = "!fuzz:example.org";
 
 /// A device with a live 1:1 call, an SFU group call and a mesh group call, ready for input.
-pub fn handle_machine() -> (Voip, Timestamp) {
-    let mut voip = Voip::new(Config::default(), LocalDevice::new("@alice:example.org", "ALICE"), [3; 32]);
+pub fn handle_machine() -> (VoipMachine, Timestamp) {
+    let mut voip =
+        VoipMachine::new(Config::default(), LocalDevice::new("@alice:example.org", "ALICE"), [3; 32]);
     let now = Timestamp(1_700_000_000_000);
     for u in ["@alice:example.org", "@bob:example.org", "@carol:example.org"] {
         let m = RoomMember {
             room_id: RoomId::from(ROOM),
             user_id: UserId::from(u),
-            membership: Membership::Join,
+            membership: RoomMembership::Join,
         };
         let _ = voip.handle(now, Input::RoomMember(m));
     }

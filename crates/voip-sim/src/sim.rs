@@ -1,4 +1,4 @@
-//! The simulator: N devices (each a `voip_core::Voip` plus a [`FakeMedia`]), an in-memory
+//! The simulator: N devices (each a `voip_core::VoipMachine` plus a [`FakeMedia`]), an in-memory
 //! homeserver (room timelines with `origin_server_ts`, to-device queues), one virtual clock.
 //!
 //! Every message travels with a latency; the homeserver echoes room events back to every member
@@ -21,8 +21,9 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 use voip_core::media::{ConnectionState, MediaEvent};
 use voip_core::{
-    seed_from_u64, CallId, Command, Config, DeviceId, Event, Input, LocalDevice, Membership, Output,
-    RoomEvent, RoomId, RoomMember, SendKind, SendOutcome, StateEvent, Timestamp, ToDeviceEvent, UserId, Voip,
+    seed_from_u64, CallId, Command, Config, DeviceId, Event, Input, LocalDevice, Output, RoomEvent, RoomId,
+    RoomMember, RoomMembership, SendKind, SendOutcome, StateEvent, Timestamp, ToDeviceEvent, UserId,
+    VoipMachine,
 };
 
 use crate::media::FakeMedia;
@@ -54,7 +55,7 @@ pub struct Faults {
 #[derive(Debug)]
 pub struct Device {
     /// The core.
-    pub voip: Voip,
+    pub voip: VoipMachine,
     /// Its media engine.
     pub media: FakeMedia,
     /// Every app event, time-stamped.
@@ -212,7 +213,7 @@ impl Sim {
         let skew = self.faults.clock_skew_ms;
         let skew_ms = if skew == 0 { 0 } else { (self.rng.next_u64() % (2 * skew + 1)) as i64 - skew as i64 };
         self.devices.push(Device {
-            voip: Voip::new(config, LocalDevice::new(user, device), seed),
+            voip: VoipMachine::new(config, LocalDevice::new(user, device), seed),
             media: FakeMedia::new(),
             events: Vec::new(),
             outputs: Vec::new(),
@@ -234,14 +235,14 @@ impl Sim {
         // The old process is gone: its media engine's reports and its send results die with it.
         self.kill_local_inflight(d);
         let seed = seed_from_u64(self.rng.next_u64());
-        self.devices[d.0].voip = Voip::new(config, local, seed);
+        self.devices[d.0].voip = VoipMachine::new(config, local, seed);
         self.devices[d.0].generation += 1;
         self.devices[d.0].media = FakeMedia::new();
         let rooms: Vec<(RoomId, Vec<UserId>)> =
             self.rooms.iter().map(|(r, m)| (r.clone(), m.iter().cloned().collect())).collect();
         for (room_id, members) in rooms {
             for user_id in members {
-                let m = RoomMember { room_id: room_id.clone(), user_id, membership: Membership::Join };
+                let m = RoomMember { room_id: room_id.clone(), user_id, membership: RoomMembership::Join };
                 self.feed(d, Input::RoomMember(m));
             }
         }
@@ -260,7 +261,7 @@ impl Sim {
                 let m = RoomMember {
                     room_id: room_id.clone(),
                     user_id: UserId::from(*u),
-                    membership: Membership::Join,
+                    membership: RoomMembership::Join,
                 };
                 self.feed(DeviceIdx(i), Input::RoomMember(m));
             }
@@ -277,7 +278,7 @@ impl Sim {
             let m = RoomMember {
                 room_id: room.clone(),
                 user_id: UserId::from(user),
-                membership: Membership::Leave,
+                membership: RoomMembership::Leave,
             };
             self.deliver(DeviceIdx(i), Input::RoomMember(m), self.latency_ms);
         }

@@ -6,8 +6,8 @@
 
 use serde_json::{json, Value};
 use voip_core::{
-    Command, Config, Event, Focus, GroupCallId, Input, LocalDevice, Membership, MembershipDialect, Output,
-    Participant, RoomEvent, RoomId, RoomMember, StateEvent, TimerKind, Timestamp, UserId, Voip,
+    Command, Config, Event, Focus, GroupCallId, Input, LocalDevice, MembershipDialect, Output, Participant,
+    RoomEvent, RoomId, RoomMember, RoomMembership, StateEvent, TimerKind, Timestamp, UserId, VoipMachine,
 };
 
 const ROOM: &str = "!large:example.org";
@@ -58,15 +58,15 @@ fn famedly_list(i: usize, devices: &[(&str, u64)]) -> StateEvent {
     }
 }
 
-fn room_member(i: usize, membership: Membership) -> Input {
+fn room_member(i: usize, membership: RoomMembership) -> Input {
     Input::RoomMember(RoomMember { room_id: RoomId::from(ROOM), user_id: user(i), membership })
 }
 
-fn machine() -> Voip {
-    Voip::new(Config::default(), LocalDevice::new("@me:example.org", "ME"), [5; 32])
+fn machine() -> VoipMachine {
+    VoipMachine::new(Config::default(), LocalDevice::new("@me:example.org", "ME"), [5; 32])
 }
 
-fn drain(voip: &mut Voip) -> Vec<Output> {
+fn drain(voip: &mut VoipMachine) -> Vec<Output> {
     std::iter::from_fn(|| voip.poll()).collect()
 }
 
@@ -87,7 +87,7 @@ fn ids(p: &[Participant]) -> Vec<(String, String)> {
     p.iter().map(|p| (p.user_id.to_string(), p.device_id.to_string())).collect()
 }
 
-fn join_livekit(voip: &mut Voip) {
+fn join_livekit(voip: &mut VoipMachine) {
     voip.handle(
         T0,
         Input::Command(Command::JoinGroupCall {
@@ -116,7 +116,7 @@ fn a_member_event_of_a_user_without_call_membership_does_nothing() {
             join_livekit(&mut voip);
             drain(&mut voip);
             // Before any membership: the group is not looked at (it would start its keys).
-            voip.handle(T0, room_member(99, Membership::Join)).unwrap();
+            voip.handle(T0, room_member(99, RoomMembership::Join)).unwrap();
             let out = drain(&mut voip);
             assert!(out.is_empty(), "a non-member's join touched the group: {out:?}");
         }
@@ -124,13 +124,18 @@ fn a_member_event_of_a_user_without_call_membership_does_nothing() {
             voip.handle(T0, Input::StateEvent(rtc_member(i, 3_600_000))).unwrap();
         }
         for i in 0..100 {
-            voip.handle(T0, room_member(i, Membership::Join)).unwrap();
+            voip.handle(T0, room_member(i, RoomMembership::Join)).unwrap();
         }
         drain(&mut voip);
         let deadline = voip.next_deadline();
         // Users 20.. have no call membership: joining, leaving, being banned changes nothing.
-        for m in [Membership::Leave, Membership::Join, Membership::Ban, Membership::Invite, Membership::Join]
-        {
+        for m in [
+            RoomMembership::Leave,
+            RoomMembership::Join,
+            RoomMembership::Ban,
+            RoomMembership::Invite,
+            RoomMembership::Join,
+        ] {
             voip.handle(T0, room_member(50, m)).unwrap();
             let out = drain(&mut voip);
             assert!(out.is_empty(), "joined {joined}: {m:?} of a non-member produced {out:?}");
@@ -138,16 +143,16 @@ fn a_member_event_of_a_user_without_call_membership_does_nothing() {
         assert_eq!(voip.next_deadline(), deadline);
         assert_eq!(voip.group_call(&group()).members.len(), 20);
         // A call member leaving the room: exactly that member leaves, and joins again.
-        voip.handle(T0, room_member(7, Membership::Leave)).unwrap();
+        voip.handle(T0, room_member(7, RoomMembership::Leave)).unwrap();
         let c = changes(&drain(&mut voip));
         assert_eq!(c.len(), 1, "joined {joined}");
         assert!(c[0].0.is_empty());
         assert_eq!(ids(&c[0].1), [(user(7).to_string(), "D7".to_string())]);
         assert_eq!(c[0].2, 19);
         // Invited is not joined either: no change.
-        voip.handle(T0, room_member(7, Membership::Invite)).unwrap();
+        voip.handle(T0, room_member(7, RoomMembership::Invite)).unwrap();
         assert!(changes(&drain(&mut voip)).is_empty());
-        voip.handle(T0, room_member(7, Membership::Join)).unwrap();
+        voip.handle(T0, room_member(7, RoomMembership::Join)).unwrap();
         let c = changes(&drain(&mut voip));
         assert_eq!(c.len(), 1);
         assert_eq!(ids(&c[0].0), [(user(7).to_string(), "D7".to_string())]);
@@ -266,7 +271,7 @@ fn a_room_state_batch_ends_where_one_by_one_ends_with_one_report_per_group() {
         .map(|i| RoomMember {
             room_id: RoomId::from(ROOM),
             user_id: user(i),
-            membership: if (40..45).contains(&i) { Membership::Leave } else { Membership::Join },
+            membership: if (40..45).contains(&i) { RoomMembership::Leave } else { RoomMembership::Join },
         })
         .collect();
     let mut one = machine();
@@ -290,7 +295,7 @@ fn a_room_state_batch_ends_where_one_by_one_ends_with_one_report_per_group() {
     // The call's own rules (MatrixRTC): the famedly lists are another dialect.
     assert_eq!(reports[0].2, 45);
     assert!(reports[0].1.is_empty());
-    let members = |v: &Voip| -> Vec<Participant> {
+    let members = |v: &VoipMachine| -> Vec<Participant> {
         v.group_call(&group()).members.into_iter().map(|m| m.participant).collect()
     };
     assert_eq!(members(&batch), members(&one));
@@ -307,7 +312,7 @@ fn a_room_state_batch_ends_where_one_by_one_ends_with_one_report_per_group() {
                 members: vec![RoomMember {
                     room_id: RoomId::from(ROOM),
                     user_id: user(71),
-                    membership: Membership::Join,
+                    membership: RoomMembership::Join,
                 }],
                 state: vec![bad, rtc_member(71, 3_600_000)],
             },
@@ -320,7 +325,7 @@ fn a_room_state_batch_ends_where_one_by_one_ends_with_one_report_per_group() {
 
 /// In a joined call of 3 000 members, one member leaving (the room, or the call) and coming back
 /// reports exactly that member: the event's size follows the change, not the call, and the
-/// whole list is still there for the asking (`Voip::participants`). The key manager sees the
+/// whole list is still there for the asking (`VoipMachine::participants`). The key manager sees the
 /// same change: the rotation after the leave goes to the 2 999 others, the rejoin gets a key.
 #[test]
 fn one_change_in_a_large_call_is_reported_as_that_change() {
@@ -335,7 +340,7 @@ fn one_change_in_a_large_call_is_reported_as_that_change() {
                 .map(|i| RoomMember {
                     room_id: RoomId::from(ROOM),
                     user_id: user(i),
-                    membership: Membership::Join,
+                    membership: RoomMembership::Join,
                 })
                 .collect(),
             state: (0..N).map(|i| rtc_member(i, 3_600_000)).collect(),
@@ -361,7 +366,7 @@ fn one_change_in_a_large_call_is_reported_as_that_change() {
             .collect()
     };
     // A member leaves the room: one participant leaves.
-    voip.handle(T0.plus(1_000), room_member(17, Membership::Leave)).unwrap();
+    voip.handle(T0.plus(1_000), room_member(17, RoomMembership::Leave)).unwrap();
     let out = drain(&mut voip);
     let c = changes(&out);
     assert_eq!(c.len(), 1);
@@ -379,7 +384,7 @@ fn one_change_in_a_large_call_is_reported_as_that_change() {
         StateEvent { content: json!({}), origin_server_ts: T0.plus(1_500), ..rtc_member(17, 3_600_000) };
     voip.handle(T0.plus(1_500), Input::StateEvent(leave)).unwrap();
     assert!(changes(&drain(&mut voip)).is_empty());
-    voip.handle(T0.plus(2_000), room_member(17, Membership::Join)).unwrap();
+    voip.handle(T0.plus(2_000), room_member(17, RoomMembership::Join)).unwrap();
     assert!(changes(&drain(&mut voip)).is_empty(), "back in the room, not in the call");
     // It joins the call again: one participant joins, and gets a key.
     let rejoin = StateEvent { origin_server_ts: T0.plus(3_000), ..rtc_member(17, 3_600_000) };

@@ -17,7 +17,7 @@ use proptest::prelude::*;
 use serde_json::{json, Value};
 use voip_core::{
     CallId, CallType, Command, Config, EndReason, Event, Initiator, Input, LocalDevice, Output, RoomEvent,
-    RoomId, Signalling, Timestamp, ToDeviceEvent, UserId, Voip,
+    RoomId, Signalling, Timestamp, ToDeviceEvent, UserId, VoipMachine,
 };
 use voip_sim::invariants::Checker;
 use voip_sim::{DeviceIdx, Faults, Sim};
@@ -360,7 +360,7 @@ proptest! {
         sender in prop_oneof![Just("@bob:example.org"), Just("@alice:example.org"), Just("@mallory:example.org")],
         age in prop::option::of(any::<u64>()),
     ) {
-        let mut voip = Voip::new(Config::default(), LocalDevice::new("@alice:example.org", "A"), [1; 32]);
+        let mut voip = VoipMachine::new(Config::default(), LocalDevice::new("@alice:example.org", "A"), [1; 32]);
         let now = Timestamp(1_700_000_000_000);
         let call = voip.place_call(now, RoomId::from(ROOM), UserId::from("@bob:example.org"), None, CallType::Voice, Signalling::Room).unwrap();
         while voip.poll().is_some() {}

@@ -1,12 +1,12 @@
 //! Authenticated signalling and per-sender bounds (docs/security.md): each test here failed
-//! before its rule existed. Bare cores driven through the public `Voip::handle` surface, so
+//! before its rule existed. Bare cores driven through the public `VoipMachine::handle` surface, so
 //! every output (peer connections created, sends, events) can be counted.
 
 use serde_json::{json, Value};
 use voip_core::{
-    CallId, CallState, CallType, Config, Counters, DeviceId, Event, Input, LocalDevice, MediaCommand,
-    Membership, Output, RoomEvent, RoomId, RoomMember, SendKind, Signalling, StateEvent, Timestamp,
-    ToDeviceEvent, UserId, Voip,
+    CallId, CallState, CallType, Config, Counters, DeviceId, Event, Input, LocalDevice, MediaCommand, Output,
+    RoomEvent, RoomId, RoomMember, RoomMembership, SendKind, Signalling, StateEvent, Timestamp,
+    ToDeviceEvent, UserId, VoipMachine,
 };
 
 const ROOM: &str = "!dm:example.org";
@@ -18,16 +18,17 @@ const SDP: &str =
 
 /// Bob's device, with every output kept.
 struct Bob {
-    voip: Voip,
+    voip: VoipMachine,
     now: Timestamp,
     outputs: Vec<Output>,
 }
 
 impl Bob {
     fn new() -> Bob {
-        let voip = Voip::new(Config::default(), LocalDevice::new(BOB, "BOB"), voip_core::seed_from_u64(3));
+        let voip =
+            VoipMachine::new(Config::default(), LocalDevice::new(BOB, "BOB"), voip_core::seed_from_u64(3));
         let mut bob = Bob { voip, now: Timestamp(1_700_000_000_000), outputs: Vec::new() };
-        bob.member(BOB, Membership::Join);
+        bob.member(BOB, RoomMembership::Join);
         bob
     }
 
@@ -44,7 +45,7 @@ impl Bob {
         self.feed(Input::Tick);
     }
 
-    fn member(&mut self, user: &str, membership: Membership) {
+    fn member(&mut self, user: &str, membership: RoomMembership) {
         let m = RoomMember { room_id: RoomId::from(ROOM), user_id: UserId::from(user), membership };
         self.feed(Input::RoomMember(m));
     }
@@ -134,7 +135,7 @@ fn to_device_invite(call: &str, olm: Option<&str>) -> Value {
 #[test]
 fn cleartext_to_device_never_creates_changes_or_ends_a_call() {
     let mut bob = Bob::new();
-    bob.member(ALICE, Membership::Join);
+    bob.member(ALICE, RoomMembership::Join);
     // In clear, even naming Alice's device (as the sender field and in the content).
     let mut clear = to_device(ALICE, None, "m.call.invite", to_device_invite("C1", None), 0);
     if let Input::ToDevice(e) = &mut clear {
@@ -162,7 +163,7 @@ fn cleartext_to_device_never_creates_changes_or_ends_a_call() {
 #[test]
 fn our_to_device_call_events_are_always_sent_olm_encrypted() {
     let mut bob = Bob::new();
-    bob.member(ALICE, Membership::Join);
+    bob.member(ALICE, RoomMembership::Join);
     let call = bob
         .voip
         .place_call(
@@ -225,15 +226,15 @@ fn to_device_invites_ring_only_between_known_joined_members() {
     // Alice's membership unknown: refused (not "unknown = fine").
     bob.feed(to_device(ALICE, Some("ALICE"), "m.call.invite", to_device_invite("C1", Some("ALICE")), 0));
     assert_eq!(bob.state("C1"), None);
-    bob.member(ALICE, Membership::Invite);
+    bob.member(ALICE, RoomMembership::Invite);
     bob.feed(to_device(ALICE, Some("ALICE"), "m.call.invite", to_device_invite("C2", Some("ALICE")), 0));
     assert_eq!(bob.state("C2"), None, "an invited (not joined) sender does not ring us");
-    bob.member(ALICE, Membership::Join);
+    bob.member(ALICE, RoomMembership::Join);
     bob.feed(to_device(ALICE, Some("ALICE"), "m.call.invite", to_device_invite("C3", Some("ALICE")), 0));
     assert_eq!(bob.state("C3"), Some(CallState::Ringing));
     assert_eq!(bob.counters().not_for_us, 2);
     // We left the room: nothing for it rings, room invite or to-device.
-    bob.member(BOB, Membership::Leave);
+    bob.member(BOB, RoomMembership::Leave);
     bob.feed(to_device(ALICE, Some("ALICE"), "m.call.invite", to_device_invite("C4", Some("ALICE")), 0));
     bob.feed(room(ALICE, "m.call.invite", invite_content("C5", 60_000), false));
     assert_eq!((bob.state("C4"), bob.state("C5")), (None, None));
@@ -265,8 +266,8 @@ fn remote_lifetimes_are_capped_and_ages_saturate() {
 #[test]
 fn seq_cannot_overflow_and_only_moves_its_senders_queue() {
     let mut bob = Bob::new();
-    bob.member(ALICE, Membership::Join);
-    bob.member(MALLORY, Membership::Join);
+    bob.member(ALICE, RoomMembership::Join);
+    bob.member(MALLORY, RoomMembership::Join);
     // An invite at u64::MAX (debug builds used to panic in `seq + 1`).
     bob.feed(to_device(
         ALICE,

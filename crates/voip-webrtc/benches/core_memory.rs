@@ -1,11 +1,11 @@
-//! Issue #10: memory held by a `voip_core::Voip` per idle call session and per group member.
+//! Issue #10: memory held by a `voip_core::VoipMachine` per idle call session and per group member.
 //!
 //! A counting global allocator (`cap`) gives the live heap. The bytes a machine holds are
 //! measured exactly, as the heap it frees when it is dropped (its pending outputs drained
 //! first); per-session numbers are that minus the bytes of a machine in the same situation
 //! without the session. Measured:
 //!
-//! * an empty `Voip` (constructed, nothing handled);
+//! * an empty `VoipMachine` (constructed, nothing handled);
 //! * 1:1 calls in a DM (the js-sdk capture's 2.6 kB offer SDP as offer and answer, trickled
 //!   candidates, `Connected` from a scripted media engine): ringing (caller: invite sent; callee:
 //!   ringing), connected (invite, answer, select_answer, candidates), and ended but still
@@ -28,7 +28,7 @@ use serde_json::{json, Value};
 use voip_core::media::{Candidate, ConnectionState, MediaCommand, MediaEvent, SessionDescription};
 use voip_core::{
     CallId, CallState, CallType, Command, Config, Event, GroupCallId, Input, LocalDevice, Output, RoomEvent,
-    RoomId, SendKind, SendOutcome, Signalling, StateEvent, Timestamp, UserId, Voip,
+    RoomId, SendKind, SendOutcome, Signalling, StateEvent, Timestamp, UserId, VoipMachine,
 };
 
 #[global_allocator]
@@ -41,22 +41,22 @@ const ROOM: &str = "!dm:example.org";
 const T0: Timestamp = Timestamp(1_700_000_000_000);
 
 /// Bytes `voip` holds: the heap freed by dropping it.
-fn held(voip: Voip) -> usize {
+fn held(voip: VoipMachine) -> usize {
     let before = HEAP.allocated();
     drop(voip);
     before - HEAP.allocated()
 }
 
-fn drain(voip: &mut Voip) -> Vec<Output> {
+fn drain(voip: &mut VoipMachine) -> Vec<Output> {
     std::iter::from_fn(|| voip.poll()).collect()
 }
 
-fn alice(seed: u8) -> Voip {
-    Voip::new(Config::default(), LocalDevice::new("@alice:example.org", "ALICE"), [seed; 32])
+fn alice(seed: u8) -> VoipMachine {
+    VoipMachine::new(Config::default(), LocalDevice::new("@alice:example.org", "ALICE"), [seed; 32])
 }
 
-fn bob(seed: u8) -> Voip {
-    Voip::new(Config::default(), LocalDevice::new("@bob:example.org", "BOB"), [seed ^ 0xff; 32])
+fn bob(seed: u8) -> VoipMachine {
+    VoipMachine::new(Config::default(), LocalDevice::new("@bob:example.org", "BOB"), [seed ^ 0xff; 32])
 }
 
 fn candidate(n: u32) -> Candidate {
@@ -99,7 +99,7 @@ fn engine(command: &MediaCommand) -> Vec<MediaEvent> {
 
 /// Two devices in a DM room; room events go to both (the sender's own echo included).
 struct Pair {
-    nodes: [Voip; 2],
+    nodes: [VoipMachine; 2],
     inbox: [VecDeque<Input>; 2],
     now: Timestamp,
     answer: bool,
@@ -245,8 +245,8 @@ fn member_state(i: usize, ts: u64) -> StateEvent {
 }
 
 /// This device joined to a MatrixRTC LiveKit call with `n` other members, one minute later.
-fn group_call(n: usize) -> Voip {
-    let mut voip = Voip::new(Config::default(), LocalDevice::new("@me:example.org", "ME"), [9; 32]);
+fn group_call(n: usize) -> VoipMachine {
+    let mut voip = VoipMachine::new(Config::default(), LocalDevice::new("@me:example.org", "ME"), [9; 32]);
     let room = RoomId::from("!big:example.org");
     voip.handle(
         T0,
@@ -306,9 +306,9 @@ fn main() {
 
     let empty = average(runs, |s| (held(alice(s)), held(bob(s))));
     println!(
-        "bytes held by a voip_core::Voip: heap freed on drop (averaged over {runs} machines), plus \
-         {} B inline (size_of::<Voip>())",
-        std::mem::size_of::<Voip>()
+        "bytes held by a voip_core::VoipMachine: heap freed on drop (averaged over {runs} machines), plus \
+         {} B inline (size_of::<VoipMachine>())",
+        std::mem::size_of::<VoipMachine>()
     );
     println!("| situation | caller (alice) | callee (bob) |");
     println!("|---|---|---|");

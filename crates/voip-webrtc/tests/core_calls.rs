@@ -1,4 +1,4 @@
-//! Two `voip_core::Voip` cores, each with a real webrtc-rs engine on loopback, signalling
+//! Two `voip_core::VoipMachine` cores, each with a real webrtc-rs engine on loopback, signalling
 //! through an in-process room.
 
 mod common;

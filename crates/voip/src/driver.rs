@@ -16,7 +16,7 @@
 //! snapshot, then delivers the turn's app events (key callbacks first, then feeds and streams),
 //! then sends the replies — no lock is held while the core runs or while app code runs, so a key
 //! callback may use the handles freely. The timer is re-armed only when
-//! [`voip_core::Voip::next_deadline`] changes (or after it fired).
+//! [`voip_core::VoipMachine::next_deadline`] changes (or after it fired).
 //!
 //! The transport, the media engine and the clock are trait objects (`Arc<dyn …>`), not type
 //! parameters: the handles then have one type whatever the app plugs in (an app stores a `Voip`,
@@ -271,7 +271,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// What the builder hands over to start a driver.
 pub(crate) struct Parts {
-    pub(crate) core: voip_core::Voip,
+    pub(crate) core: voip_core::VoipMachine,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) transport: Arc<dyn crate::Transport>,
     pub(crate) inputs: Inputs,
@@ -393,7 +393,7 @@ enum Work {
 }
 
 struct Driver {
-    core: voip_core::Voip,
+    core: voip_core::VoipMachine,
     clock: Arc<dyn Clock>,
     transport: Arc<dyn crate::Transport>,
     engine: Arc<dyn MediaEngine>,

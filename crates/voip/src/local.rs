@@ -27,7 +27,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use voip_core::{
-    DelayedAction, DeviceId, Input, LocalDevice, Membership, RoomEvent, RoomId, RoomMember, SendKind,
+    DelayedAction, DeviceId, Input, LocalDevice, RoomEvent, RoomId, RoomMember, RoomMembership, SendKind,
     SendOutcome, SendRequest, StateEvent, ToDeviceEvent, UserId,
 };
 
@@ -100,7 +100,7 @@ impl LocalHomeserver {
                 continue;
             }
             for m in members {
-                let _ = tx.send(member(room, m, Membership::Join));
+                let _ = tx.send(member(room, m, RoomMembership::Join));
             }
             for ((r, _, _), ev) in &s.state {
                 if r == room {
@@ -129,7 +129,7 @@ impl LocalHomeserver {
         let members: BTreeSet<UserId> = users.iter().map(|u| UserId::from(*u)).collect();
         s.rooms.insert(room.clone(), members.clone());
         for m in &members {
-            s.deliver_to_room(&room, &member(&room, m, Membership::Join));
+            s.deliver_to_room(&room, &member(&room, m, RoomMembership::Join));
         }
         if let Some(creator) = members.first() {
             // An encrypted room, as clients create them (see the module docs).
@@ -143,7 +143,7 @@ impl LocalHomeserver {
     pub fn leave_room(&self, room: &RoomId, user_id: &str) {
         let mut s = self.lock();
         let user = UserId::from(user_id);
-        let input = member(room, &user, Membership::Leave);
+        let input = member(room, &user, RoomMembership::Leave);
         s.deliver_to_room(room, &input);
         s.deliver_to_user(&user, &input);
         if let Some(members) = s.rooms.get_mut(room) {
@@ -177,7 +177,7 @@ impl LocalHomeserver {
     }
 }
 
-fn member(room: &RoomId, user: &UserId, membership: Membership) -> Input {
+fn member(room: &RoomId, user: &UserId, membership: RoomMembership) -> Input {
     Input::RoomMember(RoomMember { room_id: room.clone(), user_id: user.clone(), membership })
 }
 

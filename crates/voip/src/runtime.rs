@@ -138,7 +138,7 @@ impl VoipBuilder {
             Some(seed) => seed,
             None => os_seed()?,
         };
-        let core = voip_core::Voip::new(self.config, self.local.clone(), seed);
+        let core = voip_core::VoipMachine::new(self.config, self.local.clone(), seed);
         #[allow(unused_mut)]
         let (mut drain_hooks, mut final_hooks): (Vec<StopHook>, Vec<StopHook>) = (Vec::new(), Vec::new());
         #[cfg(feature = "matrix")]
@@ -420,7 +420,7 @@ mod seed_tests {
         // And so different cores: their first call ids differ.
         let local = voip_core::LocalDevice::new("@a:x", "A");
         let ids = [a, b].map(|seed| {
-            let mut core = voip_core::Voip::new(voip_core::Config::default(), local.clone(), seed);
+            let mut core = voip_core::VoipMachine::new(voip_core::Config::default(), local.clone(), seed);
             core.place_call(
                 voip_core::Timestamp(1),
                 "!r:x".into(),

@@ -2,7 +2,7 @@
 
 use super::*;
 
-impl Voip {
+impl VoipMachine {
     pub(super) fn call_mut(&mut self, call_id: &CallId) -> Result<&mut Call, ApiMisuse> {
         self.calls.get_mut(call_id).ok_or_else(|| ApiMisuse::UnknownCall { call_id: call_id.clone() })
     }

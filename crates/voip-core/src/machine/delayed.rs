@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl Voip {
+impl VoipMachine {
     /// The start-up listing of our delayed events arrived: keep the membership leaves at our
     /// own state keys that no join of this process scheduled, until they have fired for sure,
     /// and cancel those that would remove a current join.

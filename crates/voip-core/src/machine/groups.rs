@@ -2,7 +2,7 @@
 
 use super::*;
 
-impl Voip {
+impl VoipMachine {
     pub(super) fn group_sent(
         &mut self,
         group: &GroupCallId,

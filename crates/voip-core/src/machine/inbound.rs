@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl Voip {
+impl VoipMachine {
     pub(super) fn handle_media(&mut self, call_id: CallId, event: MediaEvent) -> Result<(), Error> {
         let mut ctx = ctx!(self);
         match self.calls.get_mut(&call_id) {

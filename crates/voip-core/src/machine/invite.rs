@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl Voip {
+impl VoipMachine {
     pub(super) fn dispatch(
         &mut self,
         event_type: &str,
@@ -295,9 +295,10 @@ impl Voip {
         let me = self.membership_of(&source.room_id, &self.local.user_id);
         let sender = self.membership_of(&source.room_id, source.sender);
         match source.signalling {
-            Signalling::ToDevice => me == Some(Membership::Join) && sender == Some(Membership::Join),
+            Signalling::ToDevice => me == Some(RoomMembership::Join) && sender == Some(RoomMembership::Join),
             Signalling::Room => {
-                me.is_none_or(|m| m == Membership::Join) && sender.is_none_or(|m| m == Membership::Join)
+                me.is_none_or(|m| m == RoomMembership::Join)
+                    && sender.is_none_or(|m| m == RoomMembership::Join)
             }
         }
     }

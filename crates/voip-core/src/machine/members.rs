@@ -3,12 +3,12 @@
 
 use super::*;
 
-impl Voip {
+impl VoipMachine {
     pub(super) fn handle_member(&mut self, m: RoomMember) {
-        let left = !matches!(m.membership, Membership::Join | Membership::Invite);
-        let was_joined = self.membership_of(&m.room_id, &m.user_id).is_none_or(|x| x == Membership::Join);
+        let left = !matches!(m.membership, RoomMembership::Join | RoomMembership::Invite);
+        let was_joined = self.membership_of(&m.room_id, &m.user_id).is_none_or(|x| x == RoomMembership::Join);
         self.members.entry(m.room_id.clone()).or_default().insert(m.user_id.clone(), m.membership);
-        if was_joined != (m.membership == Membership::Join) {
+        if was_joined != (m.membership == RoomMembership::Join) {
             // Only the user's own memberships can change (a user without any: nothing to do).
             for (g, devices) in self.store.of_user(&m.room_id, &m.user_id) {
                 self.memberships_changed(g, devices);
@@ -35,13 +35,13 @@ impl Voip {
     }
 
     /// A user's `m.room.member` membership of a room, when we have seen it.
-    pub(super) fn membership_of(&self, room: &RoomId, user: &UserId) -> Option<Membership> {
+    pub(super) fn membership_of(&self, room: &RoomId, user: &UserId) -> Option<RoomMembership> {
         self.members.get(room).and_then(|m| m.get(user)).copied()
     }
 
     pub(super) fn joined_fn(&self, room: &RoomId) -> impl Fn(&UserId) -> bool + '_ {
         let members = self.members.get(room);
-        move |u: &UserId| members.and_then(|m| m.get(u)).is_none_or(|m| *m == Membership::Join)
+        move |u: &UserId| members.and_then(|m| m.get(u)).is_none_or(|m| *m == RoomMembership::Join)
     }
 
     /// A membership state event.
@@ -173,7 +173,7 @@ impl Voip {
     pub(super) fn refresh_devices(&mut self, group: &GroupCallId, devices: Option<&BTreeSet<Device>>) {
         let room_members = self.members.get(&group.room_id);
         let joined =
-            move |u: &UserId| room_members.and_then(|m| m.get(u)).is_none_or(|m| *m == Membership::Join);
+            move |u: &UserId| room_members.and_then(|m| m.get(u)).is_none_or(|m| *m == RoomMembership::Join);
         if let Some(g) = self.groups.get_mut(group) {
             let mut ctx = ctx!(self);
             g.on_members(&mut ctx, &self.store, &joined, devices);

@@ -2,7 +2,7 @@
 
 use super::*;
 
-impl Voip {
+impl VoipMachine {
     /// Mesh: one call per present member device. Calls to devices that left, or whose
     /// `membershipID` changed (a new session: the old call is stale), end at once; the lower
     /// `userId:deviceId` of each pair places any call that is missing.

@@ -1,4 +1,4 @@
-//! [`Voip`]: the one machine per local device. It routes inputs to the call sub-machines and
+//! [`VoipMachine`]: the one machine per local device. It routes inputs to the call sub-machines and
 //! collects their outputs; protocol decisions live in `call/`.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -16,7 +16,7 @@ use crate::group::membership::{self, Device, MembershipStore};
 use crate::group::{self, GroupCall, GroupCallInfo, GroupCallState, GroupOp, JoinParams};
 use crate::ids::{CallId, DeviceId, GroupCallId, LocalDevice, PartyId, RoomId, Timestamp, UserId};
 use crate::input::{
-    Command, Input, Membership, RoomEvent, RoomMember, SendOutcome, Signalling, ToDeviceEvent,
+    Command, Input, RoomEvent, RoomMember, RoomMembership, SendOutcome, Signalling, ToDeviceEvent,
 };
 use crate::media::{CallType, Candidate, MediaEvent};
 use crate::output::{CallDirection, CallState, EndReason, Event, Initiator, Output};
@@ -118,7 +118,7 @@ enum DelayedListing {
 
 /// A delayed membership leave at one of our state keys that no join of this process scheduled
 /// (an earlier process's, or, for famedly's per-user key, possibly another device's: see
-/// `Voip::cancel_stale_delayed`), until it has fired for sure.
+/// `VoipMachine::cancel_stale_delayed`), until it has fired for sure.
 #[derive(Clone, Debug)]
 struct StaleDelayed {
     event: crate::input::ScheduledDelayedEvent,
@@ -139,9 +139,9 @@ struct Source<'a> {
 /// Drive it with one loop, the same for apps, fixtures and the simulator:
 ///
 /// ```
-/// use voip_core::{Config, Input, LocalDevice, Output, Timestamp, Voip};
+/// use voip_core::{Config, Input, LocalDevice, Output, Timestamp, VoipMachine};
 ///
-/// let mut voip = Voip::new(Config::default(), LocalDevice::new("@alice:example.org", "ALICE"), [7; 32]);
+/// let mut voip = VoipMachine::new(Config::default(), LocalDevice::new("@alice:example.org", "ALICE"), [7; 32]);
 /// let now = Timestamp(1_700_000_000_000);
 /// voip.handle(now, Input::Tick).unwrap();
 /// // After every `handle`, drain every output before handling the next input.
@@ -156,7 +156,7 @@ struct Source<'a> {
 /// assert!(voip.next_deadline().is_none());
 /// ```
 #[derive(Debug)]
-pub struct Voip {
+pub struct VoipMachine {
     config: Config,
     local: LocalDevice,
     rng: Rng,
@@ -170,7 +170,7 @@ pub struct Voip {
     encrypted_rooms: BTreeSet<RoomId>,
     /// Replacements of our calls that their callee ended with `replaced` (lagging glare).
     awaited: glare::AwaitedReplacements,
-    members: BTreeMap<RoomId, BTreeMap<UserId, Membership>>,
+    members: BTreeMap<RoomId, BTreeMap<UserId, RoomMembership>>,
     /// While an [`Input::RoomState`] is applied: the membership changes still to look at.
     deferred: Option<membership::Changes>,
     out: VecDeque<Output>,
@@ -226,11 +226,11 @@ mod mesh;
 mod notifications;
 mod timers;
 
-impl Voip {
+impl VoipMachine {
     /// A machine for `local`, with all randomness drawn from `seed` (use OS entropy in
     /// production, a fixed value in tests: see [`crate::seed_from_u64`]).
-    pub fn new(config: Config, local: LocalDevice, seed: [u8; 32]) -> Voip {
-        Voip {
+    pub fn new(config: Config, local: LocalDevice, seed: [u8; 32]) -> VoipMachine {
+        VoipMachine {
             config,
             local,
             rng: Rng::from_seed(seed),
@@ -328,7 +328,7 @@ impl Voip {
     // ===== the driving surface =====
 
     /// Feeds one input. `now` never goes backwards: an earlier `now` is treated as the last one.
-    /// Due timers fire first. Drain [`Voip::poll`] afterwards.
+    /// Due timers fire first. Drain [`VoipMachine::poll`] afterwards.
     pub fn handle(&mut self, now: Timestamp, input: Input) -> Result<(), Error> {
         self.now = self.now.max(now);
         self.fire_timers();
@@ -630,7 +630,7 @@ impl Voip {
     }
 }
 
-/// How full one bounded map is (see [`Voip::footprint`]).
+/// How full one bounded map is (see [`VoipMachine::footprint`]).
 #[cfg(feature = "testing")]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Usage {
@@ -652,7 +652,7 @@ impl Usage {
     }
 }
 
-/// The maps remote input can grow, against their bounds (see [`Voip::footprint`]).
+/// The maps remote input can grow, against their bounds (see [`VoipMachine::footprint`]).
 #[cfg(feature = "testing")]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Footprint {
@@ -668,7 +668,7 @@ pub struct Footprint {
     pub max_calls_one_peer: usize,
 }
 
-/// Media keys of an SFU group call (see [`Voip::media_keys`]).
+/// Media keys of an SFU group call (see [`VoipMachine::media_keys`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct MediaKeys {
@@ -679,7 +679,7 @@ pub struct MediaKeys {
 }
 
 /// A mesh invite waiting for its sender's membership (its sender is the key's owner in
-/// `Voip::pending_mesh`).
+/// `VoipMachine::pending_mesh`).
 #[derive(Debug)]
 struct PendingMeshInvite {
     room_id: RoomId,

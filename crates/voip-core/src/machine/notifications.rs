@@ -2,7 +2,7 @@
 
 use super::*;
 
-impl Voip {
+impl VoipMachine {
     /// MSC4075 ring/notify and MSC4310 decline: surfaced to the app while valid.
     pub(super) fn handle_rtc_notification(&mut self, e: RoomEvent) {
         if e.sender == self.local.user_id && e.event_type == group::RTC_NOTIFICATION {

@@ -2,7 +2,7 @@
 
 use super::*;
 
-impl Voip {
+impl VoipMachine {
     pub(super) fn fire_timers(&mut self) {
         self.sends.fire(self.now, &mut self.out);
         let due: Vec<CallId> = self

@@ -14,8 +14,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use tokio::sync::mpsc;
 use voip_core::{
-    CallState, Command, Config, EndReason, Event, GroupCallState, Initiator, Membership, MembershipDialect,
-    RoomId, SendOutcome, Signalling,
+    CallState, Command, Config, EndReason, Event, GroupCallState, Initiator, MembershipDialect, RoomId,
+    RoomMembership, SendOutcome, Signalling,
 };
 use voip_testkit::rig::{Instance, Limits};
 use voip_testkit::{Synapse, TestUser};
@@ -385,7 +385,7 @@ async fn alice_and_child(role: &str) -> Result<(Peer, ChildPeer, String, String)
     let room = create_room(&alice, std::slice::from_ref(&bob.user_id), true).await?.to_string();
     let mut child = ChildPeer::spawn(role, &bob, &room)?;
     child.expect("READY").await?;
-    alice.expect_member(&room, &bob.user_id, Membership::Join).await?;
+    alice.expect_member(&room, &bob.user_id, RoomMembership::Join).await?;
     Ok((alice, child, room, bob.user_id))
 }
 

@@ -21,7 +21,7 @@ use matrix_sdk::ruma::{OwnedRoomId, OwnedUserId};
 use matrix_sdk::Client;
 use serde_json::json;
 use tokio::sync::mpsc;
-use voip_core::{Input, Membership};
+use voip_core::{Input, RoomMembership};
 use voip_matrix::MatrixAdapter;
 use voip_testkit::{Syncing, TestUser};
 
@@ -85,7 +85,7 @@ impl Peer {
     }
 
     /// Waits until this peer's inputs say `user` has `membership` in `room`.
-    pub async fn expect_member(&mut self, room: &str, user: &str, membership: Membership) -> Result<()> {
+    pub async fn expect_member(&mut self, room: &str, user: &str, membership: RoomMembership) -> Result<()> {
         self.expect(&format!("{user} {membership:?} in {room}"), |i| match i {
             Input::RoomMember(m) if m.room_id.as_str() == room && m.user_id.as_str() == user => {
                 (m.membership == membership).then_some(())
@@ -106,7 +106,7 @@ pub async fn room_with(creator: &mut Peer, others: &[&Peer], encrypted: bool) ->
     }
     let rid = room_id.to_string();
     for p in others {
-        creator.expect_member(&rid, &p.user_id(), Membership::Join).await?;
+        creator.expect_member(&rid, &p.user_id(), RoomMembership::Join).await?;
     }
     Ok(rid)
 }

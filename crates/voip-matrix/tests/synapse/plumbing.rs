@@ -6,8 +6,8 @@ use std::time::Duration;
 use anyhow::Result;
 use serde_json::{json, Value};
 use voip_core::{
-    DeviceId, Input, Membership, RequestId, RoomId, SendKind, SendOutcome, SendRequest, ToDeviceEncryption,
-    ToDeviceMessage, UserId,
+    DeviceId, Input, RequestId, RoomId, RoomMembership, SendKind, SendOutcome, SendRequest,
+    ToDeviceEncryption, ToDeviceMessage, UserId,
 };
 use voip_matrix::{
     DelayedAction, DelayedEvent, DelayedEventRequest, Failure, MatrixAdapter, StateEventRequest,
@@ -276,7 +276,7 @@ async fn membership_changes_and_submit_results() -> Result<()> {
         };
         for m in members {
             assert_eq!(m.room_id.as_str(), room);
-            joined.extend((m.membership == Membership::Join).then_some(m.user_id.0));
+            joined.extend((m.membership == RoomMembership::Join).then_some(m.user_id.0));
         }
     }
     joined.sort();
@@ -286,7 +286,7 @@ async fn membership_changes_and_submit_results() -> Result<()> {
     late.shutdown().await;
 
     bob.client.get_room(&crate::rid(&room)?).expect("room").leave().await?;
-    alice.expect_member(&room, &bob.user_id(), Membership::Leave).await?;
+    alice.expect_member(&room, &bob.user_id(), RoomMembership::Leave).await?;
 
     // Sending into a room the client does not know fails, retryable, without panicking.
     let out = alice

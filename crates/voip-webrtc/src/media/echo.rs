@@ -12,7 +12,7 @@
 //! let echo = Echo::new();
 //! let config = WebrtcConfig::default().with_sources(echo.clone()).with_sink(echo.clone());
 //! let (engine, events) = WebrtcEngine::with_channel(config);
-//! // Drive a voip_core::Voip with it that answers every incoming call: callers hear
+//! // Drive a voip_core::VoipMachine with it that answers every incoming call: callers hear
 //! // themselves about one packet late; video is the fallback source (the bundled clip).
 //! # let _ = (engine, events);
 //! # }

@@ -1,4 +1,4 @@
-//! Two real `voip_core::Voip` cores, each driving its own webrtc-rs engine, with a tiny
+//! Two real `voip_core::VoipMachine` cores, each driving its own webrtc-rs engine, with a tiny
 //! in-process homeserver routing room events between them (wall-clock time, loopback media).
 
 use std::collections::VecDeque;
@@ -7,8 +7,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
 use voip_core::media::{CallType, MediaCommand};
 use voip_core::{
-    CallId, CallState, Config, Event, Input, LocalDevice, Membership, Output, RoomEvent, RoomId, RoomMember,
-    SendKind, SendOutcome, Timestamp, UserId, Voip,
+    CallId, CallState, Config, Event, Input, LocalDevice, Output, RoomEvent, RoomId, RoomMember,
+    RoomMembership, SendKind, SendOutcome, Timestamp, UserId, VoipMachine,
 };
 use voip_webrtc::{MediaEventReceiver, WebrtcConfig, WebrtcEngine};
 
@@ -25,7 +25,7 @@ fn sent(event_id: Option<String>) -> SendOutcome {
 
 pub struct Device {
     pub name: &'static str,
-    pub voip: Voip,
+    pub voip: VoipMachine,
     pub engine: WebrtcEngine,
     pub rx: MediaEventReceiver,
     pub events: Vec<Event>,
@@ -67,7 +67,7 @@ impl Cores {
                 .enumerate()
         {
             let (engine, rx) = WebrtcEngine::with_channel(media());
-            let voip = Voip::new(
+            let voip = VoipMachine::new(
                 core.clone(),
                 LocalDevice::new(user, device),
                 voip_core::seed_from_u64(i as u64 + 1),
@@ -88,7 +88,7 @@ impl Cores {
                 let m = RoomMember {
                     room_id: cores.room.clone(),
                     user_id: UserId::from(user),
-                    membership: Membership::Join,
+                    membership: RoomMembership::Join,
                 };
                 cores.queue.push_back((d, Input::RoomMember(m)));
             }
