@@ -166,7 +166,7 @@ fn delays_ms(onsets: &[Instant], heard: &[Instant]) -> Vec<f64> {
         .filter_map(|h| {
             let o = onsets.iter().rev().find(|o| *o <= h)?;
             let d = h.duration_since(*o);
-            (d < Duration::from_millis(PERIOD * 1000 / 48_000)).then(|| d.as_secs_f64() * 1000.0)
+            (d < Duration::from_millis(PERIOD * 1000 / 48_000)).then_some(d.as_secs_f64() * 1000.0)
         })
         .collect()
 }
