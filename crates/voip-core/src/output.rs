@@ -1,5 +1,7 @@
 //! Everything that comes out of the core: [`Output`].
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -124,15 +126,39 @@ pub enum DelayedAction {
 }
 
 /// One to-device message.
+///
+/// The messages of one send that carry the same content share it: a media key sent to every
+/// member of a call is one [`Arc`] for all of them, not one copy per recipient (10 000 members:
+/// one content). Compare with [`Arc::ptr_eq`] to find the messages of one content cheaply; the
+/// serialized form is the plain content, as before.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(description = "One to-device message."))]
 pub struct ToDeviceMessage {
     /// Target user.
     pub user_id: UserId,
     /// Target device.
     pub device_id: DeviceId,
-    /// Content.
-    pub content: Value,
+    /// Content (shared by the messages of one send that carry the same content).
+    #[serde(with = "shared_value")]
+    #[cfg_attr(feature = "schema", schemars(with = "Value", description = "Content."))]
+    pub content: Arc<Value>,
+}
+
+/// (De)serializes an `Arc<Value>` as the value itself (no serde `rc` feature needed).
+mod shared_value {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde_json::Value;
+
+    pub(super) fn serialize<S: Serializer>(v: &Arc<Value>, s: S) -> Result<S::Ok, S::Error> {
+        Value::serialize(v, s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<Value>, D::Error> {
+        Value::deserialize(d).map(Arc::new)
+    }
 }
 
 /// Encryption requirement of a to-device send.

@@ -5,6 +5,7 @@
 //! once it is through (or given up). Without failures nothing waits.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 
 use crate::group::GroupOp;
 use crate::ids::{CallId, DeviceId, GroupCallId, RequestId, RoomId, Timestamp, UserId};
@@ -48,13 +49,13 @@ enum Kept {
     /// The send as it went out.
     Kind(SendKind),
     /// A to-device send whose messages all carry one content (a media key to every member of a
-    /// call): the content is kept once, not once per recipient, and the messages are rebuilt
-    /// only if the send is retried (10 000 members: one copy of the content instead of 10 000).
+    /// call): the messages share the content (one `Arc`, also in the output), and the messages
+    /// are rebuilt only if the send is retried.
     SharedToDevice {
         event_type: String,
         room_id: Option<RoomId>,
         recipients: Vec<(UserId, DeviceId)>,
-        content: serde_json::Value,
+        content: Arc<serde_json::Value>,
         encryption: ToDeviceEncryption,
     },
 }
@@ -76,7 +77,7 @@ fn shared_to_device(
     event_type: &str,
     room_id: &Option<RoomId>,
     recipients: &[(UserId, DeviceId)],
-    content: &serde_json::Value,
+    content: &Arc<serde_json::Value>,
     encryption: ToDeviceEncryption,
 ) -> SendKind {
     SendKind::ToDevice {
@@ -87,7 +88,7 @@ fn shared_to_device(
             .map(|(user_id, device_id)| ToDeviceMessage {
                 user_id: user_id.clone(),
                 device_id: device_id.clone(),
-                content: content.clone(),
+                content: Arc::clone(content),
             })
             .collect(),
         encryption,
@@ -158,8 +159,8 @@ impl SendTable {
     }
 
     /// [`Self::send`] of one to-device `content` to every recipient (the output is the same
-    /// `SendKind::ToDevice`, one message per recipient in this order); the table keeps the
-    /// content once for retries instead of a copy of every message.
+    /// `SendKind::ToDevice`, one message per recipient in this order, all sharing one
+    /// `Arc` of `content`); the table keeps that content once for retries.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn send_to_devices(
         &mut self,
@@ -172,6 +173,7 @@ impl SendTable {
         content: serde_json::Value,
         encryption: ToDeviceEncryption,
     ) -> RequestId {
+        let content = Arc::new(content);
         let first = shared_to_device(&event_type, &room_id, &recipients, &content, encryption);
         let kept = Kept::SharedToDevice { event_type, room_id, recipients, content, encryption };
         self.queue(out, None, purpose, txn_prefix, kept, first)
@@ -499,13 +501,18 @@ mod tests {
                 .map(|(u, d)| ToDeviceMessage {
                     user_id: u.clone(),
                     device_id: d.clone(),
-                    content: content.clone(),
+                    content: Arc::new(content.clone()),
                 })
                 .collect(),
             encryption: ToDeviceEncryption::Required,
         };
         let Some(Output::Send(first)) = out.pop_front() else { panic!("expected a send") };
         assert_eq!((first.id, &first.kind), (id, &expected), "one message per recipient, same content");
+        let SendKind::ToDevice { messages, .. } = &first.kind else { panic!("to-device") };
+        assert!(
+            messages.iter().all(|m| Arc::ptr_eq(&m.content, &messages[0].content)),
+            "the messages share one content"
+        );
         assert!(matches!(t.pending[&id].kind, Kept::SharedToDevice { .. }), "kept once");
         t.failed(id, Timestamp(0), true, None, 5, &mut out);
         t.fire(Timestamp(500), &mut out);
@@ -562,7 +569,7 @@ mod tests {
         let msg = |d: &str| ToDeviceMessage {
             user_id: UserId::from("@u:x"),
             device_id: DeviceId::from(d),
-            content: serde_json::json!({}),
+            content: Arc::new(serde_json::json!({})),
         };
         let keys = |to: Vec<ToDeviceMessage>| SendKind::ToDevice {
             event_type: "io.element.call.encryption_keys".into(),

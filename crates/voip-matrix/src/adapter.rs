@@ -606,10 +606,20 @@ impl MatrixAdapter {
     ) -> Result<(), Failure> {
         type Messages = BTreeMap<OwnedUserId, BTreeMap<DeviceIdOrAllDevices, Raw<AnyToDeviceEventContent>>>;
         let mut map: Messages = BTreeMap::new();
+        // The messages of one content share it: serialize it once.
+        let mut last: Option<(&Arc<Value>, Raw<AnyToDeviceEventContent>)> = None;
         for m in clear {
             let user = user_id(&m.user_id)?;
-            let raw =
-                Raw::new(&m.content).map_err(|e| Failure::refused(false, e.to_string()))?.cast_unchecked();
+            let raw = match &last {
+                Some((content, raw)) if Arc::ptr_eq(content, &m.content) => raw.clone(),
+                _ => {
+                    let raw: Raw<AnyToDeviceEventContent> = Raw::new(&*m.content)
+                        .map_err(|e| Failure::refused(false, e.to_string()))?
+                        .cast_unchecked();
+                    last = Some((&m.content, raw.clone()));
+                    raw
+                }
+            };
             let device: OwnedDeviceId = m.device_id.as_str().into();
             map.entry(user).or_default().insert(DeviceIdOrAllDevices::DeviceId(device), raw);
         }
@@ -654,18 +664,21 @@ impl MatrixAdapter {
             async move {
                 let batch = std::mem::take(&mut *pending.lock().expect("pending lock"));
                 // One call per distinct content (the SDK encrypts one content for many devices).
-                let mut groups: Vec<(String, Vec<&(ToDeviceMessage, Device)>)> = Vec::new();
+                // The messages of one content share it (one `Arc`), so a media key to 10 000
+                // members is grouped by pointer without serializing it 10 000 times.
+                type Group<'b> = (&'b Arc<Value>, Vec<&'b (ToDeviceMessage, Device)>);
+                let mut groups: Vec<Group<'_>> = Vec::new();
                 for item in &batch {
-                    let key = item.0.content.to_string();
-                    match groups.iter_mut().find(|(k, _)| *k == key) {
+                    let content = &item.0.content;
+                    match groups.iter_mut().find(|(c, _)| Arc::ptr_eq(c, content) || **c == *content) {
                         Some((_, v)) => v.push(item),
-                        None => groups.push((key, vec![item])),
+                        None => groups.push((content, vec![item])),
                     }
                 }
                 let mut failed: Vec<(ToDeviceMessage, Device)> = Vec::new();
                 let mut last_err = None;
-                for (_, items) in groups {
-                    let raw: Raw<AnyToDeviceEventContent> = match Raw::new(&items[0].0.content) {
+                for (content, items) in groups {
+                    let raw: Raw<AnyToDeviceEventContent> = match Raw::new(&**content) {
                         Ok(r) => r.cast_unchecked(),
                         Err(e) => return Err(Failure::refused(false, e.to_string())),
                     };

@@ -826,7 +826,7 @@ impl Sim {
                             sender: sender.user_id.clone(),
                             sender_device: Some(sender.device_id.clone()),
                             event_type: event_type.clone(),
-                            content: m.content,
+                            content: std::sync::Arc::unwrap_or_clone(m.content),
                             encrypted: true,
                         };
                         self.deliver(DeviceIdx(i), Input::ToDevice(ev), self.latency_ms);

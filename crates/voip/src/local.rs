@@ -329,7 +329,7 @@ impl Server {
                         sender: from.user_id.clone(),
                         sender_device: Some(from.device_id.clone()),
                         event_type: event_type.clone(),
-                        content: m.content,
+                        content: std::sync::Arc::unwrap_or_clone(m.content),
                         encrypted: true,
                     });
                     if m.device_id.as_str() == "*" {
@@ -422,7 +422,7 @@ mod tests {
         let msg = ToDeviceMessage {
             user_id: "@b:l".into(),
             device_id: "B".into(),
-            content: serde_json::json!({"k": 1}),
+            content: std::sync::Arc::new(serde_json::json!({"k": 1})),
         };
         a.transport.submit(req(
             1,

@@ -49,7 +49,7 @@ impl Call {
                 messages: vec![ToDeviceMessage {
                     user_id: self.peer_user.clone(),
                     device_id: device.clone(),
-                    content,
+                    content: std::sync::Arc::new(content),
                 }],
                 // Receivers accept to-device call events only Olm-encrypted (the sending device
                 // is proven by Olm alone): never send them in clear.

@@ -180,7 +180,8 @@ impl MembershipStore {
         }
         let old = existing.and_then(|id| self.take(id, changes));
         if holds {
-            let records = records.into_iter().filter(|(_, m)| m.expires_at > now).collect();
+            let mut records = records;
+            records.retain(|(_, m)| m.expires_at > now);
             // The old slot's room and key are reused (no copies for an update).
             let slot = match old {
                 Some(mut slot) => {
@@ -428,7 +429,12 @@ pub(crate) fn of_device<'a>(
     set: &'a BTreeSet<Participant>,
     d: &'a Device,
 ) -> impl Iterator<Item = &'a Participant> + 'a {
-    set.range(floor(d)..).take_while(move |p| p.user_id == d.0 && p.device_id == d.1)
+    // An empty set (a take-in) needs no bound built.
+    (!set.is_empty())
+        .then(|| set.range(floor(d)..))
+        .into_iter()
+        .flatten()
+        .take_while(move |p| p.user_id == d.0 && p.device_id == d.1)
 }
 
 /// The entries of one device in a map keyed by participant.
@@ -436,7 +442,11 @@ pub(crate) fn of_device_in<'a, V>(
     map: &'a BTreeMap<Participant, V>,
     d: &'a Device,
 ) -> impl Iterator<Item = (&'a Participant, &'a V)> + 'a {
-    map.range(floor(d)..).take_while(move |(p, _)| p.user_id == d.0 && p.device_id == d.1)
+    (!map.is_empty())
+        .then(|| map.range(floor(d)..))
+        .into_iter()
+        .flatten()
+        .take_while(move |(p, _)| p.user_id == d.0 && p.device_id == d.1)
 }
 
 fn info(sender: &UserId, dialect: MembershipDialect, e: MemberEntry, origin_ts: Timestamp) -> MemberInfo {

@@ -804,20 +804,25 @@ impl GroupCall {
                 keys.leave(ctx);
             }
         }
-        // Per device that may have changed: who it was, who it is now.
-        let mut joined_now: BTreeSet<Participant> = BTreeSet::new();
-        let mut left_now: BTreeSet<Participant> = BTreeSet::new();
+        // Per device that may have changed: who it was, who it is now. The devices come in
+        // order and participants order by device first, so both lists come out sorted and
+        // without duplicates (no sets to build).
+        let mut joined_now: Vec<Participant> = Vec::new();
+        let mut left_now: Vec<Participant> = Vec::new();
         let mut rejoined: Vec<Participant> = Vec::new();
+        // New `rtc_created` entries, in order: inserted after the loop (in one go into an empty
+        // map, as on a take-in).
+        let mut created: Vec<(Participant, Timestamp)> = Vec::new();
         for d in devices {
             let new = if *d == us { None } else { self.member(store, ctx.now, joined, d) };
             let new_p = new.map(|m| &m.participant);
             for p in membership::of_device(&self.participants, d) {
                 if Some(p) != new_p {
-                    left_now.insert(p.clone());
+                    left_now.push(p.clone());
                 }
             }
             if let Some(p) = new_p.filter(|p| !self.participants.contains(*p)) {
-                joined_now.insert(p.clone());
+                joined_now.push(p.clone());
             }
             // When each MatrixRTC participant joined: a newer `created` is a rejoin.
             let old: Vec<(Participant, Timestamp)> =
@@ -829,8 +834,14 @@ impl GroupCall {
                 if old.iter().any(|(p, t)| *p == m.participant && *t < m.created) {
                     rejoined.push(m.participant.clone());
                 }
-                self.rtc_created.insert(m.participant.clone(), m.created);
+                created.push((m.participant.clone(), m.created));
             }
+        }
+        debug_assert!(joined_now.is_sorted() && left_now.is_sorted() && created.is_sorted());
+        if self.rtc_created.is_empty() {
+            self.rtc_created = created.into_iter().collect();
+        } else {
+            self.rtc_created.extend(created);
         }
         if !rejoined.is_empty() {
             // A member that restarted lost our key (found by the simulator, sfu seed 17).
@@ -838,8 +849,6 @@ impl GroupCall {
                 keys.resend_current(ctx, &rejoined);
             }
         }
-        let joined_now: Vec<Participant> = joined_now.into_iter().collect();
-        let left_now: Vec<Participant> = left_now.into_iter().collect();
         // Keys start with our join, before our membership is confirmed (famedly pre-shares
         // keys the same way; receivers buffer keys from devices whose membership is on its way).
         let first = self.keys.as_ref().is_some_and(|k| !k.is_joined());
@@ -849,7 +858,12 @@ impl GroupCall {
         for p in &left_now {
             self.participants.remove(p);
         }
-        self.participants.extend(joined_now.iter().cloned());
+        if self.participants.is_empty() {
+            // Built in one go from the sorted list (a take-in of 10 000 members).
+            self.participants = joined_now.iter().cloned().collect();
+        } else {
+            self.participants.extend(joined_now.iter().cloned());
+        }
         // The report comes before what the key manager sends for it (its place is kept, so that
         // the lists need not be copied for the key manager).
         let report_at = ctx.out.len();

@@ -25,6 +25,7 @@
 
 mod transport;
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde_json::Value;
@@ -215,16 +216,21 @@ impl KeyManager {
                 leavers.push(k);
             }
         }
-        let mut joiners: Vec<DeviceKey> = Vec::new();
+        // The joiners as given (borrowed: a join of 10 000 members copies no more ids here).
+        let mut joiners: Vec<&'p Participant> = Vec::new();
         for p in joined.into_iter().filter(|p| !ours(p)) {
-            let k = device_key(p);
-            match self.members.insert(k.clone(), p.clone()) {
-                Some(old) if old == *p => continue,
+            match self.members.entry(device_key(p)) {
+                Entry::Vacant(v) => {
+                    v.insert(p.clone());
+                }
+                Entry::Occupied(o) if o.get() == p => continue,
                 // Another session of that device, not reported as left: it left all the same.
-                Some(_) => leavers.push(k.clone()),
-                None => {}
+                Entry::Occupied(mut o) => {
+                    leavers.push(o.key().clone());
+                    o.insert(p.clone());
+                }
             }
-            joiners.push(k);
+            joiners.push(p);
         }
         for k in &leavers {
             self.remote.remove(k);
@@ -241,7 +247,7 @@ impl KeyManager {
             tracing::debug!(index = key.entry.index, members = self.members.len(), "joined: first key");
             self.use_key(ctx, key.clone());
             let all: Vec<DeviceKey> = self.members.keys().cloned().collect();
-            self.send_keys(ctx, &[key.entry], &all);
+            self.send_keys_to(ctx, &[key.entry], all);
         } else {
             let mut rotated = false;
             if !leavers.is_empty() {
@@ -262,6 +268,7 @@ impl KeyManager {
                     (Some(k), true) => {
                         tracing::debug!(joiners = joiners.len(), index = k.entry.index, "join: current key");
                         let entry = k.entry.clone();
+                        let joiners: Vec<DeviceKey> = joiners.iter().map(|p| device_key(p)).collect();
                         self.send_keys(ctx, &[entry], &joiners);
                     }
                     _ => {
@@ -279,11 +286,16 @@ impl KeyManager {
         // members answer requests from members with their latest key; Element Call keys name
         // their member and wait in the buffer instead, and nothing is sent).
         let leavers: BTreeSet<&DeviceKey> = leavers.iter().collect();
-        let rejoined: Vec<Participant> = joiners
-            .iter()
-            .filter(|k| leavers.contains(k))
-            .filter_map(|k| self.members.get(k).cloned())
-            .collect();
+        let rejoined: Vec<Participant> = if leavers.is_empty() {
+            Vec::new()
+        } else {
+            joiners
+                .iter()
+                .map(|p| device_key(p))
+                .filter(|k| leavers.contains(k))
+                .filter_map(|k| self.members.get(&k).cloned())
+                .collect()
+        };
         if !rejoined.is_empty() && self.transport.request_content(&self.group, &self.local).is_some() {
             tracing::debug!(members = rejoined.len(), "members with a new session: asking for their key");
             self.request_keys(ctx, &rejoined);
@@ -476,7 +488,7 @@ impl KeyManager {
         self.rotate_at = None;
         let key = self.make_key(ctx);
         let all: Vec<DeviceKey> = self.members.keys().cloned().collect();
-        self.send_keys(ctx, std::slice::from_ref(&key.entry), &all);
+        self.send_keys_to(ctx, std::slice::from_ref(&key.entry), all);
         if self.config.use_delay_ms == 0 {
             self.pending_use = None;
             self.use_key(ctx, key);
@@ -500,6 +512,13 @@ impl KeyManager {
     /// (famedly: one; Element Call: one per key), Olm encryption required.
     fn send_keys(&mut self, ctx: &mut Ctx<'_>, keys: &[KeyEntry], to: &[DeviceKey]) {
         let targets: BTreeSet<&DeviceKey> = to.iter().filter(|k| self.members.contains_key(*k)).collect();
+        let targets: Vec<DeviceKey> = targets.into_iter().cloned().collect();
+        self.send_keys_to(ctx, keys, targets);
+    }
+
+    /// [`Self::send_keys`] to `targets`: current members, in order, each once (every member:
+    /// `self.members`' keys, with no filtering to do).
+    fn send_keys_to(&mut self, ctx: &mut Ctx<'_>, keys: &[KeyEntry], targets: Vec<DeviceKey>) {
         if targets.is_empty() || keys.is_empty() {
             return;
         }
@@ -507,14 +526,19 @@ impl KeyManager {
         self.last_sent_ts = sent_ts;
         // One content for every recipient: the send table keeps it once (a call of 10 000
         // members would otherwise hold 10 000 copies of it for retries).
-        for content in self.transport.keys_contents(&self.group, &self.local, keys, sent_ts) {
+        let contents = self.transport.keys_contents(&self.group, &self.local, keys, sent_ts);
+        let mut targets = Some(targets);
+        let last = contents.len().saturating_sub(1);
+        for (i, content) in contents.into_iter().enumerate() {
+            // The last content takes the list, the others a copy.
+            let to = if i == last { targets.take() } else { targets.clone() };
             ctx.sends.send_to_devices(
                 ctx.out,
                 SendPurpose::Other,
                 TXN_PREFIX,
                 self.transport.keys_event_type().to_owned(),
                 Some(self.group.room_id.clone()),
-                targets.iter().map(|k| (*k).clone()).collect(),
+                to.unwrap_or_default(),
                 content,
                 ToDeviceEncryption::Required,
             );

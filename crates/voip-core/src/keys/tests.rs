@@ -652,7 +652,7 @@ fn request_keys_asks_current_members_in_one_batch_famedly_only() {
     assert_eq!(sends.len(), 1);
     assert_eq!(sends[0].event_type, types::FAMEDLY_KEYS_REQUEST);
     assert_eq!(sends[0].targets(), vec!["D001", "D003"]);
-    assert_eq!(sends[0].messages[0].content, json!({"conf_id": "", "device_id": "ME", "room_id": ROOM}));
+    assert_eq!(*sends[0].messages[0].content, json!({"conf_id": "", "device_id": "ME", "room_id": ROOM}));
     let mut ec = manager(KeyTransport::ElementCall);
     h.with(|ctx| ec.set_members(ctx, &set(&[1])));
     h.drain();

@@ -37,7 +37,7 @@ fn to_device(
             .map(|(p, content)| ToDeviceMessage {
                 user_id: UserId::from(p.user_id()),
                 device_id: DeviceId::from(p.device_id()),
-                content: content.clone(),
+                content: std::sync::Arc::new(content.clone()),
             })
             .collect(),
         encryption,
@@ -143,7 +143,7 @@ async fn required_encryption_refuses_devices_without_keys() -> Result<()> {
     let ghost = ToDeviceMessage {
         user_id: UserId::from(bob.user_id()),
         device_id: DeviceId::from("NOSUCHDEVICE"),
-        content: json!({"keys": {"index": 0, "key": "c2VjcmV0"}}),
+        content: std::sync::Arc::new(json!({"keys": {"index": 0, "key": "c2VjcmV0"}})),
     };
     for (event_type, encryption) in [
         ("m.call.invite", ToDeviceEncryption::Required),
