@@ -4,9 +4,11 @@
 //   node js-peer.mjs setup --hs URL [--users alice,bob] [--encrypted]   register users, create a shared room
 //   node js-peer.mjs peer  --hs URL --user-id @a:localhost --device-id DEV --token TOKEN --room !r
 //                          [--sdk 43|40] [--candidates sdp|trickle] [--crypto] [--busy] [--tone HZ]
+//                          [--force-turn]
 //
 // `peer` reads commands from stdin, one JSON object a line, and writes events to stdout, one
-// JSON object a line. Everything else (js-sdk's own logging) goes to stderr.
+// JSON object a line. Everything else (js-sdk's own logging) goes to stderr. `--force-turn` is
+// js-sdk's forceTURN (relay candidates only); `stats` events carry the selected candidate pair.
 //
 // Commands: {"cmd":"call","to":"@b:localhost"}  {"cmd":"answer"}  {"cmd":"reject"}
 //           {"cmd":"hangup"}  {"cmd":"hold"}  {"cmd":"unhold"}  {"cmd":"stats"}

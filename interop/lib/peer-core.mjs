@@ -12,6 +12,9 @@ export async function startPeer({ sdk, m, sdkLabel, opts, emit, media }) {
         accessToken: opts.token,
         useE2eForGroupCall: false,
         timelineSupport: false,
+        // --force-turn: relay candidates only (js-sdk sets iceTransportPolicy "relay"), through
+        // the TURN servers js-sdk fetched from /voip/turnServer.
+        forceTURN: Boolean(opts["force-turn"]),
     });
     if (opts.crypto) await client.initRustCrypto({ useIndexedDB: false });
 
@@ -90,6 +93,15 @@ export async function startPeer({ sdk, m, sdkLabel, opts, emit, media }) {
     });
     await client.startClient({ initialSyncLimit: 1, lazyLoadMembers: false });
     await ready;
+    // Relay-only calls need js-sdk's TURN servers (fetched by startClient, asynchronously).
+    const turnServers = () => (client.getTurnServers() ?? []).filter((s) => [s.urls].flat().some((u) => String(u).startsWith("turn"))).length;
+    if (opts["force-turn"]) {
+        const deadline = Date.now() + 20000;
+        while (turnServers() === 0) {
+            if (Date.now() > deadline) throw new Error("--force-turn: no TURN server from /voip/turnServer within 20 s");
+            await new Promise((r) => setTimeout(r, 50));
+        }
+    }
     // Incoming invites are handled only after the first sync (callEventHandler starts on it).
     emit("ready", {
         user_id: client.getUserId(),
@@ -97,19 +109,36 @@ export async function startPeer({ sdk, m, sdkLabel, opts, emit, media }) {
         sdk: sdkLabel,
         candidates: opts.candidates ?? "sdp",
         voip: client.supportsVoip(),
+        turn_servers: turnServers(),
+        force_turn: Boolean(opts["force-turn"]),
     });
 
     const stats = async (c) => {
         let sent = 0;
         let received = 0;
+        let pair = null;
         if (c?.peerConn) {
             const report = await c.peerConn.getStats();
+            const byId = new Map();
+            let selectedId = null;
             report.forEach((s) => {
+                byId.set(s.id, s);
                 if (s.type === "outbound-rtp" && (s.kind ?? s.mediaType) === "audio") sent += s.packetsSent ?? 0;
                 if (s.type === "inbound-rtp" && (s.kind ?? s.mediaType) === "audio") received += s.packetsReceived ?? 0;
+                if (s.type === "transport" && s.selectedCandidatePairId) selectedId = s.selectedCandidatePairId;
             });
+            // The selected pair: the transport's, else the nominated succeeded one.
+            let p = selectedId ? byId.get(selectedId) : null;
+            if (!p) report.forEach((s) => { if (!p && s.type === "candidate-pair" && s.nominated && s.state === "succeeded") p = s; });
+            if (p) {
+                const side = (id) => {
+                    const x = byId.get(id);
+                    return x ? { type: x.candidateType, address: x.address ?? x.ip, relay_protocol: x.relayProtocol } : null;
+                };
+                pair = { local: side(p.localCandidateId), remote: side(p.remoteCandidateId), nominated: Boolean(p.nominated) };
+            }
         }
-        return { sent, received };
+        return { sent, received, pair };
     };
 
     const room = () => client.getRoom(opts.room);

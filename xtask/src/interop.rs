@@ -6,13 +6,16 @@
 //! 2. builds `synapse-rig` (and the Rust peer for `--under rust`) outside the namespace;
 //! 3. creates a network namespace with `lo` and a veth end carrying 127.0.0.2 (libwebrtc ignores
 //!    loopback when a real interface exists; inside the namespace both stacks gather loopback
-//!    candidates), starts Synapse inside it;
+//!    candidates), starts coturn inside it (`synapse-rig coturn`, a random TURN REST secret) and
+//!    Synapse with `turn_uris`/`turn_shared_secret` pointing at it, so `/voip/turnServer` hands
+//!    both SDKs working TURN credentials in every scenario;
 //! 4. runs every scenario: one process per peer, commands and events as JSON lines
 //!    (`interop/js-peer.mjs`, `interop/rust-peer`), asserting on the events.
 //!
 //! "Under test" is the side whose behaviour we check against js-sdk: the Rust library (default)
 //! or js-sdk itself (`--under js`, a self-test of the harness: both sides are js-sdk).
-//! Peer logs go to `<target>/interop/<scenario>/`.
+//! Peer logs go to `<target>/interop/<scenario>/`. The `cli-calls-j` scenarios also build and
+//! run the `matrix-call` binary (crates/matrix-call) as the calling side.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -45,6 +48,9 @@ const MEASURE_MS: u64 = 2000;
 const VIDEO_MS: u64 = 3000;
 const VIDEO_SIZE: (u64, u64) = (640, 480);
 const MIN_NUMBERED: f64 = 0.8;
+/// `cli-calls-j`: the CLI hangs up this long after its call connected (time for J to measure
+/// the CLI's tone and for the CLI to record J's).
+const CLI_HANGUP_AFTER_S: u64 = 8;
 
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| crate::root().join("target"))
@@ -83,6 +89,11 @@ struct Env {
     hs: String,
     interop: PathBuf,
     rust_peer: Option<PathBuf>,
+    /// The `matrix-call` binary (built when a `cli-` scenario is planned).
+    matrix_call: Option<PathBuf>,
+    /// The TURN server Synapse's `/voip/turnServer` points at, and its log.
+    turn_uri: String,
+    turn_log: Option<PathBuf>,
     logs: PathBuf,
 }
 
@@ -131,8 +142,7 @@ impl Env {
         room: &str,
         extra: &[&str],
     ) -> anyhow::Result<Peer> {
-        let dir = self.logs.join(scenario.replace('/', "_"));
-        std::fs::create_dir_all(&dir)?;
+        let dir = self.log_dir(scenario)?;
         let mut c = match kind {
             Kind::Js { .. } => {
                 let mut c = self.in_ns("node");
@@ -156,37 +166,57 @@ impl Env {
             c.args(["--sdk", sdk, "--candidates", if *trickle { "trickle" } else { "sdp" }]);
         }
         c.args(extra);
-        c.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(File::create(dir.join(format!("{name}.stderr.log")))?);
-        let mut child = c.spawn().with_context(|| format!("spawning peer {name}"))?;
-        let stdin = child.stdin.take().context("peer stdin")?;
-        let stdout = child.stdout.take().context("peer stdout")?;
-        let (tx, rx) = channel();
-        let mut log = File::create(dir.join(format!("{name}.events.jsonl")))?;
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let _ = writeln!(log, "{line}");
-                let v = serde_json::from_str::<Value>(&line)
-                    .unwrap_or_else(|_| json!({"ev": "raw", "line": line}));
-                if tx.send(v).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut p = Peer {
-            name: name.to_owned(),
-            user_id: user["user_id"].as_str().unwrap_or_default().to_owned(),
-            child,
-            stdin,
-            rx,
-            events: Vec::new(),
-            mark: 0,
-        };
+        let user_id = user["user_id"].as_str().unwrap_or_default();
+        let mut p = spawn_lines(&dir, name, user_id, c)?;
         p.wait("ready", |e| ev(e, "ready"))?;
         Ok(p)
     }
+
+    /// The scenario's log directory (created).
+    fn log_dir(&self, scenario: &str) -> anyhow::Result<PathBuf> {
+        let dir = self.logs.join(scenario.replace('/', "_"));
+        std::fs::create_dir_all(&dir)?;
+        Ok(dir)
+    }
+
+    /// Successful TURN permissions in coturn's log so far (relay paths being opened).
+    fn turn_permissions(&self) -> usize {
+        let log = self.turn_log.as_ref().and_then(|p| std::fs::read_to_string(p).ok()).unwrap_or_default();
+        log.lines().filter(|l| l.contains("CREATE_PERMISSION processed, success")).count()
+    }
+}
+
+/// Spawns `c` with piped stdin/stdout: its stdout lines (JSON) are logged to
+/// `DIR/NAME.events.jsonl` and collected as events; stderr goes to `DIR/NAME.stderr.log`.
+fn spawn_lines(dir: &Path, name: &str, user_id: &str, mut c: Command) -> anyhow::Result<Peer> {
+    c.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(File::create(dir.join(format!("{name}.stderr.log")))?);
+    let mut child = c.spawn().with_context(|| format!("spawning {name}"))?;
+    let stdin = child.stdin.take().context("peer stdin")?;
+    let stdout = child.stdout.take().context("peer stdout")?;
+    let (tx, rx) = channel();
+    let mut log = File::create(dir.join(format!("{name}.events.jsonl")))?;
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = writeln!(log, "{line}");
+            let v =
+                serde_json::from_str::<Value>(&line).unwrap_or_else(|_| json!({"ev": "raw", "line": line}));
+            if tx.send(v).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(Peer {
+        name: name.to_owned(),
+        user_id: user_id.to_owned(),
+        child,
+        stdin,
+        rx,
+        events: Vec::new(),
+        mark: 0,
+    })
 }
 
 fn ev(e: &Value, name: &str) -> bool {
@@ -284,6 +314,28 @@ impl Peer {
     fn ended(&mut self) -> anyhow::Result<Value> {
         self.wait("ended", |e| ev(e, "ended"))
     }
+
+    /// The selected candidate pair of the current call, from a `stats` event.
+    fn selected_pair(&mut self) -> anyhow::Result<Value> {
+        self.mark();
+        self.cmd(json!({"cmd": "stats"}))?;
+        let s = self.wait("stats", |e| ev(e, "stats"))?;
+        Ok(s["pair"].clone())
+    }
+
+    /// The process's exit code, waiting up to `timeout` for it to exit by itself.
+    fn exit_code(&mut self, timeout: Duration) -> anyhow::Result<Option<i32>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait()? {
+                return Ok(st.code());
+            }
+            if Instant::now() > deadline {
+                bail!("{}: still running after {timeout:?}", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 impl Drop for Peer {
@@ -321,6 +373,9 @@ fn scenarios() -> Vec<(&'static str, Run, &'static [&'static str])> {
         ("rtc-keys", rtc_keys, &["43-sdp"]),
         ("decoded-audio", decoded_audio, BOTH),
         ("decoded-video", decoded_video, BOTH),
+        ("cli-calls-j", cli_calls_j, BOTH),
+        ("relayed-u-calls-j", relayed_u_calls_j, BOTH),
+        ("relayed-j-calls-u", relayed_j_calls_u, BOTH),
         ("chromium-u-calls-j", u_calls_j, &["chromium"]),
         ("chromium-j-calls-u", j_calls_u, &["chromium"]),
         ("chromium-decoded-audio", decoded_audio, &["chromium"]),
@@ -341,11 +396,13 @@ fn u_calls_j(env: &Env, sc: &str, u: &Kind, j: &Kind) -> anyhow::Result<()> {
     let s = env.setup("u,j", "", false)?;
     let mut pu = env.peer(sc, "u", u, &s.users[0], &s.rooms[0], &[])?;
     let mut pj = env.peer(sc, "j", j, &s.users[1], &s.rooms[0], &[])?;
+    let t = Instant::now();
     pu.cmd(json!({"cmd": "call", "to": pj.user_id}))?;
     pj.wait("incoming", |e| ev(e, "incoming"))?;
     pj.cmd(json!({"cmd": "answer"}))?;
     let a = pu.connected()?;
     let b = pj.connected()?;
+    println!("      set-up (call -> connected on both sides): {} ms", t.elapsed().as_millis());
     ensure_eq(&a, &b, "call ids")?;
     check_candidate_style(&mut pj, j)?;
     pu.audio_flows((0, 0))?;
@@ -657,6 +714,221 @@ fn decoded_video(env: &Env, sc: &str, u: &Kind, j: &Kind) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// The flag that makes a peer of `kind` relay-only: the Rust peer's `WebrtcConfig::with_relay_only`,
+/// js-sdk's `forceTURN`.
+fn relay_flag(kind: &Kind) -> &'static str {
+    match kind {
+        Kind::Rust => "--relay-only",
+        Kind::Js { .. } | Kind::Browser => "--force-turn",
+    }
+}
+
+fn relayed_u_calls_j(env: &Env, sc: &str, u: &Kind, j: &Kind) -> anyhow::Result<()> {
+    relayed(env, sc, u, j, true)
+}
+
+fn relayed_j_calls_u(env: &Env, sc: &str, u: &Kind, j: &Kind) -> anyhow::Result<()> {
+    relayed(env, sc, u, j, false)
+}
+
+/// A call relayed through coturn with relay-only on both sides (issue #18): U relay-only (the
+/// Rust peer's `--relay-only`: `iceTransportPolicy: relay`), J with js-sdk's `forceTURN`, both
+/// with the TURN credentials Synapse's `/voip/turnServer` hands out for the harness's coturn.
+/// `u_calls` picks the caller. Asserted: both have a TURN server before calling; the selected
+/// candidate pair is `relay` on both sides (stats); coturn granted new permissions; decoded
+/// audio both ways (U's 1 kHz, J's 440 Hz, Goertzel margin ≥ 20 dB); the hangup arrives. The
+/// set-up time (call → connected on both sides, and → audio both ways) is printed.
+fn relayed(env: &Env, sc: &str, u: &Kind, j: &Kind, u_calls: bool) -> anyhow::Result<()> {
+    let s = env.setup("u,j", "", false)?;
+    let tone = format!("{U_TONE}");
+    let mut pu = env.peer(sc, "u", u, &s.users[0], &s.rooms[0], &[relay_flag(u), "--tone", &tone])?;
+    let mut pj = env.peer(sc, "j", j, &s.users[1], &s.rooms[0], &[relay_flag(j)])?;
+    for p in [&pu, &pj] {
+        let ready = p.events.iter().find(|e| ev(e, "ready")).cloned().unwrap_or_default();
+        if ready["turn_servers"].as_u64().unwrap_or(0) == 0 {
+            bail!("{}: no TURN server from /voip/turnServer ({ready})", p.name);
+        }
+    }
+    let permissions = env.turn_permissions();
+    let t = Instant::now();
+    let (caller, callee) = if u_calls { (&mut pu, &mut pj) } else { (&mut pj, &mut pu) };
+    let to = callee.user_id.clone();
+    caller.cmd(json!({"cmd": "call", "to": to}))?;
+    callee.wait("incoming", |e| ev(e, "incoming"))?;
+    callee.cmd(json!({"cmd": "answer"}))?;
+    let a = pu.connected()?;
+    let b = pj.connected()?;
+    let connected = t.elapsed();
+    ensure_eq(&a, &b, "call ids")?;
+    pu.audio_flows((0, 0))?;
+    pj.audio_flows((0, 0))?;
+    println!(
+        "      relayed set-up: call -> connected on both sides {} ms, -> {PACKETS}+ audio packets each way on both sides {} ms",
+        connected.as_millis(),
+        t.elapsed().as_millis(),
+    );
+    let mut failures = Vec::new();
+    for p in [&mut pu, &mut pj] {
+        let pair = p.selected_pair()?;
+        println!("      {} selected pair: {pair}", p.name);
+        if pair["local"]["type"] != "relay" {
+            failures.push(format!("{}: local candidate of the selected pair is not relay: {pair}", p.name));
+        }
+        if !pair["remote"].is_null() && pair["remote"]["type"] != "relay" {
+            failures.push(format!("{}: remote candidate of the selected pair is not relay: {pair}", p.name));
+        }
+    }
+    let granted = env.turn_permissions().saturating_sub(permissions);
+    println!("      coturn ({}): {granted} new permissions", env.turn_uri);
+    if env.turn_log.is_some() && granted < 2 {
+        failures.push(format!("coturn granted {granted} permissions during the call (need both sides)"));
+    }
+    failures.extend(tones_both_ways(&mut pu, &mut pj)?);
+    let (caller, callee) = if u_calls { (&mut pu, &mut pj) } else { (&mut pj, &mut pu) };
+    callee.mark();
+    caller.mark();
+    callee.cmd(json!({"cmd": "hangup"}))?;
+    callee.ended()?;
+    let e = caller.ended()?;
+    if e["reason"] != "user_hangup" {
+        failures.push(format!("{}: hangup reason {}", caller.name, e["reason"]));
+    }
+    if !failures.is_empty() {
+        bail!("{}", failures.join("; "));
+    }
+    Ok(())
+}
+
+/// The real `matrix-call` binary calls J (issue #18): it logs in with the password (a new
+/// device, its SQLite store in the scenario's log dir), finds its DM room with J, calls with
+/// `--play` (a 1 kHz WAV) and `--record`, and hangs up `CLI_HANGUP_AFTER_S` after connecting.
+/// J answers and sends its 440 Hz tone. Asserted: J decodes the CLI's 1 kHz (margin ≥ 20 dB),
+/// J's call ends with the CLI's `user_hangup`, the CLI exits 0, and its recording holds J's
+/// 440 Hz (Goertzel margin ≥ 20 dB over the other test frequencies).
+fn cli_calls_j(env: &Env, sc: &str, _u: &Kind, j: &Kind) -> anyhow::Result<()> {
+    let bin = env.matrix_call.clone().context("matrix-call was not built")?;
+    let helper = env.rust_peer.clone().context("the Rust peer (WAV helpers) was not built")?;
+    let s = env.setup("u,j", "", false)?;
+    let logs = env.log_dir(sc)?;
+    let dir = logs.join("cli");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let (play, record, data) = (dir.join("u-tone.wav"), dir.join("recorded.wav"), dir.join("data"));
+    status(
+        Command::new(&helper)
+            .args(["tone-wav", "--hz", &format!("{U_TONE}"), "--seconds", "30", "--out"])
+            .arg(&play),
+        "rust-peer tone-wav",
+    )?;
+    let uid = s.users[0]["user_id"].as_str().unwrap_or_default().to_owned();
+    let localpart = uid.trim_start_matches('@').split(':').next().unwrap_or_default().to_owned();
+    let cli = |args: &[&str]| {
+        let mut c = env.in_ns(&bin);
+        c.arg("--json").arg("--data-dir").arg(&data).args(args);
+        c.env_remove("MATRIX_ACCESS_TOKEN").env_remove("MATRIX_CALL_DATA_DIR");
+        c
+    };
+    let login = cli(&["login", &env.hs, &uid])
+        .env("MATRIX_PASSWORD", format!("pw-{localpart}"))
+        .stdin(Stdio::null())
+        .output()
+        .context("matrix-call login")?;
+    std::fs::write(logs.join("cli-login.stdout.log"), &login.stdout)?;
+    std::fs::write(logs.join("cli-login.stderr.log"), &login.stderr)?;
+    if !login.status.success() || !String::from_utf8_lossy(&login.stdout).contains("\"logged_in\"") {
+        bail!(
+            "matrix-call login failed ({}): {}",
+            login.status,
+            String::from_utf8_lossy(&login.stderr).trim()
+        );
+    }
+    let mut pj = env.peer(sc, "j", j, &s.users[1], &s.rooms[0], &[])?;
+    let hangup_after = CLI_HANGUP_AFTER_S.to_string();
+    let mut call = cli(&["call", &pj.user_id, "--play"]);
+    call.arg(&play).arg("--record").arg(&record).args(["--hangup-after", &hangup_after, "--loopback"]);
+    call.env_remove("MATRIX_PASSWORD");
+    let t = Instant::now();
+    let mut pc = spawn_lines(&logs, "cli", &uid, call)?;
+    let invite = pj.wait("incoming", |e| ev(e, "incoming"))?;
+    pj.cmd(json!({"cmd": "answer"}))?;
+    let connected = pc.wait("state connected", |e| {
+        (e["event"] == "state" && e["state"] == "connected") || e["event"] == "error"
+    })?;
+    if connected["event"] == "error" {
+        bail!("matrix-call: {}", connected["message"]);
+    }
+    pj.connected()?;
+    println!(
+        "      CLI set-up: call -> connected {} ms on the harness clock, setup_ms {} on the CLI's",
+        t.elapsed().as_millis(),
+        connected["setup_ms"]
+    );
+    ensure_eq(
+        connected["call_id"].as_str().unwrap_or(""),
+        invite["call_id"].as_str().unwrap_or("-"),
+        "call ids",
+    )?;
+    pj.audio_flows((0, 0))?;
+    pj.mark();
+    pj.cmd(json!({"cmd": "measure-audio", "ms": MEASURE_MS, "target": U_TONE, "freqs": TEST_FREQS}))?;
+    let heard = pj.wait("audio", |e| ev(e, "audio") || (ev(e, "error") && e["cmd"] == "measure-audio"))?;
+    let mut failures = Vec::new();
+    let margin = heard["margin_db"].as_f64().unwrap_or(f64::NEG_INFINITY);
+    println!(
+        "      J decoded the CLI's {U_TONE} Hz WAV: {margin:.1} dB above the other test frequencies, level {:.1} dBFS",
+        heard["level_dbfs"].as_f64().unwrap_or(-100.0)
+    );
+    if ev(&heard, "error") || heard["target"].as_f64() != Some(U_TONE) || margin < MIN_MARGIN_DB {
+        failures.push(format!("J: the CLI's {U_TONE} Hz only {margin:.1} dB above the rest: {heard}"));
+    }
+    // The CLI hangs up by itself (--hangup-after); J must see it as the remote's user_hangup.
+    let e = pj.ended()?;
+    if e["reason"] != "user_hangup" || e["party"] != "remote" {
+        failures.push(format!("J: call ended with {e} (want a remote user_hangup)"));
+    }
+    let code = pc.exit_code(WAIT)?;
+    pc.drain();
+    let ended = pc.events.iter().find(|e| e["event"] == "ended").cloned().unwrap_or_default();
+    let recorded = pc.events.iter().find(|e| e["event"] == "recorded").cloned().unwrap_or_default();
+    println!("      CLI exit code {code:?}; ended {ended}; recorded {recorded}");
+    if code != Some(0) {
+        failures.push(format!("matrix-call exited {code:?}, want 0"));
+    }
+    if ended["initiator"] != "local_user" || ended["connected"] != true {
+        failures.push(format!("matrix-call: ended {ended} (want a connected call it hung up)"));
+    }
+    let out = Command::new(&helper)
+        .args(["analyse-wav", "--target", &format!("{J_TONE}"), "--freqs"])
+        .arg(TEST_FREQS.map(|f| f.to_string()).join(","))
+        .arg("--in")
+        .arg(&record)
+        .output()
+        .context("rust-peer analyse-wav")?;
+    if !out.status.success() {
+        bail!("analyse-wav {}: {}", record.display(), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let r: Value = serde_json::from_slice(&out.stdout).context("analyse-wav output")?;
+    let margin = r["margin_db"].as_f64().unwrap_or(f64::NEG_INFINITY);
+    println!(
+        "      the CLI's recording holds J's {J_TONE} Hz: {margin:.1} dB above the other test frequencies, level {:.1} dBFS, {} ms",
+        r["level_dbfs"].as_f64().unwrap_or(-100.0),
+        r["ms"]
+    );
+    if margin < MIN_MARGIN_DB {
+        failures.push(format!("recording: J's {J_TONE} Hz only {margin:.1} dB above the rest: {r}"));
+    }
+    // The `recorded` event must tell the recording's real length (the file: analysed + skipped).
+    let file_s = (r["ms"].as_f64().unwrap_or(0.0) + 500.0) / 1000.0;
+    let said_s = recorded["seconds"].as_f64().unwrap_or(-1.0);
+    if (said_s - file_s).abs() > 0.1 {
+        failures.push(format!("matrix-call's `recorded` says {said_s} s, the WAV holds {file_s:.2} s"));
+    }
+    if !failures.is_empty() {
+        bail!("{}", failures.join("; "));
+    }
+    Ok(())
+}
+
 /// A rotated key has a higher index than any seen before (-1: none seen).
 fn after(had: i64) -> i64 {
     had + 1
@@ -736,6 +1008,59 @@ impl Drop for NsSynapse {
             c.arg("--rm");
         }
         let _ = c.status();
+    }
+}
+
+/// coturn inside the namespace (`synapse-rig coturn`), stopped on drop by closing its stdin.
+struct NsCoturn {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    /// `turn:127.0.0.1:PORT?transport=udp`.
+    uri: String,
+    /// turnserver's log (allocations, permissions), when synapse-rig printed it.
+    log: Option<PathBuf>,
+}
+
+impl NsCoturn {
+    fn start(ns: &str, rig: &Path, secret: &str) -> anyhow::Result<NsCoturn> {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(rig)
+            .args(["coturn", "--secret", secret])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("synapse-rig coturn")?;
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().context("coturn stdout")?;
+        let mut c = NsCoturn { child, stdin, uri: String::new(), log: None };
+        for line in BufReader::new(stdout).lines() {
+            let line = line?;
+            if let Some(v) = line.strip_prefix("export TURN_LOG=") {
+                c.log = Some(PathBuf::from(v));
+            }
+            if let Some(v) = line.strip_prefix("export TURN_URI=") {
+                c.uri = v.to_owned();
+                return Ok(c);
+            }
+        }
+        bail!("synapse-rig coturn exited before printing TURN_URI")
+    }
+}
+
+impl Drop for NsCoturn {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -829,9 +1154,16 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<bool> {
             target.join("debug/synapse-rig")
         }
     };
-    let rust_peer = if under_kind == Kind::Rust {
+    let cli = plan.iter().any(|(name, _, _)| name.starts_with("cli-"));
+    let rust_peer = if under_kind == Kind::Rust || cli {
         cargo_build(&["build", "-q", "-p", "rust-peer"])?;
         Some(target.join("debug/rust-peer"))
+    } else {
+        None
+    };
+    let matrix_call = if cli {
+        cargo_build(&["build", "-q", "-p", "matrix-call"])?;
+        Some(target.join("debug/matrix-call"))
     } else {
         None
     };
@@ -841,11 +1173,14 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<bool> {
     let pid = std::process::id();
     let ns = Netns::create(&format!("voip-interop-{pid}"))?;
     let data = format!("/dev/shm/voip-interop-{pid}");
-    println!("==> Synapse in namespace {}", ns.0);
+    println!("==> coturn in namespace {}", ns.0);
+    let turn_secret = format!("interop-{pid}-{}", t0.elapsed().as_nanos());
+    let coturn = NsCoturn::start(&ns.0, &rig, &turn_secret)?;
+    println!("==> Synapse in namespace {} (TURN {})", ns.0, coturn.uri);
     let out = Command::new("ip")
         .args(["netns", "exec", &ns.0])
         .arg(&rig)
-        .args(["start", "--data", &data])
+        .args(["start", "--data", &data, "--turn", &coturn.uri, "--turn-secret", &turn_secret])
         .stderr(Stdio::inherit())
         .output()
         .context("synapse-rig start")?;
@@ -861,7 +1196,16 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<bool> {
         .collect();
     let hs =
         env_lines.get("SYNAPSE_URL").cloned().ok_or_else(|| anyhow!("synapse-rig printed no SYNAPSE_URL"))?;
-    let env = Env { ns: ns.0.clone(), hs, interop, rust_peer, logs: target.join("interop") };
+    let env = Env {
+        ns: ns.0.clone(),
+        hs,
+        interop,
+        rust_peer,
+        matrix_call,
+        turn_uri: coturn.uri.clone(),
+        turn_log: coturn.log.clone(),
+        logs: target.join("interop"),
+    };
     let setup_time = t0.elapsed();
 
     let (mut passed, mut failed) = (0, 0);
@@ -881,6 +1225,7 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<bool> {
         }
     }
     drop(synapse);
+    drop(coturn);
     drop(ns);
     println!(
         "interop: {passed} passed, {failed} failed (set-up {:.0} s, total {:.0} s)",

@@ -113,6 +113,11 @@ impl Coturn {
         format!("turn:127.0.0.1:{}?transport=udp", self.port)
     }
 
+    /// Where the server writes its log (the file behind [`Coturn::log`]).
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("turnserver.log")
+    }
+
     /// The server's log (allocations, permissions, errors).
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.join("turnserver.log")).unwrap_or_default()

@@ -4,7 +4,9 @@
 //!
 //! ```text
 //! rust-peer peer --hs URL --user-id @u:localhost --device-id DEV --token TOKEN --room !r:localhost
-//!                [--busy-signal hangup|reject] [--crypto] [--busy] [--tone HZ] [--video]
+//!                [--busy-signal hangup|reject] [--crypto] [--busy] [--tone HZ] [--video] [--relay-only]
+//! rust-peer tone-wav --out FILE.wav --hz HZ --seconds S
+//! rust-peer analyse-wav --in FILE.wav --target HZ --freqs HZ,HZ,... [--skip-ms MS]
 //! ```
 //!
 //! `--tone HZ` turns on decoded audio (feature `codecs`: libopus through the engine's
@@ -14,6 +16,12 @@
 //! engine's `VideoHub`): every call's camera is voip-webrtc's `TestPattern` (640×480, 15 fps),
 //! `{"cmd":"call","video":true}` places a video call, and `{"cmd":"measure-video"}` reads the
 //! peer's decoded frames (a `video` event: frame numbers found, order, size, luma movement).
+//! `--relay-only` gathers relay candidates only (`WebrtcConfig::with_relay_only`: media through
+//! the homeserver's TURN servers); `stats` events carry the selected candidate pair either way.
+//!
+//! `tone-wav` and `analyse-wav` are one-shot helpers for the `matrix-call` scenario: a sine WAV
+//! for the CLI to `--play`, and the same tone analysis as `measure-audio` over a WAV the CLI
+//! recorded (one `audio` line on stdout).
 //!
 //! It is built on the public API of the `voip` crate only: a `Voip` from a matrix-sdk `Client`
 //! (session restored from the access token the harness registered) with the webrtc-rs engine.
@@ -32,7 +40,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use voip::core::BusySignal;
 use voip::core::{RoomId, UserId};
 use voip::webrtc::media::audio::{
-    goertzel_power, level_dbfs, AudioConfig, AudioHub, FrameOrigin, Tone, SAMPLE_RATE,
+    goertzel_power, level_dbfs, read_wav, AudioConfig, AudioHub, FrameOrigin, Tone, WavRecorder, SAMPLE_RATE,
 };
 use voip::webrtc::media::video::{read_frame_number, TestPattern, VideoConfig, VideoHub};
 use voip::webrtc::WebrtcConfig;
@@ -61,6 +69,8 @@ struct Args {
     tone: Option<f64>,
     /// `--video`: decoded video on, every call's camera is the test pattern.
     video: bool,
+    /// `--relay-only`: relay candidates only (TURN from `/voip/turnServer`).
+    relay_only: bool,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -81,6 +91,7 @@ fn parse_args() -> anyhow::Result<Args> {
             _ => Config::default().busy_signal,
         },
         video: args.iter().any(|a| a == "--video"),
+        relay_only: args.iter().any(|a| a == "--relay-only"),
         tone: value("--tone").map(|t| t.parse()).transpose().context("--tone HZ")?,
     })
 }
@@ -215,11 +226,17 @@ async fn command(
         "unhold" => current()?.set_hold(false).await?,
         "stats" => {
             let call = lock(state).call.clone();
-            let (mut sent, mut received) = (0, 0);
+            let (mut sent, mut received, mut pair) = (0, 0, Value::Null);
             if let (Some(call), Some(engine)) = (&call, voip.webrtc()) {
                 if let Ok(s) = engine.stats(call.id()).await {
                     sent = s.packets_sent;
                     received = s.packets_received;
+                    if let Some(p) = s.selected_pair {
+                        let side = |c: &Option<voip::webrtc::CandidateSummary>| {
+                            c.as_ref().map(|c| json!({"type": c.candidate_type, "address": c.address}))
+                        };
+                        pair = json!({"local": side(&p.local), "remote": side(&p.remote), "nominated": p.nominated});
+                    }
                 }
             }
             emit(
@@ -230,6 +247,7 @@ async fn command(
                     "state": call.as_ref().map(|c| serde_json::to_value(c.state()).unwrap_or(Value::Null)),
                     "sent": sent,
                     "received": received,
+                    "pair": pair,
                 }),
             );
         }
@@ -313,27 +331,80 @@ async fn measure_audio(call: &Call, hub: &AudioHub, c: &Value) -> anyhow::Result
         }
         seen += n;
     }
+    let mut report = tone_report(&mono, SAMPLE_RATE, target, &freqs);
+    report.insert("call_id".into(), json!(call.id().to_string()));
+    report.insert("stream_id".into(), json!(stream.to_string()));
+    report.insert("channels".into(), json!(channels));
+    report
+        .insert("frames".into(), json!({"decoded": origins[0], "fec": origins[1], "concealed": origins[2]}));
+    Ok(Value::Object(report))
+}
+
+/// Goertzel power of `mono` at `target` and at each of `freqs`, the margin of the target over
+/// the strongest other one in dB, the length and the RMS level.
+fn tone_report(mono: &[f32], rate: u32, target: f64, freqs: &[f64]) -> serde_json::Map<String, Value> {
     let mut power = serde_json::Map::new();
-    let p_target = goertzel_power(&mono, SAMPLE_RATE, target);
+    let p_target = goertzel_power(mono, rate, target);
     power.insert(format!("{target}"), json!(db(p_target)));
     let mut off = 1e-20f64;
     for f in freqs.iter().filter(|&&f| f != target) {
-        let p = goertzel_power(&mono, SAMPLE_RATE, *f);
+        let p = goertzel_power(mono, rate, *f);
         off = off.max(p);
         power.insert(format!("{f}"), json!(db(p)));
     }
-    Ok(json!({
-        "call_id": call.id().to_string(),
-        "stream_id": stream.to_string(),
-        "ms": mono.len() / 48,
-        "sample_rate": SAMPLE_RATE,
-        "channels": channels,
+    let Value::Object(m) = json!({
+        "ms": mono.len() as u64 * 1000 / u64::from(rate.max(1)),
+        "sample_rate": rate,
         "target": target,
         "margin_db": db(p_target) - db(off),
-        "level_dbfs": level_dbfs(&mono),
+        "level_dbfs": level_dbfs(mono),
         "power_db": power,
-        "frames": {"decoded": origins[0], "fec": origins[1], "concealed": origins[2]},
-    }))
+    }) else {
+        unreachable!("a JSON object literal")
+    };
+    m
+}
+
+/// `tone-wav --out FILE --hz HZ --seconds S`: a mono 48 kHz sine at `TONE_AMPLITUDE`.
+fn tone_wav(args: &[String]) -> anyhow::Result<()> {
+    let value = |f: &str| args.iter().position(|a| a == f).and_then(|i| args.get(i + 1)).cloned();
+    let out = value("--out").context("tone-wav: --out FILE")?;
+    let hz: f64 = value("--hz").context("tone-wav: --hz HZ")?.parse()?;
+    let seconds: f64 = value("--seconds").context("tone-wav: --seconds S")?.parse()?;
+    let mut wav = WavRecorder::create(&out, 1)?;
+    let n = (seconds * f64::from(SAMPLE_RATE)) as usize;
+    let step = 2.0 * std::f64::consts::PI * hz / f64::from(SAMPLE_RATE);
+    let samples: Vec<i16> =
+        (0..n).map(|i| (f64::from(TONE_AMPLITUDE) * 32767.0 * (step * i as f64).sin()) as i16).collect();
+    wav.write_samples(&samples)?;
+    wav.finish()?;
+    Ok(())
+}
+
+/// `analyse-wav --in FILE --target HZ --freqs A,B,... [--skip-ms MS]`: the first channel of the
+/// WAV after `MS` (default 500) through `tone_report`, printed as one `audio` line.
+fn analyse_wav(args: &[String]) -> anyhow::Result<()> {
+    let value = |f: &str| args.iter().position(|a| a == f).and_then(|i| args.get(i + 1)).cloned();
+    let path = value("--in").context("analyse-wav: --in FILE")?;
+    let target: f64 = value("--target").context("analyse-wav: --target HZ")?.parse()?;
+    let freqs = value("--freqs")
+        .unwrap_or_default()
+        .split(',')
+        .filter(|f| !f.is_empty())
+        .map(str::parse)
+        .collect::<Result<Vec<f64>, _>>()
+        .context("--freqs HZ,HZ,...")?;
+    let skip_ms: u64 = value("--skip-ms").map(|v| v.parse()).transpose()?.unwrap_or(500);
+    let (samples, rate, channels) = read_wav(&path)?;
+    let mono: Vec<f32> = samples.iter().step_by(usize::from(channels.max(1))).copied().collect();
+    let skip = (skip_ms * u64::from(rate) / 1000) as usize;
+    let mono = mono.get(skip..).unwrap_or_default();
+    let mut report = tone_report(mono, rate, target, &freqs);
+    report.insert("path".into(), json!(path));
+    report.insert("channels".into(), json!(channels));
+    report.insert("ev".into(), json!("audio"));
+    println!("{}", Value::Object(report));
+    Ok(())
 }
 
 /// Test pattern the `--video` camera sends.
@@ -406,7 +477,7 @@ async fn run(t0: std::time::Instant) -> anyhow::Result<()> {
     let config = Config::default().with_busy_signal(args.busy_signal);
     // Inside the harness's namespace the only addresses are loopback ones (127.0.0.1, and
     // 127.0.0.2 on the veth): gather loopback candidates.
-    let mut webrtc = WebrtcConfig::loopback();
+    let mut webrtc = WebrtcConfig::loopback().with_relay_only(args.relay_only);
     let state: Shared = Arc::default();
     if let Some(hz) = args.tone {
         let hub = AudioHub::new(AudioConfig::default());
@@ -461,10 +532,32 @@ async fn run(t0: std::time::Instant) -> anyhow::Result<()> {
             tokio::time::sleep(std::time::Duration::from_millis(250)).await;
         }
     });
+    // Relay-only needs the homeserver's TURN servers before the first call.
+    let turn_servers = || {
+        voip.webrtc().map_or(0, |e| {
+            e.ice_servers().iter().filter(|s| s.urls.iter().any(|u| u.starts_with("turn"))).count()
+        })
+    };
+    if args.relay_only {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+        while turn_servers() == 0 {
+            if tokio::time::Instant::now() > deadline {
+                bail!("--relay-only: no TURN server from /voip/turnServer within 20 s");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
     emit(
         t0,
         "ready",
-        json!({"user_id": args.user_id, "device_id": args.device_id, "sdk": "matrix-voip-rs", "voip": true}),
+        json!({
+            "user_id": args.user_id,
+            "device_id": args.device_id,
+            "sdk": "matrix-voip-rs",
+            "voip": true,
+            "turn_servers": turn_servers(),
+            "relay_only": args.relay_only,
+        }),
     );
 
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
@@ -499,6 +592,19 @@ async fn main() {
         .with_writer(std::io::stderr)
         .init();
     let t0 = std::time::Instant::now();
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let helper = match argv.first().map(String::as_str) {
+        Some("tone-wav") => Some(tone_wav(&argv)),
+        Some("analyse-wav") => Some(analyse_wav(&argv)),
+        _ => None,
+    };
+    if let Some(result) = helper {
+        if let Err(e) = result {
+            eprintln!("rust-peer: {e:#}");
+            std::process::exit(1);
+        }
+        std::process::exit(0);
+    }
     if let Err(e) = run(t0).await {
         emit(t0, "fatal", json!({"message": format!("{e:#}")}));
         std::process::exit(1);
