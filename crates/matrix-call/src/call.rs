@@ -529,14 +529,15 @@ fn start_audio(
                         return None;
                     }
                 }
-                let frames = rec.frames();
                 if let Err(e) = rec.finish() {
                     out.error("file", crate::error::exit::OTHER, &format!("{}: {e}", path.display()));
                     return None;
                 }
                 let rms = if n > 0 { (sum_sq / n as f64).sqrt() } else { 0.0 };
                 let level = if rms > 0.0 { (20.0 * rms.log10()) as f32 } else { f32::NEG_INFINITY };
-                Some(Recorded { path, seconds: frames as f64 / 48_000.0, level: level.max(-120.0) })
+                // `n` counts the mono samples written, at the decoder's 48 kHz (`rec.frames()`
+                // counts 20 ms frames, not samples).
+                Some(Recorded { path, seconds: n as f64 / 48_000.0, level: level.max(-120.0) })
             }));
         }
     }
