@@ -1,5 +1,7 @@
-//! The simulator: N devices (each a `voip_core::VoipMachine` plus a [`FakeMedia`]), an in-memory
-//! homeserver (room timelines with `origin_server_ts`, to-device queues), one virtual clock.
+//! The simulator: N devices (each a `voip_core::VoipMachine` plus a [`FakeMedia`]), the in-memory
+//! homeserver of `voip-homeserver` (the one `voip::local` runs too: room timelines with
+//! `origin_server_ts`, state, to-device, MSC4140 delayed events, transaction de-duplication), a
+//! network between them, one virtual clock.
 //!
 //! Every message travels with a latency; the homeserver echoes room events back to every member
 //! device, the sender's own included, as a real server does. `step()` handles the earliest pending
@@ -15,16 +17,16 @@
 //! memberships and delayed leaves it left behind stay on the homeserver).
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::collections::{BTreeMap, BinaryHeap};
 
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 use voip_core::media::{ConnectionState, MediaEvent};
 use voip_core::{
     seed_from_u64, CallId, Command, Config, DeviceId, Event, Input, LocalDevice, Output, RoomEvent, RoomId,
-    RoomMember, RoomMembership, SendKind, SendOutcome, StateEvent, Timestamp, ToDeviceEvent, UserId,
-    VoipMachine,
+    SendKind, SendOutcome, StateEvent, Timestamp, ToDeviceEvent, UserId, VoipMachine,
 };
+use voip_homeserver::{Delivery, Homeserver};
 
 use crate::media::FakeMedia;
 
@@ -92,7 +94,8 @@ pub struct Sim {
     now: Timestamp,
     seq: u64,
     devices: Vec<Device>,
-    rooms: BTreeMap<RoomId, BTreeSet<UserId>>,
+    /// The homeserver (rooms, state, timelines, to-device, delayed events, transactions).
+    hs: Homeserver,
     /// (deliver at, sequence, target device); the input waits in `inflight`.
     queue: BinaryHeap<Reverse<(Timestamp, u64, DeviceIdx)>>,
     inflight: BTreeMap<u64, Input>,
@@ -103,24 +106,15 @@ pub struct Sim {
     /// Network faults.
     pub faults: Faults,
     rng: ChaCha20Rng,
-    next_event_id: u64,
     /// Last delivery time per (device, room): a room timeline reaches each device in order,
     /// whatever the jitter (to-device messages, in contrast, may overtake each other).
     timeline_clock: BTreeMap<(DeviceIdx, RoomId), Timestamp>,
     /// Last to-device delivery time per (device, sender, sender device).
     to_device_clock: BTreeMap<(DeviceIdx, UserId, Option<voip_core::DeviceId>), Timestamp>,
-    /// Room state: (room, type, state key) → the current state event.
-    state: BTreeMap<(RoomId, String, String), StateEvent>,
-    /// MSC4140 delayed state events by `delay_id`.
-    delayed: BTreeMap<String, Delayed>,
-    next_delay_id: u64,
     /// Whether the homeserver supports delayed events.
     pub delayed_events: bool,
     /// Deliveries waiting for an offline device, in order.
     offline_inbox: BTreeMap<DeviceIdx, Vec<(u64, Input)>>,
-    /// Outcomes of room and to-device sends by (device, transaction id): a retried transaction
-    /// is answered with the first outcome and not delivered again.
-    txns: BTreeMap<(DeviceIdx, String), SendOutcome>,
     /// Counts of injected faults, for reports.
     pub injected: Injected,
     /// ICE state changes due on connections whose other end crashed: (when, device, call, state).
@@ -157,17 +151,6 @@ pub struct Injected {
     pub dead_peer_connections: u64,
 }
 
-#[derive(Debug, Clone)]
-struct Delayed {
-    fire_at: Timestamp,
-    delay_ms: u64,
-    room_id: RoomId,
-    sender: UserId,
-    event_type: String,
-    state_key: String,
-    content: serde_json::Value,
-}
-
 impl Sim {
     /// A simulation starting at a fixed time, all randomness from `seed`.
     pub fn new(seed: u64) -> Sim {
@@ -175,22 +158,17 @@ impl Sim {
             now: Timestamp(1_700_000_000_000),
             seq: 0,
             devices: Vec::new(),
-            rooms: BTreeMap::new(),
+            hs: Homeserver::default(),
             queue: BinaryHeap::new(),
             inflight: BTreeMap::new(),
             latency_ms: 20,
             media_delay_ms: 1,
             faults: Faults::default(),
             rng: ChaCha20Rng::seed_from_u64(seed),
-            next_event_id: 0,
             timeline_clock: BTreeMap::new(),
             to_device_clock: BTreeMap::new(),
-            state: BTreeMap::new(),
-            delayed: BTreeMap::new(),
-            next_delay_id: 0,
             delayed_events: true,
             offline_inbox: BTreeMap::new(),
-            txns: BTreeMap::new(),
             injected: Injected::default(),
             ice_changes: Vec::new(),
             dead_ends: BTreeMap::new(),
@@ -212,8 +190,11 @@ impl Sim {
         let seed = seed_from_u64(self.rng.next_u64());
         let skew = self.faults.clock_skew_ms;
         let skew_ms = if skew == 0 { 0 } else { (self.rng.next_u64() % (2 * skew + 1)) as i64 - skew as i64 };
+        let local = LocalDevice::new(user, device);
+        // Registered at the homeserver; its first sync comes with the rooms it joins.
+        self.hs.connect(&local);
         self.devices.push(Device {
-            voip: VoipMachine::new(config, LocalDevice::new(user, device), seed),
+            voip: VoipMachine::new(config, local, seed),
             media: FakeMedia::new(),
             events: Vec::new(),
             outputs: Vec::new(),
@@ -235,53 +216,46 @@ impl Sim {
         // The old process is gone: its media engine's reports and its send results die with it.
         self.kill_local_inflight(d);
         let seed = seed_from_u64(self.rng.next_u64());
-        self.devices[d.0].voip = VoipMachine::new(config, local, seed);
+        self.devices[d.0].voip = VoipMachine::new(config, local.clone(), seed);
         self.devices[d.0].generation += 1;
         self.devices[d.0].media = FakeMedia::new();
-        let rooms: Vec<(RoomId, Vec<UserId>)> =
-            self.rooms.iter().map(|(r, m)| (r.clone(), m.iter().cloned().collect())).collect();
-        for (room_id, members) in rooms {
-            for user_id in members {
-                let m = RoomMember { room_id: room_id.clone(), user_id, membership: RoomMembership::Join };
-                self.feed(d, Input::RoomMember(m));
-            }
-        }
-        let state: Vec<StateEvent> = self.state.values().cloned().collect();
-        for ev in state {
-            self.feed(d, Input::StateEvent(ev));
+        // Its first sync: the memberships and state of its user's rooms.
+        for input in self.hs.rooms_of(&local.user_id) {
+            self.feed(d, input);
         }
     }
 
-    /// Joins users to a room (and tells every device about the memberships).
+    /// Joins users to a room (created if new, unencrypted). The members' devices learn each
+    /// join at once; a joining user's devices also get the room's members and state.
     pub fn join(&mut self, room: &str, users: &[&str]) -> RoomId {
         let room_id = RoomId::from(room);
-        for u in users {
-            self.rooms.entry(room_id.clone()).or_default().insert(UserId::from(*u));
-            for i in 0..self.devices.len() {
-                let m = RoomMember {
-                    room_id: room_id.clone(),
-                    user_id: UserId::from(*u),
-                    membership: RoomMembership::Join,
-                };
-                self.feed(DeviceIdx(i), Input::RoomMember(m));
+        let users: Vec<UserId> = users.iter().map(|u| UserId::from(*u)).collect();
+        for Delivery { user_id, device_id, input } in self.hs.join(&room_id, &users) {
+            if let Some(d) = self.device_of(&user_id, &device_id) {
+                self.feed(d, input);
             }
         }
         room_id
     }
 
-    /// A user leaves a room; every device learns it after the latency.
+    /// A user leaves a room; the members' devices and the leaver's learn it after the latency.
     pub fn leave(&mut self, room: &RoomId, user: &str) {
-        if let Some(members) = self.rooms.get_mut(room) {
-            members.remove(&UserId::from(user));
+        for Delivery { user_id, device_id, input } in self.hs.leave(room, &UserId::from(user)) {
+            if let Some(d) = self.device_of(&user_id, &device_id) {
+                self.deliver(d, input, self.latency_ms);
+            }
         }
-        for i in 0..self.devices.len() {
-            let m = RoomMember {
-                room_id: room.clone(),
-                user_id: UserId::from(user),
-                membership: RoomMembership::Leave,
-            };
-            self.deliver(DeviceIdx(i), Input::RoomMember(m), self.latency_ms);
-        }
+    }
+
+    /// The device with this identity.
+    fn device_of(&self, user_id: &UserId, device_id: &DeviceId) -> Option<DeviceIdx> {
+        self.devices
+            .iter()
+            .position(|d| {
+                let l = d.voip.local_device();
+                l.user_id == *user_id && l.device_id == *device_id
+            })
+            .map(DeviceIdx)
     }
 
     /// A device.
@@ -691,21 +665,14 @@ impl Sim {
         }
         // Room and to-device sends carry the transaction id; the homeserver answers a retried
         // transaction with the first outcome (state events are idempotent by themselves).
-        let txn = matches!(kind, SendKind::RoomEvent { .. } | SendKind::ToDevice { .. });
-        let key = (d, txn_id);
-        let outcome = match self.txns.get(&key) {
-            Some(first) if txn => {
-                self.injected.deduplicated += 1;
-                first.clone()
-            }
-            _ => {
-                let outcome = self.route(d, kind);
-                if txn && matches!(outcome, SendOutcome::Sent { .. }) {
-                    self.txns.insert(key, outcome.clone());
-                }
-                outcome
-            }
-        };
+        let sender = self.devices[d.0].voip.local_device().clone();
+        self.hs.set_delayed_events(self.delayed_events);
+        let response = self.hs.send(self.now, &sender, &txn_id, kind);
+        if response.deduplicated {
+            self.injected.deduplicated += 1;
+        }
+        let outcome = response.outcome;
+        self.dispatch(response.deliveries);
         if response_lost {
             self.injected.lost_responses += 1;
             return timeout();
@@ -713,196 +680,40 @@ impl Sim {
         outcome
     }
 
-    /// The homeserver: room events to every member device (echo included), to-device to one.
-    fn route(&mut self, from: DeviceIdx, kind: SendKind) -> SendOutcome {
-        let sender = self.devices[from.0].voip.local_device().clone();
-        let sent = |event_id: Option<String>| SendOutcome::Sent { event_id, delay_id: None };
-        match kind {
-            SendKind::StateEvent { room_id, event_type, state_key, content } => {
-                if !self.rooms.get(&room_id).is_some_and(|m| m.contains(&sender.user_id)) {
-                    return forbidden();
-                }
-                sent(Some(self.apply_state(room_id, sender.user_id, event_type, state_key, content)))
-            }
-            SendKind::DelayedStateEvent { room_id, event_type, state_key, content, delay_ms } => {
-                if !self.delayed_events {
-                    return SendOutcome::Failed {
-                        retryable: false,
-                        error: "delayed events are disabled".into(),
-                        errcode: Some("M_UNRECOGNIZED".into()),
-                    };
-                }
-                self.next_delay_id += 1;
-                let delay_id = format!("syd_{}", self.next_delay_id);
-                let d = Delayed {
-                    fire_at: self.now.plus(delay_ms),
-                    delay_ms,
-                    room_id,
-                    sender: sender.user_id,
-                    event_type,
-                    state_key,
-                    content,
-                };
-                self.delayed.insert(delay_id.clone(), d);
-                SendOutcome::Sent { event_id: None, delay_id: Some(delay_id) }
-            }
-            SendKind::ListDelayedEvents => {
-                if !self.delayed_events {
-                    return SendOutcome::Failed {
-                        retryable: false,
-                        error: "delayed events are disabled".into(),
-                        errcode: Some("M_UNRECOGNIZED".into()),
-                    };
-                }
-                // Synapse's listing: the user's pending delayed events (any device).
-                let delayed_events = self
-                    .delayed
-                    .iter()
-                    .filter(|(_, d)| d.sender == sender.user_id)
-                    .map(|(id, d)| voip_core::ScheduledDelayedEvent {
-                        delay_id: id.clone(),
-                        room_id: d.room_id.clone(),
-                        event_type: d.event_type.clone(),
-                        state_key: Some(d.state_key.clone()),
-                        delay_ms: Some(d.delay_ms),
-                        content: d.content.clone(),
-                    })
-                    .collect();
-                SendOutcome::DelayedEvents { delayed_events }
-            }
-            SendKind::UpdateDelayedEvent { delay_id, action } => {
-                let Some(d) = self.delayed.get_mut(&delay_id) else {
-                    return SendOutcome::Failed {
-                        retryable: false,
-                        error: "unknown delayed event".into(),
-                        errcode: Some("M_NOT_FOUND".into()),
-                    };
-                };
-                match action {
-                    voip_core::DelayedAction::Restart => d.fire_at = self.now.plus(d.delay_ms),
-                    voip_core::DelayedAction::Cancel => {
-                        self.delayed.remove(&delay_id);
-                    }
-                    voip_core::DelayedAction::Send => {
-                        let d = self.delayed.remove(&delay_id).expect("checked");
-                        self.apply_state(d.room_id, d.sender, d.event_type, d.state_key, d.content);
-                    }
-                }
-                sent(None)
-            }
-            SendKind::RoomEvent { room_id, event_type, content } => {
-                self.next_event_id += 1;
-                let event_id = format!("$ev{}", self.next_event_id);
-                let members = self.rooms.get(&room_id).cloned().unwrap_or_default();
-                if !members.contains(&sender.user_id) {
-                    return forbidden();
-                }
-                let ev = RoomEvent {
-                    room_id,
-                    event_id: Some(event_id.clone()),
-                    sender: sender.user_id.clone(),
-                    event_type,
-                    content,
-                    origin_server_ts: self.now,
-                    age_ms: None,
-                    encrypted: false,
-                    sender_device: None,
-                };
-                for i in 0..self.devices.len() {
-                    if members.contains(&self.devices[i].voip.local_device().user_id) {
-                        self.deliver(DeviceIdx(i), Input::RoomEvent(ev.clone()), self.latency_ms);
-                    }
-                }
-                sent(Some(event_id))
-            }
-            SendKind::ToDevice { event_type, messages, .. } => {
-                for m in messages {
-                    let target = (0..self.devices.len()).find(|i| {
-                        let l = self.devices[*i].voip.local_device();
-                        l.user_id == m.user_id && l.device_id == m.device_id
-                    });
-                    if let Some(i) = target {
-                        let ev = ToDeviceEvent {
-                            sender: sender.user_id.clone(),
-                            sender_device: Some(sender.device_id.clone()),
-                            event_type: event_type.clone(),
-                            content: std::sync::Arc::unwrap_or_clone(m.content),
-                            encrypted: true,
-                        };
-                        self.deliver(DeviceIdx(i), Input::ToDevice(ev), self.latency_ms);
-                    }
-                }
-                sent(None)
-            }
-            other => SendOutcome::Failed {
-                retryable: false,
-                error: format!("the simulated homeserver has no endpoint for {other:?}"),
-                errcode: Some("M_UNRECOGNIZED".into()),
-            },
+    /// Sends what the homeserver delivers across the network: room events and to-device
+    /// messages with latency, jitter and duplicates; state in timeline order.
+    fn dispatch(&mut self, deliveries: Vec<Delivery>) {
+        for Delivery { user_id, device_id, input } in deliveries {
+            let Some(to) = self.device_of(&user_id, &device_id) else { continue };
+            let Input::StateEvent(ev) = &input else {
+                self.deliver(to, input, self.latency_ms);
+                continue;
+            };
+            // State reaches each device in timeline order, like room events.
+            let mut at = self.now.plus(self.latency_ms);
+            let last = self.timeline_clock.entry((to, ev.room_id.clone())).or_default();
+            at = at.max(*last);
+            *last = at;
+            self.seq += 1;
+            self.inflight.insert(self.seq, input);
+            self.queue.push(Reverse((at, self.seq, to)));
         }
-    }
-
-    /// Stores a state event and delivers it to every member device.
-    fn apply_state(
-        &mut self,
-        room_id: RoomId,
-        sender: UserId,
-        event_type: String,
-        state_key: String,
-        content: serde_json::Value,
-    ) -> String {
-        self.next_event_id += 1;
-        let event_id = format!("$st{}", self.next_event_id);
-        let ev = StateEvent {
-            room_id: room_id.clone(),
-            event_id: Some(event_id.clone()),
-            sender,
-            event_type: event_type.clone(),
-            state_key: state_key.clone(),
-            content,
-            origin_server_ts: self.now,
-        };
-        self.state.insert((room_id.clone(), event_type, state_key), ev.clone());
-        let members = self.rooms.get(&room_id).cloned().unwrap_or_default();
-        for i in 0..self.devices.len() {
-            if members.contains(&self.devices[i].voip.local_device().user_id) {
-                let input = Input::StateEvent(ev.clone());
-                // State reaches each device in timeline order, like room events.
-                let mut at = self.now.plus(self.latency_ms);
-                let last = self.timeline_clock.entry((DeviceIdx(i), room_id.clone())).or_default();
-                at = at.max(*last);
-                *last = at;
-                self.seq += 1;
-                self.inflight.insert(self.seq, input);
-                self.queue.push(Reverse((at, self.seq, DeviceIdx(i))));
-            }
-        }
-        event_id
     }
 
     /// The current room state of one type (for assertions).
     pub fn room_state(&self, room: &RoomId, event_type: &str) -> Vec<StateEvent> {
-        self.state
-            .iter()
-            .filter(|((r, t, _), _)| r == room && t == event_type)
-            .map(|(_, e)| e.clone())
-            .collect()
+        self.hs.room_state(room, event_type)
     }
 
     /// Scheduled delayed events (for assertions): (delay id, fire time, state key).
     pub fn scheduled_delayed(&self) -> Vec<(String, Timestamp, String)> {
-        self.delayed.iter().map(|(id, d)| (id.clone(), d.fire_at, d.state_key.clone())).collect()
+        self.hs.scheduled_delayed()
     }
 
     /// Fires delayed events whose time has come.
     fn fire_delayed(&mut self) {
-        let due: Vec<String> =
-            self.delayed.iter().filter(|(_, d)| d.fire_at <= self.now).map(|(id, _)| id.clone()).collect();
-        for id in due {
-            if let Some(d) = self.delayed.remove(&id) {
-                self.apply_state(d.room_id, d.sender, d.event_type, d.state_key, d.content);
-            }
-        }
+        let deliveries = self.hs.fire_due(self.now);
+        self.dispatch(deliveries);
     }
 
     /// The earliest pending thing: a delivery, a device deadline, a healing partition or sync
@@ -917,7 +728,7 @@ impl Sim {
             .min();
         let heals =
             self.devices.iter().flat_map(|d| [d.partitioned_until, d.sync_stalled_until]).flatten().min();
-        let delayed = self.delayed.values().map(|d| d.fire_at).min();
+        let delayed = self.hs.next_delayed_at();
         let ice = self.ice_changes.iter().map(|c| c.0).min();
         [q, d, heals, delayed, ice].into_iter().flatten().min()
     }
@@ -1053,12 +864,4 @@ impl Sim {
 /// `t` moved by `ms` (either way), saturating.
 fn shift(t: Timestamp, ms: i64) -> Timestamp {
     Timestamp(t.0.saturating_add_signed(ms))
-}
-
-fn forbidden() -> SendOutcome {
-    SendOutcome::Failed {
-        retryable: false,
-        error: "not a member of the room".into(),
-        errcode: Some("M_FORBIDDEN".into()),
-    }
 }

@@ -20,16 +20,13 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::Value;
 use tokio::sync::mpsc;
-use voip_core::{
-    DelayedAction, DeviceId, Input, LocalDevice, RoomEvent, RoomId, RoomMember, RoomMembership, SendKind,
-    SendOutcome, SendRequest, StateEvent, ToDeviceEvent, UserId,
-};
+use voip_core::{DeviceId, Input, LocalDevice, RoomId, SendRequest, StateEvent, UserId};
+use voip_homeserver::{DelayedTimer, Delivery, Homeserver};
 
 use crate::now;
 use crate::transport::Transport;
@@ -58,27 +55,22 @@ pub struct LocalTransport {
     device: LocalDevice,
 }
 
+/// The shared sans-IO homeserver (`voip-homeserver`: the simulator runs the same one) and a
+/// channel per connected device.
 #[derive(Debug, Default)]
 struct Server {
-    next_id: u64,
-    /// Joined users per room.
-    rooms: BTreeMap<RoomId, BTreeSet<UserId>>,
-    /// Connected devices.
+    hs: Homeserver,
     devices: HashMap<(UserId, DeviceId), mpsc::UnboundedSender<Input>>,
-    state: BTreeMap<(RoomId, String, String), StateEvent>,
-    delayed: HashMap<String, Delayed>,
 }
 
-#[derive(Debug)]
-struct Delayed {
-    room_id: RoomId,
-    sender: UserId,
-    event_type: String,
-    state_key: String,
-    content: Value,
-    delay_ms: u64,
-    /// Bumped by every restart, so the timer task of an older schedule does nothing.
-    generation: u64,
+impl Server {
+    fn deliver(&self, deliveries: Vec<Delivery>) {
+        for d in deliveries {
+            if let Some(tx) = self.devices.get(&(d.user_id, d.device_id)) {
+                let _ = tx.send(d.input);
+            }
+        }
+    }
 }
 
 impl LocalHomeserver {
@@ -94,19 +86,8 @@ impl LocalHomeserver {
         let device = LocalDevice::new(user_id, device_id);
         let (tx, inputs) = mpsc::unbounded_channel();
         let mut s = self.lock();
-        let _ = tx.send(Input::ServerSupport { delayed_events: true });
-        for (room, members) in &s.rooms {
-            if !members.contains(&device.user_id) {
-                continue;
-            }
-            for m in members {
-                let _ = tx.send(member(room, m, RoomMembership::Join));
-            }
-            for ((r, _, _), ev) in &s.state {
-                if r == room {
-                    let _ = tx.send(Input::StateEvent(ev.clone()));
-                }
-            }
+        for input in s.hs.connect(&device) {
+            let _ = tx.send(input);
         }
         s.devices.insert((device.user_id.clone(), device.device_id.clone()), tx);
         LocalConnection {
@@ -119,42 +100,32 @@ impl LocalHomeserver {
     /// Drops a device's connection without anything being sent for it, as when its process is
     /// killed: the others only notice through the call protocol's timers and delayed events.
     pub fn disconnect(&self, user_id: &str, device_id: &str) {
-        self.lock().devices.remove(&(UserId::from(user_id), DeviceId::from(device_id)));
+        let (user, device) = (UserId::from(user_id), DeviceId::from(device_id));
+        let mut s = self.lock();
+        s.hs.disconnect(&user, &device);
+        s.devices.remove(&(user, device));
     }
 
     /// Creates a room that all `users` have joined, and tells their connected devices.
     pub fn create_room(&self, users: &[&str]) -> RoomId {
         let mut s = self.lock();
-        let room = RoomId::from(format!("!room{}:local", s.fresh()));
-        let members: BTreeSet<UserId> = users.iter().map(|u| UserId::from(*u)).collect();
-        s.rooms.insert(room.clone(), members.clone());
-        for m in &members {
-            s.deliver_to_room(&room, &member(&room, m, RoomMembership::Join));
-        }
-        if let Some(creator) = members.first() {
-            // An encrypted room, as clients create them (see the module docs).
-            let content = serde_json::json!({ "algorithm": "m.megolm.v1.aes-sha2" });
-            s.apply_state(room.clone(), creator.clone(), "m.room.encryption".into(), String::new(), content);
-        }
+        let users: Vec<UserId> = users.iter().map(|u| UserId::from(*u)).collect();
+        // An encrypted room, as clients create them (see the module docs).
+        let (room, deliveries) = s.hs.create_room(now(), &users, true);
+        s.deliver(deliveries);
         room
     }
 
     /// `user` leaves `room`; every member device (the leaver's too) is told.
     pub fn leave_room(&self, room: &RoomId, user_id: &str) {
         let mut s = self.lock();
-        let user = UserId::from(user_id);
-        let input = member(room, &user, RoomMembership::Leave);
-        s.deliver_to_room(room, &input);
-        s.deliver_to_user(&user, &input);
-        if let Some(members) = s.rooms.get_mut(room) {
-            members.remove(&user);
-        }
+        let deliveries = s.hs.leave(room, &UserId::from(user_id));
+        s.deliver(deliveries);
     }
 
     /// The current state events of one type in a room.
     pub fn room_state(&self, room: &RoomId, event_type: &str) -> Vec<StateEvent> {
-        let s = self.lock();
-        s.state.iter().filter(|((r, t, _), _)| r == room && t == event_type).map(|(_, e)| e.clone()).collect()
+        self.lock().hs.room_state(room, event_type)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Server> {
@@ -163,202 +134,39 @@ impl LocalHomeserver {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn fire_later(&self, delay_id: String, generation: u64, delay_ms: u64) {
+    /// A delayed event fires `delay_ms` from now unless it was restarted, cancelled or sent
+    /// in between (the server then ignores this timer).
+    fn fire_later(&self, timer: DelayedTimer) {
         let server = self.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            tokio::time::sleep(Duration::from_millis(timer.delay_ms)).await;
             let mut s = server.lock();
-            if s.delayed.get(&delay_id).is_some_and(|d| d.generation == generation) {
-                let d = s.delayed.remove(&delay_id).expect("checked above");
-                tracing::debug!(%delay_id, "delayed event fires");
-                s.apply_state(d.room_id, d.sender, d.event_type, d.state_key, d.content);
+            let deliveries = s.hs.fire(now(), &timer);
+            if !deliveries.is_empty() {
+                tracing::debug!(delay_id = %timer.delay_id, "delayed event fires");
             }
+            s.deliver(deliveries);
         });
-    }
-}
-
-fn member(room: &RoomId, user: &UserId, membership: RoomMembership) -> Input {
-    Input::RoomMember(RoomMember { room_id: room.clone(), user_id: user.clone(), membership })
-}
-
-fn failed(errcode: &str, error: &str) -> SendOutcome {
-    SendOutcome::Failed { retryable: false, error: error.to_owned(), errcode: Some(errcode.to_owned()) }
-}
-
-impl Server {
-    fn fresh(&mut self) -> u64 {
-        self.next_id += 1;
-        self.next_id
-    }
-
-    fn is_member(&self, room: &RoomId, user: &UserId) -> bool {
-        self.rooms.get(room).is_some_and(|m| m.contains(user))
-    }
-
-    fn deliver_to_room(&self, room: &RoomId, input: &Input) {
-        let Some(members) = self.rooms.get(room) else { return };
-        for ((user, _), tx) in &self.devices {
-            if members.contains(user) {
-                let _ = tx.send(input.clone());
-            }
-        }
-    }
-
-    fn deliver_to_user(&self, user_id: &UserId, input: &Input) {
-        for ((user, _), tx) in &self.devices {
-            if user == user_id {
-                let _ = tx.send(input.clone());
-            }
-        }
-    }
-
-    fn apply_state(
-        &mut self,
-        room_id: RoomId,
-        sender: UserId,
-        event_type: String,
-        state_key: String,
-        content: Value,
-    ) -> String {
-        let event_id = format!("$state{}", self.fresh());
-        let ev = StateEvent {
-            room_id: room_id.clone(),
-            event_id: Some(event_id.clone()),
-            sender,
-            event_type: event_type.clone(),
-            state_key: state_key.clone(),
-            content,
-            origin_server_ts: now(),
-        };
-        self.deliver_to_room(&room_id, &Input::StateEvent(ev.clone()));
-        self.state.insert((room_id, event_type, state_key), ev);
-        event_id
-    }
-
-    /// Executes one send; returns its outcome and, for a new delayed event, the timer to start.
-    fn route(&mut self, from: &LocalDevice, kind: SendKind) -> (SendOutcome, Option<(String, u64, u64)>) {
-        let sent = |event_id: Option<String>| SendOutcome::Sent { event_id, delay_id: None };
-        let forbidden = || failed("M_FORBIDDEN", "not a member of the room");
-        match kind {
-            SendKind::RoomEvent { room_id, event_type, content } => {
-                if !self.is_member(&room_id, &from.user_id) {
-                    return (forbidden(), None);
-                }
-                let event_id = format!("$event{}", self.fresh());
-                let ev = RoomEvent {
-                    room_id: room_id.clone(),
-                    event_id: Some(event_id.clone()),
-                    sender: from.user_id.clone(),
-                    event_type,
-                    content,
-                    origin_server_ts: now(),
-                    age_ms: Some(0),
-                    // Delivered as matrix-sdk delivers a decrypted Megolm event.
-                    encrypted: true,
-                    sender_device: None,
-                };
-                self.deliver_to_room(&room_id, &Input::RoomEvent(ev));
-                (sent(Some(event_id)), None)
-            }
-            SendKind::StateEvent { room_id, event_type, state_key, content } => {
-                if !self.is_member(&room_id, &from.user_id) {
-                    return (forbidden(), None);
-                }
-                let id = self.apply_state(room_id, from.user_id.clone(), event_type, state_key, content);
-                (sent(Some(id)), None)
-            }
-            SendKind::DelayedStateEvent { room_id, event_type, state_key, content, delay_ms } => {
-                if !self.is_member(&room_id, &from.user_id) {
-                    return (forbidden(), None);
-                }
-                let delay_id = format!("delay{}", self.fresh());
-                let d = Delayed {
-                    room_id,
-                    sender: from.user_id.clone(),
-                    event_type,
-                    state_key,
-                    content,
-                    delay_ms,
-                    generation: 0,
-                };
-                self.delayed.insert(delay_id.clone(), d);
-                let timer = (delay_id.clone(), 0, delay_ms);
-                (SendOutcome::Sent { event_id: None, delay_id: Some(delay_id) }, Some(timer))
-            }
-            SendKind::ListDelayedEvents => {
-                // MSC4140's listing: the user's pending delayed events.
-                let delayed_events = self
-                    .delayed
-                    .iter()
-                    .filter(|(_, d)| d.sender == from.user_id)
-                    .map(|(id, d)| voip_core::ScheduledDelayedEvent {
-                        delay_id: id.clone(),
-                        room_id: d.room_id.clone(),
-                        event_type: d.event_type.clone(),
-                        state_key: Some(d.state_key.clone()),
-                        delay_ms: Some(d.delay_ms),
-                        content: d.content.clone(),
-                    })
-                    .collect();
-                (SendOutcome::DelayedEvents { delayed_events }, None)
-            }
-            SendKind::UpdateDelayedEvent { delay_id, action } => {
-                let Some(d) = self.delayed.get_mut(&delay_id) else {
-                    return (failed("M_NOT_FOUND", "unknown delayed event"), None);
-                };
-                match action {
-                    DelayedAction::Restart => {
-                        d.generation += 1;
-                        let timer = (delay_id, d.generation, d.delay_ms);
-                        (sent(None), Some(timer))
-                    }
-                    DelayedAction::Cancel => {
-                        self.delayed.remove(&delay_id);
-                        (sent(None), None)
-                    }
-                    DelayedAction::Send => {
-                        let d = self.delayed.remove(&delay_id).expect("checked above");
-                        self.apply_state(d.room_id, d.sender, d.event_type, d.state_key, d.content);
-                        (sent(None), None)
-                    }
-                }
-            }
-            SendKind::ToDevice { event_type, messages, .. } => {
-                for m in messages {
-                    let ev = Input::ToDevice(ToDeviceEvent {
-                        sender: from.user_id.clone(),
-                        sender_device: Some(from.device_id.clone()),
-                        event_type: event_type.clone(),
-                        content: std::sync::Arc::unwrap_or_clone(m.content),
-                        encrypted: true,
-                    });
-                    if m.device_id.as_str() == "*" {
-                        self.deliver_to_user(&m.user_id, &ev);
-                    } else if let Some(tx) = self.devices.get(&(m.user_id, m.device_id)) {
-                        let _ = tx.send(ev);
-                    }
-                }
-                (sent(None), None)
-            }
-            _ => (failed("M_UNRECOGNIZED", "the in-process homeserver has no such endpoint"), None),
-        }
     }
 }
 
 impl Transport for LocalTransport {
     fn submit(&self, request: SendRequest) {
-        let SendRequest { id, kind, .. } = request;
+        let SendRequest { id, txn_id, kind, .. } = request;
         let (result, timer) = {
             let mut s = self.server.lock();
-            let (result, timer) = s.route(&self.device, kind);
-            if let Some(tx) = s.devices.get(&(self.device.user_id.clone(), self.device.device_id.clone())) {
-                let _ = tx.send(Input::SendResult { id, result: result.clone() });
+            let response = s.hs.send(now(), &self.device, &txn_id, kind);
+            // What the send delivers first (the sender's own echo included), then its result.
+            s.deliver(response.deliveries);
+            let key = (self.device.user_id.clone(), self.device.device_id.clone());
+            if let Some(tx) = s.devices.get(&key) {
+                let _ = tx.send(Input::SendResult { id, result: response.outcome.clone() });
             }
-            (result, timer)
+            (response.outcome, response.timer)
         };
         tracing::trace!(%id, ?result, "local homeserver send");
-        if let Some((delay_id, generation, delay_ms)) = timer {
-            self.server.fire_later(delay_id, generation, delay_ms);
+        if let Some(timer) = timer {
+            self.server.fire_later(timer);
         }
     }
 }
@@ -366,7 +174,7 @@ impl Transport for LocalTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use voip_core::{RequestId, ToDeviceEncryption, ToDeviceMessage};
+    use voip_core::{DelayedAction, RequestId, SendKind, SendOutcome, ToDeviceEncryption, ToDeviceMessage};
 
     fn req(id: u64, kind: SendKind) -> SendRequest {
         SendRequest { id: RequestId::from_value(id), txn_id: format!("t{id}"), kind }
