@@ -268,8 +268,15 @@ impl KeyManager {
                     (Some(k), true) => {
                         tracing::debug!(joiners = joiners.len(), index = k.entry.index, "join: current key");
                         let entry = k.entry.clone();
-                        let joiners: Vec<DeviceKey> = joiners.iter().map(|p| device_key(p)).collect();
-                        self.send_keys(ctx, &[entry], &joiners);
+                        let mut to: Vec<DeviceKey> = joiners.iter().map(|p| device_key(p)).collect();
+                        if to.is_sorted() {
+                            // Every joiner is a member now: in order (as `on_members` hands
+                            // them over), they need no set to be filtered and ordered through.
+                            to.dedup();
+                            self.send_keys_to(ctx, &[entry], to);
+                        } else {
+                            self.send_keys(ctx, &[entry], &to);
+                        }
                     }
                     _ => {
                         tracing::debug!(joiners = joiners.len(), "join: fresh key for everyone");
