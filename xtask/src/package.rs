@@ -30,7 +30,7 @@ use std::process::Command;
 use anyhow::{bail, Context};
 
 /// Crates verified by default: no matrix-sdk or webrtc-rs among their dependencies.
-const VERIFIED: &[&str] = &["voip-core"];
+const VERIFIED: &[&str] = &["voip-core", "voip-homeserver"];
 
 /// Licences a dependency of an `MIT OR Apache-2.0` library may have.
 const COMPATIBLE: &[&str] = &[

@@ -150,6 +150,7 @@ struct Source<'a> {
 ///         Output::Send(request) => { /* send it, then feed Input::SendResult */ let _ = request; }
 ///         Output::Media { call_id, command } => { /* media engine */ let _ = (call_id, command); }
 ///         Output::Event(event) => { /* tell the app */ let _ = event; }
+///         _ => { /* `Output` is #[non_exhaustive]: outputs added later */ }
 ///     }
 /// }
 /// // Then sleep until `next_deadline()` or the next input, whichever comes first.
