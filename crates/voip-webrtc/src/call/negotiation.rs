@@ -46,6 +46,7 @@ impl CallTask {
         let settings = SettingEngineBuilder::new()
             .with_multicast_dns_mode(mdns)
             .with_prflx_acceptance_min_wait(Some(c.prflx_wait))
+            .with_relay_acceptance_min_wait(Some(c.relay_wait()))
             .with_ice_connection_attempts(Some(c.ice_check_interval), None)
             .with_ice_timeouts(c.ice_disconnected_timeout, c.ice_failed_timeout, c.ice_keepalive_interval)
             .with_include_loopback_candidate(c.include_loopback)
