@@ -13,7 +13,7 @@
 //
 // The reports have the fields of the Node peer's (lib/shim.mjs), so the harness checks both alike.
 
-import { patternFrame, readFrameNumber, toneReport } from "../lib/pattern.mjs";
+import { patternFrame, patternSummary, readFrameNumber, toneReport } from "../lib/pattern.mjs";
 
 const VIDEO_W = 640;
 const VIDEO_H = 480;
@@ -191,23 +191,7 @@ export async function installMedia({ toneHz = 440 } = {}) {
         clearTimeout(timer);
         await reader.cancel().catch(() => {});
         track.stop();
-        let rising = 0;
-        for (let i = 1; i < numbers.length; i++) if (numbers[i] > numbers[i - 1]) rising++;
-        const m = lumas.reduce((a, b) => a + b, 0) / Math.max(lumas.length, 1);
-        const luma_sd = Math.sqrt(lumas.reduce((a, b) => a + (b - m) ** 2, 0) / Math.max(lumas.length, 1));
-        return {
-            ms,
-            frames,
-            width,
-            height,
-            numbered: numbers.length,
-            in_order: numbers.length > 1 && rising === numbers.length - 1,
-            first: numbers[0] ?? null,
-            last: numbers[numbers.length - 1] ?? null,
-            luma_mean: m,
-            luma_sd,
-            formats: [...formats],
-        };
+        return { ...patternSummary({ ms, frames, width, height, numbers, lumas }), formats: [...formats] };
     }
 
     return {

@@ -92,3 +92,27 @@ export function toneReport(mono, sampleRate, target, freqs) {
         power_db: Object.fromEntries(Object.entries(power).map(([f, p]) => [f, 10 * Math.log10(Math.max(p, 1e-20))])),
     };
 }
+
+/**
+ * What a js peer reports of the decoded pattern it watched for `ms`: frame count and size, the
+ * frame numbers it could read (how many, whether in order, first and last) and the mean and
+ * spread of the frames' luma.
+ */
+export function patternSummary({ ms, frames, width, height, numbers, lumas }) {
+    let rising = 0;
+    for (let i = 1; i < numbers.length; i++) if (numbers[i] > numbers[i - 1]) rising++;
+    const m = lumas.reduce((a, b) => a + b, 0) / Math.max(lumas.length, 1);
+    const luma_sd = Math.sqrt(lumas.reduce((a, b) => a + (b - m) ** 2, 0) / Math.max(lumas.length, 1));
+    return {
+        ms,
+        frames,
+        width,
+        height,
+        numbered: numbers.length,
+        in_order: numbers.length > 1 && rising === numbers.length - 1,
+        first: numbers[0] ?? null,
+        last: numbers[numbers.length - 1] ?? null,
+        luma_mean: m,
+        luma_sd,
+    };
+}

@@ -10,7 +10,7 @@
 import { createRequire } from "node:module";
 
 import { polyfillPromiseWithResolvers } from "./node-compat.mjs";
-import { patternFrame, readFrameNumber, toneReport } from "./pattern.mjs";
+import { patternFrame, patternSummary, readFrameNumber, toneReport } from "./pattern.mjs";
 
 export { goertzel, patternFrame, readFrameNumber, toneReport } from "./pattern.mjs";
 
@@ -156,22 +156,7 @@ async function measureVideo(peerConn, { ms = 3000 } = {}) {
         };
     });
     sink.stop();
-    let rising = 0;
-    for (let i = 1; i < numbers.length; i++) if (numbers[i] > numbers[i - 1]) rising++;
-    const m = lumas.reduce((a, b) => a + b, 0) / Math.max(lumas.length, 1);
-    const luma_sd = Math.sqrt(lumas.reduce((a, b) => a + (b - m) ** 2, 0) / Math.max(lumas.length, 1));
-    return {
-        ms,
-        frames,
-        width,
-        height,
-        numbered: numbers.length,
-        in_order: numbers.length > 1 && rising === numbers.length - 1,
-        first: numbers[0] ?? null,
-        last: numbers[numbers.length - 1] ?? null,
-        luma_mean: m,
-        luma_sd,
-    };
+    return patternSummary({ ms, frames, width, height, numbers, lumas });
 }
 
 /**
