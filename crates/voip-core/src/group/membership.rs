@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::ids::{DeviceId, GroupCallId, Participant, RoomId, Timestamp, UserId};
+use crate::rng::{HashKeys, Lookup};
 use crate::wire::member::{self, Focus, FocusSelection, MemberEntry, MembershipDialect};
 use crate::wire::WireError;
 
@@ -85,15 +86,17 @@ pub(crate) struct MembershipStore {
     slots: Vec<Option<Slot>>,
     free: Vec<SlotId>,
     /// Per room, per kind, per state key: its slot.
-    by_key: BTreeMap<RoomId, [BTreeMap<String, SlotId>; 3]>,
+    by_key: BTreeMap<RoomId, [Lookup<String, SlotId>; 3]>,
     /// Per group, per device: the slots holding a record of that device in that group.
     by_group: BTreeMap<GroupCallId, BTreeMap<Device, Vec<SlotId>>>,
     /// Per room and sender: the slots it holds (at most [`MAX_KEYS_PER_SENDER`]).
-    by_sender: BTreeMap<RoomId, BTreeMap<UserId, Vec<SlotId>>>,
+    by_sender: BTreeMap<RoomId, Lookup<UserId, Vec<SlotId>>>,
     /// Every record's expiry, with its slot.
     expiry: BTreeSet<(Timestamp, SlotId)>,
     /// Sticky keys held.
     sticky: usize,
+    /// The keys of the [`Lookup`] indexes' hashes.
+    hash_keys: HashKeys,
 }
 
 fn device_of(m: &MemberInfo) -> Device {
@@ -108,12 +111,44 @@ fn family(x: MembershipDialect) -> MembershipDialect {
 }
 
 impl MembershipStore {
+    /// An empty store whose indexes hash with `hash_keys`.
+    pub(crate) fn new(hash_keys: HashKeys) -> Self {
+        MembershipStore { hash_keys, ..Default::default() }
+    }
+
+    fn kinds(&self) -> [Lookup<String, SlotId>; 3] {
+        std::array::from_fn(|_| self.hash_keys.lookup())
+    }
+
+    fn users(&self) -> Lookup<UserId, Vec<SlotId>> {
+        self.hash_keys.lookup()
+    }
+
     fn slot(&self, id: SlotId) -> Option<&Slot> {
         self.slots.get(id as usize).and_then(Option::as_ref)
     }
 
     fn find(&self, room: &RoomId, kind: usize, key: &str) -> Option<SlotId> {
         self.by_key.get(room).and_then(|kinds| kinds[kind].get(key)).copied()
+    }
+
+    /// Makes room for `additional` more keys of one event type in one room, from as many senders
+    /// (an [`crate::Input::RoomState`] taking in a large room: no index grows step by step).
+    pub(crate) fn reserve(&mut self, room: &RoomId, event_type: &str, additional: usize) {
+        let Some(kind) = KINDS.iter().position(|k| *k == event_type) else { return };
+        self.slots.reserve(additional.saturating_sub(self.free.len()));
+        if !self.by_key.contains_key(room) {
+            self.by_key.insert(room.clone(), self.kinds());
+        }
+        if !self.by_sender.contains_key(room) {
+            self.by_sender.insert(room.clone(), self.users());
+        }
+        if let Some(kinds) = self.by_key.get_mut(room) {
+            kinds[kind].reserve(additional);
+        }
+        if let Some(users) = self.by_sender.get_mut(room) {
+            users.reserve(additional);
+        }
     }
 
     /// Applies one membership event at `now`; returns what changed, `None` if it was refused
@@ -210,7 +245,7 @@ impl MembershipStore {
         self.free.push(id);
         if let Some(kinds) = self.by_key.get_mut(&slot.room) {
             kinds[slot.kind].remove(slot.key.as_str());
-            if kinds.iter().all(BTreeMap::is_empty) {
+            if kinds.iter().all(Lookup::is_empty) {
                 self.by_key.remove(&slot.room);
             }
         }
@@ -261,15 +296,15 @@ impl MembershipStore {
                 kinds[slot.kind].insert(slot.key.clone(), id);
             }
             None => {
-                let mut kinds: [BTreeMap<String, SlotId>; 3] = Default::default();
+                let mut kinds = self.kinds();
                 kinds[slot.kind].insert(slot.key.clone(), id);
                 self.by_key.insert(slot.room.clone(), kinds);
             }
         }
-        let users = match self.by_sender.get_mut(&slot.room) {
-            Some(users) => users,
-            None => self.by_sender.entry(slot.room.clone()).or_default(),
-        };
+        if !self.by_sender.contains_key(&slot.room) {
+            self.by_sender.insert(slot.room.clone(), self.users());
+        }
+        let users = self.by_sender.get_mut(&slot.room).expect("just inserted");
         match users.get_mut(&slot.sender) {
             Some(ids) => ids.push(id),
             None => {

@@ -7,7 +7,14 @@ impl VoipMachine {
     pub(super) fn handle_member(&mut self, m: RoomMember) {
         let left = !matches!(m.membership, RoomMembership::Join | RoomMembership::Invite);
         let was_joined = self.membership_of(&m.room_id, &m.user_id).is_none_or(|x| x == RoomMembership::Join);
-        self.members.entry(m.room_id.clone()).or_default().insert(m.user_id.clone(), m.membership);
+        let users = match self.members.get_mut(&m.room_id) {
+            Some(users) => users,
+            None => {
+                let keys = self.hash_keys;
+                self.members.entry(m.room_id.clone()).or_insert_with(|| keys.lookup())
+            }
+        };
+        users.insert(m.user_id.clone(), m.membership);
         if was_joined != (m.membership == RoomMembership::Join) {
             // Only the user's own memberships can change (a user without any: nothing to do).
             for (g, devices) in self.store.of_user(&m.room_id, &m.user_id) {
@@ -141,6 +148,20 @@ impl VoipMachine {
         state: Vec<crate::input::StateEvent>,
     ) {
         self.deferred = Some(membership::Changes::new());
+        // Pre-sized from the input (usually one room): no map grows step by step.
+        if let Some(room) = members.first().map(|m| m.room_id.clone()) {
+            let n = members.iter().filter(|m| m.room_id == room).count();
+            let keys = self.hash_keys;
+            self.members.entry(room).or_insert_with(|| keys.lookup()).reserve(n);
+        }
+        if let Some(room) = state.first().map(|e| e.room_id.clone()) {
+            for kind in [member::FAMEDLY_MEMBER, member::RTC_MEMBER] {
+                let n = state.iter().filter(|e| e.event_type == kind && e.room_id == room).count();
+                if n > 0 {
+                    self.store.reserve(&room, kind, n);
+                }
+            }
+        }
         for m in members {
             self.handle_member(m);
         }

@@ -21,7 +21,7 @@ use crate::input::{
 use crate::media::{CallType, Candidate, MediaEvent};
 use crate::output::{CallDirection, CallState, EndReason, Event, Initiator, Output};
 use crate::quota::{PerSender, Quota};
-use crate::rng::Rng;
+use crate::rng::{HashKeys, Lookup, Rng};
 use crate::sends::{SendTable, SendVerdict};
 use crate::timers::{Deadline, TimerKind};
 use crate::wire::call::{self as wire, types, CallEvent, CallVersion, Common};
@@ -171,7 +171,10 @@ pub struct VoipMachine {
     encrypted_rooms: BTreeSet<RoomId>,
     /// Replacements of our calls that their callee ended with `replaced` (lagging glare).
     awaited: glare::AwaitedReplacements,
-    members: BTreeMap<RoomId, BTreeMap<UserId, RoomMembership>>,
+    /// Per room, per user: its `m.room.member` membership (only looked up, never iterated).
+    members: BTreeMap<RoomId, Lookup<UserId, RoomMembership>>,
+    /// The keys of the [`Lookup`] maps' hashes (from the seed).
+    hash_keys: HashKeys,
     /// While an [`Input::RoomState`] is applied: the membership changes still to look at.
     deferred: Option<membership::Changes>,
     out: VecDeque<Output>,
@@ -243,12 +246,13 @@ impl VoipMachine {
             encrypted_rooms: BTreeSet::new(),
             awaited: glare::AwaitedReplacements::default(),
             members: BTreeMap::new(),
+            hash_keys: HashKeys::from_seed(seed),
             deferred: None,
             out: VecDeque::new(),
             sends: SendTable::with_session(session_tag(&seed)),
             can_handle_override: None,
             counters: Counters::default(),
-            store: MembershipStore::default(),
+            store: MembershipStore::new(HashKeys::from_seed(seed)),
             groups: BTreeMap::new(),
             observed: BTreeMap::new(),
             delayed_events: None,
