@@ -137,12 +137,26 @@ pub(crate) struct SendTable {
     session: String,
     next_id: u64,
     pending: BTreeMap<RequestId, Pending>,
+    /// Every pending send's `retry_at`, with its id: which retries are due is a look at the
+    /// front, not a walk over every send in flight (10 000 key sends to a large call awaiting
+    /// their results made each input's timer check linear in them, a take-in one event at a
+    /// time quadratic).
+    retries: std::collections::BTreeSet<(Timestamp, RequestId)>,
 }
 
 impl SendTable {
     /// A table whose transaction ids carry `session`.
     pub(crate) fn with_session(session: String) -> SendTable {
         SendTable { session, ..SendTable::default() }
+    }
+
+    /// Takes a send out of the table (and its retry, if it has one).
+    fn take(&mut self, id: RequestId) -> Option<Pending> {
+        let p = self.pending.remove(&id)?;
+        if let Some(at) = p.retry_at {
+            self.retries.remove(&(at, id));
+        }
+        Some(p)
     }
 
     /// Mints an id and queues the send.
@@ -261,7 +275,7 @@ impl SendTable {
         id: RequestId,
         out: &mut VecDeque<Output>,
     ) -> Option<(GroupCallId, u64, GroupOp)> {
-        let p = self.pending.remove(&id)?;
+        let p = self.take(id)?;
         if p.retrying {
             self.release(p.room().cloned(), out);
         }
@@ -285,7 +299,7 @@ impl SendTable {
         if p.superseded {
             // The newer state event for the same key went out after this one: retrying this one
             // would overwrite it (a join retried after the leave leaves a ghost membership).
-            let p = self.pending.remove(&id).expect("entry checked above");
+            let p = self.take(id).expect("entry checked above");
             self.release(p.room().cloned(), out);
             return SendVerdict::Nothing;
         }
@@ -294,11 +308,16 @@ impl SendTable {
         if retryable && p.attempts < budget {
             let backoff = retry_after_ms.unwrap_or_else(|| 500u64.saturating_mul(1 << p.attempts.min(10)));
             p.attempts += 1;
-            p.retry_at = Some(now.plus(backoff.clamp(1, 300_000)));
+            if let Some(at) = p.retry_at {
+                self.retries.remove(&(at, id));
+            }
+            let at = now.plus(backoff.clamp(1, 300_000));
+            p.retry_at = Some(at);
+            self.retries.insert((at, id));
             p.retrying = true;
             return SendVerdict::Nothing;
         }
-        let p = self.pending.remove(&id).expect("entry checked above");
+        let p = self.take(id).expect("entry checked above");
         self.release(p.room().cloned(), out);
         SendVerdict::GaveUp { call_id: p.call_id, purpose: p.purpose, group: p.group }
     }
@@ -316,11 +335,8 @@ impl SendTable {
             })
             .map(|(id, _)| *id)
             .collect();
-        let rooms: std::collections::BTreeSet<RoomId> = dropped
-            .iter()
-            .filter_map(|id| self.pending.remove(id))
-            .filter_map(|p| p.room().cloned())
-            .collect();
+        let rooms: std::collections::BTreeSet<RoomId> =
+            dropped.iter().filter_map(|id| self.take(*id)).filter_map(|p| p.room().cloned()).collect();
         for room in rooms {
             self.release(Some(room), out);
         }
@@ -332,7 +348,7 @@ impl SendTable {
     pub(crate) fn abandon(&mut self, id: RequestId, out: &mut VecDeque<Output>) {
         let Some(p) = self.pending.get_mut(&id) else { return };
         if p.held || p.retry_at.is_some() {
-            let p = self.pending.remove(&id).expect("entry checked above");
+            let p = self.take(id).expect("entry checked above");
             if p.retrying {
                 self.release(p.room().cloned(), out);
             }
@@ -377,17 +393,30 @@ impl SendTable {
             }
         }
         for id in emptied {
-            self.pending.remove(&id);
+            self.take(id);
         }
     }
 
     /// Re-emits every send whose retry time has come.
     pub(crate) fn fire(&mut self, now: Timestamp, out: &mut VecDeque<Output>) {
-        for (id, p) in self.pending.iter_mut() {
-            if p.retry_at.is_some_and(|at| at <= now) {
+        if self.retries.first().is_none_or(|(at, _)| *at > now) {
+            return;
+        }
+        let mut due = Vec::new();
+        while let Some(&(at, id)) = self.retries.first() {
+            if at > now {
+                break;
+            }
+            self.retries.pop_first();
+            due.push(id);
+        }
+        // In id order, as they are sent (not in the order of their retry times).
+        due.sort_unstable();
+        for id in due {
+            if let Some(p) = self.pending.get_mut(&id) {
                 p.retry_at = None;
                 out.push_back(Output::Send(SendRequest {
-                    id: *id,
+                    id,
                     txn_id: p.txn_id.clone(),
                     kind: p.kind.to_kind(),
                 }));
@@ -396,7 +425,7 @@ impl SendTable {
     }
 
     pub(crate) fn next_retry(&self) -> Option<(Timestamp, RequestId)> {
-        self.pending.iter().filter_map(|(id, p)| p.retry_at.map(|at| (at, *id))).min()
+        self.retries.first().copied()
     }
 
     /// Number of sends awaiting a result.
