@@ -93,14 +93,9 @@ impl Drop for Synapse {
 /// test (voip-webrtc's `devices`) runs a call on ALSA's `null` PCM.
 const FEATURES: &str = "voip/codecs,voip/sync-service,voip/devices,matrix-call/devices";
 
-/// libopus is built with cmake: install it with apt-get (Debian/Ubuntu, as root or with
-/// password-less sudo) when it is missing, so a fresh machine needs nothing else.
-pub(crate) fn ensure_cmake() -> anyhow::Result<()> {
-    let found = |cmd: &str| Command::new(cmd).arg("--version").output().is_ok_and(|o| o.status.success());
-    if found("cmake") {
-        return Ok(());
-    }
-    println!("\n==> cmake is missing (libopus is built with it): installing it with apt-get");
+/// `apt-get update` then `apt-get install -y PACKAGES` (Debian/Ubuntu), as root or through
+/// password-less sudo; whether both succeeded.
+fn apt_install(packages: &[&str]) -> anyhow::Result<bool> {
     let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0"));
     let apt = |args: &[&str]| -> anyhow::Result<bool> {
         let mut c = if root { Command::new("apt-get") } else { Command::new("sudo") };
@@ -113,7 +108,18 @@ pub(crate) fn ensure_cmake() -> anyhow::Result<()> {
             .context("running apt-get")?
             .success())
     };
-    if !(apt(&["update", "-q"])? && apt(&["install", "-y", "-q", "cmake"])? && found("cmake")) {
+    Ok(apt(&["update", "-q"])? && apt(&[&["install", "-y", "-q"][..], packages].concat())?)
+}
+
+/// libopus is built with cmake: install it with apt-get (Debian/Ubuntu, as root or with
+/// password-less sudo) when it is missing, so a fresh machine needs nothing else.
+pub(crate) fn ensure_cmake() -> anyhow::Result<()> {
+    let found = |cmd: &str| Command::new(cmd).arg("--version").output().is_ok_and(|o| o.status.success());
+    if found("cmake") {
+        return Ok(());
+    }
+    println!("\n==> cmake is missing (libopus is built with it): installing it with apt-get");
+    if !(apt_install(&["cmake"])? && found("cmake")) {
         bail!("cmake is needed to build libopus (feature codecs): install it (e.g. apt-get install cmake)");
     }
     Ok(())
@@ -128,19 +134,7 @@ pub(crate) fn ensure_libvpx() -> anyhow::Result<()> {
         return Ok(());
     }
     println!("\n==> libvpx-dev is missing (VP8 for decoded video): installing it with apt-get");
-    let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0"));
-    let apt = |args: &[&str]| -> anyhow::Result<bool> {
-        let mut c = if root { Command::new("apt-get") } else { Command::new("sudo") };
-        if !root {
-            c.args(["-n", "apt-get"]);
-        }
-        Ok(c.args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-            .context("running apt-get")?
-            .success())
-    };
-    if !(apt(&["update", "-q"])? && apt(&["install", "-y", "-q", "libvpx-dev", "pkg-config"])? && found()) {
+    if !(apt_install(&["libvpx-dev", "pkg-config"])? && found()) {
         bail!("libvpx is needed for VP8 (feature codecs): install it (e.g. apt-get install libvpx-dev pkg-config)");
     }
     Ok(())
@@ -154,20 +148,7 @@ fn ensure_alsa() -> anyhow::Result<()> {
         return Ok(());
     }
     println!("\n==> the ALSA headers are missing (feature devices): installing libasound2-dev with apt-get");
-    let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0"));
-    let apt = |args: &[&str]| -> anyhow::Result<bool> {
-        let mut c = if root { Command::new("apt-get") } else { Command::new("sudo") };
-        if !root {
-            c.args(["-n", "apt-get"]);
-        }
-        Ok(c.args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-            .context("running apt-get")?
-            .success())
-    };
-    if !(apt(&["update", "-q"])? && apt(&["install", "-y", "-q", "libasound2-dev", "pkg-config"])? && found())
-    {
+    if !(apt_install(&["libasound2-dev", "pkg-config"])? && found()) {
         bail!("the ALSA headers are needed for the audio devices (feature devices): apt-get install libasound2-dev");
     }
     Ok(())
