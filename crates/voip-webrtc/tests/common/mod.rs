@@ -243,4 +243,3 @@ impl Pair {
         }
     }
 }
-pub mod cores;
