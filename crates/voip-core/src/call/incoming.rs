@@ -90,6 +90,23 @@ impl Gate {
     }
 }
 
+/// The invite-specific fields of a received `m.call.invite`, handed from dispatch to admission.
+#[derive(Debug)]
+pub(crate) struct InviteParts {
+    /// The offer.
+    pub(crate) offer: crate::media::SessionDescription,
+    /// `lifetime` in ms, if given.
+    pub(crate) lifetime: Option<u64>,
+    /// `invitee` user.
+    pub(crate) invitee: Option<String>,
+    /// `invitee_device_id`.
+    pub(crate) invitee_device_id: Option<String>,
+    /// `sdp_stream_metadata`.
+    pub(crate) metadata: Option<crate::wire::call::SdpStreamMetadata>,
+    /// `capabilities`.
+    pub(crate) capabilities: crate::wire::call::Capabilities,
+}
+
 /// How long a remote invite may ring: its claimed lifetime (or the default), capped.
 pub(crate) fn lifetime(claimed: Option<u64>, config: &Config) -> u64 {
     claimed.unwrap_or(config.default_remote_lifetime_ms).min(config.max_remote_lifetime_ms)

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use crate::call::incoming::{self, Gate};
+use crate::call::incoming::{self, Gate, InviteParts};
 use crate::call::memory::{EarlyCandidates, EarlyRefused, EndedCalls};
 use crate::call::remote::{Disposition, Ignored, Sender};
 use crate::call::{glare, Call, CallInfo, GroupLink, Incoming, Outgoing};
@@ -13,6 +13,7 @@ use crate::config::{BusySignal, Config, GlareBehaviour};
 use crate::ctx::Ctx;
 use crate::error::{ApiMisuse, Error};
 use crate::group::membership::{self, Device, MembershipStore};
+use crate::group::mesh::{Mesh, PeerCall};
 use crate::group::{self, GroupCall, GroupCallInfo, GroupCallState, GroupOp, JoinParams};
 use crate::ids::{CallId, DeviceId, GroupCallId, LocalDevice, PartyId, RoomId, Timestamp, UserId};
 use crate::input::{
@@ -20,20 +21,12 @@ use crate::input::{
 };
 use crate::media::{CallType, Candidate, MediaEvent};
 use crate::output::{CallDirection, CallState, EndReason, Event, Initiator, Output};
-use crate::quota::{PerSender, Quota};
 use crate::rng::{HashKeys, Lookup, Rng};
 use crate::sends::{SendTable, SendVerdict};
 use crate::timers::{Deadline, TimerKind};
 use crate::wire::call::{self as wire, types, CallEvent, CallVersion, Common};
 use crate::wire::member;
 use crate::wire::{WireError, WireErrorKind};
-
-/// Delay before a mesh call that ended is set up again, and how often per peer session.
-const MESH_RETRY_MS: u64 = 2_000;
-const MESH_MAX_ATTEMPTS: u32 = 3;
-
-/// Mesh invites that overtook their sender's membership: per sender and in all.
-const PENDING_MESH_QUOTA: Quota = Quota { per_sender: 4, total: 64 };
 
 /// How many received events were applied or refused, by cause. For logs, metrics and tests.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -197,14 +190,8 @@ pub struct VoipMachine {
     delayed_listing: DelayedListing,
     /// Delayed leaves of ours that no current join owns, from the listing.
     stale_delayed: Vec<StaleDelayed>,
-    /// Mesh invites that overtook their sender's membership.
-    pending_mesh: PerSender<CallId, PendingMeshInvite>,
-    /// Groups whose mesh needs another look (a peer call ended), and when.
-    mesh_retry: BTreeMap<GroupCallId, Timestamp>,
-    /// Calls placed per (group, peer device) to its current session since the last one that
-    /// connected: (session, attempts). One entry per member device, so a member changing
-    /// sessions cannot grow it.
-    mesh_attempts: BTreeMap<(GroupCallId, UserId, DeviceId), (String, u32)>,
+    /// Mesh calls: pending invites, attempts, retries.
+    mesh: Mesh,
 }
 
 macro_rules! ctx {
@@ -260,9 +247,7 @@ impl VoipMachine {
             group_generation: 0,
             delayed_listing: DelayedListing::NotAsked,
             stale_delayed: Vec::new(),
-            pending_mesh: PerSender::new(PENDING_MESH_QUOTA),
-            mesh_retry: BTreeMap::new(),
-            mesh_attempts: BTreeMap::new(),
+            mesh: Mesh::default(),
         }
     }
 
@@ -304,14 +289,13 @@ impl VoipMachine {
     /// property tests: see `docs/security.md`).
     #[cfg(feature = "testing")]
     pub fn footprint(&self) -> Footprint {
-        let usage = |(total, max_one, q): (usize, usize, Quota)| Usage {
+        let usage = |(total, max_one, q): (usize, usize, crate::quota::Quota)| Usage {
             total,
             max_one_sender: max_one,
             limit_total: q.total,
             limit_per_sender: q.per_sender,
         };
-        let pending =
-            (self.pending_mesh.total(), self.pending_mesh.max_per_sender(), self.pending_mesh.quota());
+        let pending = self.mesh.pending_usage();
         let mut calls_per_peer: BTreeMap<&UserId, usize> = BTreeMap::new();
         for c in self.calls.values() {
             *calls_per_peer.entry(&c.peer_user).or_default() += 1;
@@ -500,8 +484,8 @@ impl VoipMachine {
                 });
             }
         }
-        if let Some(at) = self.mesh_retry.values().min() {
-            offer(Deadline { at: *at, reason: TimerKind::GroupMembership, call_id: None, request_id: None });
+        if let Some(at) = self.mesh.next_retry() {
+            offer(Deadline { at, reason: TimerKind::GroupMembership, call_id: None, request_id: None });
         }
         if let Some(at) = self.store.next_expiry(self.now) {
             offer(Deadline { at, reason: TimerKind::MembershipExpiry, call_id: None, request_id: None });
@@ -509,7 +493,7 @@ impl VoipMachine {
         let housekeeping = [
             self.ended.next_expiry(),
             self.early.next_expiry(),
-            self.pending_mesh.next_expiry(),
+            self.mesh.next_expiry(),
             self.gate.next_expiry(),
             self.awaited.next_expiry(),
         ]
@@ -681,27 +665,6 @@ pub struct MediaKeys {
     pub local: Option<(u32, String)>,
     /// The latest key of each current member: (member, index, key).
     pub remote: Vec<(crate::ids::Participant, u32, String)>,
-}
-
-/// A mesh invite waiting for its sender's membership (its sender is the key's owner in
-/// `VoipMachine::pending_mesh`).
-#[derive(Debug)]
-struct PendingMeshInvite {
-    room_id: RoomId,
-    device: DeviceId,
-    common: Common,
-    invite: InviteParts,
-}
-
-/// The invite-specific fields, handed from dispatch to `handle_invite`.
-#[derive(Debug)]
-struct InviteParts {
-    offer: crate::media::SessionDescription,
-    lifetime: Option<u64>,
-    invitee: Option<String>,
-    invitee_device_id: Option<String>,
-    metadata: Option<wire::SdpStreamMetadata>,
-    capabilities: wire::Capabilities,
 }
 
 /// A short tag of this process, from its seed (without drawing from the random stream, so ids

@@ -29,10 +29,7 @@ impl VoipMachine {
                 g.handle_timeout(&mut ctx, &self.store);
             }
         }
-        let retry: Vec<GroupCallId> =
-            self.mesh_retry.iter().filter(|(_, at)| **at <= self.now).map(|(g, _)| g.clone()).collect();
-        for g in retry {
-            self.mesh_retry.remove(&g);
+        for g in self.mesh.due_retries(self.now) {
             self.reconcile_mesh(&g);
         }
         if self.now > self.expiry_checked {
@@ -43,7 +40,7 @@ impl VoipMachine {
             self.expiry_checked = self.now;
         }
         let now = self.now;
-        self.pending_mesh.expire(now);
+        self.mesh.expire(now);
         self.ended.expire(now);
         self.early.expire(now);
         self.gate.expire(now);
@@ -56,19 +53,11 @@ impl VoipMachine {
         for id in done {
             if let Some(call) = self.calls.remove(&id) {
                 self.sends.call_ended(&id, &mut self.out);
-                if let (Some(link), Some(device)) = (&call.group, &call.peer_device) {
+                if let Some(peer) = PeerCall::of(&call) {
                     // A mesh call ended while the group goes on: set it up again shortly, if
-                    // the peer is still there (bounded per peer session; a call that had
-                    // connected resets the count).
-                    let key = (link.group.clone(), call.peer_user.clone(), device.clone());
-                    if call.ever_connected
-                        && self.mesh_attempts.get(&key).is_some_and(|(s, _)| *s == link.remote_session)
-                    {
-                        self.mesh_attempts.remove(&key);
-                    }
-                    if self.groups.contains_key(&link.group) {
-                        self.mesh_retry.entry(link.group.clone()).or_insert(self.now.plus(MESH_RETRY_MS));
-                    }
+                    // the peer is still there.
+                    let in_group = self.groups.contains_key(peer.group);
+                    self.mesh.call_ended(peer, call.ever_connected, in_group, self.now);
                 }
                 if call.direction == CallDirection::Outgoing
                     && call.group.is_none()
