@@ -34,8 +34,6 @@ use matrix_sdk::ruma::OwnedUserId;
 use matrix_sdk::Client;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
-use voip::core::media::{MediaCommand, MediaEvent};
-use voip::MediaEngine;
 use voip::{StreamExt, VoipBuilder};
 use voip_core::{CallId, CallType, Event, Input, LocalDevice};
 use voip_matrix::MatrixAdapter;
@@ -44,21 +42,6 @@ use voip_testkit::rig::{Instance, Limits};
 
 /// Moments of one call, by what happened.
 type Marks = Arc<Mutex<BTreeMap<(CallId, &'static str), Instant>>>;
-
-/// voip-sim's fake engine behind a real engine's channel.
-struct SimEngine {
-    fake: Mutex<FakeMedia>,
-    events: mpsc::UnboundedSender<(CallId, MediaEvent)>,
-}
-
-impl MediaEngine for SimEngine {
-    fn execute(&self, call_id: CallId, command: MediaCommand) {
-        let events = self.fake.lock().unwrap().execute(&call_id, command);
-        for event in events {
-            let _ = self.events.send((call_id.clone(), event));
-        }
-    }
-}
 
 /// A device running the `voip` runtime over the adapter, recording when call events arrive.
 struct Phone {
@@ -109,7 +92,9 @@ impl Phone {
             }
         });
         let (media_tx, media_rx) = mpsc::unbounded_channel();
-        let engine = Arc::new(SimEngine { fake: Mutex::new(FakeMedia::new()), events: media_tx });
+        // voip-sim's fake engine behind a real engine's channel.
+        let engine =
+            Arc::new(FakeMedia::new().into_engine(move |id, event| drop(media_tx.send((id, event)))));
         let voip = VoipBuilder::new(local, adapter, rx)
             .seed(voip_core::seed_from_u64(std::process::id().into()))
             .media_engine(engine, media_rx)

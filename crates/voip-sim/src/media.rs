@@ -65,6 +65,22 @@ impl FakeMedia {
         self.peers.values().filter(|p| !p.closed).count()
     }
 
+    /// The fake as an engine closure for a runtime that executes commands asynchronously (the
+    /// `voip` driver takes any `Fn(CallId, MediaCommand)` as its media engine): each command is
+    /// executed at once and its events are handed to `report`, in order.
+    pub fn into_engine(
+        self,
+        report: impl Fn(CallId, MediaEvent) + Send + Sync + 'static,
+    ) -> impl Fn(CallId, MediaCommand) + Send + Sync + 'static {
+        let fake = std::sync::Mutex::new(self);
+        move |call_id: CallId, command: MediaCommand| {
+            let events = fake.lock().map(|mut f| f.execute(&call_id, command)).unwrap_or_default();
+            for event in events {
+                report(call_id.clone(), event);
+            }
+        }
+    }
+
     /// Executes one command; returns the events the engine reports back, in order.
     pub fn execute(&mut self, call_id: &CallId, command: MediaCommand) -> Vec<MediaEvent> {
         let fail_local = self.fail_local_media;

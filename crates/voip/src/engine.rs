@@ -66,6 +66,16 @@ pub trait MediaEngine: Send + Sync + 'static {
     fn execute(&self, call_id: CallId, command: MediaCommand);
 }
 
+/// A closure is an engine: handy for fakes and test doubles (it must queue, not block).
+impl<F> MediaEngine for F
+where
+    F: Fn(CallId, MediaCommand) + Send + Sync + 'static,
+{
+    fn execute(&self, call_id: CallId, command: MediaCommand) {
+        self(call_id, command);
+    }
+}
+
 #[cfg(feature = "webrtc")]
 impl MediaEngine for voip_webrtc::WebrtcEngine {
     fn execute(&self, call_id: CallId, command: MediaCommand) {

@@ -7,30 +7,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use voip::core::media::{MediaCommand, MediaEvent};
-use voip::core::{CallId, MediaEncryption};
+use voip::core::MediaEncryption;
 use voip::local::{LocalConnection, LocalHomeserver};
-use voip::MediaEngine;
 use voip::{GroupCallBackend, GroupCallOptions, Voip, VoipBuilder, VoipError};
 use voip_sim::FakeMedia;
-
-struct SimEngine {
-    fake: Mutex<FakeMedia>,
-    events: mpsc::UnboundedSender<(CallId, MediaEvent)>,
-}
-
-impl MediaEngine for SimEngine {
-    fn execute(&self, call_id: CallId, command: MediaCommand) {
-        for event in self.fake.lock().unwrap().execute(&call_id, command) {
-            let _ = self.events.send((call_id.clone(), event));
-        }
-    }
-}
 
 /// A device whose key callback counts the keys it is given.
 fn device(c: LocalConnection, keys: Arc<Mutex<usize>>) -> Result<Voip, VoipError> {
     let (tx, rx) = mpsc::unbounded_channel();
-    let engine = SimEngine { fake: Mutex::new(FakeMedia::new()), events: tx };
+    let engine = FakeMedia::new().into_engine(move |id, event| drop(tx.send((id, event))));
     VoipBuilder::new(c.device, c.transport, c.inputs)
         .media_engine(Arc::new(engine), rx)
         .on_encryption_key(move |_| *keys.lock().unwrap() += 1)

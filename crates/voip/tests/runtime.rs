@@ -2,38 +2,22 @@
 //! when the last handle drops (no task left behind), a key callback may use the handles (it
 //! deadlocked when the core ran under a lock), and a `ManualClock` drives the core's timers.
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use voip::core::media::{MediaCommand, MediaEvent};
-use voip::core::{CallId, Timestamp};
+use voip::core::Timestamp;
 use voip::local::{LocalConnection, LocalHomeserver};
-use voip::MediaEngine;
 use voip::{
     CallState, CallType, Clock, EndReason, GroupCallBackend, Initiator, ManualClock, StreamExt, Voip,
     VoipBuilder, VoipError,
 };
 use voip_sim::FakeMedia;
 
-/// voip-sim's synchronous fake engine behind the channel interface of a real engine.
-struct SimEngine {
-    fake: Mutex<FakeMedia>,
-    events: mpsc::UnboundedSender<(CallId, MediaEvent)>,
-}
-
-impl MediaEngine for SimEngine {
-    fn execute(&self, call_id: CallId, command: MediaCommand) {
-        let events = self.fake.lock().unwrap().execute(&call_id, command);
-        for event in events {
-            let _ = self.events.send((call_id.clone(), event));
-        }
-    }
-}
-
 fn builder(c: LocalConnection) -> VoipBuilder {
+    // voip-sim's synchronous fake engine behind the channel interface of a real engine.
     let (tx, rx) = mpsc::unbounded_channel();
-    let engine = SimEngine { fake: Mutex::new(FakeMedia::new()), events: tx };
+    let engine = FakeMedia::new().into_engine(move |id, event| drop(tx.send((id, event))));
     VoipBuilder::new(c.device, c.transport, c.inputs).media_engine(Arc::new(engine), rx)
 }
 
