@@ -331,6 +331,9 @@ pub struct StartOptions {
     /// Synapse's `turn_uris` and `turn_shared_secret` (default: `turn:127.0.0.1:3478` and a
     /// random secret, with no TURN server behind it). See [`crate::coturn`].
     pub turn: Option<(String, String)>,
+    /// Synapse's `turn_user_lifetime` (default `1h`): how long the TURN credentials it hands
+    /// out stay valid (the `ttl` of `/voip/turnServer`), e.g. `"20s"` to test their refresh.
+    pub turn_user_lifetime: Option<String>,
 }
 
 impl StartOptions {
@@ -344,6 +347,7 @@ impl StartOptions {
             limits: Limits::Generous,
             max_event_delay: None,
             turn: None,
+            turn_user_lifetime: None,
         }
     }
 
@@ -357,6 +361,7 @@ impl StartOptions {
             limits: Limits::Generous,
             max_event_delay: None,
             turn: None,
+            turn_user_lifetime: None,
         }
     }
 
@@ -364,6 +369,13 @@ impl StartOptions {
     /// with the TURN REST `secret` the TURN server was started with.
     pub fn with_turn(mut self, uri: impl Into<String>, secret: impl Into<String>) -> Self {
         self.turn = Some((uri.into(), secret.into()));
+        self
+    }
+
+    /// The same with another `turn_user_lifetime` (Synapse syntax, e.g. `"20s"`), instead of
+    /// `1h`.
+    pub fn with_turn_user_lifetime(mut self, lifetime: impl Into<String>) -> Self {
+        self.turn_user_lifetime = Some(lifetime.into());
         self
     }
 
@@ -528,7 +540,11 @@ fn start_once(
             "turn:127.0.0.1:3478?transport=udp",
             opts.turn.as_ref().map_or("turn:127.0.0.1:3478?transport=udp", |t| &t.0),
         )
-        .replace("@SECRET_TURN@", opts.turn.as_ref().map_or(&id.turn, |t| &t.1));
+        .replace("@SECRET_TURN@", opts.turn.as_ref().map_or(&id.turn, |t| &t.1))
+        .replace(
+            "turn_user_lifetime: 1h",
+            &format!("turn_user_lifetime: {}", opts.turn_user_lifetime.as_deref().unwrap_or("1h")),
+        );
     let config_path = data.join("homeserver.yaml");
     fs::write(&config_path, config)?;
     fs::write(data.join("log.config"), LOG_CONFIG.replace("@DATA@", &d))?;

@@ -106,6 +106,7 @@ pub struct WebrtcConfig {
     pub(crate) sources: Arc<dyn SourceFactory>,
     pub(crate) sink: Option<Arc<dyn MediaSink>>,
     pub(crate) network: NetworkSwitch,
+    pub(crate) refresh_live_calls: bool,
     #[cfg(feature = "codecs")]
     pub(crate) audio: Option<crate::media::audio::AudioHub>,
     #[cfg(feature = "codecs")]
@@ -127,6 +128,7 @@ impl fmt::Debug for WebrtcConfig {
             .field("ice_disconnected_timeout", &self.ice_disconnected_timeout)
             .field("ice_failed_timeout", &self.ice_failed_timeout)
             .field("app_sink", &self.sink.is_some())
+            .field("refresh_live_calls", &self.refresh_live_calls)
             .finish_non_exhaustive()
     }
 }
@@ -153,6 +155,7 @@ impl Default for WebrtcConfig {
             sources: bundled_media(),
             sink: None,
             network: NetworkSwitch::new(),
+            refresh_live_calls: true,
             #[cfg(feature = "codecs")]
             audio: None,
             #[cfg(feature = "codecs")]
@@ -244,6 +247,25 @@ impl WebrtcConfig {
     pub fn with_relay_wait(mut self, wait: Duration) -> Self {
         self.relay_wait = wait;
         self
+    }
+
+    /// Whether new ICE servers ([`crate::WebrtcEngine::set_ice_servers`], e.g. TURN
+    /// credentials refreshed before their TTL ends) also go into the peer connections of live
+    /// calls, where the next ICE restart uses them (default: yes). `false` leaves live calls on
+    /// the servers they were built with, as before this existed: once a relayed call outlives
+    /// its credentials' TTL, an ICE restart (network change, failure) cannot allocate a new
+    /// relay (the TURN server refuses the expired REST username) and the call loses its media;
+    /// `voip` does not restart relayed calls on a refresh then either. For tests that show
+    /// that happening.
+    #[must_use]
+    pub fn with_live_ice_server_updates(mut self, enabled: bool) -> Self {
+        self.refresh_live_calls = enabled;
+        self
+    }
+
+    /// Whether live calls get new ICE servers ([`WebrtcConfig::with_live_ice_server_updates`]).
+    pub fn live_ice_server_updates(&self) -> bool {
+        self.refresh_live_calls
     }
 
     /// The relay nomination wait in effect ([`WebrtcConfig::with_relay_wait`]; 0 when

@@ -142,7 +142,12 @@ impl WebrtcEngine {
     /// Replaces the ICE servers used by peer connections built from now on (at the next
     /// `CreatePeer` of any call, also of a call whose task already exists), e.g. after refreshing
     /// the homeserver's TURN credentials before their TTL ends. Peer connections that already
-    /// exist keep the servers they were built with.
+    /// exist get them too (`RTCPeerConnection::set_configuration`; unless
+    /// [`WebrtcConfig::with_live_ice_server_updates`] is off): they use them from their next ICE
+    /// restart on. A call whose media goes through a relay ([`WebrtcEngine::relayed_calls`])
+    /// needs that restart before its TURN credentials expire (`voip` asks the core for it);
+    /// a restart with new credentials for the same TURN URLs keeps the allocation and re-signs
+    /// it.
     ///
     /// From the homeserver's `/voip/turnServer` response: [`TurnServerResponse`] converts with
     /// `into()`; from separate fields (voip-matrix's `TurnServers`) use [`IceServer::turn`].
@@ -152,6 +157,46 @@ impl WebrtcEngine {
         if let Ok(mut s) = self.inner.ice_servers.lock() {
             *s = servers;
         }
+        if !self.inner.config.refresh_live_calls {
+            return;
+        }
+        if let Ok(calls) = self.inner.calls.lock() {
+            for handle in calls.values() {
+                let _ = handle.tx.send(CallInput::IceServersChanged);
+            }
+        }
+    }
+
+    /// Calls whose media goes through a TURN relay: every call with a peer connection under
+    /// [`crate::IceTransportPolicy::Relay`], otherwise those whose selected candidate pair has a
+    /// local `relay` candidate. These are the calls that must restart ICE when the TURN
+    /// credentials are refreshed, or lose their relay once the allocation can no longer be
+    /// refreshed with the old ones.
+    pub async fn relayed_calls(&self) -> Vec<CallId> {
+        let pcs: Vec<(CallId, Arc<dyn webrtc::peer_connection::PeerConnection>)> =
+            match self.inner.calls.lock() {
+                Ok(calls) => calls
+                    .iter()
+                    .filter_map(|(id, h)| Some((id.clone(), h.shared.lock().ok()?.pc.clone()?)))
+                    .collect(),
+                Err(_) => return Vec::new(),
+            };
+        let relay_only = self.inner.config.ice_transport_policy == crate::config::IceTransportPolicy::Relay;
+        let mut relayed = Vec::new();
+        for (id, pc) in pcs {
+            let through_relay = relay_only || {
+                let report = pc.get_stats(Instant::now(), StatsSelector::None).await;
+                CallStats::from_report(&report)
+                    .selected_pair
+                    .and_then(|p| p.local)
+                    .is_some_and(|l| l.candidate_type == "relay")
+            };
+            if through_relay {
+                relayed.push(id);
+            }
+        }
+        relayed.sort();
+        relayed
     }
 
     /// Sets the homeserver's TURN servers: peer connections built from now on use the app's
@@ -161,6 +206,11 @@ impl WebrtcEngine {
         let mut all = self.inner.config.ice_servers.clone();
         all.extend(turn.into_iter().filter(|t| !t.urls.is_empty()));
         self.set_ice_servers(all);
+    }
+
+    /// Whether live calls get new ICE servers ([`WebrtcConfig::with_live_ice_server_updates`]).
+    pub fn live_ice_server_updates(&self) -> bool {
+        self.inner.config.refresh_live_calls
     }
 
     /// The ICE servers the next peer connection will be built with.

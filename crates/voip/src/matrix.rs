@@ -63,27 +63,63 @@ pub(crate) fn replay_known_rooms(adapter: &MatrixAdapter) {
 }
 
 /// Keeps the homeserver's TURN servers in the engine's ICE servers (after the app's own),
-/// refreshed before their TTL ends.
+/// refreshed before their TTL ends, and keeps relayed calls alive across the refresh.
+///
+/// With the TURN REST API (Synapse's `turn_shared_secret`) the username carries its expiry:
+/// once it has passed, the TURN server refuses to refresh an allocation signed with it, and a
+/// relayed call longer than the TTL would lose its relay when the allocation's lifetime ends.
+/// So new credentials also go into the live peer connections (`WebrtcEngine::set_turn_servers`)
+/// and every call whose media goes through a relay (`WebrtcEngine::relayed_calls`: relay-only,
+/// or a relay candidate selected) restarts ICE, which makes its peer connection re-sign the
+/// allocation with them. The restart is the core's `Command::RestartIce`, as when the app asks
+/// for one: the core decides whether the call can renegotiate now, queues the offer behind one
+/// in flight and signals it to the peer (`m.call.negotiate`); this task only knows which calls
+/// use a relay, a media fact the core has no view of. It holds the runtime weakly: it never
+/// keeps it running.
 #[cfg(feature = "webrtc")]
-pub(crate) fn keep_turn_fresh(adapter: &MatrixAdapter, engine: voip_webrtc::WebrtcEngine) {
-    {
-        let mut turn = adapter.watch_turn_servers();
-        tokio::spawn(async move {
-            loop {
-                let current = turn.borrow_and_update().clone();
-                if let Some(t) = current {
-                    tracing::debug!(uris = ?t.uris, ttl = ?t.ttl, "TURN servers for new calls");
-                    // Added to the app's own servers (WebrtcConfig::with_ice_servers).
-                    engine.set_turn_servers(vec![voip_webrtc::IceServer {
-                        urls: t.uris,
-                        username: t.username,
-                        credential: t.password,
-                    }]);
-                }
-                if turn.changed().await.is_err() {
-                    return;
+pub(crate) fn keep_turn_fresh(
+    adapter: &MatrixAdapter,
+    engine: voip_webrtc::WebrtcEngine,
+    runtime: crate::driver::WeakHandle,
+) {
+    let mut turn = adapter.watch_turn_servers();
+    tokio::spawn(async move {
+        let mut previous: Option<voip_matrix::TurnServers> = None;
+        loop {
+            let current = turn.borrow_and_update().clone();
+            if let Some(t) = current {
+                tracing::debug!(uris = ?t.uris, ttl = ?t.ttl, "TURN servers for new calls");
+                let rotated = previous.as_ref().is_some_and(|p| {
+                    p.username != t.username || p.password != t.password || p.uris != t.uris
+                });
+                // Added to the app's own servers (WebrtcConfig::with_ice_servers).
+                engine.set_turn_servers(vec![voip_webrtc::IceServer {
+                    urls: t.uris.clone(),
+                    username: t.username.clone(),
+                    credential: t.password.clone(),
+                }]);
+                previous = Some(t);
+                if rotated && engine.live_ice_server_updates() {
+                    restart_relayed_calls(&engine, &runtime).await;
                 }
             }
-        });
+            if turn.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
+/// Asks the core to restart ICE on every call whose media goes through a relay.
+#[cfg(feature = "webrtc")]
+async fn restart_relayed_calls(engine: &voip_webrtc::WebrtcEngine, runtime: &crate::driver::WeakHandle) {
+    for call_id in engine.relayed_calls().await {
+        let Some(handle) = runtime.upgrade() else { return };
+        tracing::info!(%call_id, "TURN credentials refreshed: restarting ICE on the relayed call");
+        if let Err(e) = handle.command(voip_core::Command::RestartIce { call_id: call_id.clone() }).await {
+            // E.g. a call still ringing, or a peer without renegotiation: its allocation was
+            // just made, or it cannot be helped.
+            tracing::debug!(%call_id, "no ICE restart after the TURN refresh: {e}");
+        }
     }
 }

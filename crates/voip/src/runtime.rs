@@ -144,10 +144,6 @@ impl VoipBuilder {
         #[cfg(feature = "matrix")]
         if let Some(adapter) = self.adapter.clone() {
             crate::matrix::replay_known_rooms(&adapter);
-            #[cfg(feature = "webrtc")]
-            if let Some(engine) = &self.webrtc {
-                crate::matrix::keep_turn_fresh(&adapter, engine.clone());
-            }
             // Sends already queued (a hangup, a leave) complete, their results reach the core.
             drain_hooks.push(Box::new(move || Box::pin(async move { adapter.shutdown().await })));
         }
@@ -171,6 +167,8 @@ impl VoipBuilder {
         let adapter = self.adapter;
         #[cfg(feature = "webrtc")]
         let webrtc = self.webrtc;
+        #[cfg(all(feature = "matrix", feature = "webrtc"))]
+        let turn = adapter.clone().zip(webrtc.clone());
         let handle = driver::start(&runtime, parts, move |channels| {
             #[allow(unused_mut)]
             let mut ctx = channels.into_ctx(local);
@@ -189,6 +187,10 @@ impl VoipBuilder {
             }
             ctx
         });
+        #[cfg(all(feature = "matrix", feature = "webrtc"))]
+        if let Some((adapter, engine)) = turn {
+            crate::matrix::keep_turn_fresh(&adapter, engine, handle.downgrade());
+        }
         Ok(Voip { handle })
     }
 }

@@ -25,8 +25,8 @@ use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     register_default_interceptors, MediaEngine as RtcMediaEngine, PeerConnection, PeerConnectionBuilder,
-    PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceCandidate, RTCIceCandidateInit,
-    RTCIceConnectionState, RTCIceGatheringState, RTCIceServer, RTCIceTransportPolicy,
+    PeerConnectionEventHandler, RTCConfiguration, RTCConfigurationBuilder, RTCIceCandidate,
+    RTCIceCandidateInit, RTCIceConnectionState, RTCIceGatheringState, RTCIceServer, RTCIceTransportPolicy,
     RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription, Registry, SettingEngineBuilder,
 };
 use webrtc::rtp_transceiver::RtpSender;
@@ -81,6 +81,9 @@ pub(crate) enum CallInput {
     AppAddStream { stream_id: StreamId, purpose: StreamPurpose, audio: bool, video: bool },
     /// The app removes a stream directly; negotiation is needed afterwards.
     AppRemoveStream { stream_id: StreamId },
+    /// The engine's ICE servers changed (TURN credentials refreshed): the peer connection takes
+    /// them for its next ICE restart.
+    IceServersChanged,
 }
 
 /// What the peer connection's event handler forwards to the call task.
@@ -229,6 +232,7 @@ impl CallTask {
                         self.remove_local_stream(&stream_id).await;
                         self.emit(MediaEvent::NegotiationNeeded);
                     }
+                    Some(CallInput::IceServersChanged) => self.update_ice_servers().await,
                 },
                 Some(ev) = pc_rx.recv() => self.on_pc_event(ev).await,
             }

@@ -32,6 +32,44 @@ impl CallTask {
             .collect()
     }
 
+    /// The peer connection's configuration: the engine's current ICE servers and the policy.
+    fn rtc_configuration(&self) -> RTCConfiguration {
+        RTCConfigurationBuilder::new()
+            .with_ice_servers(self.rtc_ice_servers())
+            .with_ice_transport_policy(match self.config.ice_transport_policy {
+                crate::config::IceTransportPolicy::All => RTCIceTransportPolicy::All,
+                crate::config::IceTransportPolicy::Relay => RTCIceTransportPolicy::Relay,
+            })
+            .build()
+    }
+
+    /// Whether an ICE restart gathers on new sockets (webrtc-rs's
+    /// `discard_local_candidates_during_ice_restart`): yes when the call may use a TURN relay
+    /// (relay-only, or a `turn:` server configured). A TURN REST username (Synapse's
+    /// `turn_shared_secret`: `"<expiry>:<user>"`) changes at every refresh, and a TURN server
+    /// refuses to refresh an allocation with another username than the one that created it
+    /// (RFC 8656 §7.2: 441 Wrong Credentials, measured with coturn 4.6.1), so new credentials
+    /// need a new allocation, which needs a new 5-tuple: on the old socket coturn would answer
+    /// 437 Allocation Mismatch. webrtc-rs releases the old allocations before it rebinds.
+    fn rebind_on_ice_restart(&self) -> bool {
+        self.config.ice_transport_policy == crate::config::IceTransportPolicy::Relay
+            || self.ice_servers.lock().is_ok_and(|s| {
+                s.iter().flat_map(|s| &s.urls).any(|u| u.starts_with("turn:") || u.starts_with("turns:"))
+            })
+    }
+
+    /// Gives the live peer connection the engine's current ICE servers. webrtc-rs keeps them
+    /// for the next gathering, which an ICE restart starts (`restart_ice` in
+    /// [`CallTask::create_offer`]); with [`CallTask::rebind_on_ice_restart`] that gathering
+    /// allocates a new relay with them.
+    pub(super) async fn update_ice_servers(&mut self) {
+        let Some(pc) = self.pc.clone() else { return };
+        match pc.set_configuration(self.rtc_configuration()).await {
+            Ok(()) => info!("ICE servers updated; used from the next ICE restart"),
+            Err(e) => warn!(error = %e, "cannot update the peer connection's ICE servers"),
+        }
+    }
+
     pub(super) async fn build_pc(
         &self,
         mdns: MulticastDnsMode,
@@ -50,17 +88,10 @@ impl CallTask {
             .with_ice_connection_attempts(Some(c.ice_check_interval), None)
             .with_ice_timeouts(c.ice_disconnected_timeout, c.ice_failed_timeout, c.ice_keepalive_interval)
             .with_include_loopback_candidate(c.include_loopback)
+            .with_discard_local_candidates_during_ice_restart(self.rebind_on_ice_restart())
             .build();
         let pc = PeerConnectionBuilder::new()
-            .with_configuration(
-                RTCConfigurationBuilder::new()
-                    .with_ice_servers(self.rtc_ice_servers())
-                    .with_ice_transport_policy(match c.ice_transport_policy {
-                        crate::config::IceTransportPolicy::All => RTCIceTransportPolicy::All,
-                        crate::config::IceTransportPolicy::Relay => RTCIceTransportPolicy::Relay,
-                    })
-                    .build(),
-            )
+            .with_configuration(self.rtc_configuration())
             .with_media_engine(media)
             .with_interceptor_registry(registry)
             .with_setting_engine(settings)
