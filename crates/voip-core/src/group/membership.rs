@@ -2,6 +2,7 @@
 //! they came from (room, event type, state or sticky key), with expiry computed from the `now`
 //! the core is given (never from a hidden clock).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
@@ -87,14 +88,20 @@ pub(crate) struct MembershipStore {
     free: Vec<SlotId>,
     /// Per room, per kind, per state key: its slot.
     by_key: BTreeMap<RoomId, [Lookup<String, SlotId>; 3]>,
-    /// Per group, per device: the slots holding a record of that device in that group.
-    by_group: BTreeMap<GroupCallId, BTreeMap<Device, Vec<SlotId>>>,
+    /// Per group, per device: the slots holding a record of that device in that group. Hashed:
+    /// a device is looked up per record taken in and per device recomputed; where all devices
+    /// are listed ([`MembershipStore::devices`]) every caller orders them itself.
+    by_group: BTreeMap<GroupCallId, Lookup<Device, Vec<SlotId>>>,
     /// Per room and sender: the slots it holds (at most [`MAX_KEYS_PER_SENDER`]).
     by_sender: BTreeMap<RoomId, Lookup<UserId, Vec<SlotId>>>,
     /// Every record's expiry, with its slot.
     expiry: BTreeSet<(Timestamp, SlotId)>,
     /// Sticky keys held.
     sticky: usize,
+    /// How many keys the [`crate::Input::RoomState`] being taken in adds: the device index the
+    /// next record goes into is sized for them in one go (no rehash of 10 000 devices step by
+    /// step).
+    group_hint: usize,
     /// The keys of the [`Lookup`] indexes' hashes.
     hash_keys: HashKeys,
 }
@@ -149,6 +156,7 @@ impl MembershipStore {
         if let Some(users) = self.by_sender.get_mut(room) {
             users.reserve(additional);
         }
+        self.group_hint = self.group_hint.saturating_add(additional);
     }
 
     /// Applies one membership event at `now`; returns what changed, `None` if it was refused
@@ -168,12 +176,14 @@ impl MembershipStore {
         now: Timestamp,
     ) -> Result<Option<Changes>, WireError> {
         let mut changes = Changes::new();
-        self.apply_into(room, sender, event_type, key, content, origin_ts, now, &mut changes)
+        self.apply_into(room, sender, event_type, key, Cow::Borrowed(content), origin_ts, now, &mut changes)
             .map(|applied| applied.then_some(changes))
     }
 
     /// [`MembershipStore::apply`], adding what changed to `changes` (many events at once: one
-    /// set of changes). Returns whether it was applied (`false`: refused, nothing changed).
+    /// set of changes). Returns whether it was applied (`false`: refused, nothing changed). An
+    /// owned `content` gives its strings to the records (MatrixRTC) or is kept as the raw famedly
+    /// list, instead of being copied.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn apply_into(
         &mut self,
@@ -181,21 +191,27 @@ impl MembershipStore {
         sender: &UserId,
         event_type: &str,
         key: &str,
-        content: &Value,
+        mut content: Cow<'_, Value>,
         origin_ts: Timestamp,
         now: Timestamp,
         changes: &mut Changes,
     ) -> Result<bool, WireError> {
-        let Some(parsed) = member::parse(event_type, content)? else { return Ok(true) };
+        let parsed = match &mut content {
+            Cow::Owned(c) => member::parse_mut(event_type, c)?,
+            Cow::Borrowed(c) => member::parse(event_type, c)?,
+        };
+        let Some(parsed) = parsed else { return Ok(true) };
         let Some(kind) = KINDS.iter().position(|k| *k == event_type) else { return Ok(true) };
+        // (`parse_mut` leaves famedly contents as they were.)
         let raw = (kind == 0
             && content.get("memberships").and_then(Value::as_array).is_some_and(|a| !a.is_empty()))
-        .then(|| content.clone());
+        .then(|| content.into_owned());
         let records: Vec<(GroupCallId, MemberInfo)> = parsed
             .entries
             .into_iter()
-            .map(|e| {
-                let group = GroupCallId { room_id: room.clone(), call_id: e.call_id.clone() };
+            .map(|mut e| {
+                // The call id moves into the group (the record keeps no other copy of it).
+                let group = GroupCallId { room_id: room.clone(), call_id: std::mem::take(&mut e.call_id) };
                 (group, info(sender, parsed.dialect, e, origin_ts))
             })
             .collect();
@@ -312,9 +328,20 @@ impl MembershipStore {
             }
         }
         for (g, m) in &slot.records {
+            let hint = std::mem::take(&mut self.group_hint);
             let devices = match self.by_group.get_mut(g) {
-                Some(devices) => devices,
-                None => self.by_group.entry(g.clone()).or_default(),
+                Some(devices) => {
+                    if hint > 0 {
+                        devices.reserve(hint);
+                    }
+                    devices
+                }
+                None => {
+                    let keys = self.hash_keys;
+                    self.by_group
+                        .entry(g.clone())
+                        .or_insert_with(|| Lookup::with_capacity_and_hasher(hint, keys))
+                }
             };
             devices.entry(device_of(m)).or_default().push(id);
             self.expiry.insert((m.expires_at, id));
@@ -389,9 +416,10 @@ impl MembershipStore {
         best.map(|(m, _)| m)
     }
 
-    /// Every device with a record in a group (expired or not yet purged).
+    /// Every device with a record in a group (expired or not yet purged), in no particular
+    /// order (a hash map's): callers order them themselves.
     pub(crate) fn devices(&self, group: &GroupCallId) -> impl Iterator<Item = &Device> + '_ {
-        self.by_group.get(group).into_iter().flat_map(BTreeMap::keys)
+        self.by_group.get(group).into_iter().flat_map(|devices| devices.keys())
     }
 
     /// The groups and devices a sender's records are in, in one room: what its `m.room.member`
@@ -484,13 +512,13 @@ pub(crate) fn of_device_in<'a, V>(
         .take_while(move |(p, _)| p.user_id == d.0 && p.device_id == d.1)
 }
 
-fn info(sender: &UserId, dialect: MembershipDialect, e: MemberEntry, origin_ts: Timestamp) -> MemberInfo {
+fn info(sender: &UserId, dialect: MembershipDialect, mut e: MemberEntry, origin_ts: Timestamp) -> MemberInfo {
     let created = e.created_ts.map(Timestamp).unwrap_or(origin_ts);
     let expires_at = match (e.expires_ts, e.expires) {
         (Some(abs), _) => Timestamp(abs),
         (None, rel) => created.plus(rel.unwrap_or(member::RTC_DEFAULT_EXPIRES_MS)),
     };
-    let member_id = e.member_id.clone().unwrap_or_else(|| format!("{}:{}", sender, e.device_id));
+    let member_id = e.member_id.take().unwrap_or_else(|| format!("{}:{}", sender, e.device_id));
     MemberInfo {
         participant: Participant { user_id: sender.clone(), device_id: DeviceId(e.device_id), member_id },
         dialect,

@@ -807,12 +807,15 @@ impl GroupCall {
         // Per device that may have changed: who it was, who it is now. The devices come in
         // order and participants order by device first, so both lists come out sorted and
         // without duplicates (no sets to build).
-        let mut joined_now: Vec<Participant> = Vec::new();
+        // At most one participant per device joins (sized at once: a take-in of 10 000 devices
+        // would otherwise grow and copy these lists a dozen times each).
+        let mut joined_now: Vec<Participant> = Vec::with_capacity(devices.len());
         let mut left_now: Vec<Participant> = Vec::new();
         let mut rejoined: Vec<Participant> = Vec::new();
         // New `rtc_created` entries, in order: inserted after the loop (in one go into an empty
         // map, as on a take-in).
-        let mut created: Vec<(Participant, Timestamp)> = Vec::new();
+        let mut created: Vec<(Participant, Timestamp)> =
+            Vec::with_capacity(if self.dialect == MembershipDialect::Famedly { 0 } else { devices.len() });
         for d in devices {
             let new = if *d == us { None } else { self.member(store, ctx.now, joined, d) };
             let new_p = new.map(|m| &m.participant);

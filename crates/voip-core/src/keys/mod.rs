@@ -217,20 +217,31 @@ impl KeyManager {
             }
         }
         // The joiners as given (borrowed: a join of 10 000 members copies no more ids here).
+        let joined: Vec<&'p Participant> = joined.into_iter().filter(|p| !ours(p)).collect();
         let mut joiners: Vec<&'p Participant> = Vec::new();
-        for p in joined.into_iter().filter(|p| !ours(p)) {
-            match self.members.entry(device_key(p)) {
-                Entry::Vacant(v) => {
-                    v.insert(p.clone());
+        let distinct_devices_in_order = |joined: &[&Participant]| {
+            joined.windows(2).all(|w| (&w[0].user_id, &w[0].device_id) < (&w[1].user_id, &w[1].device_id))
+        };
+        if self.members.is_empty() && distinct_devices_in_order(&joined) {
+            // Everyone is new (our join, a take-in): the map is built in one go from the
+            // ordered list, not entry by entry.
+            self.members = joined.iter().map(|p| (device_key(p), (*p).clone())).collect();
+            joiners = joined;
+        } else {
+            for p in joined {
+                match self.members.entry(device_key(p)) {
+                    Entry::Vacant(v) => {
+                        v.insert(p.clone());
+                    }
+                    Entry::Occupied(o) if o.get() == p => continue,
+                    // Another session of that device, not reported as left: it left all the same.
+                    Entry::Occupied(mut o) => {
+                        leavers.push(o.key().clone());
+                        o.insert(p.clone());
+                    }
                 }
-                Entry::Occupied(o) if o.get() == p => continue,
-                // Another session of that device, not reported as left: it left all the same.
-                Entry::Occupied(mut o) => {
-                    leavers.push(o.key().clone());
-                    o.insert(p.clone());
-                }
+                joiners.push(p);
             }
-            joiners.push(p);
         }
         for k in &leavers {
             self.remote.remove(k);

@@ -1,6 +1,8 @@
 //! Room membership and call-membership state: the store's changes, observed
 //! participants, what each change means for the groups we are in.
 
+use std::borrow::Cow;
+
 use super::*;
 
 impl VoipMachine {
@@ -75,13 +77,23 @@ impl VoipMachine {
         if !matches!(e.event_type.as_str(), member::FAMEDLY_MEMBER | member::RTC_MEMBER) {
             return Ok(());
         }
-        self.apply_membership(
-            &e.room_id,
-            &e.sender,
-            &e.event_type,
-            &e.state_key,
-            &e.content,
-            e.origin_server_ts,
+        // The event is ours: its content gives its strings to the membership store.
+        let crate::input::StateEvent {
+            room_id,
+            sender,
+            event_type,
+            state_key,
+            content,
+            origin_server_ts,
+            ..
+        } = e;
+        self.apply_membership_content(
+            &room_id,
+            &sender,
+            &event_type,
+            &state_key,
+            Cow::Owned(content),
+            origin_server_ts,
         )
     }
 
@@ -94,6 +106,18 @@ impl VoipMachine {
         content: &serde_json::Value,
         origin_ts: Timestamp,
     ) -> Result<(), Error> {
+        self.apply_membership_content(room, sender, event_type, key, Cow::Borrowed(content), origin_ts)
+    }
+
+    fn apply_membership_content(
+        &mut self,
+        room: &RoomId,
+        sender: &UserId,
+        event_type: &str,
+        key: &str,
+        content: Cow<'_, serde_json::Value>,
+        origin_ts: Timestamp,
+    ) -> Result<(), Error> {
         // A membership counts only under a state key its sender owns. A write at another user's
         // key (possible in room versions without owned state keys, for senders with enough
         // power, or from a lying homeserver) is counted and announces nothing; the key's
@@ -101,14 +125,12 @@ impl VoipMachine {
         // reads (js-sdk treats such a `{}` as that member leaving; so do we, see
         // docs/security.md). In particular a famedly list written at our own key by someone
         // else is never read back and republished as ours.
-        let empty;
         let content = if member::state_key_owned_by(event_type, key, sender.as_str()) {
             content
         } else {
             self.counters.foreign_state_keys += 1;
             tracing::warn!(%sender, key, event_type, "membership at a state key the sender does not own");
-            empty = member::empty_content(event_type);
-            &empty
+            Cow::Owned(member::empty_content(event_type))
         };
         // In an `Input::RoomState`, the changes go straight into the batch's (looked at once, at
         // the end); otherwise into this event's own.

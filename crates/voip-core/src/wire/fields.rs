@@ -88,12 +88,7 @@ impl<'a> Fields<'a> {
     }
 
     pub(crate) fn str_opt(&self, field: &str, max: usize) -> Result<Option<&'a str>, WireError> {
-        match self.get(field) {
-            None => Ok(None),
-            Some(Value::String(s)) if s.len() > max => Err(self.err(field, WireErrorKind::TooLong)),
-            Some(Value::String(s)) => Ok(Some(s.as_str())),
-            Some(_) => Err(self.err(field, WireErrorKind::WrongType)),
-        }
+        str_of(self.get(field), max).map_err(|kind| self.err(field, kind))
     }
 
     pub(crate) fn str_req(&self, field: &str, max: usize) -> Result<&'a str, WireError> {
@@ -116,26 +111,39 @@ impl<'a> Fields<'a> {
 
     /// A non-negative integer, also accepted as a numeric string or a float with no fraction.
     pub(crate) fn u64_opt(&self, field: &str) -> Result<Option<u64>, WireError> {
-        match self.get(field) {
-            None => Ok(None),
-            Some(Value::Number(n)) => {
-                if let Some(v) = n.as_u64() {
-                    Ok(Some(v))
-                } else if let Some(f) = n.as_f64().filter(|f| *f >= 0.0 && f.fract() == 0.0 && *f < 1e15) {
-                    Ok(Some(f as u64))
-                } else {
-                    Err(self.err(field, WireErrorKind::Invalid))
-                }
-            }
-            Some(Value::String(s)) => {
-                s.trim().parse::<u64>().map(Some).map_err(|_| self.err(field, WireErrorKind::WrongType))
-            }
-            Some(_) => Err(self.err(field, WireErrorKind::WrongType)),
-        }
+        u64_of(self.get(field)).map_err(|kind| self.err(field, kind))
     }
 
     /// A boolean; only `true` counts as true (capabilities rule), anything else is false.
     pub(crate) fn flag(&self, field: &str) -> bool {
         matches!(self.map.get(field), Some(Value::Bool(true)))
+    }
+}
+
+/// [`Fields::str_opt`] of a value already looked up (`None`: absent or `null`).
+pub(crate) fn str_of(v: Option<&Value>, max: usize) -> Result<Option<&str>, WireErrorKind> {
+    match v {
+        None => Ok(None),
+        Some(Value::String(s)) if s.len() > max => Err(WireErrorKind::TooLong),
+        Some(Value::String(s)) => Ok(Some(s.as_str())),
+        Some(_) => Err(WireErrorKind::WrongType),
+    }
+}
+
+/// [`Fields::u64_opt`] of a value already looked up (`None`: absent or `null`).
+pub(crate) fn u64_of(v: Option<&Value>) -> Result<Option<u64>, WireErrorKind> {
+    match v {
+        None => Ok(None),
+        Some(Value::Number(n)) => {
+            if let Some(v) = n.as_u64() {
+                Ok(Some(v))
+            } else if let Some(f) = n.as_f64().filter(|f| *f >= 0.0 && f.fract() == 0.0 && *f < 1e15) {
+                Ok(Some(f as u64))
+            } else {
+                Err(WireErrorKind::Invalid)
+            }
+        }
+        Some(Value::String(s)) => s.trim().parse::<u64>().map(Some).map_err(|_| WireErrorKind::WrongType),
+        Some(_) => Err(WireErrorKind::WrongType),
     }
 }

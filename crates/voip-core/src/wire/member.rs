@@ -15,7 +15,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use super::fields::{Fields, MAX_ID_LEN, MAX_LIST_LEN};
+use super::fields::{str_of, u64_of, Fields, MAX_ID_LEN, MAX_LIST_LEN};
 use super::{WireError, WireErrorKind};
 
 /// `com.famedly.call.member`
@@ -141,20 +141,7 @@ pub fn parse(event_type: &str, content: &Value) -> Result<Option<ParsedMembers>,
             }
             Ok(Some(ParsedMembers { dialect: MembershipDialect::Famedly, entries, skipped }))
         }
-        RTC_MEMBER => {
-            let dialect = MembershipDialect::MatrixRtc;
-            if f.map.is_empty() || f.map.contains_key("memberships") || !f.map.contains_key("device_id") {
-                // `{}` (or `{leave_reason}`) is a leave; the old list form is not read.
-                return Ok(Some(ParsedMembers { dialect, entries: Vec::new(), skipped: 0 }));
-            }
-            match rtc_entry(&f) {
-                Ok(e) => Ok(Some(ParsedMembers { dialect, entries: vec![e], skipped: 0 })),
-                Err(e) => {
-                    tracing::warn!(%e, "malformed MatrixRTC membership");
-                    Ok(Some(ParsedMembers { dialect, entries: Vec::new(), skipped: 1 }))
-                }
-            }
-        }
+        RTC_MEMBER => Ok(Some(rtc_members(RtcFields::gather(f.map.iter())))),
         RTC_MEMBER_STICKY => {
             let dialect = MembershipDialect::Sticky;
             let Some(member) = f.nested("member")? else {
@@ -193,6 +180,17 @@ pub fn parse(event_type: &str, content: &Value) -> Result<Option<ParsedMembers>,
             }))
         }
         _ => Ok(None),
+    }
+}
+
+/// [`parse`], taking the strings a membership keeps (ids, application, scope) out of `content`
+/// instead of copying them: for a content that is dropped after (a large room's take-in moves
+/// each member's strings instead of allocating them again and freeing the originals). What is
+/// left of `content` is not meant to be read. The result is the same as [`parse`]'s.
+pub fn parse_mut(event_type: &str, content: &mut Value) -> Result<Option<ParsedMembers>, WireError> {
+    match (event_type, content) {
+        (RTC_MEMBER, Value::Object(map)) => Ok(Some(rtc_members(RtcFields::gather(map.iter_mut())))),
+        (_, content) => parse(event_type, content),
     }
 }
 
@@ -270,38 +268,176 @@ fn famedly_entry(event_type: &str, item: &Value) -> Result<MemberEntry, WireErro
     })
 }
 
-fn rtc_entry(f: &Fields<'_>) -> Result<MemberEntry, WireError> {
-    let focus_selection = match f.nested("focus_active")? {
-        Some(a) => {
-            a.str_req("type", MAX_ID_LEN)?;
-            match a.str_opt("focus_selection", MAX_ID_LEN)? {
+/// A field's value in a content being parsed: borrowed (its string is copied out) or owned
+/// ([`parse_mut`]: its string is moved out).
+trait FieldValue: Sized {
+    fn value(&self) -> &Value;
+    /// The string it holds (empty if it holds none: only called once it was checked to be one).
+    fn into_string(self) -> String;
+}
+
+impl FieldValue for &Value {
+    fn value(&self) -> &Value {
+        self
+    }
+    fn into_string(self) -> String {
+        self.as_str().unwrap_or_default().to_owned()
+    }
+}
+
+impl FieldValue for &mut Value {
+    fn value(&self) -> &Value {
+        self
+    }
+    fn into_string(self) -> String {
+        match self {
+            Value::String(s) => std::mem::take(s),
+            _ => String::new(),
+        }
+    }
+}
+
+/// The fields of a MatrixRTC membership, gathered in one walk over the content's keys (instead
+/// of a map lookup per field).
+struct RtcFields<F> {
+    empty: bool,
+    /// `memberships` is there (the 2024 list form, not read).
+    list: bool,
+    /// `device_id` is there (even as `null`).
+    has_device: bool,
+    call_id: Option<F>,
+    application: Option<F>,
+    scope: Option<F>,
+    device_id: Option<F>,
+    membership_id: Option<F>,
+    created_ts: Option<F>,
+    expires: Option<F>,
+    focus_active: Option<F>,
+    foci_preferred: Option<F>,
+}
+
+impl<F: FieldValue> RtcFields<F> {
+    fn gather<'k>(entries: impl Iterator<Item = (&'k String, F)>) -> Self {
+        let mut r = RtcFields {
+            empty: true,
+            list: false,
+            has_device: false,
+            call_id: None,
+            application: None,
+            scope: None,
+            device_id: None,
+            membership_id: None,
+            created_ts: None,
+            expires: None,
+            focus_active: None,
+            foci_preferred: None,
+        };
+        for (k, v) in entries {
+            r.empty = false;
+            // `null` counts as absent, as `Fields::get` has it (but `device_id: null` still
+            // makes it an entry, a malformed one).
+            let v = (!v.value().is_null()).then_some(v);
+            match k.as_str() {
+                "memberships" => r.list = true,
+                "device_id" => {
+                    r.has_device = true;
+                    r.device_id = v;
+                }
+                "call_id" => r.call_id = v,
+                "application" => r.application = v,
+                "scope" => r.scope = v,
+                "membershipID" => r.membership_id = v,
+                "created_ts" => r.created_ts = v,
+                "expires" => r.expires = v,
+                "focus_active" => r.focus_active = v,
+                "foci_preferred" => r.foci_preferred = v,
+                _ => {}
+            }
+        }
+        r
+    }
+}
+
+fn rtc_members<F: FieldValue>(r: RtcFields<F>) -> ParsedMembers {
+    let dialect = MembershipDialect::MatrixRtc;
+    if r.empty || r.list || !r.has_device {
+        // `{}` (or `{leave_reason}`) is a leave; the old list form is not read.
+        return ParsedMembers { dialect, entries: Vec::new(), skipped: 0 };
+    }
+    match rtc_entry(r) {
+        Ok(e) => ParsedMembers { dialect, entries: vec![e], skipped: 0 },
+        Err(e) => {
+            tracing::warn!(%e, "malformed MatrixRTC membership");
+            ParsedMembers { dialect, entries: Vec::new(), skipped: 1 }
+        }
+    }
+}
+
+fn rtc_entry<F: FieldValue>(r: RtcFields<F>) -> Result<MemberEntry, WireError> {
+    let err =
+        |field: &str, kind| WireError { event_type: RTC_MEMBER.to_owned(), field: field.to_owned(), kind };
+    fn view<F: FieldValue>(v: &Option<F>) -> Option<&Value> {
+        v.as_ref().map(FieldValue::value)
+    }
+    let str_opt = |v: &Option<F>, field: &str| {
+        str_of(view(v), MAX_ID_LEN).map(|s| s.map(str::len)).map_err(|k| err(field, k))
+    };
+    let str_req = |v: &Option<F>, field: &str| {
+        str_opt(v, field)?.map(|_| ()).ok_or_else(|| err(field, WireErrorKind::Missing))
+    };
+    let focus_selection = match view(&r.focus_active) {
+        None => None,
+        Some(Value::Object(a)) => {
+            let nested = |field: &str| a.get(field).filter(|v| !v.is_null());
+            str_of(nested("type"), MAX_ID_LEN)
+                .and_then(|t| t.ok_or(WireErrorKind::Missing))
+                .map_err(|k| err("focus_active.type", k))?;
+            match str_of(nested("focus_selection"), MAX_ID_LEN)
+                .map_err(|k| err("focus_active.focus_selection", k))?
+            {
                 Some("oldest_membership") => Some(FocusSelection::OldestMembership),
                 Some("multi_sfu") => Some(FocusSelection::MultiSfu),
                 _ => None,
             }
         }
-        None => None,
+        Some(_) => return Err(err("focus_active", WireErrorKind::WrongType)),
     };
+    str_req(&r.call_id, "call_id")?;
+    str_req(&r.application, "application")?;
+    let has_scope = str_opt(&r.scope, "scope")?.is_some();
+    if str_opt(&r.device_id, "device_id")?.ok_or_else(|| err("device_id", WireErrorKind::Missing))? == 0 {
+        return Err(err("device_id", WireErrorKind::Invalid));
+    }
+    let has_member_id = str_opt(&r.membership_id, "membershipID")?.is_some_and(|len| len > 0);
+    let created_ts = u64_of(view(&r.created_ts)).map_err(|k| err("created_ts", k))?;
+    let expires = u64_of(view(&r.expires)).map_err(|k| err("expires", k))?;
+    let foci = foci_of(view(&r.foci_preferred)).map_err(|k| err("foci_preferred", k))?;
+    // Every field checked: the strings are taken (or copied) out.
+    let take = |v: Option<F>| v.map(FieldValue::into_string).unwrap_or_default();
     Ok(MemberEntry {
-        call_id: f.str_req("call_id", MAX_ID_LEN)?.to_owned(),
-        application: f.str_req("application", MAX_ID_LEN)?.to_owned(),
-        scope: f.str_opt("scope", MAX_ID_LEN)?.unwrap_or("m.room").to_owned(),
-        device_id: f.id_req("device_id")?.to_owned(),
-        member_id: f.id_opt("membershipID")?.map(str::to_owned),
-        created_ts: f.u64_opt("created_ts")?,
+        call_id: take(r.call_id),
+        application: take(r.application),
+        scope: if has_scope { take(r.scope) } else { "m.room".to_owned() },
+        device_id: take(r.device_id),
+        member_id: has_member_id.then(|| take(r.membership_id)),
+        created_ts,
         expires_ts: None,
-        expires: f.u64_opt("expires")?,
-        foci: foci_list(f, "foci_preferred")?,
+        expires,
+        foci,
         focus_selection,
         feeds: Vec::new(),
     })
 }
 
 fn foci_list(f: &Fields<'_>, field: &str) -> Result<Vec<Focus>, WireError> {
-    match f.get(field) {
+    foci_of(f.get(field)).map_err(|k| f.err(field, k))
+}
+
+fn foci_of(v: Option<&Value>) -> Result<Vec<Focus>, WireErrorKind> {
+    match v {
         None => Ok(Vec::new()),
         Some(Value::Array(a)) => Ok(a.iter().take(16).filter_map(focus).collect()),
-        Some(_) => Err(f.err(field, WireErrorKind::WrongType)),
+        Some(_) => Err(WireErrorKind::WrongType),
     }
 }
 
@@ -435,6 +571,47 @@ mod tests {
         assert_eq!((bad.entries.len(), bad.skipped), (0, 1));
         assert_eq!(rtc_state_key("@a:x", "DEV", "m.call", "", false), "_@a:x_DEV_m.call");
         assert!(parse("m.room.member", &json!({})).unwrap().is_none());
+    }
+
+    #[test]
+    fn parse_mut_gives_what_parse_gives() {
+        let good = json!({"application": "m.call", "call_id": "c", "scope": "m.user", "device_id": "DEV",
+            "membershipID": "m1", "expires": "7", "created_ts": 5.0,
+            "focus_active": {"type": "livekit", "focus_selection": "oldest_membership"},
+            "foci_preferred": [{"type": "livekit", "livekit_service_url": "https://sfu"}, {"type": "x"}]});
+        let mut cases = vec![good.clone(), json!({}), json!({"leave_reason": "x"}), json!([1]), json!("s")];
+        for (field, bad) in [
+            ("device_id", json!(null)),
+            ("device_id", json!("")),
+            ("call_id", json!(null)),
+            ("application", json!(3)),
+            ("scope", json!(null)),
+            ("scope", json!("x".repeat(300))),
+            ("membershipID", json!("")),
+            ("expires", json!(-1)),
+            ("focus_active", json!(null)),
+            ("focus_active", json!({"focus_selection": "multi_sfu"})),
+            ("focus_active", json!("livekit")),
+            ("foci_preferred", json!({})),
+            ("memberships", json!(null)),
+        ] {
+            let mut c = good.clone();
+            c[field] = bad;
+            cases.push(c);
+        }
+        for content in cases {
+            for event_type in [RTC_MEMBER, FAMEDLY_MEMBER, RTC_MEMBER_STICKY, "m.room.member"] {
+                let mut owned = content.clone();
+                assert_eq!(
+                    parse_mut(event_type, &mut owned),
+                    parse(event_type, &content),
+                    "{event_type} {content}"
+                );
+            }
+        }
+        let p = parse(RTC_MEMBER, &good).unwrap().unwrap();
+        assert_eq!((p.entries[0].scope.as_str(), p.entries[0].member_id.as_deref()), ("m.user", Some("m1")));
+        assert_eq!((p.entries[0].created_ts, p.entries[0].expires), (Some(5), Some(7)));
     }
 
     #[test]
