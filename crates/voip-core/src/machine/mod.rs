@@ -1,5 +1,6 @@
 //! [`VoipMachine`]: the one machine per local device. It routes inputs to the call sub-machines and
-//! collects their outputs; protocol decisions live in `call/`.
+//! collects their outputs; protocol decisions live in the modules named for them (`call/`,
+//! `group/`, `keys/`), and the files here apply what those decide.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -9,7 +10,7 @@ use crate::call::incoming::{self, Gate, InviteParts};
 use crate::call::memory::{EarlyCandidates, EarlyRefused, EndedCalls};
 use crate::call::remote::{Disposition, Ignored, Sender};
 use crate::call::{glare, Call, CallInfo, GroupLink, Incoming, Outgoing};
-use crate::config::{BusySignal, Config, GlareBehaviour};
+use crate::config::{Config, GlareBehaviour};
 use crate::ctx::Ctx;
 use crate::error::{ApiMisuse, Error};
 use crate::group::membership::{self, Device, MembershipStore};
@@ -24,7 +25,7 @@ use crate::output::{CallDirection, CallState, EndReason, Event, Initiator, Outpu
 use crate::rng::{HashKeys, Lookup, Rng};
 use crate::sends::{SendTable, SendVerdict};
 use crate::timers::{Deadline, TimerKind};
-use crate::wire::call::{self as wire, types, CallEvent, CallVersion, Common};
+use crate::wire::call::{self as wire, types, CallEvent, Common};
 use crate::wire::member;
 use crate::wire::{WireError, WireErrorKind};
 
@@ -276,8 +277,9 @@ impl VoipMachine {
     /// Whether a new incoming call would ring (`can_handle_new_call`): false while another call
     /// is being answered, connecting or connected, unless overridden.
     pub fn can_handle_new_call(&self) -> bool {
-        self.can_handle_override
-            .unwrap_or_else(|| !(self.config.busy_when_in_call && self.calls.values().any(Call::is_engaged)))
+        incoming::can_ring(self.can_handle_override, &self.config, || {
+            self.calls.values().any(Call::is_engaged)
+        })
     }
 
     /// Received-event statistics.
