@@ -1,9 +1,10 @@
 //! Calls relayed through a real TURN server (issue #18): coturn on loopback with Synapse's
 //! `turn_shared_secret`, both sides relay-only (`WebrtcConfig::with_relay_only`), TURN
 //! credentials from the homeserver's `/voip/turnServer` merged with the app's own ICE servers,
-//! Olm/Megolm signalling, real webrtc-rs media both ways. This test starts its own Synapse (the
-//! shared one's TURN secret is not known) and its own `turnserver`, installing coturn with apt
-//! when missing (as root).
+//! Olm/Megolm signalling, real webrtc-rs media both ways; and a relayed call held past the TTL
+//! of its TURN credentials (refreshed into the call with an ICE restart). Each test starts its
+//! own Synapse (the shared one's TURN secret is not known) and its own `turnserver`, installing
+//! coturn with apt when missing (as root).
 #![recursion_limit = "256"]
 
 mod support;
