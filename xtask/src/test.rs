@@ -212,6 +212,8 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<bool> {
             &["clippy", "--workspace", "--all-targets", "--features", FEATURES, "--", "-D", "warnings"],
             &none,
         )?;
+        // The signalling-only build (an app with its own media stack) compiles too.
+        cargo(&["check", "-q", "-p", "voip", "--no-default-features", "--features", "matrix"], &none)?;
     }
     core_is_pure()?;
     // Build everything first, so Synapse does not idle while the tests compile.
