@@ -97,22 +97,36 @@ pub(crate) struct PendingInvite {
     pub(crate) invite: InviteParts,
 }
 
-/// The mesh state of the group calls we are in (see the module docs).
+/// The mesh state of one group call: attempts per peer device and the next look.
+#[derive(Debug, Default)]
+struct GroupMesh {
+    /// When the group needs another look (a peer call ended).
+    retry_at: Option<Timestamp>,
+    /// Calls placed per peer device to its current session since the last one that connected:
+    /// (session, attempts). One entry per member device, so a member changing sessions cannot
+    /// grow it.
+    attempts: BTreeMap<(UserId, DeviceId), (String, u32)>,
+}
+
+impl GroupMesh {
+    fn is_empty(&self) -> bool {
+        self.retry_at.is_none() && self.attempts.is_empty()
+    }
+}
+
+/// The mesh state of the group calls we are in (see the module docs): one [`GroupMesh`] per
+/// group call, and the mesh invites waiting for a membership (one bound for all groups).
 #[derive(Debug)]
 pub(crate) struct Mesh {
     /// Mesh invites that overtook their sender's membership.
     pending: PerSender<CallId, PendingInvite>,
-    /// Groups whose mesh needs another look (a peer call ended), and when.
-    retry: BTreeMap<GroupCallId, Timestamp>,
-    /// Calls placed per (group, peer device) to its current session since the last one that
-    /// connected: (session, attempts). One entry per member device, so a member changing
-    /// sessions cannot grow it.
-    attempts: BTreeMap<(GroupCallId, UserId, DeviceId), (String, u32)>,
+    /// Per group call with attempts or a retry due; entries are dropped when empty.
+    groups: BTreeMap<GroupCallId, GroupMesh>,
 }
 
 impl Default for Mesh {
     fn default() -> Self {
-        Mesh { pending: PerSender::new(PENDING_QUOTA), retry: BTreeMap::new(), attempts: BTreeMap::new() }
+        Mesh { pending: PerSender::new(PENDING_QUOTA), groups: BTreeMap::new() }
     }
 }
 
@@ -139,9 +153,10 @@ impl Mesh {
                 None => plan.end.push((call.id.clone(), EndReason::UserHangup)),
             }
         }
+        let state = self.groups.entry(group.clone()).or_default();
         // Attempt counts only for the group's current member devices.
-        self.attempts.retain(|(g, user, device), _| {
-            g != group || participants.iter().any(|p| p.user_id == *user && p.device_id == *device)
+        state.attempts.retain(|(user, device), _| {
+            participants.iter().any(|p| p.user_id == *user && p.device_id == *device)
         });
         for p in participants {
             if covered.contains(&(p.user_id.clone(), p.device_id.clone()))
@@ -150,9 +165,9 @@ impl Mesh {
             {
                 continue;
             }
-            let (session, attempts) = self
+            let (session, attempts) = state
                 .attempts
-                .entry((group.clone(), p.user_id.clone(), p.device_id.clone()))
+                .entry((p.user_id.clone(), p.device_id.clone()))
                 .or_insert_with(|| (p.member_id.clone(), 0));
             if *session != p.member_id {
                 // A new session of that device: a fresh count.
@@ -164,6 +179,9 @@ impl Mesh {
             }
             *attempts += 1;
             plan.call.push(p.clone());
+        }
+        if state.is_empty() {
+            self.groups.remove(group);
         }
         plan
     }
@@ -178,28 +196,49 @@ impl Mesh {
         now: Timestamp,
     ) {
         let Some(device) = call.device else { return };
-        let key = (call.group.clone(), call.user.clone(), device.clone());
-        if ever_connected && self.attempts.get(&key).is_some_and(|(s, _)| *s == call.remote_session) {
-            self.attempts.remove(&key);
+        if let Some(state) = self.groups.get_mut(call.group) {
+            let key = (call.user.clone(), device.clone());
+            if ever_connected && state.attempts.get(&key).is_some_and(|(s, _)| *s == call.remote_session) {
+                state.attempts.remove(&key);
+            }
+            if state.is_empty() {
+                self.groups.remove(call.group);
+            }
         }
         if in_group {
-            self.retry.entry(call.group.clone()).or_insert(now.plus(RETRY_MS));
+            let state = self.groups.entry(call.group.clone()).or_default();
+            state.retry_at.get_or_insert(now.plus(RETRY_MS));
         }
     }
 
     /// The groups due for another look (taken), in order.
     pub(crate) fn due_retries(&mut self, now: Timestamp) -> Vec<GroupCallId> {
-        let due: Vec<GroupCallId> =
-            self.retry.iter().filter(|(_, at)| **at <= now).map(|(g, _)| g.clone()).collect();
+        let due: Vec<GroupCallId> = self
+            .groups
+            .iter()
+            .filter(|(_, s)| s.retry_at.is_some_and(|at| at <= now))
+            .map(|(g, _)| g.clone())
+            .collect();
         for g in &due {
-            self.retry.remove(g);
+            if let Some(state) = self.groups.get_mut(g) {
+                state.retry_at = None;
+                if state.is_empty() {
+                    self.groups.remove(g);
+                }
+            }
         }
         due
     }
 
     /// When the next group is due for another look.
     pub(crate) fn next_retry(&self) -> Option<Timestamp> {
-        self.retry.values().min().copied()
+        self.groups.values().filter_map(|s| s.retry_at).min()
+    }
+
+    /// Group calls with mesh state held (attempts or a retry due).
+    #[cfg(test)]
+    fn groups_held(&self) -> usize {
+        self.groups.len()
     }
 
     /// Keep `invite` (from `sender`) until its membership arrives, at most until `until`.
@@ -375,6 +414,11 @@ mod tests {
         assert!(mesh.reconcile(&g, &local, &members, [], |_| false).call.is_empty());
         mesh.call_ended(ended, true, true, Timestamp(0));
         assert_eq!(mesh.reconcile(&g, &local, &members, [], |_| false).call.len(), 1);
+        // Leaving the group (no participants) forgets its attempts; its retry stays due.
+        mesh.reconcile(&g, &local, &BTreeSet::new(), [], |_| false);
+        assert_eq!(mesh.groups_held(), 1);
+        mesh.due_retries(Timestamp(RETRY_MS));
+        assert_eq!(mesh.groups_held(), 0);
     }
 
     #[test]
@@ -389,8 +433,9 @@ mod tests {
         mesh.call_ended(call, false, true, Timestamp(500));
         assert_eq!(mesh.next_retry(), Some(Timestamp(10 + RETRY_MS)), "the first schedule stands");
         assert!(mesh.due_retries(Timestamp(10 + RETRY_MS - 1)).is_empty());
-        assert_eq!(mesh.due_retries(Timestamp(10 + RETRY_MS)), vec![g]);
+        assert_eq!(mesh.due_retries(Timestamp(10 + RETRY_MS)), vec![g.clone()]);
         assert_eq!(mesh.next_retry(), None);
+        assert_eq!(mesh.groups_held(), 0, "nothing left for the group");
     }
 
     #[test]
