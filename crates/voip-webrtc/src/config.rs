@@ -107,6 +107,8 @@ pub struct WebrtcConfig {
     pub(crate) sink: Option<Arc<dyn MediaSink>>,
     pub(crate) network: NetworkSwitch,
     pub(crate) refresh_live_calls: bool,
+    pub(crate) restart_on_turn_refresh: bool,
+    pub(crate) turn_refresh_cap: Option<Duration>,
     #[cfg(feature = "codecs")]
     pub(crate) audio: Option<crate::media::audio::AudioHub>,
     #[cfg(feature = "codecs")]
@@ -129,6 +131,8 @@ impl fmt::Debug for WebrtcConfig {
             .field("ice_failed_timeout", &self.ice_failed_timeout)
             .field("app_sink", &self.sink.is_some())
             .field("refresh_live_calls", &self.refresh_live_calls)
+            .field("restart_on_turn_refresh", &self.restart_on_turn_refresh)
+            .field("turn_refresh_cap", &self.turn_refresh_cap)
             .finish_non_exhaustive()
     }
 }
@@ -156,6 +160,8 @@ impl Default for WebrtcConfig {
             sink: None,
             network: NetworkSwitch::new(),
             refresh_live_calls: true,
+            restart_on_turn_refresh: false,
+            turn_refresh_cap: None,
             #[cfg(feature = "codecs")]
             audio: None,
             #[cfg(feature = "codecs")]
@@ -254,8 +260,9 @@ impl WebrtcConfig {
     /// calls, where the next ICE restart uses them (default: yes). `false` leaves live calls on
     /// the servers they were built with, as before this existed: once a relayed call outlives
     /// its credentials' TTL, an ICE restart (network change, failure) cannot allocate a new
-    /// relay (the TURN server refuses the expired REST username) and the call loses its media;
-    /// `voip` does not restart relayed calls on a refresh then either. For tests that show
+    /// relay (the TURN server refuses the expired REST username) and the call loses its media
+    /// (measured with coturn 4.6.1: 0 packets after such a restart). With `false`,
+    /// [`WebrtcConfig::with_restart_on_turn_refresh`] does nothing either. For tests that show
     /// that happening.
     #[must_use]
     pub fn with_live_ice_server_updates(mut self, enabled: bool) -> Self {
@@ -266,6 +273,44 @@ impl WebrtcConfig {
     /// Whether live calls get new ICE servers ([`WebrtcConfig::with_live_ice_server_updates`]).
     pub fn live_ice_server_updates(&self) -> bool {
         self.refresh_live_calls
+    }
+
+    /// Whether `voip` restarts ICE on every relayed call ([`crate::WebrtcEngine::relayed_calls`])
+    /// as soon as the homeserver's TURN credentials are refreshed, so that each relay is
+    /// re-allocated under the new credentials before the old ones expire (default: no; needs
+    /// [`WebrtcConfig::with_live_ice_server_updates`]).
+    ///
+    /// The trade-off, measured (docs/benchmarks.md, "TURN credential refresh during a call"):
+    /// each such restart costs an audio gap of about a second (1.02–1.04 s measured,
+    /// rebinding plus a renegotiation through the homeserver), one per refresh, i.e. every ≈ 48 min at Synapse's
+    /// default 1 h TTL. Without it (the default) a refresh only goes into the live peer
+    /// connections and the call has no gap: coturn keeps refreshing an existing allocation
+    /// under its expired REST username, and the next ICE restart (network change, ICE failure)
+    /// allocates with the fresh credentials. Turn it on for a TURN server that ends an
+    /// allocation once its username expired; without it such a call's ICE would go
+    /// disconnected/failed there, and the core's ICE-failure restart would recover it with the
+    /// fresh credentials (not measured: no such server in the tests).
+    #[must_use]
+    pub fn with_restart_on_turn_refresh(mut self, enabled: bool) -> Self {
+        self.restart_on_turn_refresh = enabled;
+        self
+    }
+
+    /// Whether relayed calls restart ICE at each TURN refresh
+    /// ([`WebrtcConfig::with_restart_on_turn_refresh`]).
+    pub fn restart_on_turn_refresh(&self) -> bool {
+        self.restart_on_turn_refresh
+    }
+
+    /// At most this long between two Refresh requests of a TURN allocation (webrtc-rs's
+    /// `with_turn_allocation_refresh_interval_cap`; default: none, half the lifetime the server
+    /// grants, 300 s with coturn's 600 s minimum). Keeps an idle NAT mapping to the TURN server
+    /// open; tests use it to see allocations refreshed within seconds (values under 1 s count
+    /// as 1 s).
+    #[must_use]
+    pub fn with_turn_refresh_interval_cap(mut self, cap: Option<Duration>) -> Self {
+        self.turn_refresh_cap = cap;
+        self
     }
 
     /// The relay nomination wait in effect ([`WebrtcConfig::with_relay_wait`]; 0 when
@@ -417,6 +462,16 @@ mod tests {
         let c = WebrtcConfig::loopback().with_relay_only(true);
         assert_eq!(c.ice_transport_policy(), IceTransportPolicy::Relay);
         assert_eq!(c.with_relay_only(false).ice_transport_policy(), IceTransportPolicy::All);
+    }
+
+    #[test]
+    fn turn_refresh_updates_live_calls_without_restarting_them_by_default() {
+        let c = WebrtcConfig::default();
+        assert!(c.live_ice_server_updates());
+        assert!(!c.restart_on_turn_refresh());
+        let c = c.with_restart_on_turn_refresh(true);
+        assert!(c.restart_on_turn_refresh() && c.live_ice_server_updates());
+        assert!(!c.with_restart_on_turn_refresh(false).restart_on_turn_refresh());
     }
 
     #[test]

@@ -144,10 +144,11 @@ impl WebrtcEngine {
     /// the homeserver's TURN credentials before their TTL ends. Peer connections that already
     /// exist get them too (`RTCPeerConnection::set_configuration`; unless
     /// [`WebrtcConfig::with_live_ice_server_updates`] is off): they use them from their next ICE
-    /// restart on. A call whose media goes through a relay ([`WebrtcEngine::relayed_calls`])
-    /// needs that restart before its TURN credentials expire (`voip` asks the core for it);
-    /// a restart with new credentials for the same TURN URLs keeps the allocation and re-signs
-    /// it.
+    /// restart on, which allocates a new relay with them (sockets rebound: a TURN server
+    /// refuses to refresh an allocation under another REST username). A relayed call keeps its
+    /// allocation meanwhile: coturn refreshes it under the expired username. With
+    /// [`WebrtcConfig::with_restart_on_turn_refresh`] `voip` asks the core to restart ICE on the
+    /// relayed calls ([`WebrtcEngine::relayed_calls`]) at each refresh.
     ///
     /// From the homeserver's `/voip/turnServer` response: [`TurnServerResponse`] converts with
     /// `into()`; from separate fields (voip-matrix's `TurnServers`) use [`IceServer::turn`].
@@ -169,9 +170,9 @@ impl WebrtcEngine {
 
     /// Calls whose media goes through a TURN relay: every call with a peer connection under
     /// [`crate::IceTransportPolicy::Relay`], otherwise those whose selected candidate pair has a
-    /// local `relay` candidate. These are the calls that must restart ICE when the TURN
-    /// credentials are refreshed, or lose their relay once the allocation can no longer be
-    /// refreshed with the old ones.
+    /// local `relay` candidate. These are the calls `voip` restarts at a TURN refresh under
+    /// [`WebrtcConfig::with_restart_on_turn_refresh`], for a TURN server that would end their
+    /// allocation once its credentials expired.
     pub async fn relayed_calls(&self) -> Vec<CallId> {
         let pcs: Vec<(CallId, Arc<dyn webrtc::peer_connection::PeerConnection>)> =
             match self.inner.calls.lock() {
@@ -211,6 +212,12 @@ impl WebrtcEngine {
     /// Whether live calls get new ICE servers ([`WebrtcConfig::with_live_ice_server_updates`]).
     pub fn live_ice_server_updates(&self) -> bool {
         self.inner.config.refresh_live_calls
+    }
+
+    /// Whether relayed calls should restart ICE at each TURN refresh: live updates on and
+    /// [`WebrtcConfig::with_restart_on_turn_refresh`].
+    pub fn restart_on_turn_refresh(&self) -> bool {
+        self.inner.config.refresh_live_calls && self.inner.config.restart_on_turn_refresh
     }
 
     /// The ICE servers the next peer connection will be built with.

@@ -63,19 +63,24 @@ pub(crate) fn replay_known_rooms(adapter: &MatrixAdapter) {
 }
 
 /// Keeps the homeserver's TURN servers in the engine's ICE servers (after the app's own),
-/// refreshed before their TTL ends, and keeps relayed calls alive across the refresh.
+/// refreshed before their TTL ends, and in the live calls' peer connections.
 ///
-/// With the TURN REST API (Synapse's `turn_shared_secret`) the username carries its expiry:
-/// once it has passed, the TURN server refuses to refresh an allocation signed with it, and a
-/// relayed call longer than the TTL would lose its relay when the allocation's lifetime ends.
-/// So new credentials also go into the live peer connections (`WebrtcEngine::set_turn_servers`)
-/// and every call whose media goes through a relay (`WebrtcEngine::relayed_calls`: relay-only,
-/// or a relay candidate selected) restarts ICE, which makes its peer connection re-sign the
-/// allocation with them. The restart is the core's `Command::RestartIce`, as when the app asks
-/// for one: the core decides whether the call can renegotiate now, queues the offer behind one
-/// in flight and signals it to the peer (`m.call.negotiate`); this task only knows which calls
-/// use a relay, a media fact the core has no view of. It holds the runtime weakly: it never
-/// keeps it running.
+/// With the TURN REST API (Synapse's `turn_shared_secret`) the username carries its expiry.
+/// Once it has passed, a TURN server refuses a new allocation signed with it; coturn 4.6.1
+/// still refreshes an existing one (measured). So by default new credentials only go into the
+/// live peer connections (`WebrtcEngine::set_turn_servers`): the call keeps its relay with no
+/// gap, and its next ICE restart (network change, or the core's restart after an ICE failure,
+/// which is also how a call recovers on a stricter TURN server that ends the allocation)
+/// allocates with the fresh credentials.
+///
+/// With `WebrtcConfig::with_restart_on_turn_refresh` every call whose media goes through a
+/// relay (`WebrtcEngine::relayed_calls`: relay-only, or a relay candidate selected) also
+/// restarts ICE at each refresh, re-allocating its relay under the new credentials at the
+/// price of an audio gap of about a second (measured). The restart is the core's
+/// `Command::RestartIce`, as when the app asks for one: the core decides whether the call can
+/// renegotiate now, queues the offer behind one in flight and signals it to the peer
+/// (`m.call.negotiate`); this task only knows which calls use a relay, a media fact the core
+/// has no view of. It holds the runtime weakly: it never keeps it running.
 #[cfg(feature = "webrtc")]
 pub(crate) fn keep_turn_fresh(
     adapter: &MatrixAdapter,
@@ -99,7 +104,7 @@ pub(crate) fn keep_turn_fresh(
                     credential: t.password.clone(),
                 }]);
                 previous = Some(t);
-                if rotated && engine.live_ice_server_updates() {
+                if rotated && engine.restart_on_turn_refresh() {
                     restart_relayed_calls(&engine, &runtime).await;
                 }
             }

@@ -81,15 +81,18 @@ impl CallTask {
             rtc::interceptor::Slot::from(super::tracks::KEYFRAME_REQUEST_SLOT),
             super::tracks::KeyframeRequestForwarder::default(),
         );
-        let settings = SettingEngineBuilder::new()
+        let mut settings = SettingEngineBuilder::new()
             .with_multicast_dns_mode(mdns)
             .with_prflx_acceptance_min_wait(Some(c.prflx_wait))
             .with_relay_acceptance_min_wait(Some(c.relay_wait()))
             .with_ice_connection_attempts(Some(c.ice_check_interval), None)
             .with_ice_timeouts(c.ice_disconnected_timeout, c.ice_failed_timeout, c.ice_keepalive_interval)
             .with_include_loopback_candidate(c.include_loopback)
-            .with_discard_local_candidates_during_ice_restart(self.rebind_on_ice_restart())
-            .build();
+            .with_discard_local_candidates_during_ice_restart(self.rebind_on_ice_restart());
+        if let Some(cap) = c.turn_refresh_cap {
+            settings = settings.with_turn_allocation_refresh_interval_cap(cap);
+        }
+        let settings = settings.build();
         let pc = PeerConnectionBuilder::new()
             .with_configuration(self.rtc_configuration())
             .with_media_engine(media)
