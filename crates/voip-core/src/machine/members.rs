@@ -16,8 +16,14 @@ impl VoipMachine {
                 self.members.entry(m.room_id.clone()).or_insert_with(|| keys.lookup())
             }
         };
+        let changed = was_joined != (m.membership == RoomMembership::Join);
+        if !left && !changed {
+            // Nothing below needs the user id: it moves into the map (a take-in's every join).
+            users.insert(m.user_id, m.membership);
+            return;
+        }
         users.insert(m.user_id.clone(), m.membership);
-        if was_joined != (m.membership == RoomMembership::Join) {
+        if changed {
             // Only the user's own memberships can change (a user without any: nothing to do).
             for (g, devices) in self.store.of_user(&m.room_id, &m.user_id) {
                 self.memberships_changed(g, devices);
