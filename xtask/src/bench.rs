@@ -17,7 +17,8 @@
 //!    `bench/js-setup.mjs` (N matrix-js-sdk calls on Node + wrtc) and, with the groups,
 //!    `bench/js-groups.mjs` (8 js-sdk MatrixRTC members in SFU mode: join and key rotation);
 //!    then `setup_bench` once more per other sync mode (`--sync helper|client-sync|sync-service`,
-//!    calls only; `--no-sync-modes` skips them), for the "Sync modes" table;
+//!    and `client-sync` again with 1.5 s between calls; calls only; `--no-sync-modes` skips
+//!    them), for the "Sync modes" table;
 //! 5. prints the results table with ratios (also written to `bench/results/summary.md`), keeps
 //!    the raw JSON in `bench/results/`, and draws `docs/setup-time.svg`.
 //!
@@ -50,14 +51,22 @@ fn bare_handshake_ms(target: &Path) -> anyhow::Result<f64> {
     Ok(ns / 1e6)
 }
 
-/// The sync modes run after the main one (`setup_bench --sync`).
-const SYNC_MODES: [&str; 3] = ["helper", "client-sync", "sync-service"];
+/// The sync modes run after the main one: (result name, `setup_bench --sync` mode, pause before
+/// each call in ms). `client-sync-idle` is `Client::sync` with every call placed 1.5 s after the
+/// previous one ended: its 1 s pause then does not fall into the set-up (docs/benchmarks.md).
+const SYNC_MODES: [(&str, &str, u32); 4] = [
+    ("helper", "helper", 0),
+    ("client-sync", "client-sync", 0),
+    ("client-sync-idle", "client-sync", 1500),
+    ("sync-service", "sync-service", 0),
+];
 
 /// Table names of the sync modes.
-const SYNC_MODE_NAMES: [(&str, &str); 4] = [
+const SYNC_MODE_NAMES: [(&str, &str); 5] = [
     ("test-loop", "`sync_once` loop, 2 s long-poll (voip-testkit)"),
     ("helper", "`voip::sync::SyncLoop` (recommended)"),
-    ("client-sync", "matrix-sdk `Client::sync`"),
+    ("client-sync", "matrix-sdk `Client::sync`, calls back to back"),
+    ("client-sync-idle", "matrix-sdk `Client::sync`, each call 1.5 s after the previous one ended"),
     ("sync-service", "matrix-sdk-ui `SyncService` (`voip::sync::sync_service`)"),
 ];
 
@@ -258,14 +267,14 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<bool> {
     // The same calls under the other ways an app syncs (the run above: voip-testkit's loop).
     let mut modes: Vec<(&str, Value)> = vec![("test-loop", rust.clone())];
     if !flag("--no-sync-modes") {
-        for mode in SYNC_MODES {
-            println!("==> Rust: {calls} calls, clients syncing with {mode}");
-            let out = results.join(format!("rust-{mode}.json"));
+        for (name, mode, gap) in SYNC_MODES {
+            println!("==> Rust: {calls} calls, clients syncing with {mode}, {gap} ms before each call");
+            let out = results.join(format!("rust-{name}.json"));
             let mut c = ns.exec(&rust_bench);
             c.args(["--homeserver", hs, "--registration-secret", secret, "--calls", &calls.to_string()]);
-            c.args(["--sync", mode]).arg("--out").arg(&out);
-            status(&mut c, &format!("setup_bench --sync {mode}"))?;
-            modes.push((mode, read_json(&out)?));
+            c.args(["--sync", mode, "--gap-ms", &gap.to_string()]).arg("--out").arg(&out);
+            status(&mut c, &format!("setup_bench --sync {mode} --gap-ms {gap}"))?;
+            modes.push((name, read_json(&out)?));
         }
     }
     let js_res = if js {
@@ -320,8 +329,21 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<bool> {
     );
     if modes.len() > 1 {
         let js_total = js_res.as_ref().map_or(f64::NAN, |j| median_p95(&step(j, "total")).0);
-        md += "\n| sync mode (Rust, both sides) | set-up median / p95 (ms) | raw event A→B median | / floor | / js-sdk |\n\
-               |---|---|---|---|---|\n";
+        md += "\n| sync mode (Rust, both sides) | set-up median / p95 (ms) | answer leg median (ms) | raw event A→B median | / floor | / js-sdk |\n\
+               |---|---|---|---|---|---|\n";
+        // Answer leg: the callee's answer sent → the caller has it (per call), where a sync
+        // loop's pause shows.
+        let leg = |r: &Value| -> Vec<f64> {
+            r["calls"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|c| Some(c["answer_received"].as_f64()? - c["answer_sent"].as_f64()?))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let js_leg = js_res.as_ref().map_or(f64::NAN, |j| median_p95(&leg(j)).0);
         for (mode, r) in &modes {
             let (m, p) = median_p95(&step(r, "total"));
             let raw: Vec<f64> = r["raw_ms"]
@@ -329,13 +351,15 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<bool> {
                 .map(|a| a.iter().filter_map(Value::as_f64).collect())
                 .unwrap_or_default();
             md += &format!(
-                "| {} | {m:.0} / {p:.0} | {:.0} | {} | {} |\n",
+                "| {} | {m:.0} / {p:.0} | {:.0} | {:.0} | {} | {} |\n",
                 SYNC_MODE_NAMES.iter().find(|(k, _)| k == mode).map_or(*mode, |(_, n)| n),
+                median_p95(&leg(r)).0,
                 median_p95(&raw).0,
                 fmt_ratio(m, floor),
                 fmt_ratio(m, js_total)
             );
         }
+        md += &format!("\nmatrix-js-sdk in the same run: set-up median {js_total:.0} ms, answer leg median {js_leg:.0} ms.\n");
     }
     if let Some(g) = rust["groups"].as_object() {
         let num = |v: &Value| v.as_f64().unwrap_or(f64::NAN);

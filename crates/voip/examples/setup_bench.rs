@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! cargo run -p voip --example setup_bench -- --homeserver URL --registration-secret S \
-//!     [--calls 10] [--groups] [--synapse-log homeserver.log] [--out results.json] [--sync MODE]
+//!     [--calls 10] [--groups] [--synapse-log homeserver.log] [--out results.json] [--sync MODE] \
+//!     [--trace-sync] [--gap-ms MS]
 //! ```
 //!
 //! `--sync` picks how every client syncs (docs/benchmarks.md, "Sync modes"): `test-loop`
@@ -25,6 +26,12 @@
 //!   until every member has everyone's media key; then one member leaves and the time until every
 //!   remaining member uses a new key that all the others have; with `--synapse-log PATH`
 //!   (Synapse's `homeserver.log`) also the HTTP requests the clients made for it.
+//!
+//! `--gap-ms MS` waits that long before every raw send and every call (default 0: back to back,
+//! each call placed as soon as the previous one ended on both sides). Under `Client::sync` this
+//! decides whether the caller's sync pauses 1 s after its own invite's echo: it does when the
+//! previous sync response (here: the previous call's hang-up echo) came less than a second
+//! before (`--trace-sync` prints which events each client got when).
 //!
 //! Times are wall-clock milliseconds, observed by polling every 2 ms. The results are printed
 //! as a table and, with `--out`, written as JSON for `cargo xtask bench`.
@@ -51,6 +58,58 @@ const POLL: Duration = Duration::from_millis(2);
 
 /// How every client syncs (`--sync`).
 static SYNC_MODE: std::sync::OnceLock<SyncMode> = std::sync::OnceLock::new();
+
+/// `--trace-sync`: every event the clients' handlers saw, with when (to find which sync response
+/// carried what; the homeserver's access log has when each `/sync` request came and went).
+#[derive(Clone, Default)]
+struct SyncTrace(Arc<Mutex<Vec<(Instant, std::time::SystemTime, String)>>>);
+
+impl SyncTrace {
+    /// Records every timeline, state, ephemeral and to-device event `who`'s client processes.
+    fn watch(&self, who: &'static str, client: &matrix_sdk::Client) {
+        use matrix_sdk::ruma::events::{AnySyncEphemeralRoomEvent, AnySyncTimelineEvent, AnyToDeviceEvent};
+        use matrix_sdk::ruma::serde::Raw;
+        fn field(raw: &Raw<impl Sized>, k: &str) -> String {
+            raw.get_field::<String>(k).ok().flatten().unwrap_or_default()
+        }
+        let t = self.0.clone();
+        client.add_event_handler(move |ev: Raw<AnySyncTimelineEvent>| {
+            let t = t.clone();
+            async move {
+                let line = format!("{who}: timeline {} from {}", field(&ev, "type"), field(&ev, "sender"));
+                t.lock().expect("lock").push((Instant::now(), std::time::SystemTime::now(), line));
+            }
+        });
+        let t = self.0.clone();
+        client.add_event_handler(move |ev: Raw<AnyToDeviceEvent>| {
+            let t = t.clone();
+            async move {
+                let line = format!("{who}: to-device {} from {}", field(&ev, "type"), field(&ev, "sender"));
+                t.lock().expect("lock").push((Instant::now(), std::time::SystemTime::now(), line));
+            }
+        });
+        let t = self.0.clone();
+        client.add_event_handler(move |ev: Raw<AnySyncEphemeralRoomEvent>| {
+            let t = t.clone();
+            async move {
+                let line = format!("{who}: ephemeral {}", field(&ev, "type"));
+                t.lock().expect("lock").push((Instant::now(), std::time::SystemTime::now(), line));
+            }
+        });
+    }
+
+    /// Prints (and forgets) what was seen since `t0`.
+    fn print_since(&self, t0: Instant) {
+        let mut v = self.0.lock().expect("lock");
+        for (at, wall, line) in v.drain(..) {
+            let wall = wall.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            let rel = if at >= t0 { ms(at - t0) } else { -ms(t0 - at) };
+            println!("  {:>8.1} ms  (unix {:.3})  {line}", rel, wall.as_secs_f64());
+        }
+    }
+}
+
+static TRACE: std::sync::OnceLock<SyncTrace> = std::sync::OnceLock::new();
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
@@ -80,7 +139,13 @@ async fn bounded<T>(what: &str, fut: impl std::future::Future<Output = Result<T>
 }
 
 /// Raw room-event delivery Alice → Bob, `n` times, one at a time.
-async fn raw_deliveries(alice: &MatrixPerson, bob: &MatrixPerson, room: &str, n: usize) -> Result<Vec<f64>> {
+async fn raw_deliveries(
+    alice: &MatrixPerson,
+    bob: &MatrixPerson,
+    room: &str,
+    n: usize,
+    gap: Duration,
+) -> Result<Vec<f64>> {
     let seen: Arc<Mutex<BTreeMap<String, Instant>>> = Arc::default();
     let s = seen.clone();
     let handle = bob.client.add_event_handler(move |ev: OriginalSyncRoomMessageEvent| {
@@ -94,6 +159,7 @@ async fn raw_deliveries(alice: &MatrixPerson, bob: &MatrixPerson, room: &str, n:
     let mut out = Vec::new();
     for i in 0..n {
         let body = format!("raw-{i}-{}", std::process::id());
+        tokio::time::sleep(gap).await;
         let t0 = Instant::now();
         r.send(RoomMessageEventContent::text_plain(&body)).await.context("send")?;
         bounded("raw event delivered", async {
@@ -116,6 +182,11 @@ async fn one_call(alice: &MatrixPerson, bob: &MatrixPerson, room: &voip::core::R
     let mut incoming = bob.voip.incoming_calls();
     let bob_user = bob.voip.local_device().user_id.clone();
     let t0 = Instant::now();
+    if let Some(t) = TRACE.get() {
+        let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        println!("call starts at unix {:.3}; events before it:", wall.as_secs_f64());
+        t.print_since(t0);
+    }
     let call = alice.voip.invite_to_call(room, CallType::Voice, &bob_user).await?;
     let invited = ms(t0.elapsed());
     // Bob answers as soon as it rings, in its own task (as an app would).
@@ -170,6 +241,10 @@ async fn one_call(alice: &MatrixPerson, bob: &MatrixPerson, room: &voip::core::R
     })
     .await?;
     marks.insert("total", done);
+    if let Some(t) = TRACE.get() {
+        println!("call {marks:?}; events during it:");
+        t.print_since(t0);
+    }
     call.hangup().await?;
     bounded("hang-up seen by both", async {
         call.ended().await;
@@ -345,15 +420,25 @@ async fn run() -> Result<()> {
     let mode =
         SyncMode::parse(&sync).with_context(|| format!("--sync {sync}: unknown (or built without it)"))?;
     let _ = SYNC_MODE.set(mode);
+    let gap = Duration::from_millis(
+        arg(&args, "--gap-ms").map(|s| s.parse()).transpose().context("--gap-ms")?.unwrap_or(0),
+    );
 
     let ab = people(&hs, &["alice", "bob"]).await?;
     let (alice, bob) = (&ab[0], &ab[1]);
     let room = room_of(&ab).await?;
+    if args.iter().any(|a| a == "--trace-sync") {
+        let t = TRACE.get_or_init(SyncTrace::default);
+        t.watch("alice", &alice.client);
+        t.watch("bob", &bob.client);
+    }
     // One call first, unmeasured: the first Olm session and key share happen here.
+    tokio::time::sleep(gap).await;
     one_call(alice, bob, &room).await.context("warm-up call")?;
-    let raw = raw_deliveries(alice, bob, room.as_str(), n).await?;
+    let raw = raw_deliveries(alice, bob, room.as_str(), n, gap).await?;
     let mut calls = Vec::new();
     for i in 0..n {
+        tokio::time::sleep(gap).await;
         let c = one_call(alice, bob, &room).await.with_context(|| format!("call {i}"))?;
         println!("call {i}: {c}");
         calls.push(c);
@@ -397,8 +482,7 @@ async fn run() -> Result<()> {
         println!("| {s} | {m:.0} | {p:.0} |");
     }
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let result =
-        json!({ "raw_ms": raw, "calls": calls, "groups": groups, "loadavg": load.trim(), "sync": sync });
+    let result = json!({ "raw_ms": raw, "calls": calls, "groups": groups, "loadavg": load.trim(), "sync": sync, "gap_ms": ms(gap) });
     if let Some(out) = arg(&args, "--out") {
         std::fs::write(&out, serde_json::to_string_pretty(&result)?)
             .with_context(|| format!("writing {out}"))?;
