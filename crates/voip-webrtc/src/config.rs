@@ -281,10 +281,10 @@ impl WebrtcConfig {
     /// [`WebrtcConfig::with_live_ice_server_updates`]).
     ///
     /// The trade-off, measured (docs/benchmarks.md, "TURN credential refresh during a call"):
-    /// each such restart costs an audio gap of about a second (0.85–1.04 s measured, rebinding
+    /// each such restart costs an audio gap of about a second (0.62–1.04 s measured, rebinding
     /// plus a renegotiation through the homeserver), one per refresh, i.e. every ≈ 48 min at
     /// Synapse's default 1 h TTL. Without it (the default) a refresh only goes into the live
-    /// peer connections and costs no gap (longest 88–92 ms over the whole call): coturn keeps
+    /// peer connections and costs no gap (longest 45–92 ms over the whole call): coturn keeps
     /// refreshing an existing allocation under its expired REST username, and the next ICE
     /// restart (network change, ICE failure) allocates with the fresh credentials. Turn it on for a TURN server that ends an
     /// allocation once its username expired; without it such a call's ICE would go
