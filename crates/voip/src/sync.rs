@@ -6,9 +6,11 @@
 //! `Client::sync_once` in a loop, sliding sync and matrix-sdk-ui's `SyncService`. They differ in
 //! **how soon** an event reaches the handlers:
 //!
-//! * `Client::sync` / `sync_stream` (matrix-sdk 0.18) sleep **1 s** before any request that
-//!   follows the previous one within a second. A call set-up is a burst (invite, answer,
-//!   candidates, echoes of one's own sends), so the answer often waits a second more.
+//! * `Client::sync` / `sync_stream` (matrix-sdk 0.18) sleep **1 s** after a response that came
+//!   within a second of the previous one. The caller's first response in a set-up is the echo
+//!   of its own invite: when anything was synced in the second before it (the previous call's
+//!   hang-up, a message) or arrives between it and the answer (the callee's first Megolm key,
+//!   trickled candidates' echo), the answer waits for the sleep, about a second more.
 //! * [`sync`] / [`sync_with_callback`] here: the same `/sync` long-poll, the next request sent as
 //!   soon as the previous response is processed; a pause only after an error (backoff) or when
 //!   the server keeps answering at once with nothing new (a server that ignores the timeout).
