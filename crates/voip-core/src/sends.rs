@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use crate::group::GroupOp;
 use crate::ids::{CallId, DeviceId, GroupCallId, RequestId, RoomId, Timestamp, UserId};
+use crate::input::{ScheduledDelayedEvent, SendOutcome};
 use crate::output::{Output, SendKind, SendRequest, ToDeviceEncryption, ToDeviceMessage};
 
 /// What a send was for, so a final failure can be acted on.
@@ -122,11 +123,42 @@ impl Pending {
 
 /// What the machine must do after a send result.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum SendVerdict {
+enum SendVerdict {
     /// Done (sent, or retry scheduled, or unknown id).
     Nothing,
     /// The send failed for good.
     GaveUp { call_id: Option<CallId>, purpose: SendPurpose, group: Option<(GroupCallId, u64, GroupOp)> },
+}
+
+impl SendVerdict {
+    fn with(self, errcode: Option<String>, max_delay_ms: Option<u64>) -> Settled {
+        match self {
+            SendVerdict::Nothing => Settled::Pending,
+            SendVerdict::GaveUp { call_id, purpose, group } => {
+                Settled::GaveUp { call_id, purpose, group, errcode, max_delay_ms }
+            }
+        }
+    }
+}
+
+/// What an outcome of a send means for the machine, which routes it.
+#[derive(Debug)]
+pub(crate) enum Settled {
+    /// It went through: the group operation it belonged to, if any, and what the server
+    /// answered.
+    Sent { group: Option<(GroupCallId, u64, GroupOp)>, event_id: Option<String>, delay_id: Option<String> },
+    /// The delayed-event listing's answer.
+    Listed(Vec<ScheduledDelayedEvent>),
+    /// A retry is scheduled, or there is nothing left to do (unknown id, held, superseded).
+    Pending,
+    /// It failed for good: what it was for, with the server's `errcode` and maximum delay.
+    GaveUp {
+        call_id: Option<CallId>,
+        purpose: SendPurpose,
+        group: Option<(GroupCallId, u64, GroupOp)>,
+        errcode: Option<String>,
+        max_delay_ms: Option<u64>,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -269,12 +301,44 @@ impl SendTable {
         }
     }
 
-    /// A send went through; returns the group operation it belonged to, if any.
-    pub(crate) fn sent(
+    /// Takes in the adapter's outcome of send `id`: a success settles it (releasing the room
+    /// events held behind it), a rate limit or a retryable failure schedules a retry (same id,
+    /// same transaction id; the server's `retry_after_ms` when it gave one), anything else or an
+    /// exhausted budget gives up. A delay above the server's maximum is final here: the group
+    /// that sent it reschedules with the maximum.
+    pub(crate) fn settle(
         &mut self,
         id: RequestId,
+        outcome: SendOutcome,
+        now: Timestamp,
+        max_retries: u32,
         out: &mut VecDeque<Output>,
-    ) -> Option<(GroupCallId, u64, GroupOp)> {
+    ) -> Settled {
+        match outcome {
+            SendOutcome::DelayedEvents { delayed_events } => {
+                self.sent(id, out);
+                Settled::Listed(delayed_events)
+            }
+            SendOutcome::Sent { delay_id, event_id } => {
+                Settled::Sent { group: self.sent(id, out), event_id, delay_id }
+            }
+            SendOutcome::RateLimited { retry_after_ms } => {
+                self.failed(id, now, true, retry_after_ms, max_retries, out).with(None, None)
+            }
+            SendOutcome::MaxDelayExceeded { max_delay_ms } => {
+                tracing::warn!(%id, max_delay_ms, "delay above the server's maximum");
+                self.failed(id, now, false, None, 0, out)
+                    .with(Some(crate::group::MAX_DELAY_EXCEEDED.to_owned()), Some(max_delay_ms))
+            }
+            SendOutcome::Failed { retryable, error, errcode } => {
+                tracing::warn!(%id, %error, retryable, ?errcode, "send failed");
+                self.failed(id, now, retryable, None, max_retries, out).with(errcode, None)
+            }
+        }
+    }
+
+    /// A send went through; returns the group operation it belonged to, if any.
+    fn sent(&mut self, id: RequestId, out: &mut VecDeque<Output>) -> Option<(GroupCallId, u64, GroupOp)> {
         let p = self.take(id)?;
         if p.retrying {
             self.release(p.room().cloned(), out);
@@ -283,7 +347,7 @@ impl SendTable {
     }
 
     /// A failure: schedules a retry (same id, same txn id) or gives up.
-    pub(crate) fn failed(
+    fn failed(
         &mut self,
         id: RequestId,
         now: Timestamp,

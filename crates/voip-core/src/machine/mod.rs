@@ -17,13 +17,11 @@ use crate::group::membership::{self, Device, MembershipStore};
 use crate::group::mesh::{Mesh, PeerCall};
 use crate::group::{self, GroupCall, GroupCallInfo, GroupCallState, GroupOp, JoinParams};
 use crate::ids::{CallId, DeviceId, GroupCallId, LocalDevice, PartyId, RoomId, Timestamp, UserId};
-use crate::input::{
-    Command, Input, RoomEvent, RoomMember, RoomMembership, SendOutcome, Signalling, ToDeviceEvent,
-};
+use crate::input::{Command, Input, RoomEvent, RoomMember, RoomMembership, Signalling, ToDeviceEvent};
 use crate::media::{CallType, Candidate, MediaEvent};
 use crate::output::{CallDirection, CallState, EndReason, Event, Initiator, Output};
 use crate::rng::{HashKeys, Lookup, Rng};
-use crate::sends::{SendTable, SendVerdict};
+use crate::sends::{SendTable, Settled};
 use crate::timers::{Deadline, TimerKind};
 use crate::wire::call::{self as wire, types, CallEvent, Common};
 use crate::wire::member;
@@ -216,6 +214,7 @@ mod invite;
 mod members;
 mod mesh;
 mod notifications;
+mod sends;
 mod timers;
 
 impl VoipMachine {
@@ -340,75 +339,9 @@ impl VoipMachine {
                 Ok(())
             }
             Input::SendResult { id, result } => {
-                let mut errcode = None;
-                let mut max_delay = None;
-                let verdict = match result {
-                    SendOutcome::DelayedEvents { delayed_events } => {
-                        self.sends.sent(id, &mut self.out);
-                        if self.delayed_listing == DelayedListing::InFlight(id) {
-                            self.delayed_listed(delayed_events);
-                        }
-                        SendVerdict::Nothing
-                    }
-                    SendOutcome::Sent { delay_id, event_id } => {
-                        if self.delayed_listing == DelayedListing::InFlight(id) {
-                            // An adapter that answers the listing without a list: nothing known.
-                            self.delayed_listing = DelayedListing::Done;
-                        }
-                        if let Some((group, generation, op)) = self.sends.sent(id, &mut self.out) {
-                            self.group_sent(
-                                &group,
-                                generation,
-                                op,
-                                group::Sent { event_id: event_id.clone(), delay_id },
-                            );
-                        }
-                        SendVerdict::Nothing
-                    }
-                    SendOutcome::RateLimited { retry_after_ms } => self.sends.failed(
-                        id,
-                        self.now,
-                        true,
-                        retry_after_ms,
-                        self.config.max_send_retries,
-                        &mut self.out,
-                    ),
-                    SendOutcome::MaxDelayExceeded { max_delay_ms } => {
-                        tracing::warn!(%id, max_delay_ms, "delay above the server's maximum");
-                        errcode = Some(group::MAX_DELAY_EXCEEDED.to_owned());
-                        max_delay = Some(max_delay_ms);
-                        self.sends.failed(id, self.now, false, None, 0, &mut self.out)
-                    }
-                    SendOutcome::Failed { retryable, error, errcode: code } => {
-                        tracing::warn!(%id, %error, retryable, ?code, "send failed");
-                        errcode = code;
-                        self.sends.failed(
-                            id,
-                            self.now,
-                            retryable,
-                            None,
-                            self.config.max_send_retries,
-                            &mut self.out,
-                        )
-                    }
-                };
-                if let SendVerdict::GaveUp { call_id, purpose, group } = verdict {
-                    tracing::warn!(%id, ?call_id, ?purpose, "giving up on a send");
-                    if self.delayed_listing == DelayedListing::InFlight(id) {
-                        // No listing endpoint (404/400 `M_UNRECOGNIZED`) or no luck: counted, and
-                        // not asked again (stale delayed leaves are still caught when they fire:
-                        // the rejoin path).
-                        tracing::info!(?errcode, "delayed events cannot be listed here");
-                        self.counters.delayed_event_listing_failed += 1;
-                        self.delayed_listing = DelayedListing::Done;
-                    }
-                    if let Some(call) = call_id.and_then(|c| self.calls.get_mut(&c)) {
-                        call.send_gave_up(&mut ctx!(self), purpose);
-                    }
-                    if let Some((group, generation, op)) = group {
-                        self.group_failed(&group, generation, op, errcode.as_deref(), max_delay);
-                    }
-                }
+                let settled =
+                    self.sends.settle(id, result, self.now, self.config.max_send_retries, &mut self.out);
+                self.route_settled(id, settled);
                 Ok(())
             }
             Input::Media { call_id, event } => self.handle_media(call_id, event),
