@@ -19,6 +19,7 @@
 pub mod focus;
 pub(crate) mod membership;
 pub(crate) mod mesh;
+pub(crate) mod notification;
 
 use std::collections::{BTreeMap, BTreeSet};
 
