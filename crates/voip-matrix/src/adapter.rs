@@ -44,6 +44,12 @@ pub struct AdapterOptions {
     pub collect_strategy: CollectStrategy,
     /// How call events reach the core.
     pub delivery: Delivery,
+    /// After our `m.call.invite` is out, long-poll the room's timeline for the answer ourselves
+    /// (from the client's sync token, so nothing of the client's sync is consumed) instead of
+    /// waiting for the app's sync, which under matrix-sdk's `Client::sync` often sleeps a second
+    /// at that moment. On by default; redundant but harmless under `voip::sync`'s loops. See
+    /// `answer_watch.rs`.
+    pub watch_answers: bool,
 }
 
 /// How call room events and to-device events reach the core.
@@ -68,6 +74,7 @@ impl Default for AdapterOptions {
             critical_retry: RetryPolicy::CRITICAL,
             collect_strategy: CollectStrategy::AllDevices,
             delivery: Delivery::PerEvent,
+            watch_answers: true,
         }
     }
 }
@@ -84,6 +91,28 @@ pub(crate) struct Inner {
     /// Olm to-device sends of the core that reached only some devices: who has it, by
     /// transaction id, so the core's retry (same transaction id) reaches only the rest.
     olm_delivered: Mutex<OlmDelivered>,
+    /// Our invites whose answer [`crate::answer_watch`] is watching for.
+    watched: Mutex<HashSet<String>>,
+    /// Call events forwarded ahead of the app's sync by the answer watch.
+    ahead_of_sync: std::sync::atomic::AtomicU64,
+}
+
+impl Inner {
+    pub(crate) fn is_watched(&self, call_id: &str) -> bool {
+        self.watched.lock().is_ok_and(|w| w.contains(call_id))
+    }
+
+    pub(crate) fn unwatch(&self, call_id: &str) {
+        if let Ok(mut w) = self.watched.lock() {
+            w.remove(call_id);
+        }
+    }
+
+    /// Forwards a call event the answer watch found; `false` once the core is gone.
+    pub(crate) async fn forward_ahead(&self, input: Input) -> bool {
+        self.ahead_of_sync.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inputs.send(input).await.is_ok()
+    }
 }
 
 /// Bounded memory of partly delivered Olm to-device sends ([`Inner::olm_delivered`]).
@@ -171,6 +200,8 @@ impl MatrixAdapter {
             delayed_events_supported: tokio::sync::OnceCell::new(),
             counters: Counters::default(),
             olm_delivered: Mutex::default(),
+            watched: Mutex::default(),
+            ahead_of_sync: Default::default(),
         });
         let adapter = Self { inner, lanes: Arc::new(Lanes::default()) };
         adapter.register_handlers();
@@ -222,6 +253,14 @@ impl MatrixAdapter {
                     let megolm = info.as_ref().map(|i| i.sender_device.as_deref().map(|d| d.as_str()));
                     if let Some(ev) = inbound::room_event_from_json(room.room_id().as_str(), &ev, megolm) {
                         tracing::debug!(room = %ev.room_id, r#type = %ev.event_type, "room call event");
+                        if matches!(
+                            ev.event_type.as_str(),
+                            "m.call.answer" | "m.call.reject" | "m.call.hangup"
+                        ) {
+                            if let Some(call_id) = ev.content.get("call_id").and_then(Value::as_str) {
+                                inner.unwatch(call_id);
+                            }
+                        }
                         let _ = inner.inputs.send(Input::RoomEvent(ev)).await;
                     }
                 }
@@ -321,6 +360,12 @@ impl MatrixAdapter {
     /// requests given up), shared by all its clones.
     pub fn send_stats(&self) -> SendStats {
         self.inner.counters.snapshot()
+    }
+
+    /// Call events the answer watch ([`AdapterOptions::watch_answers`]) forwarded before the
+    /// app's sync delivered them.
+    pub fn events_ahead_of_sync(&self) -> u64 {
+        self.inner.ahead_of_sync.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The client this adapter drives.
@@ -512,9 +557,34 @@ impl MatrixAdapter {
         })
         .await;
         match result {
-            Ok(r) => SendOutcome::Sent { event_id: Some(r.response.event_id.to_string()), delay_id: None },
+            Ok(r) => {
+                if event_type == "m.call.invite" {
+                    self.watch_answer(&room, &content);
+                }
+                SendOutcome::Sent { event_id: Some(r.response.event_id.to_string()), delay_id: None }
+            }
             Err(f) => f.into_outcome(),
         }
+    }
+
+    /// Starts [`crate::answer_watch`] for an invite of ours that just went out.
+    fn watch_answer(&self, room: &Room, content: &Value) {
+        let inner = &self.inner;
+        if !inner.options.watch_answers || inner.options.delivery != Delivery::PerEvent {
+            return;
+        }
+        let Some(call_id) = content.get("call_id").and_then(Value::as_str) else { return };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        let Ok(mut watched) = inner.watched.lock() else { return };
+        if !watched.insert(call_id.to_owned()) {
+            return;
+        }
+        drop(watched);
+        let (weak, room, call_id) = (Arc::downgrade(inner), room.clone(), call_id.to_owned());
+        rt.spawn(async move {
+            let n = crate::answer_watch::watch(weak, room, call_id).await;
+            tracing::debug!(forwarded = n, "answer watch ended");
+        });
     }
 
     pub(crate) fn joined_room(&self, room_id: &str) -> Result<Room, Failure> {

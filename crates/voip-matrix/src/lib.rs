@@ -34,6 +34,7 @@
 #![recursion_limit = "256"]
 
 mod adapter;
+mod answer_watch;
 mod extras;
 pub mod inbound;
 pub mod retry;

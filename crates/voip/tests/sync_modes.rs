@@ -104,6 +104,32 @@ async fn one_to_one_call_when_both_use_client_sync() -> Result<()> {
     Ok(())
 }
 
+/// Under `Client::sync` the caller's sync sleeps a second right after its own invite's echo
+/// when another response came just before (here: the previous call's hang-up); the adapter's
+/// answer watch brings the answer ahead of it (voip-matrix `answer_watch.rs`). Calls back to
+/// back in one encrypted room: the answers after the first come through the watch, decrypted
+/// (Megolm), and the calls work as before. The set-up time itself is measured by
+/// `cargo xtask bench` ("Sync modes"), not asserted here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_client_sync_the_answer_comes_ahead_of_the_sleeping_sync() -> Result<()> {
+    let alice = person("alice-watch", SyncMode::ClientSync).await?;
+    let bob = person("bob-watch", SyncMode::ClientSync).await?;
+    let room = encrypted_room(&[&alice.client, &bob.client]).await?;
+    let adapter = alice.voip.matrix().context("a matrix runtime")?.clone();
+    let mut times = Vec::new();
+    let mut ahead = Vec::new();
+    for _ in 0..3 {
+        times.push(call_and_hang_up(&alice, &bob, &room).await?);
+        ahead.push(adapter.events_ahead_of_sync());
+    }
+    eprintln!("client-sync with the answer watch: set-up {times:?}, events ahead of sync {ahead:?}");
+    assert!(ahead[2] > ahead[0], "the answers of the later calls did not come through the watch: {ahead:?}");
+    for p in [&alice, &bob] {
+        p.voip.shutdown().await;
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_to_one_call_between_sync_service_and_client_sync() -> Result<()> {
     let times = one_to_one(SyncMode::Service, SyncMode::ClientSync, "mixed").await?;
