@@ -11,14 +11,16 @@
 //!    `--debug`: the test build);
 //! 2. `npm ci` in `interop/` unless its `node_modules` exists (or `--no-install`);
 //! 3. creates a network namespace (root: wrtc ignores `lo` when a real interface exists) and
-//!    starts one Synapse in it;
+//!    starts one Synapse in it, with coturn beside it (`/voip/turnServer` hands out its REST
+//!    credentials);
 //! 4. runs, inside it and one after the other, `setup_bench` (raw room-event delivery, N Rust
 //!    calls, with `--groups` the 4-member mesh and 8-member SFU joins and the key rotation) and
 //!    `bench/js-setup.mjs` (N matrix-js-sdk calls on Node + wrtc) and, with the groups,
 //!    `bench/js-groups.mjs` (8 js-sdk MatrixRTC members in SFU mode: join and key rotation);
 //!    then `setup_bench` once more per other sync mode (`--sync helper|client-sync|sync-service`,
 //!    and `client-sync` again with 1.5 s between calls; calls only; `--no-sync-modes` skips
-//!    them), for the "Sync modes" table;
+//!    them) and once relay-only through coturn (`--sync helper --relay-only`), for the "Sync
+//!    modes" table;
 //! 5. prints the results table with ratios (also written to `bench/results/summary.md`), keeps
 //!    the raw JSON in `bench/results/`, and draws `docs/setup-time.svg`.
 //!
@@ -32,7 +34,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{anyhow, bail, Context};
 
-use crate::netns::{status, Netns};
+use crate::netns::{status, Netns, NsCoturn};
 use serde_json::Value;
 
 /// voip-webrtc `media_start` bench, voice (docs/benchmarks.md, issue #5): mean ms, used only
@@ -62,12 +64,13 @@ const SYNC_MODES: [(&str, &str, u32); 4] = [
 ];
 
 /// Table names of the sync modes.
-const SYNC_MODE_NAMES: [(&str, &str); 5] = [
+const SYNC_MODE_NAMES: [(&str, &str); 6] = [
     ("test-loop", "`sync_once` loop, 2 s long-poll (voip-testkit)"),
     ("helper", "`voip::sync::SyncLoop` (recommended)"),
     ("client-sync", "matrix-sdk `Client::sync`, calls back to back"),
     ("client-sync-idle", "matrix-sdk `Client::sync`, each call 1.5 s after the previous one ended"),
     ("sync-service", "matrix-sdk-ui `SyncService` (`voip::sync::sync_service`)"),
+    ("relayed", "`voip::sync::SyncLoop`, relay-only through coturn (TURN from `/voip/turnServer`)"),
 ];
 
 const STEPS: [&str; 8] = [
@@ -235,8 +238,16 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<bool> {
     let pid = std::process::id();
     let ns = Netns::create(&format!("voip-bench-{pid}"))?;
     let data = format!("/dev/shm/voip-bench-{pid}");
-    println!("==> Synapse in namespace {}", ns.0);
-    let out = ns.exec(&rig).args(["start", "--data", &data]).stderr(Stdio::inherit()).output()?;
+    // coturn beside it, Synapse handing out its REST credentials (`/voip/turnServer`): the
+    // relayed row.
+    let turn_secret = format!("bench-{pid}-{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    let coturn = NsCoturn::start(&ns.0, &rig, &turn_secret)?;
+    println!("==> Synapse in namespace {} (TURN {})", ns.0, coturn.uri);
+    let out = ns
+        .exec(&rig)
+        .args(["start", "--data", &data, "--turn", &coturn.uri, "--turn-secret", &turn_secret])
+        .stderr(Stdio::inherit())
+        .output()?;
     let _synapse = Synapse { rig: rig.clone(), data: data.clone() };
     if !out.status.success() {
         bail!("synapse-rig start failed ({})", out.status);
@@ -276,7 +287,15 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<bool> {
             status(&mut c, &format!("setup_bench --sync {mode} --gap-ms {gap}"))?;
             modes.push((name, read_json(&out)?));
         }
+        println!("==> Rust: {calls} calls relayed through coturn (relay-only both sides, voip::sync)");
+        let out = results.join("rust-relayed.json");
+        let mut c = ns.exec(&rust_bench);
+        c.args(["--homeserver", hs, "--registration-secret", secret, "--calls", &calls.to_string()]);
+        c.args(["--sync", "helper", "--relay-only"]).arg("--out").arg(&out);
+        status(&mut c, "setup_bench --sync helper --relay-only")?;
+        modes.push(("relayed", read_json(&out)?));
     }
+    drop(coturn);
     let js_res = if js {
         println!("==> matrix-js-sdk: {calls} calls through the same Synapse");
         let js_json = results.join("js.json");

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use serde_json::{json, Value};
 
-use crate::netns::{status, Netns};
+use crate::netns::{status, Netns, NsCoturn};
 
 /// How long any single expected event may take before the scenario fails (a bound, not a
 /// latency assertion: call set-up takes about 1 s on an idle machine).
@@ -1008,59 +1008,6 @@ impl Drop for NsSynapse {
             c.arg("--rm");
         }
         let _ = c.status();
-    }
-}
-
-/// coturn inside the namespace (`synapse-rig coturn`), stopped on drop by closing its stdin.
-struct NsCoturn {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    /// `turn:127.0.0.1:PORT?transport=udp`.
-    uri: String,
-    /// turnserver's log (allocations, permissions), when synapse-rig printed it.
-    log: Option<PathBuf>,
-}
-
-impl NsCoturn {
-    fn start(ns: &str, rig: &Path, secret: &str) -> anyhow::Result<NsCoturn> {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", ns])
-            .arg(rig)
-            .args(["coturn", "--secret", secret])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("synapse-rig coturn")?;
-        let stdin = child.stdin.take();
-        let stdout = child.stdout.take().context("coturn stdout")?;
-        let mut c = NsCoturn { child, stdin, uri: String::new(), log: None };
-        for line in BufReader::new(stdout).lines() {
-            let line = line?;
-            if let Some(v) = line.strip_prefix("export TURN_LOG=") {
-                c.log = Some(PathBuf::from(v));
-            }
-            if let Some(v) = line.strip_prefix("export TURN_URI=") {
-                c.uri = v.to_owned();
-                return Ok(c);
-            }
-        }
-        bail!("synapse-rig coturn exited before printing TURN_URI")
-    }
-}
-
-impl Drop for NsCoturn {
-    fn drop(&mut self) {
-        drop(self.stdin.take());
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -5,7 +5,10 @@
 //! non-loopback interface (Chromium gathers nothing with `lo` alone; wrtc ignores `lo` next to
 //! a real interface; wrtc and webrtc-rs then use 127.0.0.2 and `lo`). Needs root.
 
-use std::process::{Command, Stdio};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
@@ -47,5 +50,58 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// coturn inside the namespace (`synapse-rig coturn`), stopped on drop by closing its stdin.
+pub(crate) struct NsCoturn {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    /// `turn:127.0.0.1:PORT?transport=udp`.
+    pub(crate) uri: String,
+    /// turnserver's log (allocations, permissions), when synapse-rig printed it.
+    pub(crate) log: Option<PathBuf>,
+}
+
+impl NsCoturn {
+    pub(crate) fn start(ns: &str, rig: &Path, secret: &str) -> anyhow::Result<NsCoturn> {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(rig)
+            .args(["coturn", "--secret", secret])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("synapse-rig coturn")?;
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().context("coturn stdout")?;
+        let mut c = NsCoturn { child, stdin, uri: String::new(), log: None };
+        for line in BufReader::new(stdout).lines() {
+            let line = line?;
+            if let Some(v) = line.strip_prefix("export TURN_LOG=") {
+                c.log = Some(PathBuf::from(v));
+            }
+            if let Some(v) = line.strip_prefix("export TURN_URI=") {
+                c.uri = v.to_owned();
+                return Ok(c);
+            }
+        }
+        bail!("synapse-rig coturn exited before printing TURN_URI")
+    }
+}
+
+impl Drop for NsCoturn {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

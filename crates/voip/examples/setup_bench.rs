@@ -5,7 +5,7 @@
 //! ```text
 //! cargo run -p voip --example setup_bench -- --homeserver URL --registration-secret S \
 //!     [--calls 10] [--groups] [--synapse-log homeserver.log] [--out results.json] [--sync MODE] \
-//!     [--trace-sync] [--gap-ms MS]
+//!     [--trace-sync] [--gap-ms MS] [--relay-only]
 //! ```
 //!
 //! `--sync` picks how every client syncs (docs/benchmarks.md, "Sync modes"): `test-loop`
@@ -33,6 +33,9 @@
 //! previous sync response (here: the previous call's hang-up echo) came less than a second
 //! before (`--trace-sync` prints which events each client got when).
 //!
+//! `--relay-only` sends every call's media through the homeserver's TURN server (the
+//! `/voip/turnServer` credentials; coturn in `cargo xtask bench`), relay-only on both sides.
+//!
 //! Times are wall-clock milliseconds, observed by polling every 2 ms. The results are printed
 //! as a table and, with `--out`, written as JSON for `cargo xtask bench`.
 
@@ -58,6 +61,9 @@ const POLL: Duration = Duration::from_millis(2);
 
 /// How every client syncs (`--sync`).
 static SYNC_MODE: std::sync::OnceLock<SyncMode> = std::sync::OnceLock::new();
+/// `--relay-only`: every call through the homeserver's TURN server (coturn in `cargo xtask
+/// bench`), as `WebrtcConfig::with_relay_only`.
+static RELAY_ONLY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
 
 /// `--trace-sync`: every event the clients' handlers saw, with when (to find which sync response
 /// carried what; the homeserver's access log has when each `/sync` request came and went).
@@ -261,7 +267,23 @@ async fn people(hs: &voip_testkit::Synapse, names: &[&str]) -> Result<Vec<Matrix
     let mut out = Vec::new();
     for n in names {
         let mode = *SYNC_MODE.get().unwrap_or(&SyncMode::TestLoop);
-        out.push(MatrixPerson::with_sync(hs, n, voip::Config::default(), mode).await?);
+        let relay = *RELAY_ONLY.get().unwrap_or(&false);
+        let media = voip::webrtc::WebrtcConfig::loopback().with_relay_only(relay);
+        let p = MatrixPerson::with_media(hs, n, voip::Config::default(), mode, media).await?;
+        if relay {
+            // Relay-only has no candidate until `/voip/turnServer` has been fetched.
+            let engine = p.voip.webrtc().context("webrtc engine")?.clone();
+            let has_turn =
+                move || engine.ice_servers().iter().any(|s| s.urls.iter().any(|u| u.starts_with("turn")));
+            tokio::time::timeout(Duration::from_secs(20), async {
+                while !has_turn() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            })
+            .await
+            .context("no TURN server from the homeserver (relay-only needs one)")?;
+        }
+        out.push(p);
     }
     Ok(out)
 }
@@ -420,6 +442,7 @@ async fn run() -> Result<()> {
     let mode =
         SyncMode::parse(&sync).with_context(|| format!("--sync {sync}: unknown (or built without it)"))?;
     let _ = SYNC_MODE.set(mode);
+    let _ = RELAY_ONLY.set(args.iter().any(|a| a == "--relay-only"));
     let gap = Duration::from_millis(
         arg(&args, "--gap-ms").map(|s| s.parse()).transpose().context("--gap-ms")?.unwrap_or(0),
     );

@@ -123,9 +123,21 @@ impl MatrixPerson {
         config: Config,
         mode: SyncMode,
     ) -> Result<Self> {
+        Self::with_media(hs, name, config, mode, WebrtcConfig::loopback()).await
+    }
+
+    /// [`MatrixPerson::with_sync`] with its own media configuration (e.g. relay-only).
+    #[allow(dead_code)] // Not every test target uses it.
+    pub async fn with_media(
+        hs: &voip_testkit::Synapse,
+        name: &str,
+        config: Config,
+        mode: SyncMode,
+        media: WebrtcConfig,
+    ) -> Result<Self> {
         let user = voip_testkit::register_user_on(hs, name).await?;
         let client = voip_testkit::login(&user, None).await?;
-        let voip = Voip::from_client(&client)?.config(config).webrtc(WebrtcConfig::loopback()).build()?;
+        let voip = Voip::from_client(&client)?.config(config).webrtc(media).build()?;
         let _sync = Syncing::start(&client, mode).await?;
         Ok(Self { voip, client, _sync })
     }
