@@ -10,7 +10,10 @@
 //!   within a second of the previous one. The caller's first response in a set-up is the echo
 //!   of its own invite: when anything was synced in the second before it (the previous call's
 //!   hang-up, a message) or arrives between it and the answer (the callee's first Megolm key,
-//!   trickled candidates' echo), the answer waits for the sleep, about a second more.
+//!   trickled candidates' echo), the answer would wait for the sleep, about a second more: the
+//!   adapter's answer watch (voip-matrix `AdapterOptions::watch_answers`) fetches the answer
+//!   to our invite itself meanwhile, except the first answer in a new room (its Megolm key
+//!   comes through the client's sync). Everything after the set-up still waits for the sleep.
 //! * [`sync`] / [`sync_with_callback`] here: the same `/sync` long-poll, the next request sent as
 //!   soon as the previous response is processed; a pause only after an error (backoff) or when
 //!   the server keeps answering at once with nothing new (a server that ignores the timeout).
