@@ -59,23 +59,33 @@ async fn relayed(p: &Person, call: &voip::Call) -> Result<voip::webrtc::Selected
     stats.selected_pair.context("no selected candidate pair")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn relay_only_call_through_coturn_with_media_both_ways() -> Result<()> {
+/// Tracing with `filter` (unless `RUST_LOG` says otherwise), then coturn with a fresh REST
+/// secret and a Synapse handing out its credentials (`turn_uris`, `turn_shared_secret`), with
+/// `options` for anything more.
+async fn coturn_and_synapse(
+    filter: &str,
+    options: impl FnOnce(StartOptions) -> StartOptions + Send + 'static,
+) -> Result<(Coturn, Instance)> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,rtc_dtls=error,matrix_sdk=error".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| filter.into()),
         )
         .with_test_writer()
         .try_init();
     let secret = voip_testkit::rig::random_hex(16);
     let s = secret.clone();
     let coturn = tokio::task::spawn_blocking(move || Coturn::start(&s)).await??;
-    let (uri, s) = (coturn.uri(), secret.clone());
+    let uri = coturn.uri();
     let instance = tokio::task::spawn_blocking(move || {
-        Instance::start_with_options(StartOptions::owned_by_this_process().with_turn(uri, s))
+        Instance::start_with_options(options(StartOptions::owned_by_this_process().with_turn(uri, secret)))
     })
     .await??;
+    Ok((coturn, instance))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_only_call_through_coturn_with_media_both_ways() -> Result<()> {
+    let (coturn, instance) = coturn_and_synapse("warn,rtc_dtls=error,matrix_sdk=error", |o| o).await?;
     let hs = voip_testkit::Synapse::of(&instance);
 
     let alice = person(&hs, "alice").await?;
@@ -260,25 +270,11 @@ fn refreshes_under_first_username(log: &str, p: &Person) -> usize {
 ///   loses its media.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relayed_call_outlives_its_turn_credentials() -> Result<()> {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,rtc_dtls=error,matrix_sdk=error,webrtc=off,rtc=off".into()),
-        )
-        .with_test_writer()
-        .try_init();
-    let secret = voip_testkit::rig::random_hex(16);
-    let s = secret.clone();
-    let coturn = tokio::task::spawn_blocking(move || Coturn::start(&s)).await??;
-    let (uri, s) = (coturn.uri(), secret.clone());
-    let instance = tokio::task::spawn_blocking(move || {
-        Instance::start_with_options(
-            StartOptions::owned_by_this_process()
-                .with_turn(uri, s)
-                .with_turn_user_lifetime(format!("{}s", TTL.as_secs())),
-        )
-    })
-    .await??;
+    let (coturn, instance) =
+        coturn_and_synapse("warn,rtc_dtls=error,matrix_sdk=error,webrtc=off,rtc=off", |o| {
+            o.with_turn_user_lifetime(format!("{}s", TTL.as_secs()))
+        })
+        .await?;
     let hs = voip_testkit::Synapse::of(&instance);
     let uri = coturn.uri();
 
