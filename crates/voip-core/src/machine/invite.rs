@@ -159,33 +159,30 @@ impl VoipMachine {
                 c.end(&mut ctx, EndReason::Replaced, Initiator::Remote, missed);
             }
         }
+        // Our answer to an invite we do not take: a hangup (glare, ours wins) or a busy reply.
+        let refuse = |ctx: &mut Ctx<'_>, event: CallEvent| {
+            Call::refuse(
+                ctx,
+                &call_id,
+                &source.room_id,
+                (sender, source.device),
+                source.signalling,
+                event,
+                None,
+            )
+        };
         let (remaining_ms, replaces) = match outcome {
             Outcome::Ring { remaining_ms, replaces } => (remaining_ms, replaces),
             Outcome::OursWins { .. } => {
-                Call::refuse(
-                    &mut ctx,
-                    &call_id,
-                    &source.room_id,
-                    (sender, source.device),
-                    source.signalling,
-                    CallEvent::Hangup { reason: Some(EndReason::Replaced.wire_reason().to_owned()) },
-                    None,
-                );
+                let reason = Some(EndReason::Replaced.wire_reason().to_owned());
+                refuse(&mut ctx, CallEvent::Hangup { reason });
                 self.counters.applied += 1;
                 self.remember_ended(call_id, sender.clone());
                 return;
             }
             Outcome::Busy { reply } => {
                 if let Some(refusal) = reply {
-                    Call::refuse(
-                        &mut ctx,
-                        &call_id,
-                        &source.room_id,
-                        (sender, source.device),
-                        source.signalling,
-                        refusal,
-                        None,
-                    );
+                    refuse(&mut ctx, refusal);
                     ctx.emit(Event::MissedCall {
                         call_id: call_id.clone(),
                         room_id: source.room_id.clone(),
