@@ -253,10 +253,7 @@ impl MatrixAdapter {
                     let megolm = info.as_ref().map(|i| i.sender_device.as_deref().map(|d| d.as_str()));
                     if let Some(ev) = inbound::room_event_from_json(room.room_id().as_str(), &ev, megolm) {
                         tracing::debug!(room = %ev.room_id, r#type = %ev.event_type, "room call event");
-                        if matches!(
-                            ev.event_type.as_str(),
-                            "m.call.answer" | "m.call.reject" | "m.call.hangup"
-                        ) {
+                        if crate::answer_watch::settles(&ev.event_type) {
                             if let Some(call_id) = ev.content.get("call_id").and_then(Value::as_str) {
                                 inner.unwatch(call_id);
                             }

@@ -48,8 +48,13 @@ const POLL: Duration = Duration::from_secs(3);
 /// nothing new comes (an app whose sync has stalled), up to [`POLL`].
 const IDLE_SPACING: Duration = Duration::from_millis(100);
 
-/// Call event types that settle an invite.
-fn settles(event_type: &str) -> bool {
+/// Events remembered per watch at most: a room flooded with events (by anyone) ends the watch
+/// early instead of growing its memory; the app's sync delivers the answer in any case.
+const MAX_SEEN: usize = 1024;
+
+/// Call event types that settle an invite (the watch ends when one for its call comes, through
+/// it or through the app's sync).
+pub(crate) fn settles(event_type: &str) -> bool {
     matches!(event_type, "m.call.answer" | "m.call.reject" | "m.call.hangup")
 }
 
@@ -90,6 +95,11 @@ pub(crate) async fn watch(inner: Weak<Inner>, room: Room, call_id: String) -> u6
         for raw in events {
             let Ok(json) = raw.deserialize_as_unchecked::<Value>() else { continue };
             let Some(event_id) = json.get("event_id").and_then(Value::as_str) else { continue };
+            if seen.len() >= MAX_SEEN {
+                tracing::debug!("answer watch: the room is too busy; the app's sync delivers");
+                done = true;
+                break;
+            }
             if !seen.insert(event_id.to_owned()) {
                 continue;
             }
