@@ -84,12 +84,12 @@ fn main() -> ExitCode {
     println!("== Alice puts Bob on hold, then resumes ==");
     let _ = sim.command(alice, Command::SetHold { call_id: call.clone(), on_hold: true });
     sim.settle();
-    let held = sim.device(bob).voip.call(&call).is_some_and(|c| c.remote_hold);
+    let held = sim.device(bob).call(&call).is_some_and(|c| c.remote_hold);
     let _ = sim.command(alice, Command::SetHold { call_id: call.clone(), on_hold: false });
     sim.settle();
     show(&sim, &names, &mut seen);
     check(
-        held && sim.device(bob).voip.call(&call).is_some_and(|c| !c.remote_hold),
+        held && sim.device(bob).call(&call).is_some_and(|c| !c.remote_hold),
         "hold and resume renegotiated",
     );
 
@@ -98,7 +98,7 @@ fn main() -> ExitCode {
     let _ = sim.command(bob, Command::SetMuted { call_id: call.clone(), audio: Some(true), video: None });
     sim.settle();
     show(&sim, &names, &mut seen);
-    let remote = sim.device(alice).voip.call(&call).map(|c| c.remote_streams).unwrap_or_default();
+    let remote = sim.device(alice).call(&call).map(|c| c.remote_streams).unwrap_or_default();
     check(
         remote.first().is_some_and(|s| s.purpose == voip_core::media::StreamPurpose::Screenshare)
             && remote.iter().any(|s| s.audio_muted),
@@ -110,7 +110,7 @@ fn main() -> ExitCode {
     sim.settle();
     show(&sim, &names, &mut seen);
     check(
-        sim.device(alice).voip.calls().is_empty() && sim.device(bob).voip.calls().is_empty(),
+        sim.device(alice).calls().is_empty() && sim.device(bob).calls().is_empty(),
         "the call ended on both sides",
     );
 

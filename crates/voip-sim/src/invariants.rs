@@ -135,11 +135,7 @@ impl Checker {
             self.ghosts.retain(|(d, _, _), _| *d != i);
             return Ok(());
         }
-        let me = format!(
-            "{}/{}",
-            dev.voip.local_device().user_id.as_str(),
-            dev.voip.local_device().device_id.as_str()
-        );
+        let me = format!("{}/{}", dev.local_device().user_id.as_str(), dev.local_device().device_id.as_str());
         // Replay the new part of the device's output stream.
         let stream = &mut self.streams[i];
         if stream.generation != dev.generation {
@@ -253,7 +249,7 @@ impl Checker {
         let running = !dev.offline;
         let reachable = dev.reachable();
         // At most one live call per pair; nothing stays unconnected beyond its lifetimes.
-        let calls = dev.voip.calls();
+        let calls = dev.calls();
         let mut pairs = BTreeSet::new();
         for c in &calls {
             let device = if c.signalling == Signalling::ToDevice { c.peer_device.clone() } else { None };
@@ -289,7 +285,7 @@ impl Checker {
         let groups: BTreeSet<GroupCallId> = self.streams[i].participants.keys().cloned().collect();
         let mut shown = BTreeMap::new();
         for group in groups {
-            for m in dev.voip.group_call(&group).members {
+            for m in dev.group_call(&group).members {
                 let p = m.participant;
                 if !server_live(sim, &group, &p) {
                     let ended = server_ended_at(sim, &group, &p);
@@ -356,8 +352,8 @@ impl Checker {
         else {
             return false;
         };
-        let la = sim.device(DeviceIdx(a)).voip.local_device();
-        let lb = sim.device(DeviceIdx(b)).voip.local_device();
+        let la = sim.device(DeviceIdx(a)).local_device();
+        let lb = sim.device(DeviceIdx(b)).local_device();
         let points = |info: &CallInfo, other: &voip_core::LocalDevice| {
             info.peer_user == other.user_id && info.peer_device.as_ref().is_none_or(|d| *d == other.device_id)
         };
@@ -366,7 +362,7 @@ impl Checker {
         let only_device = |info: &CallInfo, other: &voip_core::LocalDevice| {
             info.peer_device.is_some()
                 || (0..sim.len())
-                    .filter(|j| sim.device(DeviceIdx(*j)).voip.local_device().user_id == other.user_id)
+                    .filter(|j| sim.device(DeviceIdx(*j)).local_device().user_id == other.user_id)
                     .count()
                     == 1
         };
@@ -380,16 +376,16 @@ impl Checker {
         let now = sim.now();
         for i in 0..sim.len() {
             let dev = sim.device(DeviceIdx(i));
-            if !dev.voip.calls().is_empty() {
+            if !dev.calls().is_empty() {
                 fail!(
                     now,
                     "calls_end",
                     "device {i}: live calls left: {:?}",
-                    dev.voip.calls().iter().map(|c| (&c.call_id, c.state)).collect::<Vec<_>>()
+                    dev.calls().iter().map(|c| (&c.call_id, c.state)).collect::<Vec<_>>()
                 );
             }
-            if dev.voip.pending_sends() != 0 {
-                fail!(now, "sends_finish", "device {i}: {} sends pending", dev.voip.pending_sends());
+            if dev.pending_sends() != 0 {
+                fail!(now, "sends_finish", "device {i}: {} sends pending", dev.pending_sends());
             }
             if dev.media.open_peers() != 0 {
                 fail!(now, "peers_closed", "device {i}: {} peer connections open", dev.media.open_peers());

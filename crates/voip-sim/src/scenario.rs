@@ -26,7 +26,7 @@ use rand_core::{RngCore, SeedableRng};
 use serde::{Deserialize, Serialize};
 use voip_core::{
     CallState, CallType, Command, Config, Event, Focus, GroupCallId, GroupCallState, MembershipDialect,
-    Output, Participant, RoomId, Signalling, UserId,
+    Output, Participant, RoomId, Signalling,
 };
 
 use crate::invariants::{server_live, Checker, Violation};
@@ -422,23 +422,13 @@ impl<'a> Run<'a> {
         }
         let d = self.devs[from];
         let call_type = if video { CallType::Video } else { CallType::Voice };
-        let now = self.sim.local_now(d);
         // Refused only while a call with that user exists: fine.
-        let _ = self.sim.device_mut(d).voip.place_call(
-            now,
-            RoomId::from(ROOM),
-            UserId::from(invitee.as_str()),
-            None,
-            call_type,
-            Signalling::Room,
-        );
-        self.sim.feed(d, voip_core::Input::Tick);
+        let _ = self.sim.try_place_call(d, &RoomId::from(ROOM), &invitee, None, call_type, Signalling::Room);
     }
 
     fn first_call(&self, i: usize, ringing: bool) -> Option<voip_core::CallId> {
         self.sim
             .device(self.devs[i])
-            .voip
             .calls()
             .into_iter()
             .find(|c| !ringing || c.state == CallState::Ringing)
@@ -525,7 +515,7 @@ impl<'a> Run<'a> {
         match self.trace.scenario {
             Scenario::OneToOne => {
                 for i in 0..self.devs.len() {
-                    for c in self.sim.device(self.devs[i]).voip.calls() {
+                    for c in self.sim.device(self.devs[i]).calls() {
                         let _ = self
                             .sim
                             .command(self.devs[i], Command::Hangup { call_id: c.call_id, reason: None });
@@ -561,7 +551,7 @@ impl<'a> Run<'a> {
         for (i, d) in self.devs.iter().enumerate() {
             let dev = self.sim.device(*d);
             let mut peers = BTreeSet::new();
-            for c in dev.voip.calls() {
+            for c in dev.calls() {
                 if c.state != CallState::Connected {
                     return Err(self.violation(
                         "mesh_converges",
@@ -573,7 +563,7 @@ impl<'a> Run<'a> {
             let others: BTreeSet<String> =
                 self.present.iter().filter(|j| **j != i).map(|j| format!("D{j}")).collect();
             let expected = if self.present.contains(&i) { others.clone() } else { BTreeSet::new() };
-            if peers != expected || dev.voip.calls().len() != peers.len() {
+            if peers != expected || dev.calls().len() != peers.len() {
                 return Err(self.violation(
                     "mesh_converges",
                     format!("device {i}: calls with {peers:?}, expected {expected:?}"),
@@ -581,7 +571,7 @@ impl<'a> Run<'a> {
             }
             // Everyone present, and those a crash left behind until their membership expires.
             let members: BTreeSet<Participant> =
-                dev.voip.group_call(&group).members.into_iter().map(|m| m.participant).collect();
+                dev.group_call(&group).members.into_iter().map(|m| m.participant).collect();
             let shown: BTreeSet<String> = members.iter().map(|p| p.device_id.0.clone()).collect();
             let left_behind: BTreeSet<String> = members
                 .iter()
@@ -612,7 +602,7 @@ impl<'a> Run<'a> {
         let group = self.group();
         for i in &self.present {
             let dev = self.sim.device(self.devs[*i]);
-            let Some(mine) = dev.voip.media_keys(&group) else {
+            let Some(mine) = dev.media_keys(&group) else {
                 return Err(self.violation("keys_converge", format!("device {i} is not in the call")));
             };
             let since_join = dev
@@ -626,7 +616,7 @@ impl<'a> Run<'a> {
                 })
                 .unwrap_or(0);
             for j in self.present.iter().filter(|j| *j != i) {
-                let theirs = self.sim.device(self.devs[*j]).voip.media_keys(&group).and_then(|k| k.local);
+                let theirs = self.sim.device(self.devs[*j]).media_keys(&group).and_then(|k| k.local);
                 let held = mine
                     .remote
                     .iter()

@@ -15,15 +15,19 @@ fn video_call_connects_and_hangs_up() {
     let b = sim.add_device(BOB, "BOB1", Config::default());
     let room = sim.join(ROOM, &[ALICE, BOB]);
     let call = sim.place_call(a, &room, BOB, None, CallType::Video, Signalling::Room);
+    // The device runs the app's runtime: its snapshot shows the call at once, and the invite
+    // as a send still waiting for the homeserver's answer.
+    assert_eq!(sim.device(a).call(&call).unwrap().state, CallState::CreateOffer);
+    assert!(sim.run_until(1_000, |s| s.device(a).pending_sends() > 0), "the invite is in flight");
     sim.settle();
     assert_eq!(sim.incoming(b), vec![call.clone()]);
     assert!(sim.events(b).contains(&Event::RingtoneStarted { call_id: call.clone() }));
-    assert_eq!(sim.device(b).voip.call(&call).unwrap().call_type, CallType::Video);
+    assert_eq!(sim.device(b).call(&call).unwrap().call_type, CallType::Video);
     sim.command(b, Command::Answer { call_id: call.clone(), call_type: None }).unwrap();
     sim.settle();
     assert!(sim.is_connected(a, &call), "caller connected");
     assert!(sim.is_connected(b, &call), "callee connected");
-    let remote = sim.device(a).voip.call(&call).unwrap().remote_streams;
+    let remote = sim.device(a).call(&call).unwrap().remote_streams;
     assert_eq!(remote.len(), 1);
     assert!(remote[0].has_audio && remote[0].has_video);
     sim.command(a, Command::Hangup { call_id: call.clone(), reason: None }).unwrap();
@@ -31,7 +35,7 @@ fn video_call_connects_and_hangs_up() {
     assert_eq!(sim.ended(a), vec![(call.clone(), EndReason::UserHangup, Initiator::LocalUser)]);
     assert_eq!(sim.ended(b), vec![(call.clone(), EndReason::UserHangup, Initiator::Remote)]);
     assert!(sim.device(a).media.is_closed(&call) && sim.device(b).media.is_closed(&call));
-    assert_eq!(sim.device(a).voip.pending_sends(), 0);
+    assert_eq!(sim.device(a).pending_sends(), 0);
     assert!(sim.device(a).errors.is_empty() && sim.device(b).errors.is_empty());
 }
 
@@ -46,7 +50,7 @@ fn unanswered_call_times_out_on_both_sides() {
     assert_eq!(sim.ended(a), vec![(call.clone(), EndReason::InviteTimeout, Initiator::Library)]);
     let b_events = sim.events(b);
     assert!(b_events.iter().any(|e| matches!(e, Event::MissedCall { call_id, .. } if *call_id == call)));
-    assert!(sim.device(a).voip.calls().is_empty() && sim.device(b).voip.calls().is_empty());
+    assert!(sim.device(a).calls().is_empty() && sim.device(b).calls().is_empty());
 }
 
 #[test]
@@ -103,7 +107,7 @@ fn busy_callee_refuses_and_caller_stops_ringing() {
         |e| matches!(e, Event::MissedCall { call_id, reason: EndReason::UserBusy, .. } if *call_id == second)
     ));
     assert!(sim.is_connected(b, &first), "the first call is untouched");
-    assert_eq!(sim.device(b).voip.counters().busy, 1);
+    assert_eq!(sim.device(b).counters().busy, 1);
 }
 
 #[test]
@@ -118,8 +122,8 @@ fn glare_ends_with_one_connected_call_on_both_sides() {
     let winner = std::cmp::min(ca.clone(), cb.clone());
     assert!(sim.is_connected(a, &winner), "a connected on the lower call id");
     assert!(sim.is_connected(b, &winner), "b connected on the lower call id");
-    assert_eq!(sim.device(a).voip.calls().len(), 1);
-    assert_eq!(sim.device(b).voip.calls().len(), 1);
+    assert_eq!(sim.device(a).calls().len(), 1);
+    assert_eq!(sim.device(b).calls().len(), 1);
 }
 
 #[test]
@@ -155,11 +159,11 @@ fn hold_and_ice_restart_renegotiate() {
     sim.settle();
     sim.command(a, Command::SetHold { call_id: call.clone(), on_hold: true }).unwrap();
     sim.settle();
-    assert!(sim.device(b).voip.call(&call).unwrap().remote_hold, "b sees itself held");
+    assert!(sim.device(b).call(&call).unwrap().remote_hold, "b sees itself held");
     assert!(!sim.device(a).media.is_sending(&call) && !sim.device(b).media.is_sending(&call));
     sim.command(a, Command::SetHold { call_id: call.clone(), on_hold: false }).unwrap();
     sim.settle();
-    assert!(!sim.device(b).voip.call(&call).unwrap().remote_hold);
+    assert!(!sim.device(b).call(&call).unwrap().remote_hold);
     assert!(sim.device(a).media.is_sending(&call) && sim.device(b).media.is_sending(&call));
     // ICE fails on b: b restarts ICE through m.call.negotiate and reconnects.
     sim.force_media_state(b, &call, ConnectionState::Failed);
@@ -169,5 +173,25 @@ fn hold_and_ice_restart_renegotiate() {
     sim.force_media_state(b, &call, ConnectionState::Connected);
     sim.settle();
     assert!(sim.is_connected(b, &call) && sim.is_connected(a, &call));
-    assert_eq!(sim.device(a).voip.call(&call).unwrap().state, CallState::Connected);
+    assert_eq!(sim.device(a).call(&call).unwrap().state, CallState::Connected);
+}
+
+/// What the core refuses reaches the runtime's diagnostics (and the simulator's
+/// `no_core_error` invariant through them): a media report for a call the device never had.
+#[test]
+fn an_input_the_core_refuses_is_recorded_by_the_runtime() {
+    let mut sim = Sim::new(11);
+    let a = sim.add_device(ALICE, "ALICE1", Config::default());
+    sim.join(ROOM, &[ALICE]);
+    assert!(sim.device(a).errors.is_empty());
+    sim.media_event(
+        a,
+        &"no-such-call".into(),
+        voip_core::media::MediaEvent::ConnectionState { state: ConnectionState::Connected },
+    );
+    let errors = sim.device(a).voip().input_errors();
+    assert_eq!(errors.count, sim.device(a).errors.len() as u64);
+    assert!(errors.count >= 1, "{errors:?}");
+    let (_, first) = errors.first.expect("recorded");
+    assert!(first.contains("no-such-call"), "{first}");
 }

@@ -18,7 +18,7 @@ fn connected_pair(delayed_events: bool) -> (Sim, DeviceIdx, DeviceIdx) {
         sim.join_group_call(d, ROOM, MembershipDialect::Famedly, Focus::Mesh).expect("join");
     }
     sim.settle();
-    let calls = sim.device(a).voip.calls();
+    let calls = sim.device(a).calls();
     assert_eq!(calls.len(), 1);
     assert_eq!(calls[0].state, CallState::Connected);
     (sim, a, b)
@@ -40,13 +40,13 @@ fn group() -> GroupCallId {
 }
 
 fn members(sim: &Sim, d: DeviceIdx) -> Vec<String> {
-    sim.device(d).voip.group_call(&group()).members.into_iter().map(|m| m.participant.device_id.0).collect()
+    sim.device(d).group_call(&group()).members.into_iter().map(|m| m.participant.device_id.0).collect()
 }
 
 #[test]
 fn without_delayed_events_the_call_to_a_crashed_peer_ends_by_ice_failure() {
     let (mut sim, a, b) = connected_pair(false);
-    let call = sim.device(a).voip.calls()[0].call_id.clone();
+    let call = sim.device(a).calls()[0].call_id.clone();
     let crashed_at = sim.now().0;
     sim.crash(b);
     sim.advance(ICE_DISCONNECTED_AFTER_MS - 1);
@@ -63,7 +63,7 @@ fn without_delayed_events_the_call_to_a_crashed_peer_ends_by_ice_failure() {
     sim.advance(10 * 60_000);
     let ends = ended(&sim, a);
     assert!((2..=4).contains(&ends.len()), "the first call and at most 3 more: {ends:?}");
-    assert!(sim.device(a).voip.calls().is_empty(), "no call left: {:?}", sim.device(a).voip.calls());
+    assert!(sim.device(a).calls().is_empty(), "no call left: {:?}", sim.device(a).calls());
     let connected = sim
         .device(a)
         .events
@@ -72,13 +72,8 @@ fn without_delayed_events_the_call_to_a_crashed_peer_ends_by_ice_failure() {
         .count();
     assert_eq!(connected, 1, "only the call from before the crash ever connected");
     // Without a delayed leave the crashed member's membership stays until it expires.
-    let bob = sim
-        .device(a)
-        .voip
-        .group_call(&group())
-        .members
-        .into_iter()
-        .find(|m| m.participant.device_id.0 == "B");
+    let bob =
+        sim.device(a).group_call(&group()).members.into_iter().find(|m| m.participant.device_id.0 == "B");
     assert_eq!(bob.is_some(), bob.is_some_and(|m| server_live(&sim, &group(), &m.participant)));
     assert!(sim.injected.dead_peer_connections >= 1);
 }
@@ -94,7 +89,7 @@ fn with_delayed_events_the_crashed_members_delayed_leave_ends_the_call_first() {
     assert_ne!(ends[0].1, EndReason::IceFailed, "{ends:?}");
     let delayed_leave = Config::default().famedly_delayed_leave_ms;
     assert!(ends[0].0 <= crashed_at + delayed_leave + 100, "ended by the delayed leave: {ends:?}");
-    assert!(sim.device(a).voip.calls().is_empty());
+    assert!(sim.device(a).calls().is_empty());
     assert!(!members(&sim, a).contains(&"B".to_string()), "the delayed leave removed bob");
 }
 
@@ -111,7 +106,6 @@ fn an_invite_answered_after_its_caller_crashed_never_connects() {
     // Alice (the lower device) places the call; she crashes before Bob gets the invite.
     assert!(sim.run_until(10_000, |s| s
         .device(a)
-        .voip
         .calls()
         .first()
         .is_some_and(|c| c.state == CallState::InviteSent)));
@@ -124,5 +118,5 @@ fn an_invite_answered_after_its_caller_crashed_never_connects() {
         .events
         .iter()
         .all(|(_, e)| !matches!(e, Event::StateChanged { state: CallState::Connected, .. })));
-    assert!(sim.device(b).voip.calls().is_empty());
+    assert!(sim.device(b).calls().is_empty());
 }

@@ -23,7 +23,7 @@ fn join(sim: &mut Sim, d: DeviceIdx, dialect: MembershipDialect) {
 }
 
 fn participants(sim: &Sim, d: DeviceIdx) -> Vec<UserId> {
-    let info = sim.device(d).voip.group_call(&GroupCallId::room_call(RoomId::from(ROOM)));
+    let info = sim.device(d).group_call(&GroupCallId::room_call(RoomId::from(ROOM)));
     info.members.into_iter().map(|m| m.participant.user_id).collect()
 }
 

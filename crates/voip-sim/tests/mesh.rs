@@ -22,8 +22,8 @@ fn leave(sim: &mut Sim, d: DeviceIdx) {
 fn connected_pairs(sim: &Sim, devs: &[DeviceIdx]) -> BTreeSet<(String, String)> {
     let mut pairs = BTreeSet::new();
     for d in devs {
-        let me = sim.device(*d).voip.local_device().clone();
-        for c in sim.device(*d).voip.calls() {
+        let me = sim.device(*d).local_device().clone();
+        for c in sim.device(*d).calls() {
             assert_eq!(
                 c.state,
                 CallState::Connected,
@@ -65,11 +65,11 @@ fn four_members_form_a_full_mesh_and_leavers_are_dropped() {
     sim.settle();
     assert_eq!(connected_pairs(&sim, &devs), full_mesh(&names), "every pair has one connected call");
     for d in &devs {
-        assert_eq!(sim.device(*d).voip.calls().len(), 3, "exactly one call per other member");
+        assert_eq!(sim.device(*d).calls().len(), 3, "exactly one call per other member");
     }
     leave(&mut sim, devs[3]);
     sim.settle();
-    assert!(sim.device(devs[3]).voip.calls().is_empty(), "the leaver has no calls left");
+    assert!(sim.device(devs[3]).calls().is_empty(), "the leaver has no calls left");
     assert_eq!(connected_pairs(&sim, &devs[..3]), full_mesh(&names[..3]));
     // Dave comes back: a new session, fresh calls with everyone at once.
     join(&mut sim, devs[3]);
@@ -86,16 +86,16 @@ fn a_restarted_member_with_a_new_session_replaces_its_stale_calls() {
     join(&mut sim, a);
     join(&mut sim, b);
     sim.settle();
-    let first = sim.device(a).voip.calls()[0].call_id.clone();
+    let first = sim.device(a).calls()[0].call_id.clone();
     // Bob's app restarts: a new core for the same device (state lost), which joins again.
     sim.replace_device(b, Config::default());
     join(&mut sim, b);
     sim.settle();
-    let calls = sim.device(a).voip.calls();
+    let calls = sim.device(a).calls();
     assert_eq!(calls.len(), 1);
     assert_ne!(calls[0].call_id, first, "the stale call was replaced");
     assert_eq!(calls[0].state, CallState::Connected);
-    assert_eq!(sim.device(b).voip.calls().len(), 1);
+    assert_eq!(sim.device(b).calls().len(), 1);
 }
 
 #[test]
@@ -127,7 +127,7 @@ fn mute_and_screenshare_fan_out_to_every_peer_and_streams_are_listed_per_member(
     sim.settle();
     let group = voip_core::GroupCallId::room_call(RoomId::from(ROOM));
     for other in &devs[1..] {
-        let info = sim.device(*other).voip.group_call(&group);
+        let info = sim.device(*other).group_call(&group);
         let alice =
             info.streams.iter().find(|(p, _)| p.user_id.as_str() == users[0]).expect("alice's streams");
         assert_eq!(alice.1.len(), 2, "usermedia and screenshare");

@@ -45,13 +45,13 @@ fn action(devices: usize) -> impl Strategy<Value = Action> {
 }
 
 fn live_calls(sim: &Sim, d: DeviceIdx) -> Vec<CallId> {
-    sim.device(d).voip.calls().into_iter().map(|c| c.call_id).collect()
+    sim.device(d).calls().into_iter().map(|c| c.call_id).collect()
 }
 
 fn check_one_call_per_pair(sim: &Sim, n: usize) -> Result<(), TestCaseError> {
     for d in 0..n {
         let mut peers = BTreeSet::new();
-        for c in sim.device(DeviceIdx(d)).voip.calls() {
+        for c in sim.device(DeviceIdx(d)).calls() {
             prop_assert!(
                 peers.insert(c.peer_user.clone()),
                 "device {d} has two live calls with {}",
@@ -130,32 +130,25 @@ fn run_scenario(n: usize, seed: u64, faults: Faults, actions: Vec<Action>) -> Re
             Action::Place { from, to, video } => {
                 if from != to {
                     let call_type = if video { CallType::Video } else { CallType::Voice };
-                    let now = sim.now();
-                    let r = sim.device_mut(devs[from]).voip.place_call(
-                        now,
-                        room.clone(),
-                        UserId::from(USERS[to]),
-                        None,
-                        call_type,
-                        Signalling::Room,
-                    );
+                    let r =
+                        sim.try_place_call(devs[from], &room, USERS[to], None, call_type, Signalling::Room);
                     // Refused only because a call with that user exists.
                     if let Err(e) = r {
                         prop_assert!(
                             matches!(
                                 e,
-                                voip_core::Error::ApiMisuse(voip_core::ApiMisuse::AlreadyInCall { .. })
+                                voip::VoipError::Core(voip_core::Error::ApiMisuse(
+                                    voip_core::ApiMisuse::AlreadyInCall { .. }
+                                ))
                             ),
                             "{e}"
                         );
                     }
-                    sim.feed(devs[from], Input::Tick);
                 }
             }
             Action::Answer { dev } => {
                 let ringing: Vec<CallId> = sim
                     .device(devs[dev])
-                    .voip
                     .calls()
                     .into_iter()
                     .filter(|c| c.state == voip_core::CallState::Ringing)
@@ -167,7 +160,7 @@ fn run_scenario(n: usize, seed: u64, faults: Faults, actions: Vec<Action>) -> Re
                 }
             }
             Action::Reject { dev, emit } => {
-                for c in sim.device(devs[dev]).voip.calls() {
+                for c in sim.device(devs[dev]).calls() {
                     if c.state == voip_core::CallState::Ringing {
                         sim.command(devs[dev], Command::Reject { call_id: c.call_id, emit }).unwrap();
                         break;
@@ -200,8 +193,8 @@ fn run_scenario(n: usize, seed: u64, faults: Faults, actions: Vec<Action>) -> Re
     checker.check_settled(&sim).map_err(|v| TestCaseError::fail(v.to_string()))?;
     for d in &devs {
         let dev = sim.device(*d);
-        prop_assert!(dev.voip.calls().is_empty(), "live calls left: {:?}", dev.voip.calls());
-        prop_assert_eq!(dev.voip.pending_sends(), 0);
+        prop_assert!(dev.calls().is_empty(), "live calls left: {:?}", dev.calls());
+        prop_assert_eq!(dev.pending_sends(), 0);
         prop_assert_eq!(dev.media.open_peers(), 0);
         prop_assert!(dev.errors.is_empty(), "core errors: {:?}", dev.errors);
         check_silence_after_end(&sim, *d)?;

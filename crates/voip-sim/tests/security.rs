@@ -16,7 +16,7 @@ const BOB: &str = "@bob:example.org";
 const MALLORY: &str = "@mallory:example.org";
 
 fn counters(sim: &Sim, d: DeviceIdx) -> Counters {
-    sim.device(d).voip.counters().clone()
+    sim.device(d).counters().clone()
 }
 
 /// Alice calls Bob; returns (sim, alice, bob, call id) with Bob ringing.
@@ -27,7 +27,7 @@ fn ringing() -> (Sim, DeviceIdx, DeviceIdx, voip_core::CallId) {
     let room = sim.join(ROOM, &[ALICE, BOB, MALLORY]);
     let call = sim.place_call(alice, &room, BOB, None, CallType::Voice, Signalling::Room);
     sim.settle();
-    assert_eq!(sim.device(bob).voip.call(&call).map(|c| c.state), Some(CallState::Ringing));
+    assert_eq!(sim.device(bob).call(&call).map(|c| c.state), Some(CallState::Ringing));
     (sim, alice, bob, call)
 }
 
@@ -60,7 +60,7 @@ fn spoofed_call_events_from_another_sender_are_refused_and_counted() {
     let after = counters(&sim, bob);
     assert_eq!(after.not_from_peer, before.not_from_peer + 2, "{after:?}");
     assert_eq!(after.applied, before.applied);
-    assert_eq!(sim.device(bob).voip.call(&call).map(|c| c.state), Some(CallState::Ringing), "still ringing");
+    assert_eq!(sim.device(bob).call(&call).map(|c| c.state), Some(CallState::Ringing), "still ringing");
 }
 
 #[test]
@@ -69,7 +69,7 @@ fn replayed_old_invites_do_not_ring_and_are_counted() {
     // The call ends; the homeserver (or an attacker) replays its invite.
     sim.command(alice, voip_core::Command::Hangup { call_id: call.clone(), reason: None }).unwrap();
     sim.settle();
-    assert!(sim.device(bob).voip.call(&call).is_none());
+    assert!(sim.device(bob).call(&call).is_none());
     let invite = json!({"call_id": call.as_str(), "party_id": "P", "version": "1", "lifetime": 60000,
                         "offer": {"type": "offer", "sdp": "v=0\r\nm=audio 9 X 0\r\n"}});
     let before = counters(&sim, bob);
@@ -93,7 +93,7 @@ fn replayed_old_invites_do_not_ring_and_are_counted() {
     let before = counters(&sim, bob);
     sim.feed(bob, stale);
     assert_eq!(counters(&sim, bob).expired, before.expired + 1);
-    assert!(sim.device(bob).voip.calls().is_empty(), "nothing rings");
+    assert!(sim.device(bob).calls().is_empty(), "nothing rings");
 }
 
 #[test]
@@ -112,9 +112,9 @@ fn oversized_events_are_refused_and_counted() {
     sim.feed(bob, input);
     let after = counters(&sim, bob);
     assert_eq!(after.malformed, before.malformed + 2, "{after:?}");
-    assert!(sim.device(bob).voip.call(&voip_core::CallId::from("BIG")).is_none());
-    assert_eq!(sim.device(bob).voip.calls().len(), 1, "only the real call");
-    assert!(sim.device(bob).voip.call(&call).is_some());
+    assert!(sim.device(bob).call(&voip_core::CallId::from("BIG")).is_none());
+    assert_eq!(sim.device(bob).calls().len(), 1, "only the real call");
+    assert!(sim.device(bob).call(&call).is_some());
 }
 
 /// Two devices in an SFU call with keys of the given transport.
@@ -129,7 +129,7 @@ fn sfu(dialect: MembershipDialect) -> (Sim, DeviceIdx, DeviceIdx) {
     sim.join_group_call(bob, ROOM, dialect, focus).unwrap();
     sim.settle();
     let group = GroupCallId::room_call(RoomId::from(ROOM));
-    assert!(sim.device(bob).voip.media_keys(&group).is_some_and(|k| k.remote.len() == 1));
+    assert!(sim.device(bob).media_keys(&group).is_some_and(|k| k.remote.len() == 1));
     (sim, alice, bob)
 }
 
@@ -145,7 +145,7 @@ fn to_device(sender: &str, device: &str, event_type: &str, content: serde_json::
 
 fn held_keys(sim: &Sim, d: DeviceIdx) -> Vec<(String, u32, String)> {
     let group = GroupCallId::room_call(RoomId::from(ROOM));
-    let keys = sim.device(d).voip.media_keys(&group).expect("in the call");
+    let keys = sim.device(d).media_keys(&group).expect("in the call");
     keys.remote.into_iter().map(|(p, i, k)| (p.device_id.0, i, k)).collect()
 }
 
@@ -211,7 +211,7 @@ fn keys_for_another_room_are_refused_and_counted() {
 fn membership_whose_state_key_claims_another_user_never_counts_as_that_user() {
     let (mut sim, _alice, bob) = sfu(MembershipDialect::MatrixRtc);
     let group = GroupCallId::room_call(RoomId::from(ROOM));
-    let members_before = sim.device(bob).voip.group_call(&group).members.len();
+    let members_before = sim.device(bob).group_call(&group).members.len();
     let before = counters(&sim, bob);
     // Mallory writes a membership under Alice's state key, for a device "EVIL".
     let content = json!({"application": "m.call", "call_id": "", "scope": "m.room", "device_id": "EVIL",
@@ -228,7 +228,7 @@ fn membership_whose_state_key_claims_another_user_never_counts_as_that_user() {
     });
     sim.feed(bob, forged);
     sim.settle();
-    let members = sim.device(bob).voip.group_call(&group).members;
+    let members = sim.device(bob).group_call(&group).members;
     assert!(
         !members
             .iter()

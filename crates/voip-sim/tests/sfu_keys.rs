@@ -24,11 +24,11 @@ fn join(sim: &mut Sim, d: DeviceIdx, dialect: MembershipDialect) {
 /// Every present member holds every other present member's key in use.
 fn converged(sim: &Sim, devs: &[DeviceIdx]) -> bool {
     devs.iter().all(|a| {
-        let mine = sim.device(*a).voip.media_keys(&group()).expect("in the call");
+        let mine = sim.device(*a).media_keys(&group()).expect("in the call");
         mine.local.is_some()
             && devs.iter().filter(|b| *b != a).all(|b| {
-                let theirs = sim.device(*b).voip.media_keys(&group()).expect("in the call").local;
-                let me = sim.device(*b).voip.local_device().clone();
+                let theirs = sim.device(*b).media_keys(&group()).expect("in the call").local;
+                let me = sim.device(*b).local_device().clone();
                 mine.remote.iter().any(|(p, i, k)| {
                     p.user_id == me.user_id && p.device_id == me.device_id && Some((*i, k.clone())) == theirs
                 })
@@ -55,13 +55,13 @@ fn keys_are_exchanged_and_rotated_on_leave_in_both_transports() {
             .count();
         assert!(received >= 2, "{dialect:?}: alice got keys from bob and carol");
 
-        let carol_before = sim.device(devs[2]).voip.media_keys(&group()).unwrap();
-        let bob_key_before = sim.device(devs[1]).voip.media_keys(&group()).unwrap().local;
+        let carol_before = sim.device(devs[2]).media_keys(&group()).unwrap();
+        let bob_key_before = sim.device(devs[1]).media_keys(&group()).unwrap().local;
         let carol_events_before = sim.events(devs[2]).len();
         sim.command(devs[2], Command::LeaveGroupCall { room_id: RoomId::from(ROOM), call_id: String::new() })
             .unwrap();
         sim.advance(15_000);
-        let bob_key_after = sim.device(devs[1]).voip.media_keys(&group()).unwrap().local;
+        let bob_key_after = sim.device(devs[1]).media_keys(&group()).unwrap().local;
         assert_ne!(bob_key_before, bob_key_after, "{dialect:?}: bob rotated after carol left");
         assert!(converged(&sim, &devs[..2]), "{dialect:?}: alice and bob converge on the new keys");
         let carol_new_keys = sim.events(devs[2])[carol_events_before..]
@@ -69,7 +69,7 @@ fn keys_are_exchanged_and_rotated_on_leave_in_both_transports() {
             .filter(|e| matches!(e, Event::EncryptionKey { local: false, .. }))
             .count();
         assert_eq!(carol_new_keys, 0, "{dialect:?}: carol gets no key made after she left");
-        assert!(sim.device(devs[2]).voip.media_keys(&group()).is_none());
+        assert!(sim.device(devs[2]).media_keys(&group()).is_none());
         let _ = carol_before;
 
         // Every key send was a single Olm-required to-device batch.

@@ -1,5 +1,6 @@
-//! The driver: the one tokio task that owns the sans-IO core (in the manner of quinn's endpoint
-//! driver).
+//! The driver: the one task that owns the sans-IO core (in the manner of quinn's endpoint
+//! driver). [`crate::VoipBuilder::build`] spawns it on tokio; [`crate::VoipBuilder::build_task`]
+//! hands it to the caller as a future (voip-sim polls it on its deterministic executor).
 //!
 //! ```text
 //!  Voip / Call / GroupCall ──Request (mpsc)──┐          ┌── reply (oneshot), after the snapshot
@@ -76,6 +77,7 @@ pub(crate) enum Request {
         user: UserId,
         device: Option<DeviceId>,
         call_type: CallType,
+        signalling: Signalling,
         reply: oneshot::Sender<Result<CallId, VoipError>>,
     },
     /// Include this group call in the snapshots from now on.
@@ -99,6 +101,33 @@ pub(crate) struct Snapshot {
     pub(crate) groups: HashMap<GroupCallId, GroupView>,
     pub(crate) counters: Counters,
     pub(crate) can_handle_new_call: bool,
+    pub(crate) pending_sends: usize,
+    pub(crate) input_errors: InputErrors,
+}
+
+/// Inputs the core refused with an error (an event too malformed to route, a media event for
+/// a call it never held, or — a bug — an internal error). The runtime logs each and goes on;
+/// [`crate::Voip::input_errors`] reads them for diagnostics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct InputErrors {
+    /// How many inputs were refused.
+    pub count: u64,
+    /// The first refusal: the runtime clock's time and the error.
+    pub first: Option<(Timestamp, String)>,
+    /// The latest refusal.
+    pub last: Option<(Timestamp, String)>,
+}
+
+impl InputErrors {
+    fn record(&mut self, at: Timestamp, error: &voip_core::Error) {
+        self.count += 1;
+        let entry = Some((at, error.to_string()));
+        if self.first.is_none() {
+            self.first = entry.clone();
+        }
+        self.last = entry;
+    }
 }
 
 /// An event of a call's feed as stored: a replacement call travels by id (a stored handle would
@@ -223,8 +252,9 @@ impl Handle {
         user: UserId,
         device: Option<DeviceId>,
         call_type: CallType,
+        signalling: Signalling,
     ) -> Result<CallId, VoipError> {
-        self.ask(|reply| Request::PlaceCall { room, user, device, call_type, reply }).await?
+        self.ask(|reply| Request::PlaceCall { room, user, device, call_type, signalling, reply }).await?
     }
 
     pub(crate) async fn watch_group(&self, group: GroupCallId) -> Result<(), VoipError> {
@@ -285,12 +315,12 @@ pub(crate) struct Parts {
     pub(crate) final_hooks: Vec<StopHook>,
 }
 
-/// Starts the driver on `runtime` and returns the first strong handle.
-pub(crate) fn start(
-    runtime: &tokio::runtime::Handle,
+/// Builds the driver and returns the first strong handle and the driver's task, which the
+/// caller runs (spawns on tokio, or polls itself).
+pub(crate) fn new(
     parts: Parts,
     make_ctx: impl FnOnce(CtxChannels) -> Ctx,
-) -> Handle {
+) -> (Handle, impl Future<Output = ()> + Send + 'static) {
     let (tx, requests) = mpsc::unbounded_channel();
     let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(Snapshot::default()));
     let (stopped_tx, stopped_rx) = watch::channel(false);
@@ -323,6 +353,7 @@ pub(crate) fn start(
         snapshot: snapshot_tx,
         watched: HashSet::new(),
         timer: None,
+        input_errors: InputErrors::default(),
         app_events: Vec::new(),
         replies: Vec::new(),
         drain_hooks: parts.drain_hooks,
@@ -330,8 +361,7 @@ pub(crate) fn start(
         stopped: Some(StoppedGuard(stopped_tx)),
     };
     driver.publish();
-    runtime.spawn(driver.run());
-    Handle { tx, ctx }
+    (Handle { tx, ctx }, driver.run())
 }
 
 /// The driver's channels that go into [`Ctx`].
@@ -410,6 +440,8 @@ struct Driver {
     watched: HashSet<GroupCallId>,
     /// The armed timer and the deadline it is for.
     timer: Option<(Timestamp, Sleep)>,
+    /// Inputs the core refused, published with the snapshot.
+    input_errors: InputErrors,
     /// App events of this turn, delivered after the snapshot.
     app_events: Vec<Event>,
     replies: Vec<Reply>,
@@ -499,16 +531,16 @@ impl Driver {
             Work::Input(input) => {
                 let is_tick = matches!(input, Input::Tick);
                 if let Err(e) = self.core.handle(now, input) {
-                    // Input from the network that the core refuses is logged and dropped.
+                    // Input from the network that the core refuses is logged, counted and dropped.
                     tracing::debug!(error = %e, tick = is_tick, "input not applied");
+                    self.input_errors.record(now, &e);
                 }
             }
             Work::Request(Request::Command { command, reply }) => {
                 let result = self.core.handle(now, Input::Command(command)).map_err(VoipError::from);
                 self.replies.push(Reply::Command(reply, result));
             }
-            Work::Request(Request::PlaceCall { room, user, device, call_type, reply }) => {
-                let signalling = if device.is_some() { Signalling::ToDevice } else { Signalling::Room };
+            Work::Request(Request::PlaceCall { room, user, device, call_type, signalling, reply }) => {
                 let result = self
                     .core
                     .place_call(now, room, user, device, call_type, signalling)
@@ -587,6 +619,8 @@ impl Driver {
                 .collect(),
             counters: core.counters().clone(),
             can_handle_new_call: core.can_handle_new_call(),
+            pending_sends: core.pending_sends(),
+            input_errors: self.input_errors.clone(),
         };
         self.snapshot.send_replace(Arc::new(snapshot));
     }

@@ -96,13 +96,14 @@ mod with_webrtc;
 
 pub use call::{Call, CallUpdate, CallUpdates};
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use driver::InputErrors;
 pub use engine::MediaEngine;
 pub use error::VoipError;
 pub use feed::Subscription;
 /// `next().await` (and the other combinators) on the event streams.
 pub use futures_util::StreamExt;
 pub use group::{GroupCall, GroupCallBackend, GroupCallOptions, GroupCallUpdate, GroupCallUpdates};
-pub use runtime::{Events, IncomingCalls, MediaEvents, MissedCall, MissedCalls, Voip, VoipBuilder};
+pub use runtime::{Events, IncomingCalls, MediaEvents, MissedCall, MissedCalls, Voip, VoipBuilder, VoipTask};
 pub use transport::{Inputs, Transport};
 
 pub use voip_core::{

@@ -8,11 +8,13 @@ use std::task::{Context, Poll};
 
 use crate::MediaEngine;
 use futures_core::Stream;
-use voip_core::{CallId, CallType, Command, Config, Counters, DeviceId, Event, LocalDevice, RoomId, UserId};
+use voip_core::{
+    CallId, CallType, Command, Config, Counters, DeviceId, Event, LocalDevice, RoomId, Signalling, UserId,
+};
 
 use crate::call::Call;
 use crate::clock::{Clock, SystemClock};
-use crate::driver::{self, Handle, KeySink, Parts, StopHook, WeakHandle};
+use crate::driver::{self, Handle, InputErrors, KeySink, Parts, StopHook, WeakHandle};
 use crate::feed::Subscription;
 use crate::group::{GroupCall, GroupCallOptions};
 use crate::transport::{Inputs, Transport};
@@ -133,11 +135,57 @@ impl VoipBuilder {
     /// Starts the runtime task on the current tokio runtime.
     pub fn build(self) -> Result<Voip, VoipError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| VoipError::NoRuntime)?;
+        let (voip, task) = self.build_task()?;
+        runtime.spawn(task);
+        Ok(voip)
+    }
+
+    /// Builds the runtime without starting it: the [`VoipTask`] is the driver that owns the
+    /// core, and it is the caller's to run — spawn it on any executor, or poll it by hand (a
+    /// deterministic simulator does: with a [`crate::ManualClock`]-like [`Clock`] no timer of
+    /// tokio's is involved). The handles work as soon as the task is polled; it ends when every
+    /// handle is gone or on [`Voip::shutdown`].
+    ///
+    /// The driver itself needs no tokio runtime. A builder from `Voip::from_client` (feature
+    /// `matrix`) does: its adapter and its TURN refresh run as tokio tasks, so build that one
+    /// inside a runtime ([`VoipError::NoRuntime`] otherwise).
+    ///
+    /// ```
+    /// use std::future::Future;
+    /// use std::task::Context;
+    /// use voip::local::LocalHomeserver;
+    /// use voip::{ManualClock, VoipBuilder};
+    /// use voip::core::Timestamp;
+    ///
+    /// let hs = LocalHomeserver::new();
+    /// let conn = hs.connect("@alice:local", "ALICE");
+    /// let (_media_tx, media_rx) = tokio::sync::mpsc::unbounded_channel();
+    /// let engine = |_: voip::core::CallId, _: voip::core::MediaCommand| {};
+    /// let (voip, task) = VoipBuilder::new(conn.device, conn.transport, conn.inputs)
+    ///     .media_engine(std::sync::Arc::new(engine), media_rx)
+    ///     .clock(ManualClock::new(Timestamp(1_700_000_000_000)))
+    ///     .seed([7; 32])
+    ///     .build_task()?;
+    /// // No executor at all: poll the driver by hand until it has nothing to do.
+    /// let mut task = Box::pin(task);
+    /// let mut cx = Context::from_waker(std::task::Waker::noop());
+    /// assert!(task.as_mut().poll(&mut cx).is_pending());
+    /// assert!(voip.calls().is_empty());
+    /// // Dropping the last handle stops it.
+    /// drop(voip);
+    /// assert!(task.as_mut().poll(&mut cx).is_ready());
+    /// # Ok::<(), voip::VoipError>(())
+    /// ```
+    pub fn build_task(self) -> Result<(Voip, VoipTask), VoipError> {
         let (engine, media) = self.engine.ok_or(VoipError::NoMediaEngine)?;
         let seed = match self.seed {
             Some(seed) => seed,
             None => os_seed()?,
         };
+        #[cfg(feature = "matrix")]
+        if self.adapter.is_some() && tokio::runtime::Handle::try_current().is_err() {
+            return Err(VoipError::NoRuntime);
+        }
         let core = voip_core::VoipMachine::new(self.config, self.local.clone(), seed);
         #[allow(unused_mut)]
         let (mut drain_hooks, mut final_hooks): (Vec<StopHook>, Vec<StopHook>) = (Vec::new(), Vec::new());
@@ -169,7 +217,7 @@ impl VoipBuilder {
         let webrtc = self.webrtc;
         #[cfg(all(feature = "matrix", feature = "webrtc"))]
         let turn = adapter.clone().zip(webrtc.clone());
-        let handle = driver::start(&runtime, parts, move |channels| {
+        let (handle, task) = driver::new(parts, move |channels| {
             #[allow(unused_mut)]
             let mut ctx = channels.into_ctx(local);
             #[cfg(feature = "codecs")]
@@ -191,7 +239,26 @@ impl VoipBuilder {
         if let Some((adapter, engine)) = turn {
             crate::matrix::keep_turn_fresh(&adapter, engine, handle.downgrade());
         }
-        Ok(Voip { handle })
+        Ok((Voip { handle }, VoipTask(Box::pin(task))))
+    }
+}
+
+/// The runtime's driver as a future, from [`VoipBuilder::build_task`]: it owns the core and
+/// runs until every handle is gone or [`Voip::shutdown`]. Spawn it, or poll it yourself.
+#[must_use = "the runtime does nothing until its task is polled"]
+pub struct VoipTask(Pin<Box<dyn Future<Output = ()> + Send + 'static>>);
+
+impl std::fmt::Debug for VoipTask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VoipTask").finish_non_exhaustive()
+    }
+}
+
+impl Future for VoipTask {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.0.as_mut().poll(cx)
     }
 }
 
@@ -237,7 +304,7 @@ impl Voip {
         call_type: CallType,
         user: impl AsRef<str>,
     ) -> Result<Call, VoipError> {
-        self.place(room.as_ref(), call_type, user.as_ref(), None).await
+        self.place(room.as_ref(), call_type, user.as_ref(), None, Signalling::Room).await
     }
 
     /// Calls one device of `user` (for example another device of our own user) over to-device
@@ -249,7 +316,22 @@ impl Voip {
         user: impl AsRef<str>,
         device: impl AsRef<str>,
     ) -> Result<Call, VoipError> {
-        self.place(room.as_ref(), call_type, user.as_ref(), Some(DeviceId::from(device.as_ref()))).await
+        let device = Some(DeviceId::from(device.as_ref()));
+        self.place(room.as_ref(), call_type, user.as_ref(), device, Signalling::ToDevice).await
+    }
+
+    /// Calls one device of `user` with the invite in `room`'s timeline (naming the device in
+    /// `invitee_device_id`) rather than over to-device messages: the other devices of `user`
+    /// see the call in the room but do not ring, and the call's history stays in the room.
+    pub async fn invite_device_in_room(
+        &self,
+        room: impl AsRef<str>,
+        call_type: CallType,
+        user: impl AsRef<str>,
+        device: impl AsRef<str>,
+    ) -> Result<Call, VoipError> {
+        let device = Some(DeviceId::from(device.as_ref()));
+        self.place(room.as_ref(), call_type, user.as_ref(), device, Signalling::Room).await
     }
 
     async fn place(
@@ -258,8 +340,9 @@ impl Voip {
         call_type: CallType,
         user: &str,
         device: Option<DeviceId>,
+        signalling: Signalling,
     ) -> Result<Call, VoipError> {
-        let id = self.handle.place_call(room.into(), user.into(), device, call_type).await?;
+        let id = self.handle.place_call(room.into(), user.into(), device, call_type, signalling).await?;
         Ok(Call::new(self.handle.clone(), id))
     }
 
@@ -328,6 +411,19 @@ impl Voip {
     /// What the core ignored from the network, by cause (malformed, spoofed, stale, …).
     pub fn counters(&self) -> Counters {
         self.handle.snapshot().counters.clone()
+    }
+
+    /// Sends the core is still waiting on: submitted to the transport without a final result
+    /// yet, or waiting for a retry. `0` once everything it sent has settled (a good moment to
+    /// quit an app).
+    pub fn pending_sends(&self) -> usize {
+        self.handle.snapshot().pending_sends
+    }
+
+    /// Inputs the core refused with an error (logged and dropped by the runtime): for
+    /// diagnostics and tests.
+    pub fn input_errors(&self) -> InputErrors {
+        self.handle.snapshot().input_errors.clone()
     }
 
     /// The webrtc-rs engine, when the runtime was built with `VoipBuilder::webrtc`: per-call

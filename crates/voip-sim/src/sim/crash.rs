@@ -29,7 +29,7 @@ impl Sim {
     /// Marks `d` a dead end of every call it negotiated media for, and schedules ICE failure on
     /// the other end of those connections.
     pub(super) fn fail_peer_connections_of(&mut self, d: DeviceIdx) {
-        let local = self.devices[d.0].voip.local_device().clone();
+        let local = self.devices[d.0].local_device().clone();
         for call_id in self.devices[d.0].media.negotiating_calls() {
             self.dead_ends
                 .entry(call_id.clone())
@@ -48,7 +48,7 @@ impl Sim {
     /// ever (sim mesh seed 7133: a device left while partitioned, its hangups waited for the
     /// partition, and it crashed).
     pub(super) fn closed_end(&mut self, d: DeviceIdx, call_id: &CallId) {
-        let local = self.devices[d.0].voip.local_device().clone();
+        let local = self.devices[d.0].local_device().clone();
         self.dead_ends.entry(call_id.clone()).or_default().push((local.user_id, local.device_id));
         for e in (0..self.devices.len()).filter(|e| *e != d.0).map(DeviceIdx) {
             self.check_dead_end(e, call_id);
@@ -59,7 +59,7 @@ impl Sim {
     /// connects, and if connected it goes `Disconnected`, then `Failed`.
     pub(super) fn check_dead_end(&mut self, e: DeviceIdx, call_id: &CallId) {
         let Some(dead) = self.dead_ends.get(call_id) else { return };
-        let Some(info) = self.devices[e.0].voip.call(call_id) else { return };
+        let Some(info) = self.devices[e.0].call(call_id) else { return };
         let to_dead = dead.iter().any(|(user, device)| {
             info.peer_user == *user && info.peer_device.as_ref().is_none_or(|p| p == device)
         });

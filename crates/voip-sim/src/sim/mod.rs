@@ -1,4 +1,5 @@
-//! The simulator: N devices (each a `voip_core::VoipMachine` plus a [`FakeMedia`]), the in-memory
+//! The simulator: N devices (each the `voip` runtime's driver — the task apps run — owning its
+//! `voip_core::VoipMachine`, plus a [`FakeMedia`]), the in-memory
 //! homeserver of `voip-homeserver` (the one `voip::local` runs too: room timelines with
 //! `origin_server_ts`, state, to-device, MSC4140 delayed events, transaction de-duplication), a
 //! network between them, one virtual clock.
@@ -16,9 +17,10 @@
 //! ([`Sim::set_offline`]) and crashes ([`Sim::crash`] / [`Sim::restart`]: state lost, the
 //! memberships and delayed leaves it left behind stay on the homeserver).
 //!
-//! Modules: this one holds the devices and the API tests use; `network` the faulty network and
-//! the homeserver's delivery order; `crash` crashes, restarts and dead peer connections;
-//! `stepper` the virtual clock and output draining.
+//! Modules: this one holds the devices and the API tests use; `process` a device's runtime on
+//! the deterministic executor (transport, engine and clock of the simulation); `network` the
+//! faulty network and the homeserver's delivery order; `crash` crashes, restarts and dead peer
+//! connections; `stepper` the virtual clock and output draining.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -27,8 +29,8 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 use voip_core::media::{ConnectionState, MediaEvent};
 use voip_core::{
-    seed_from_u64, CallId, Command, Config, DeviceId, Event, Input, LocalDevice, Output, RoomId, StateEvent,
-    Timestamp, UserId, VoipMachine,
+    seed_from_u64, CallId, CallInfo, Command, Config, Counters, DeviceId, Event, GroupCallId, GroupCallInfo,
+    Input, LocalDevice, MediaKeys, Output, RoomId, StateEvent, Timestamp, UserId,
 };
 use voip_homeserver::{Delivery, Homeserver};
 
@@ -36,7 +38,10 @@ use crate::media::FakeMedia;
 
 mod crash;
 mod network;
+mod process;
 mod stepper;
+
+use process::Process;
 
 /// Index of a device in the simulation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -64,16 +69,19 @@ pub struct Faults {
 /// One simulated device.
 #[derive(Debug)]
 pub struct Device {
-    /// The core.
-    pub voip: VoipMachine,
+    /// Its app process: the `voip` runtime (handle and driver task).
+    process: Process,
     /// Its media engine.
     pub media: FakeMedia,
     /// Every app event, time-stamped.
     pub events: Vec<(Timestamp, Event)>,
-    /// Every output, time-stamped, for traces.
+    /// Every output, time-stamped, for traces: sends and media commands in the core's order,
+    /// then the app events of the same turn of the runtime.
     pub outputs: Vec<(Timestamp, Output)>,
-    /// Errors returned by `handle`.
-    pub errors: Vec<(Timestamp, voip_core::Error)>,
+    /// Inputs the core refused (`voip::Voip::input_errors`), time-stamped.
+    pub errors: Vec<(Timestamp, String)>,
+    /// Room calls its app shows (watched again after a restart).
+    watched: Vec<RoomId>,
     /// Whether the device is offline (no network or crashed): its timers stall, deliveries to it
     /// wait on the homeserver.
     pub offline: bool,
@@ -93,6 +101,64 @@ impl Device {
     /// Whether deliveries currently reach the device.
     pub fn reachable(&self) -> bool {
         !self.offline && self.partitioned_until.is_none() && self.sync_stalled_until.is_none()
+    }
+
+    /// The app's handle on the device's runtime.
+    pub fn voip(&self) -> &voip::Voip {
+        &self.process.voip
+    }
+
+    /// This device.
+    pub fn local_device(&self) -> &LocalDevice {
+        self.process.voip.local_device()
+    }
+
+    /// The calls its runtime knows (ringing, in progress, just ended), by call id.
+    pub fn calls(&self) -> Vec<CallInfo> {
+        let mut calls: Vec<CallInfo> =
+            self.process.voip.calls().iter().filter_map(voip::Call::info).collect();
+        calls.sort_by(|a, b| a.call_id.cmp(&b.call_id));
+        calls
+    }
+
+    /// One call.
+    pub fn call(&self, call_id: &CallId) -> Option<CallInfo> {
+        self.process.voip.call(call_id)?.info()
+    }
+
+    /// The room call of a room the device is in (joined or observed).
+    ///
+    /// # Panics
+    ///
+    /// For a group call the app does not show (every room call of a room the device joined is).
+    pub fn group_call(&self, group: &GroupCallId) -> GroupCallInfo {
+        self.shown(group).info()
+    }
+
+    /// The media keys of a room call (`None` when not in it).
+    pub fn media_keys(&self, group: &GroupCallId) -> Option<MediaKeys> {
+        self.shown(group).media_keys()
+    }
+
+    fn shown(&self, group: &GroupCallId) -> &voip::GroupCall {
+        self.process
+            .group(group)
+            .unwrap_or_else(|| panic!("{group:?} is not a room call of the device's rooms"))
+    }
+
+    /// What its core ignored from the network.
+    pub fn counters(&self) -> Counters {
+        self.process.voip.counters()
+    }
+
+    /// Whether a new call would ring.
+    pub fn can_handle_new_call(&self) -> bool {
+        self.process.voip.can_handle_new_call()
+    }
+
+    /// Sends its core still waits on.
+    pub fn pending_sends(&self) -> usize {
+        self.process.voip.pending_sends()
     }
 }
 
@@ -201,12 +267,14 @@ impl Sim {
         let local = LocalDevice::new(user, device);
         // Registered at the homeserver; its first sync comes with the rooms it joins.
         self.hs.connect(&local);
+        let now = shift(self.now, skew_ms);
         self.devices.push(Device {
-            voip: VoipMachine::new(config, local, seed),
+            process: Process::start(local, config, seed, now),
             media: FakeMedia::new(),
             events: Vec::new(),
             outputs: Vec::new(),
             errors: Vec::new(),
+            watched: Vec::new(),
             offline: false,
             crashed: false,
             skew_ms,
@@ -220,13 +288,18 @@ impl Sim {
     /// Replaces a device's core and media engine by fresh ones (an app restart: all state is
     /// lost, memberships it left behind stay in the room). Room memberships are re-fed.
     pub fn replace_device(&mut self, d: DeviceIdx, config: Config) {
-        let local = self.devices[d.0].voip.local_device().clone();
+        let local = self.devices[d.0].local_device().clone();
         // The old process is gone: its media engine's reports and its send results die with it.
         self.kill_local_inflight(d);
         let seed = seed_from_u64(self.rng.next_u64());
-        self.devices[d.0].voip = VoipMachine::new(config, local.clone(), seed);
+        let now = self.local_now(d);
+        // The old driver task is dropped with its process, as a killed app's is.
+        self.devices[d.0].process = Process::start(local.clone(), config, seed, now);
         self.devices[d.0].generation += 1;
         self.devices[d.0].media = FakeMedia::new();
+        for room in self.devices[d.0].watched.clone() {
+            self.devices[d.0].process.watch(&room);
+        }
         // Its first sync: the memberships and state of its user's rooms.
         for input in self.hs.rooms_of(&local.user_id) {
             self.feed(d, input);
@@ -240,6 +313,7 @@ impl Sim {
         let users: Vec<UserId> = users.iter().map(|u| UserId::from(*u)).collect();
         for Delivery { user_id, device_id, input } in self.hs.join(&room_id, &users) {
             if let Some(d) = self.device_of(&user_id, &device_id) {
+                self.show_room_call(d, &room_id);
                 self.feed(d, input);
             }
         }
@@ -255,12 +329,21 @@ impl Sim {
         }
     }
 
+    /// `d`'s app shows the room call of `room` (as Element shows a room's ongoing call).
+    fn show_room_call(&mut self, d: DeviceIdx, room: &RoomId) {
+        let dev = &mut self.devices[d.0];
+        if !dev.watched.contains(room) {
+            dev.watched.push(room.clone());
+            dev.process.watch(room);
+        }
+    }
+
     /// The device with this identity.
     fn device_of(&self, user_id: &UserId, device_id: &DeviceId) -> Option<DeviceIdx> {
         self.devices
             .iter()
             .position(|d| {
-                let l = d.voip.local_device();
+                let l = d.local_device();
                 l.user_id == *user_id && l.device_id == *device_id
             })
             .map(DeviceIdx)
@@ -296,20 +379,31 @@ impl Sim {
         call_type: voip_core::CallType,
         signalling: voip_core::Signalling,
     ) -> CallId {
-        let now = self.local_now(from);
-        let id = self.devices[from.0]
-            .voip
-            .place_call(
-                now,
-                room.clone(),
-                UserId::from(invitee),
-                invitee_device.map(DeviceId::from),
-                call_type,
-                signalling,
-            )
-            .expect("place_call");
+        self.try_place_call(from, room, invitee, invitee_device, call_type, signalling).expect("place_call")
+    }
+
+    /// [`Sim::place_call`], with the runtime's refusal as an error.
+    pub fn try_place_call(
+        &mut self,
+        from: DeviceIdx,
+        room: &RoomId,
+        invitee: &str,
+        invitee_device: Option<&str>,
+        call_type: voip_core::CallType,
+        signalling: voip_core::Signalling,
+    ) -> Result<CallId, voip::VoipError> {
+        let voip = self.devices[from.0].process.voip.clone();
+        let placed = self.devices[from.0].process.block_on(async {
+            match (invitee_device, signalling) {
+                (None, _) => voip.invite_to_call(room, call_type, invitee).await,
+                (Some(device), voip_core::Signalling::ToDevice) => {
+                    voip.invite_device_to_call(room, call_type, invitee, device).await
+                }
+                (Some(device), _) => voip.invite_device_in_room(room, call_type, invitee, device).await,
+            }
+        });
         self.drain(from);
-        id
+        placed.map(|call| call.id().clone())
     }
 
     /// Joins `d` to the room call (`call_id` `""`, application `m.call`, scope `m.room`) of
@@ -323,6 +417,7 @@ impl Sim {
     ) -> Result<(), voip_core::Error> {
         // What the adapter learns from `/versions` at start-up.
         self.feed(d, Input::ServerSupport { delayed_events: self.delayed_events });
+        self.show_room_call(d, &RoomId::from(room));
         self.command(
             d,
             Command::JoinGroupCall {
@@ -339,21 +434,23 @@ impl Sim {
         )
     }
 
-    /// Feeds a command now; returns the core's result.
+    /// Runs a command through the device's runtime (`voip::Voip::command`, as an app does);
+    /// returns the core's verdict.
     pub fn command(&mut self, d: DeviceIdx, command: Command) -> Result<(), voip_core::Error> {
-        let now = self.local_now(d);
-        let r = self.devices[d.0].voip.handle(now, Input::Command(command));
+        let voip = self.devices[d.0].process.voip.clone();
+        let r = self.devices[d.0].process.block_on(voip.command(command));
         self.drain(d);
-        r
+        r.map_err(|e| match e {
+            voip::VoipError::Core(e) => e,
+            other => voip_core::Error::Unreachable(format!("the runtime failed a command: {other}")),
+        })
     }
 
-    /// Feeds any input now.
+    /// Hands any input to the device's runtime now (as its transport or media engine does).
     pub fn feed(&mut self, d: DeviceIdx, input: Input) {
-        let now = self.local_now(d);
         let dev = &mut self.devices[d.0];
-        if let Err(e) = dev.voip.handle(now, input) {
-            dev.errors.push((now, e));
-        }
+        dev.process.push(input);
+        dev.process.run();
         self.drain(d);
     }
 
@@ -408,7 +505,7 @@ impl Sim {
 
     /// Whether `d`'s call is in state `Connected`.
     pub fn is_connected(&self, d: DeviceIdx, call_id: &CallId) -> bool {
-        self.devices[d.0].voip.call(call_id).is_some_and(|c| c.state == voip_core::CallState::Connected)
+        self.devices[d.0].call(call_id).is_some_and(|c| c.state == voip_core::CallState::Connected)
     }
 
     /// Feeds a media event directly (e.g. `NegotiationNeeded`).

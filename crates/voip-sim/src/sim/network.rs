@@ -164,7 +164,7 @@ impl Sim {
         }
         // Room and to-device sends carry the transaction id; the homeserver answers a retried
         // transaction with the first outcome (state events are idempotent by themselves).
-        let sender = self.devices[d.0].voip.local_device().clone();
+        let sender = self.devices[d.0].local_device().clone();
         self.hs.set_delayed_events(self.delayed_events);
         let response = self.hs.send(self.now, &sender, &txn_id, kind);
         if response.deduplicated {

@@ -1,22 +1,33 @@
 //! The stepper: one virtual clock, the earliest pending thing (a delivery, a device deadline, a
-//! healing partition, a delayed event, an ICE change) handled next; each device's outputs drained
-//! after every input (sends to the homeserver, media commands to its fake engine).
+//! healing partition, a delayed event, an ICE change) handled next; each device's runtime run
+//! after every input and its outputs drained (sends to the homeserver, media commands to its
+//! fake engine, app events to the record).
 
 use std::cmp::Reverse;
 
 use voip_core::{Input, Output, Timestamp};
 
+use super::process::Out;
 use super::{shift, DeviceIdx, Sim};
 
 impl Sim {
-    /// Drains a device's outputs: sends go to the homeserver, media commands to its engine.
+    /// Moves the virtual clock (never back) and every device's clock with it.
+    pub(super) fn set_now(&mut self, at: Timestamp) {
+        self.now = self.now.max(at);
+        for dev in &self.devices {
+            dev.process.clock.set(shift(self.now, dev.skew_ms));
+        }
+    }
+
+    /// Drains what a device's runtime put out: sends go to the homeserver, media commands to
+    /// its engine, app events and refused inputs to its record.
     pub(super) fn drain(&mut self, d: DeviceIdx) {
-        while let Some(out) = self.devices[d.0].voip.poll() {
-            let now = self.now;
-            self.devices[d.0].outputs.push((now, out.clone()));
+        let now = self.now;
+        for out in self.devices[d.0].process.take_outputs() {
             match out {
-                Output::Event(e) => self.devices[d.0].events.push((now, e)),
-                Output::Media { call_id, command } => {
+                Out::Media(call_id, command) => {
+                    let out = Output::Media { call_id: call_id.clone(), command: command.clone() };
+                    self.devices[d.0].outputs.push((now, out));
                     self.check_dead_end(d, &call_id);
                     let closing = matches!(command, voip_core::media::MediaCommand::Close)
                         && self.devices[d.0].media.is_negotiating(&call_id);
@@ -29,12 +40,22 @@ impl Sim {
                         self.deliver(d, input, self.media_delay_ms);
                     }
                 }
-                Output::Send(req) => {
+                Out::Send(req) => {
+                    self.devices[d.0].outputs.push((now, Output::Send(req.clone())));
                     let result = self.send(d, req.txn_id, req.kind);
                     self.deliver(d, Input::SendResult { id: req.id, result }, self.latency_ms);
                 }
-                other => panic!("the simulator does not know the output {other:?}"),
             }
+        }
+        let dev = &mut self.devices[d.0];
+        for event in dev.process.take_events() {
+            dev.outputs.push((now, Output::Event(event.clone())));
+            dev.events.push((now, event));
+        }
+        let refused = dev.process.voip.input_errors();
+        while (dev.errors.len() as u64) < refused.count {
+            let (at, error) = refused.last.clone().unwrap_or((now, String::new()));
+            dev.errors.push((at, error));
         }
     }
 
@@ -46,7 +67,7 @@ impl Sim {
             .devices
             .iter()
             .filter(|d| !d.offline)
-            .filter_map(|d| d.voip.next_deadline().map(|x| shift(x.at, -d.skew_ms)))
+            .filter_map(|d| d.process.clock.next_deadline().map(|at| shift(at, -d.skew_ms)))
             .min();
         let heals =
             self.devices.iter().flat_map(|d| [d.partitioned_until, d.sync_stalled_until]).flatten().min();
@@ -58,7 +79,7 @@ impl Sim {
     /// Handles everything due at the earliest pending time. Returns false when idle.
     pub fn step(&mut self) -> bool {
         let Some(at) = self.next_time() else { return false };
-        self.now = self.now.max(at);
+        self.set_now(at);
         self.heal();
         self.fire_delayed();
         self.report_ice_changes();
@@ -85,8 +106,10 @@ impl Sim {
                 continue;
             }
             let local = self.local_now(DeviceIdx(i));
-            if self.devices[i].voip.next_deadline().is_some_and(|d| d.at <= local) {
-                self.feed(DeviceIdx(i), Input::Tick);
+            if self.devices[i].process.clock.next_deadline().is_some_and(|at| at <= local) {
+                // The driver's timer is due: it feeds the core a tick.
+                self.devices[i].process.run();
+                self.drain(DeviceIdx(i));
             }
         }
         true
@@ -125,7 +148,7 @@ impl Sim {
         while self.next_time().is_some_and(|t| t <= until) {
             self.step();
         }
-        self.now = until;
+        self.set_now(until);
     }
 
     /// Steps until `pred` holds or `max_steps` pass; returns whether it holds.
