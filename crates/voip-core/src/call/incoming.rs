@@ -384,18 +384,6 @@ impl Admission<'_> {
     }
 }
 
-/// Whether an event for a call we remember as ended with `peer` is a late or replayed one of it
-/// (a duplicate). Everything is, except an invite from another user than `peer` (a spoofed
-/// hangup must not block someone else's call) and not from our own user.
-pub(crate) fn is_late_for_ended(
-    peer: &UserId,
-    is_invite: bool,
-    sender: &UserId,
-    local_user: &UserId,
-) -> bool {
-    !is_invite || peer == sender || sender == local_user
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

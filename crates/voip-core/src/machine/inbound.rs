@@ -18,7 +18,7 @@ impl VoipMachine {
                 Ok(())
             }
             // Engines report late (candidates, state changes) after Close: not an error.
-            None if self.ended.contains(&call_id) => Ok(()),
+            None if self.memory.is_ended(&call_id) => Ok(()),
             None => Err(ApiMisuse::UnknownMediaCall { call_id }.into()),
         }
     }

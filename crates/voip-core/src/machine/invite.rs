@@ -1,9 +1,11 @@
-//! 1:1 call events after routing: dispatch to the call, ended-call memory and early
-//! candidates for unknown calls, and applying an invite's admission (decided in
-//! [`crate::call::incoming`]: room, addressing, quotas, glare, busy).
+//! 1:1 call events after routing: dispatch to the call, or for a call the machine does not
+//! hold to the verdict of its memory ([`crate::call::memory`]: ended calls, early
+//! candidates), and applying an invite's admission (decided in [`crate::call::incoming`]:
+//! room, addressing, quotas, glare, busy).
 
 use super::*;
 use crate::call::incoming::{Admission, Decision, Invite, LiveCall, Outcome, Refused};
+use crate::call::memory::{Unheld, UnheldEvent, Verdict};
 
 impl VoipMachine {
     pub(super) fn dispatch(
@@ -13,7 +15,7 @@ impl VoipMachine {
         source: Source<'_>,
         settled: &BTreeSet<(String, UserId)>,
     ) -> Result<(), Error> {
-        let (common, event) = match wire::parse(event_type, content) {
+        let (mut common, event) = match wire::parse(event_type, content) {
             Ok(parsed) => parsed,
             Err(e) => {
                 self.counters.malformed += 1;
@@ -56,59 +58,30 @@ impl VoipMachine {
             }
             return Ok(());
         }
-        if let Some(peer) = self.ended.peer_of(&call_id) {
-            // Late or replayed events of an ended call; an invite is refused only when it
-            // comes from the same peer (a spoofed hangup must not block someone else's call).
-            let is_invite = matches!(event, CallEvent::Invite { .. });
-            if incoming::is_late_for_ended(peer, is_invite, source.sender, &self.local.user_id) {
-                self.counters.duplicates += 1;
-                return Ok(());
-            }
-        }
-        match event {
+        // A call we do not hold: the memory of ended calls and early candidates decides.
+        let (kind, invite) = match event {
             CallEvent::Invite { offer, lifetime, invitee, invitee_device_id, metadata, capabilities } => {
                 let settled_by = |user: &UserId| settled.contains(&(common.call_id.clone(), user.clone()));
-                if settled_by(source.sender) || settled_by(&self.local.user_id) {
-                    self.counters.duplicates += 1;
-                    self.remember_ended(call_id, source.sender.clone());
-                    return Ok(());
-                }
-                let invite =
+                let settled = settled_by(source.sender) || settled_by(&self.local.user_id);
+                let parts =
                     InviteParts { offer, lifetime, invitee, invitee_device_id, metadata, capabilities };
-                self.handle_invite(source, common, invite);
+                (Unheld::Invite { settled }, Some(parts))
             }
             CallEvent::Candidates { candidates } => {
-                self.stash_orphan(&source, call_id, common.party_id, candidates);
+                (Unheld::Candidates { party: common.party_id.take(), candidates }, None)
             }
-            CallEvent::Hangup { .. } | CallEvent::Reject { .. } if *source.sender != self.local.user_id => {
-                // A hangup for a call we never saw: remember it, so its invite, if it arrives
-                // late, does not ring (js-sdk does the same).
-                self.counters.duplicates += 1;
-                self.remember_ended(call_id, source.sender.clone());
-            }
-            _ => self.counters.wrong_state += 1,
+            CallEvent::Hangup { .. } | CallEvent::Reject { .. } => (Unheld::Ending, None),
+            _ => (Unheld::Other, None),
+        };
+        let unheld = UnheldEvent { call_id, sender: source.sender, room: &source.room_id, kind };
+        let verdict = self.memory.judge(unheld, &self.local.user_id, self.now, &self.config);
+        if let Some(counter) = verdict.counter(&mut self.counters) {
+            *counter += 1;
+        }
+        if let (Verdict::AdmitInvite, Some(invite)) = (verdict, invite) {
+            self.handle_invite(source, common, invite);
         }
         Ok(())
-    }
-
-    pub(super) fn remember_ended(&mut self, call_id: CallId, peer: UserId) {
-        self.early.forget(&call_id);
-        self.ended.remember(call_id, peer, self.now.plus(self.config.ended_call_memory_ms));
-    }
-
-    pub(super) fn stash_orphan(
-        &mut self,
-        source: &Source<'_>,
-        call_id: CallId,
-        party: Option<String>,
-        cands: Vec<Candidate>,
-    ) {
-        let expires_at = self.now.plus(self.config.orphan_candidates_ms);
-        match self.early.stash(call_id, source.sender, &source.room_id, expires_at, party, cands) {
-            Ok(()) => self.counters.applied += 1,
-            Err(EarlyRefused::NotFromSender) => self.counters.not_from_peer += 1,
-            Err(EarlyRefused::Full) => self.counters.duplicates += 1,
-        }
     }
 
     pub(super) fn handle_invite(&mut self, source: Source<'_>, common: Common, invite: InviteParts) {
@@ -177,7 +150,7 @@ impl VoipMachine {
                 let reason = Some(EndReason::Replaced.wire_reason().to_owned());
                 refuse(&mut ctx, CallEvent::Hangup { reason });
                 self.counters.applied += 1;
-                self.remember_ended(call_id, sender.clone());
+                self.memory.remember_ended(call_id, sender.clone(), self.now, &self.config);
                 return;
             }
             Outcome::Busy { reply } => {
@@ -191,7 +164,7 @@ impl VoipMachine {
                     });
                 }
                 self.counters.busy += 1;
-                self.remember_ended(call_id, sender.clone());
+                self.memory.remember_ended(call_id, sender.clone(), self.now, &self.config);
                 return;
             }
         };
@@ -227,7 +200,7 @@ impl VoipMachine {
             }
         }
         // Candidates that arrived before the invite.
-        if let Some(early) = self.early.take(&call_id, sender, &source.room_id) {
+        if let Some(early) = self.memory.take_early(&call_id, sender, &source.room_id) {
             for (party, cands) in early.by_party {
                 call.candidate_input(&mut ctx, party.as_deref(), cands);
             }

@@ -66,7 +66,7 @@ impl VoipMachine {
                 signalling: Signalling::ToDevice,
             };
             let call_id = CallId(p.common.call_id.clone());
-            if !self.calls.contains_key(&call_id) && !self.ended.contains(&call_id) {
+            if !self.calls.contains_key(&call_id) && !self.memory.is_ended(&call_id) {
                 self.handle_mesh_invite(source, p.common, p.invite);
             }
         }
@@ -162,7 +162,7 @@ impl VoipMachine {
         if let Some(seq) = common.to_device.seq {
             call.reorder.start_after(seq);
         }
-        if let Some(early) = self.early.take(&call_id, source.sender, &source.room_id) {
+        if let Some(early) = self.memory.take_early(&call_id, source.sender, &source.room_id) {
             for (party, cands) in early.by_party {
                 call.candidate_input(&mut ctx, party.as_deref(), cands);
             }

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use crate::call::incoming::{self, Gate, InviteParts};
-use crate::call::memory::{EarlyCandidates, EarlyRefused, EndedCalls};
+use crate::call::memory::CallMemory;
 use crate::call::remote::{Disposition, Ignored, Sender};
 use crate::call::{glare, Call, CallInfo, GroupLink, Incoming, Outgoing};
 use crate::config::{Config, GlareBehaviour};
@@ -18,7 +18,7 @@ use crate::group::mesh::{Mesh, PeerCall};
 use crate::group::{self, GroupCall, GroupCallInfo, GroupCallState, GroupOp, JoinParams};
 use crate::ids::{CallId, DeviceId, GroupCallId, LocalDevice, PartyId, RoomId, Timestamp, UserId};
 use crate::input::{Command, Input, RoomEvent, RoomMember, RoomMembership, Signalling, ToDeviceEvent};
-use crate::media::{CallType, Candidate, MediaEvent};
+use crate::media::{CallType, MediaEvent};
 use crate::output::{CallDirection, CallState, EndReason, Event, Initiator, Output};
 use crate::rng::{HashKeys, Lookup, Rng};
 use crate::sends::{SendTable, Settled};
@@ -155,8 +155,8 @@ pub struct VoipMachine {
     rng: Rng,
     now: Timestamp,
     calls: BTreeMap<CallId, Call>,
-    ended: EndedCalls,
-    early: EarlyCandidates,
+    /// Ended call ids and early candidates of calls not (or no longer) held.
+    memory: CallMemory,
     /// Who may ring us (ignored users, per-sender budgets).
     gate: Gate,
     /// Rooms with `m.room.encryption`: cleartext call events there are refused.
@@ -227,8 +227,7 @@ impl VoipMachine {
             rng: Rng::from_seed(seed),
             now: Timestamp(0),
             calls: BTreeMap::new(),
-            ended: EndedCalls::default(),
-            early: EarlyCandidates::default(),
+            memory: CallMemory::default(),
             gate: Gate::default(),
             encrypted_rooms: BTreeSet::new(),
             awaited: glare::AwaitedReplacements::default(),
@@ -302,8 +301,8 @@ impl VoipMachine {
             *calls_per_peer.entry(&c.peer_user).or_default() += 1;
         }
         Footprint {
-            ended: usage(self.ended.usage()),
-            early_candidates: usage(self.early.usage()),
+            ended: usage(self.memory.ended_usage()),
+            early_candidates: usage(self.memory.early_usage()),
             pending_mesh: usage(pending),
             calls: self.calls.len(),
             max_calls_one_peer: calls_per_peer.values().copied().max().unwrap_or(0),
@@ -426,8 +425,7 @@ impl VoipMachine {
             offer(Deadline { at, reason: TimerKind::MembershipExpiry, call_id: None, request_id: None });
         }
         let housekeeping = [
-            self.ended.next_expiry(),
-            self.early.next_expiry(),
+            self.memory.next_expiry(),
             self.mesh.next_expiry(),
             self.gate.next_expiry(),
             self.awaited.next_expiry(),

@@ -41,8 +41,7 @@ impl VoipMachine {
         }
         let now = self.now;
         self.mesh.expire(now);
-        self.ended.expire(now);
-        self.early.expire(now);
+        self.memory.expire(now);
         self.gate.expire(now);
         self.awaited.expire(now);
         self.collect_ended();
@@ -73,7 +72,7 @@ impl VoipMachine {
                         self.now.plus(self.config.invite_lifetime_ms),
                     );
                 }
-                self.remember_ended(id, call.peer_user);
+                self.memory.remember_ended(id, call.peer_user, self.now, &self.config);
             }
         }
     }
