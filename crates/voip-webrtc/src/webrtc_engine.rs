@@ -79,7 +79,7 @@ struct Inner {
 
 /// The webrtc-rs media engine. A cheap `Clone` handle; all clones drive the same calls.
 ///
-/// Executes [`MediaCommand`]s (see [`MediaEngine`] for the contract) with one task per call,
+/// Executes [`MediaCommand`]s (see `voip::MediaEngine` for the contract) with one task per call,
 /// and offers the app media API: local and remote tracks, stats, ICE servers. Calls run on the
 /// tokio runtime the engine was created in.
 #[derive(Clone)]
@@ -377,7 +377,7 @@ impl WebrtcEngine {
 impl WebrtcEngine {
     /// Queues `command` for `call_id` (the core's `Output::Media`). Never blocks and never
     /// fails: commands of one call run in order on that call's task; results come back as
-    /// [`MediaEvent`]s on the engine's event channel. After `Close`, later commands for the
+    /// [`MediaEvent`](voip_core::media::MediaEvent)s on the engine's event channel. After `Close`, later commands for the
     /// same call are dropped. (`voip` implements its `MediaEngine` trait with this.)
     pub fn execute(&self, call_id: CallId, command: MediaCommand) {
         let Ok(mut calls) = self.inner.calls.lock() else { return };
