@@ -143,18 +143,18 @@ fn svg(rows: &[(&str, Vec<f64>)], floor: f64) -> String {
     for (i, (name, v)) in rows.iter().enumerate() {
         let y = top + row_h * (i as f64 + 0.5);
         let (med, p95) = median_p95(v);
-        s += &format!("<text x=\"10\" y=\"{:.1}\">{name}</text>\n", y + 4.0);
+        s.push_str(&format!("<text x=\"10\" y=\"{:.1}\">{name}</text>\n", y + 4.0));
         for (j, ms) in v.iter().enumerate() {
             let jitter = ((j * 7) % 11) as f64 - 5.0;
-            s += &format!(
+            s.push_str(&format!(
                 "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3.5\" fill=\"#3573b9\" fill-opacity=\"0.6\"/>\n",
                 x(*ms),
                 y + jitter
-            );
+            ));
         }
         for (val, label, color) in [(med, "median", "#d62728"), (p95, "p95", "#ff7f0e")] {
             if val.is_finite() {
-                s += &format!(
+                s.push_str(&format!(
                     "<line x1=\"{0:.1}\" x2=\"{0:.1}\" y1=\"{1:.1}\" y2=\"{2:.1}\" stroke=\"{color}\" \
                      stroke-width=\"2\"/>\n<text x=\"{0:.1}\" y=\"{3:.1}\" fill=\"{color}\" \
                      text-anchor=\"middle\">{label} {val:.0}</text>\n",
@@ -162,32 +162,32 @@ fn svg(rows: &[(&str, Vec<f64>)], floor: f64) -> String {
                     y - 14.0,
                     y + 14.0,
                     if label == "median" { y - 18.0 } else { y + 26.0 }
-                );
+                ));
             }
         }
     }
     let bottom = top + row_h * rows.len() as f64;
-    s += &format!(
+    s.push_str(&format!(
         "<line x1=\"{0:.1}\" x2=\"{0:.1}\" y1=\"{top}\" y2=\"{bottom}\" stroke=\"#2ca02c\" \
          stroke-dasharray=\"4 3\"/>\n<text x=\"{0:.1}\" y=\"{1:.1}\" fill=\"#2ca02c\" \
          text-anchor=\"middle\">floor {floor:.0}</text>\n",
         x(floor),
         bottom + 14.0
-    );
-    s += &format!(
+    ));
+    s.push_str(&format!(
         "<line x1=\"{left}\" x2=\"{}\" y1=\"{bottom}\" y2=\"{bottom}\" stroke=\"black\"/>\n",
         w - right
-    );
+    ));
     let tick = if max > 2000.0 { 500.0 } else { 250.0 };
     let mut t = 0.0;
     while t <= max {
-        s += &format!(
+        s.push_str(&format!(
             "<line x1=\"{0:.1}\" x2=\"{0:.1}\" y1=\"{bottom}\" y2=\"{1}\" stroke=\"black\"/>\n\
              <text x=\"{0:.1}\" y=\"{2}\" text-anchor=\"middle\">{t:.0}</text>\n",
             x(t),
             bottom + 5.0,
             bottom + 30.0
-        );
+        ));
         t += tick;
     }
     s + "</svg>\n"
@@ -335,17 +335,17 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<bool> {
     for s in STEPS {
         let (rm, rp) = median_p95(&step(&rust, s));
         let (jm, jp) = js_res.as_ref().map(|j| median_p95(&step(j, s))).unwrap_or((f64::NAN, f64::NAN));
-        md += &format!("| {s} | {rm:.0} / {rp:.0} | {jm:.0} / {jp:.0} | {} |\n", fmt_ratio(rm, jm));
+        md.push_str(&format!("| {s} | {rm:.0} / {rp:.0} | {jm:.0} / {jp:.0} | {} |\n", fmt_ratio(rm, jm)));
     }
     let (rm, _) = median_p95(&step(&rust, "total"));
-    md += &format!(
+    md.push_str(&format!(
         "\nRaw room event A→B: {raw_med:.0} / {raw_p95:.0} ms. Floor = 2 × {raw_med:.0} + {handshake:.1} \
          (webrtc-rs handshake, media_start bench{}) = {floor:.0} ms. Rust set-up median / floor: {} \
          (target ≤ 1.5x); Rust / js-sdk median: {} (target ≤ 0.4x).\n",
         if flag("--no-handshake") { ", recorded" } else { ", this run" },
         fmt_ratio(rm, floor),
         js_res.as_ref().map(|j| fmt_ratio(rm, median_p95(&step(j, "total")).0)).unwrap_or_else(|| "–".into())
-    );
+    ));
     if modes.len() > 1 {
         let js_total = js_res.as_ref().map_or(f64::NAN, |j| median_p95(&step(j, "total")).0);
         md += "\n| sync mode (Rust, both sides) | set-up median / p95 (ms) | answer leg median (ms) | raw event A→B median | / floor | / js-sdk |\n\
@@ -369,16 +369,16 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<bool> {
                 .as_array()
                 .map(|a| a.iter().filter_map(Value::as_f64).collect())
                 .unwrap_or_default();
-            md += &format!(
+            md.push_str(&format!(
                 "| {} | {m:.0} / {p:.0} | {:.0} | {:.0} | {} | {} |\n",
                 SYNC_MODE_NAMES.iter().find(|(k, _)| k == mode).map_or(*mode, |(_, n)| n),
                 median_p95(&leg(r)).0,
                 median_p95(&raw).0,
                 fmt_ratio(m, floor),
                 fmt_ratio(m, js_total)
-            );
+            ));
         }
-        md += &format!("\nmatrix-js-sdk in the same run: set-up median {js_total:.0} ms, answer leg median {js_leg:.0} ms.\n");
+        md.push_str(&format!("\nmatrix-js-sdk in the same run: set-up median {js_total:.0} ms, answer leg median {js_leg:.0} ms.\n"));
     }
     if let Some(g) = rust["groups"].as_object() {
         let num = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
@@ -387,7 +387,7 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<bool> {
             .map(|j| (num(&j["sfu8_join_ms"]), num(&j["sfu_rotation_ms"])))
             .unwrap_or((f64::NAN, f64::NAN));
         let (rj, rr) = (num(&g["sfu8_join_ms"]), num(&g["sfu_rotation_ms"]));
-        md += &format!(
+        md.push_str(&format!(
             "\n| group (one sample each) | Rust (voip) | matrix-js-sdk | Rust / js-sdk |\n|---|---|---|---|\n\
              | mesh, 4 members: `enter` → audio on every pair | {:.0} | – | – |\n\
              | SFU mode, 8 members: `enter` → every member has every key | {rj:.0} | {jj:.0} | {} |\n\
@@ -398,7 +398,7 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<bool> {
             fmt_ratio(rj, jj),
             fmt_ratio(rr, jr),
             g["sfu_rotation_requests"]
-        );
+        ));
     }
     println!("\n{md}");
     std::fs::write(results.join("summary.md"), &md)?;
@@ -575,7 +575,7 @@ pub(crate) mod media {
         let (rb, jb) = (med(&rust, "rss_before_mib"), med(&js, "rss_before_mib"));
         let voice_cpu_met = rc / jc <= VOICE_CPU_GOAL;
         let delay_met = (rd - jd).abs() <= DELAY_GOAL_MS;
-        md += &format!(
+        md.push_str(&format!(
             "| voice: CPU seconds per 20 s call | {rc:.2} | {jc:.2} | {} | ≤ {VOICE_CPU_GOAL:.1}x: {} |\n\
              | voice: mouth-to-ear delay, median (ms) | {rd:.1} | {jd:.1} | {:+.1} ms | within ±{DELAY_GOAL_MS:.0} ms: {} |\n\
              | voice: RSS during the call − before the peers (MiB) | {rm:.1} | {jm:.1} | {} | – |\n",
@@ -584,7 +584,7 @@ pub(crate) mod media {
             rd - jd,
             met(delay_met),
             super::fmt_ratio(rm, jm),
-        );
+        ));
         let mut video_cpu_met = None;
         if let Some((rv, jv)) = &video {
             let (rc, jc) = (med(rv, "cpu_s_per_20s_call"), med(jv, "cpu_s_per_20s_call"));
@@ -603,7 +603,7 @@ pub(crate) mod media {
             } else {
                 format!("**not comparable** (Rust decoded {rf:.1} fps, libwebrtc {jf:.1})")
             };
-            md += &format!(
+            md.push_str(&format!(
                 "| video 640×480@30 + voice: CPU seconds per 20 s call | {rc:.2} | {jc:.2} | {} | ≤ {VIDEO_CPU_GOAL:.1}x: {verdict} |\n\
                  | video: decoded frames per second each way | {rf:.1} | {jf:.1} | {} | – |\n\
                  | video: CPU ms per decoded frame (both ends, audio included) | {rp:.2} | {jp:.2} | {} | ≤ {VIDEO_CPU_GOAL:.1}x: {} |\n\
@@ -617,9 +617,9 @@ pub(crate) mod media {
                 super::fmt_ratio(rk, jk),
                 super::fmt_ratio(rm, jm),
                 rd - jd,
-            );
+            ));
         }
-        md += &format!(
+        md.push_str(&format!(
             "| RSS of the process before the peers (MiB) | {rb:.1} | {jb:.1} | – | – |\n\n\
              Per run — voice CPU s: Rust {}; libwebrtc {}. Voice delay ms: Rust {}; libwebrtc {}. Bursts \
              heard per voice run (both ways): Rust {}; libwebrtc {}.\n",
@@ -629,16 +629,16 @@ pub(crate) mod media {
             per_run(&js, "delay_median_ms"),
             per_run(&rust, "bursts_heard"),
             per_run(&js, "bursts_heard"),
-        );
+        ));
         if let Some((rv, jv)) = &video {
-            md += &format!(
+            md.push_str(&format!(
                 "Per run — video CPU s: Rust {}; libwebrtc {}. Decoded video frames (A+B) in the window: \
                  Rust {}; libwebrtc {}.\n",
                 per_run(rv, "cpu_s_per_20s_call"),
                 per_run(jv, "cpu_s_per_20s_call"),
                 frames(rv),
                 frames(jv),
-            );
+            ));
         }
         println!("\n{md}");
         std::fs::write(results.join("media.md"), &md)?;
