@@ -395,6 +395,9 @@ impl Sim {
         let voip = self.devices[from.0].process.voip.clone();
         let placed = self.devices[from.0].process.block_on(async {
             match (invitee_device, signalling) {
+                (None, voip_core::Signalling::ToDevice) => {
+                    Err(voip::VoipError::Core(voip_core::ApiMisuse::MissingDevice.into()))
+                }
                 (None, _) => voip.invite_to_call(room, call_type, invitee).await,
                 (Some(device), voip_core::Signalling::ToDevice) => {
                     voip.invite_device_to_call(room, call_type, invitee, device).await
