@@ -80,8 +80,6 @@ pub struct Device {
     pub outputs: Vec<(Timestamp, Output)>,
     /// Inputs the core refused (`voip::Voip::input_errors`), time-stamped.
     pub errors: Vec<(Timestamp, String)>,
-    /// Room calls its app shows (watched again after a restart).
-    watched: Vec<RoomId>,
     /// Whether the device is offline (no network or crashed): its timers stall, deliveries to it
     /// wait on the homeserver.
     pub offline: bool,
@@ -274,7 +272,6 @@ impl Sim {
             events: Vec::new(),
             outputs: Vec::new(),
             errors: Vec::new(),
-            watched: Vec::new(),
             offline: false,
             crashed: false,
             skew_ms,
@@ -294,11 +291,13 @@ impl Sim {
         let seed = seed_from_u64(self.rng.next_u64());
         let now = self.local_now(d);
         // The old driver task is dropped with its process, as a killed app's is.
+        // The new app shows the room calls the old one showed.
+        let shown = self.devices[d.0].process.shown_rooms();
         self.devices[d.0].process = Process::start(local.clone(), config, seed, now);
         self.devices[d.0].generation += 1;
         self.devices[d.0].media = FakeMedia::new();
-        for room in self.devices[d.0].watched.clone() {
-            self.devices[d.0].process.watch(&room);
+        for room in &shown {
+            self.devices[d.0].process.watch(room);
         }
         // Its first sync: the memberships and state of its user's rooms.
         for input in self.hs.rooms_of(&local.user_id) {
@@ -331,11 +330,7 @@ impl Sim {
 
     /// `d`'s app shows the room call of `room` (as Element shows a room's ongoing call).
     fn show_room_call(&mut self, d: DeviceIdx, room: &RoomId) {
-        let dev = &mut self.devices[d.0];
-        if !dev.watched.contains(room) {
-            dev.watched.push(room.clone());
-            dev.process.watch(room);
-        }
+        self.devices[d.0].process.watch(room);
     }
 
     /// The device with this identity.

@@ -261,6 +261,11 @@ impl Process {
         self.groups.insert(group, call);
     }
 
+    /// The rooms whose room call the app shows.
+    pub(super) fn shown_rooms(&self) -> Vec<voip_core::RoomId> {
+        self.groups.keys().map(|g| g.room_id.clone()).collect()
+    }
+
     /// A group call the app shows.
     pub(super) fn group(&self, group: &GroupCallId) -> Option<&GroupCall> {
         self.groups.get(group)
